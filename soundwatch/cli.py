@@ -1,0 +1,152 @@
+"""The ``soundwatch`` command line. Stage commands live in their packages' ``cli`` modules.
+
+Errors become one message on stderr and a named exit code (:class:`soundwatch.errors.ExitCode`);
+tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from soundwatch.console import err_console
+from soundwatch.errors import ExitCode, SoundwatchError
+from soundwatch.settings import CONFIG_ENV, get_settings
+
+app = typer.Typer(
+    name="soundwatch",
+    help="Continuous acoustic anomaly monitoring for plant machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
+services_app = typer.Typer(help="Start, stop and check the local Kafka broker, Redis and InfluxDB.",
+                           no_args_is_help=True)  # fmt: skip
+app.add_typer(config_app, name="config")
+app.add_typer(services_app, name="services")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file", exists=True,
+                                                dir_okay=False)] = None,  # fmt: skip
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and debug logs")] = False,
+) -> None:
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config)
+        get_settings.cache_clear()
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else getattr(logging, os.environ.get("SOUNDWATCH_LOG_LEVEL", "INFO"), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of TOML-like text")] = False,
+) -> None:
+    """Print the effective settings (defaults, TOML file, SOUNDWATCH_* environment), secrets masked."""
+    data = get_settings().masked()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    _print_sections(data)
+
+
+def _print_sections(data: dict, prefix: str = "") -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    if scalars:
+        if prefix:
+            typer.echo(f"[{prefix}]")
+        for key, value in scalars.items():
+            typer.echo(f"{key} = {json.dumps(value, default=str)}")
+        typer.echo("")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            _print_sections(value, f"{prefix}.{key}" if prefix else key)
+
+
+ServiceNames = Annotated[list[str] | None, typer.Argument(help="kafka, redis, influxdb (default: all)")]
+
+
+@services_app.command("up")
+def services_up(names: ServiceNames = None) -> None:
+    """Start the services that are not running yet (idempotent) and create topics and the database."""
+    from deploy.local_stack import LocalStack
+
+    LocalStack(get_settings()).up(names, progress=lambda m: err_console.print(m))
+    err_console.print("[green]local stack is up[/green]")
+
+
+@services_app.command("down")
+def services_down(names: ServiceNames = None) -> None:
+    """Stop the services this project started."""
+    from deploy.local_stack import LocalStack
+
+    LocalStack(get_settings()).down(names, progress=lambda m: err_console.print(m))
+
+
+@services_app.command("status")
+def services_status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Say for each service whether it answers and, if not, what to run. Exit 4 if any is down."""
+    from deploy.local_stack import LocalStack
+
+    statuses = LocalStack(get_settings()).status()
+    if as_json:
+        typer.echo(json.dumps([s.__dict__ for s in statuses], indent=2))
+    else:
+        for s in statuses:
+            mark = "[green]up[/green]  " if s.answering else "[red]down[/red]"
+            pid = f" pid {s.pid}" if s.pid else ""
+            err_console.print(f"{mark} {s.name:<9} {s.address:<16}{pid}  {s.detail}")
+            if s.hint:
+                err_console.print(f"     -> {s.hint}")
+    if not all(s.answering for s in statuses):
+        raise typer.Exit(int(ExitCode.SERVICE_UNAVAILABLE))
+
+
+def main() -> None:
+    """Console-script entry point: run the app and turn errors into messages and exit codes."""
+    try:
+        app(standalone_mode=False)
+    except SoundwatchError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        if exc.hint:
+            err_console.print(f"  [yellow]hint:[/yellow] {exc.hint}", highlight=False)
+        sys.exit(int(exc.exit_code))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except Exception as exc:  # click usage errors and unexpected bugs
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(int(ExitCode.USAGE))
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        err_console.print("  rerun with --debug for the traceback, and report it if it persists")
+        sys.exit(int(ExitCode.ERROR))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Typed settings for every stage.
+
+Sources, highest priority first: explicit keyword arguments, environment
+variables ``SOUNDWATCH_<SECTION>__<FIELD>`` (e.g. ``SOUNDWATCH_KAFKA__BOOTSTRAP_SERVERS``),
+a TOML file (``--config FILE``, ``SOUNDWATCH_CONFIG`` or ``./soundwatch.toml``),
+then the defaults below, which point at the local stack on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from soundwatch.errors import ConfigError
+from soundwatch.params import FeatureParams
+
+CONFIG_ENV = "SOUNDWATCH_CONFIG"
+DEFAULT_CONFIG_FILE = Path("soundwatch.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicSettings(_Section):
+    audio_raw: str = "audio.raw"
+    features: str = "features.logmel"
+    alerts: str = "alerts"
+    scores: str = "scores"
+    deadletter: str = "deadletter"
+    partitions: int = Field(4, ge=1, description="partitions when soundwatch creates a topic")
+    replication_factor: int = Field(1, ge=1)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    session_timeout_s: float = Field(6.0, gt=0, description="consumer-group session timeout (Tansu joins take ~half)")
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    topics: TopicSettings = TopicSettings()
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection/security keyword arguments shared by kafka-python producers, consumers and admins."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        for key, value in (("ssl_cafile", self.ssl_cafile), ("ssl_certfile", self.ssl_certfile),
+                           ("ssl_keyfile", self.ssl_keyfile)):  # fmt: skip
+            if value is not None:
+                kw[key] = str(value)
+        return kw
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6390/0"
+    password: SecretStr | None = None
+    ssl_ca_certs: Path | None = None
+    key_prefix: str = "soundwatch"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        if self.password is not None:
+            kw["password"] = self.password.get_secret_value()
+        if self.ssl_ca_certs is not None:
+            kw["ssl_ca_certs"] = str(self.ssl_ca_certs)
+        return kw
+
+
+class InfluxSettings(_Section):
+    api: Literal["v1", "v2"] = Field("v1", description="v1 = InfluxDB 1.x HTTP API; v2 = influxdb-client (2.x/3.x)")
+    url: str = "http://127.0.0.1:8086"
+    # v1
+    database: str = "soundwatch"
+    retention_policy: str = ""
+    username: str | None = None
+    password: SecretStr | None = None
+    # v2 / v3
+    token: SecretStr | None = None
+    org: str = "soundwatch"
+    bucket: str = "soundwatch"
+    # writer behaviour
+    batch_size: int = Field(500, ge=1)
+    flush_interval_ms: int = Field(500, ge=1)
+    max_buffer_points: int = Field(1_000_000, ge=1, description="points held in memory during an outage")
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class GrafanaSettings(_Section):
+    url: str = "http://127.0.0.1:3000"
+    token: SecretStr | None = None
+    datasource_uid: str = "soundwatch-influx"
+    folder: str = "soundwatch"
+    alert_for: str = Field("2m", description="how long the median score must stay over threshold")
+    nodata_after: str = Field("5m", description="a machine silent this long raises a no-data alert")
+    webhook_url: str | None = None
+    email_addresses: list[str] = []
+
+
+class IngestSettings(_Section):
+    gateway_id: str = "gw-local"
+    chunk_seconds: float = Field(1.0, gt=0, le=60)
+    spool_dir: Path = Path("var/spool")
+    spool_max_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    state_dir: Path = Path("var/gateway")
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "gzip"
+
+
+class ScoringSettings(_Section):
+    group_id: str = "soundwatch-scoring"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch: int = Field(256, ge=1)
+    max_wait_ms: int = Field(50, ge=0)
+    median_k: int = Field(5, ge=1, description="median filter length in windows (odd)")
+    alert_after: int = Field(3, ge=1, description="consecutive anomalous windows before alerting")
+    resolve_after: int = Field(5, ge=1, description="consecutive normal windows before resolving")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9464, ge=0, le=65535)
+
+
+class FeatureStreamSettings(_Section):
+    app_id: str = "soundwatch-features"
+    workers_web_port: int = Field(6066, ge=0, le=65535)
+    data_dir: Path = Path("var/faust")
+
+
+class ServicesSettings(_Section):
+    state_dir: Path = Path("var/services")
+    kafka_port: int = 9092
+    redis_port: int = 6390
+    influx_port: int = 8086
+
+
+class Settings(BaseSettings):
+    """All soundwatch settings. Read with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SOUNDWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    influx: InfluxSettings = InfluxSettings()
+    grafana: GrafanaSettings = GrafanaSettings()
+    ingest: IngestSettings = IngestSettings()
+    features: FeatureParams = FeatureParams()
+    stream: FeatureStreamSettings = FeatureStreamSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    services: ServicesSettings = ServicesSettings()
+    registry_root: Path = Path("var/registry")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_path()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings as plain data, secrets shown as ``'**********'``."""
+        return _mask(self.model_dump(mode="python"))
+
+
+def _config_path() -> Path | None:
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_ENV}={explicit} does not name a file", "fix the path or unset the variable")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment and config file; raise :class:`ConfigError` with each bad field."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            env = "SOUNDWATCH_" + "__".join(str(p).upper() for p in err["loc"])
+            lines.append(f"  {loc}: {err['msg']} (env {env})")
+        raise ConfigError("invalid settings:\n" + "\n".join(lines), "fix the value in your environment or TOML file") from exc
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"cannot read settings: {exc}", "check the TOML file named by SOUNDWATCH_CONFIG") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()
