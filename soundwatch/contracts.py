@@ -521,3 +521,13 @@ class DeadLetter:
     def from_error(cls, error: ContractError, stage: str, topic: str = "", partition: int = -1,
                    offset: int = -1) -> DeadLetter:  # fmt: skip
         return cls(error.reason, error.detail, stage, topic, partition, offset)
+
+
+def machine_key(machine_type: str, machine_id: str) -> bytes:
+    """Kafka record key of a machine: ``b"<type>/<id>"`` — unique plant-wide, stable across restarts.
+
+    All of a machine's records share the key, so they land on one partition in order.
+    """
+    _check_id("machine_type", machine_type)
+    _check_id("machine_id", machine_id)
+    return f"{machine_type}/{machine_id}".encode()
