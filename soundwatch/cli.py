@@ -120,7 +120,9 @@ def services_status(
 def main() -> None:
     """Console-script entry point: run the app and turn errors into messages and exit codes."""
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)  # click returns the exit code of ctx.exit()/typer.Exit here
+        if isinstance(result, int) and result:
+            sys.exit(result)
     except SoundwatchError as exc:
         if _state["debug"]:
             raise

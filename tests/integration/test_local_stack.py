@@ -1,0 +1,107 @@
+"""The real local services: Kafka protocol through a consumer group, Redis, InfluxDB 1.x."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from soundwatch.contracts import AudioChunk, machine_key
+from soundwatch.kafka import make_consumer, make_producer
+from soundwatch.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_services_status_reports_all_up(stack: Settings):
+    from deploy.local_stack import LocalStack
+
+    statuses = {s.name: s for s in LocalStack(stack).status()}
+    assert set(statuses) == {"kafka", "redis", "influxdb"}
+    assert all(s.answering for s in statuses.values())
+
+
+def test_thousand_audio_chunks_through_a_consumer_group(isolated_settings: Settings, unique: str):
+    s = isolated_settings
+    topic = s.kafka.topics.audio_raw
+    rng = np.random.default_rng(0)
+    sent: dict[tuple[str, int], bytes] = {}
+    producer = make_producer(s, compression_type="gzip")
+    for i in range(1000):
+        machine = f"id_{i % 8:02d}"
+        chunk = AudioChunk("fan", machine, "gw-test", 16000, i // 8, i * 1_000_000,
+                           rng.integers(-32768, 32767, 1600, dtype=np.int16), origin_ns=time.time_ns())  # fmt: skip
+        payload = chunk.encode()
+        sent[(machine, i // 8)] = payload
+        producer.send(topic, key=machine_key("fan", machine), value=payload)
+    producer.flush(timeout=60)
+    producer.close()
+
+    consumer = make_consumer(s, topic, group_id=f"g-{unique}")
+    received: dict[tuple[str, int], bytes] = {}
+    last_seq: dict[str, int] = {}
+    deadline = time.monotonic() + 90
+    try:
+        while len(received) < 1000 and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=1000).values():
+                for rec in records:
+                    chunk = AudioChunk.decode(rec.value)
+                    assert rec.key == machine_key(chunk.machine_type, chunk.machine_id)
+                    assert last_seq.get(chunk.machine_id, -1) < chunk.sequence, "per-machine order broken"
+                    last_seq[chunk.machine_id] = chunk.sequence
+                    received[(chunk.machine_id, chunk.sequence)] = rec.value
+            consumer.commit()
+    finally:
+        consumer.close()
+    assert len(received) == 1000
+    assert received == sent  # bytes identical
+
+
+def test_redis_set_get_and_pubsub(stack: Settings, unique: str):
+    import redis
+
+    client = redis.Redis.from_url(stack.redis.url, **stack.redis.client_kwargs())
+    key = f"test:{unique}:k"
+    client.set(key, b"\x00\x01value", ex=60)
+    assert client.get(key) == b"\x00\x01value"
+
+    pubsub = client.pubsub()
+    channel = f"test:{unique}:chan"
+    pubsub.subscribe(channel)
+    got: list[bytes] = []
+
+    def listen() -> None:
+        for msg in pubsub.listen():
+            if msg["type"] == "message":
+                got.append(msg["data"])
+                return
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while client.publish(channel, b"reload fan v2") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t.join(timeout=10)
+    assert got == [b"reload fan v2"]
+    pubsub.close()
+    client.delete(key)
+    client.close()
+
+
+def test_influx_write_and_influxql_read_back(isolated_settings: Settings):
+    s = isolated_settings.influx
+    lines = "\n".join(
+        f"asd_score,machine_type=fan,machine_id=id_0{i % 2},model_version=v1 score={i * 0.5},"
+        f"score_median={i * 0.25},threshold=2.0,anomalous={'true' if i > 4 else 'false'} {1_700_000_000_000_000_000 + i * 10**9}"
+        for i in range(10)
+    )
+    r = requests.post(f"{s.url}/write", params={"db": s.database, "precision": "ns"}, data=lines, timeout=10)
+    assert r.status_code == 204, r.text
+    q = 'SELECT count("score"), max("score") FROM "asd_score" GROUP BY "machine_id"'
+    res = requests.get(f"{s.url}/query", params={"db": s.database, "q": q}, timeout=10).json()
+    series = {sr["tags"]["machine_id"]: sr["values"][0] for sr in res["results"][0]["series"]}
+    assert series["id_00"][1:] == [5, 4.0]
+    assert series["id_01"][1:] == [5, 4.5]

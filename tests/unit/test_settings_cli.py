@@ -1,0 +1,80 @@
+"""Settings sources, secret masking and the root CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from soundwatch.cli import app
+from soundwatch.errors import ConfigError
+from soundwatch.settings import load_settings
+
+runner = CliRunner()
+
+
+def test_defaults_point_at_loopback(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert s.redis.url.startswith("redis://127.0.0.1:")
+    assert s.influx.url.startswith("http://127.0.0.1:")
+
+
+def test_env_and_toml_sources(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "plant.toml"
+    cfg.write_text('[kafka]\nbootstrap_servers = "kafka-1:9092,kafka-2:9092"\n[scoring]\nmedian_k = 7\n')
+    monkeypatch.setenv("SOUNDWATCH_CONFIG", str(cfg))
+    monkeypatch.setenv("SOUNDWATCH_SCORING__MEDIAN_K", "9")  # env beats the file
+    s = load_settings()
+    assert s.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert s.scoring.median_k == 9
+    assert s.kafka.client_kwargs()["bootstrap_servers"] == ["kafka-1:9092", "kafka-2:9092"]
+
+
+def test_invalid_value_names_field_and_env(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOUNDWATCH_SCORING__MAX_BATCH", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "scoring.max_batch" in info.value.message
+    assert "SOUNDWATCH_SCORING__MAX_BATCH" in info.value.message
+
+
+def test_missing_config_file_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOUNDWATCH_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match="does not name a file"):
+        load_settings()
+
+
+def test_config_show_masks_secrets(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    secrets = {"SOUNDWATCH_KAFKA__SASL_PASSWORD": "kafka-s3cret", "SOUNDWATCH_INFLUX__TOKEN": "influx-s3cret",
+               "SOUNDWATCH_REDIS__PASSWORD": "redis-s3cret", "SOUNDWATCH_GRAFANA__TOKEN": "grafana-s3cret",
+               "SOUNDWATCH_INFLUX__PASSWORD": "influxpw-s3cret"}  # fmt: skip
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    for args in (["config", "show"], ["config", "show", "--json"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        for v in secrets.values():
+            assert v not in result.output
+        assert "**********" in result.output
+    data = json.loads(runner.invoke(app, ["config", "show", "--json"]).output)
+    assert data["kafka"]["sasl_password"] == "**********"
+    assert data["features"]["n_mels"] == 128
+
+
+def test_console_script_help_and_bad_config_exit_code(tmp_path):
+    exe = [sys.executable, "-m", "soundwatch.cli"]
+    out = subprocess.run([*exe, "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "services" in out.stdout
+    env = {"SOUNDWATCH_SCORING__MAX_BATCH": "-1", "PATH": "/usr/bin:/bin"}
+    bad = subprocess.run([*exe, "config", "show"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert bad.returncode == 3, bad.stderr
+    assert "SOUNDWATCH_SCORING__MAX_BATCH" in bad.stderr and "Traceback" not in bad.stderr
