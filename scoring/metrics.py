@@ -1,0 +1,75 @@
+"""Prometheus metrics of a scoring worker, served on loopback.
+
+Each worker gets its own :class:`~prometheus_client.CollectorRegistry`, so
+several workers (or tests) in one process never collide. ``port=0`` binds a
+free port chosen by the OS (read it back from :attr:`ScoringMetrics.port`);
+metrics cannot be switched off, because a worker nobody can observe is a
+worker nobody can trust.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+
+
+class ScoringMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.windows = Counter("soundwatch_scoring_windows", "windows scored (rate() = windows/s)",
+                               ["machine_type"], registry=r)  # fmt: skip
+        self.windows_per_s = Gauge(
+            "soundwatch_scoring_windows_per_second",
+            "windows scored per second over the last report interval",
+            registry=r,
+        )
+        self.batch_size = Histogram("soundwatch_scoring_batch_size", "windows per micro-batch",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)  # fmt: skip
+        self.inference_ms = Histogram(
+            "soundwatch_scoring_inference_ms",
+            "model forward time per micro-batch (ms)",
+            buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
+        self.consumer_lag = Gauge("soundwatch_scoring_consumer_lag", "records behind the partition end",
+                                  ["partition"], registry=r)  # fmt: skip
+        self.write_errors = Counter("soundwatch_scoring_influx_write_errors", "failed InfluxDB write requests",
+                                    registry=r)  # fmt: skip
+        self.rejected_points = Counter(
+            "soundwatch_scoring_influx_rejected_points",
+            "points InfluxDB refused as malformed (dropped)",
+            registry=r,
+        )
+        self.buffer_points = Gauge(
+            "soundwatch_scoring_buffer_points", "points waiting for InfluxDB", registry=r
+        )
+        self.dead_letters = Counter("soundwatch_scoring_dead_letters", "records sent to the dead-letter topic",
+                                    ["reason"], registry=r)  # fmt: skip
+        self.alerts = Counter(
+            "soundwatch_scoring_alert_events", "alert state changes", ["current"], registry=r
+        )
+        self.paused = Gauge("soundwatch_scoring_paused", "1 while consumption is paused by back-pressure",
+                            registry=r)  # fmt: skip
+        self.model_reloads = Counter("soundwatch_scoring_model_reloads", "hot model swaps", registry=r)
+        self.port: int | None = None
+        self._server = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the HTTP endpoint; return the bound port."""
+        from prometheus_client import start_http_server
+
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        self.port = int(server.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,405 @@
+"""The scoring worker: features topic in -> InfluxDB points, scores and alert events out.
+
+One loop, single-threaded (kafka-python heartbeats in its own thread)::
+
+    poll -> decode -> micro-batch -> score (scoring.core) -> publish Score/AlertEvent/dead letters
+         -> buffer points -> flush to InfluxDB -> commit the offsets whose points are written
+         -> between batches: hot reloads, metrics
+
+Delivery guarantee: at-least-once end to end. A batch's offsets are committed
+only after (1) every point derived from it is accepted by InfluxDB, (2) its
+Score, AlertEvent and dead-letter records are acknowledged by Kafka, and (3) the
+touched machines' filter/alert state is saved to Redis. A crash anywhere before
+the commit replays the batch; points are idempotent (tags + window end time) and
+the filter state is replay-aware (:mod:`scoring.state`), so a replay rewrites the
+same points instead of duplicating them. Alert events and Score records may be
+published twice after a crash (consumers of those topics should key on
+machine + timestamp).
+
+An InfluxDB outage: points accumulate in the bounded buffer while the worker
+keeps scoring; when it is full the worker pauses its partitions (back-pressure)
+and resumes once writes succeed. Nothing is dropped and nothing is committed
+early. Bad records never stop the loop: they go to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import ConsumerRebalanceListener
+
+from scoring.batcher import Batch, MicroBatcher
+from scoring.core import BatchResult, ScoringCore
+from scoring.influx import BufferedSink, InfluxBackPressure, Point, alert_point, score_point
+from scoring.metrics import ScoringMetrics
+from scoring.models import ModelCache, ModelSource, ReloadListener, resolve_device
+from scoring.state import StateStore, StateTable
+from soundwatch.contracts import ContractError, DeadLetter, FeatureWindow, Reason, machine_key
+from soundwatch.kafka import ensure_topics, make_consumer, make_producer, send_dead_letter
+from soundwatch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGE = "scoring"
+_IDLE_POLL_S = 0.2
+_CHECK_CURRENT_EVERY_S = 30.0
+_REPORT_EVERY_S = 10.0
+
+
+@dataclass
+class _Item:
+    """One consumed record and what decoding made of it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    window: FeatureWindow | None = None
+    error: ContractError | None = None
+
+
+@dataclass
+class _Pending:
+    """A processed batch waiting for its points (``seq``) and Kafka sends before its offsets commit."""
+
+    offsets: dict[tuple[str, int], int]
+    sends: list[Any] = field(default_factory=list)  # (future, topic, key, value, headers)
+    seq: int | None = None  # None while its points are held back by back-pressure
+
+
+def decode(record: Any) -> _Item:
+    """Decode a consumer record; garbage becomes an item with ``error`` set, never an exception."""
+    item = _Item(record.topic, record.partition, record.offset, record.key, record.value)
+    try:
+        if not record.value:
+            raise ContractError(Reason.EMPTY_PAYLOAD, "record has no value")
+        item.window = FeatureWindow.decode(record.value)
+    except ContractError as exc:
+        item.error = exc
+    except Exception as exc:  # anything else from a hostile payload is still the payload's fault
+        item.error = ContractError(
+            Reason.INVALID_FIELD, f"undecodable feature window: {type(exc).__name__}: {exc}"
+        )
+    return item
+
+
+class ScoringWorker:
+    """Consumer-group member scoring ``settings.kafka.topics.features``. ``run()`` blocks until ``stop()``."""
+
+    def __init__(self, settings: Settings, *, source: ModelSource | None = None, sink: BufferedSink | None = None,
+                 worker_id: str | None = None) -> None:  # fmt: skip
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._source = source
+        self._sink = sink
+        self._stop = threading.Event()
+        self.ready = threading.Event()  # set once partitions are assigned (tests and health checks)
+        self.metrics = ScoringMetrics()
+        self._pending: list[_Pending] = []
+        self._held: tuple[list[Point], _Pending] | None = None
+        self._redis = None
+        self._consumer: Any = None
+        self._producer: Any = None
+        self.windows_scored = 0
+        self._seen_errors = self._seen_rejected = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, on_started: Callable[[ScoringWorker], None] | None = None) -> None:
+        self._open()
+        if on_started is not None:
+            on_started(self)
+        try:
+            while not self._stop.is_set():
+                self._step()
+        finally:
+            self._shutdown()
+
+    def _open(self) -> None:
+        s = self.settings
+        self.device = resolve_device(s.scoring.device)
+        import redis
+
+        self._redis = redis.Redis.from_url(s.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                           **s.redis.client_kwargs())  # fmt: skip
+        if self._source is None:
+            from training.registry import ModelRegistry
+
+            self._source = ModelRegistry(s.registry_root, s.redis)
+        self.models = ModelCache(self._source, self.device)
+        self.reloads = ReloadListener(self._redis, s.redis.key_prefix)
+        self.reloads.poll()  # subscribe now, so no announcement after start-up is missed
+        self.states = StateTable(
+            StateStore(self._redis, s.redis.key_prefix, s.scoring.group_id),
+            alert_after=s.scoring.alert_after,
+            resolve_after=s.scoring.resolve_after,
+        )
+        self.core: ScoringCore[_Item] = ScoringCore(self.models, self.states, max_batch=s.scoring.max_batch,
+                                                    default_k=s.scoring.median_k)  # fmt: skip
+        self.sink = self._sink or BufferedSink.from_settings(s.influx)
+        self.batcher: MicroBatcher[_Item] = MicroBatcher(lambda it: it.window.machine_type if it.window else "",
+                                                        s.scoring.max_batch, s.scoring.max_wait_ms)  # fmt: skip
+        t = s.kafka.topics
+        try:
+            ensure_topics(s, [t.alerts, t.scores, t.deadletter])
+        except Exception as exc:  # the topics may exist already and the admin API be restricted
+            log.warning("could not check output topics: %s", exc)
+        self._producer = make_producer(s)
+        self._consumer = make_consumer(s, group_id=s.scoring.group_id, max_poll_records=s.scoring.max_batch)
+        self._consumer.subscribe([t.features], listener=_Rebalance(self))
+        self.metrics.serve(s.scoring.metrics_host, s.scoring.metrics_port)
+        self._last_check = self._last_report = time.monotonic()
+        self._reported_windows = 0
+        log.info("scoring worker %s: group %s on %s, device %s", self.worker_id, s.scoring.group_id, t.features,
+                 self.device)  # fmt: skip
+
+    def _shutdown(self) -> None:
+        log.info("scoring worker %s stopping: flushing %d batched windows and %d buffered points",
+                 self.worker_id, len(self.batcher), len(self.sink))  # fmt: skip
+        try:
+            if len(self.batcher):
+                self._process(self.batcher.drain())
+            if self._held is not None:
+                self._relieve(block_s=self.settings.influx.timeout_s)
+            self.sink.flush(block_s=3 * self.settings.influx.timeout_s)
+            self._commit_ready()
+            if len(self.sink):
+                log.warning("%d points were not written before shutdown; their records stay uncommitted and will "
+                            "be replayed by the next worker", len(self.sink))  # fmt: skip
+        finally:
+            for close in (lambda: self._consumer.close(autocommit=False), self._producer.close, self.sink.close,
+                          self.reloads.close, self.metrics.close, self._redis.close):  # fmt: skip
+                try:
+                    close()
+                except Exception as exc:  # closing must go on for the other clients
+                    log.debug("error while closing: %s", exc)
+
+    # ------------------------------------------------------------------ loop
+    def _step(self) -> None:
+        if self._held is not None:
+            self._relieve()
+            self._consumer.poll(timeout_ms=int(_IDLE_POLL_S * 1000))  # paused: keeps group membership alive
+        else:
+            now = time.monotonic()
+            wait = self.batcher.time_left(now) if len(self.batcher) else _IDLE_POLL_S
+            records = self._consumer.poll(timeout_ms=int(wait * 1000), max_records=max(1, self.batcher.room))
+            now = time.monotonic()
+            for recs in records.values():
+                for rec in recs:
+                    self.batcher.add(decode(rec), now)
+            if self.batcher.due(time.monotonic()):
+                self._process(self.batcher.drain())
+        self.sink.flush()
+        self._commit_ready()
+        self._between_batches()
+
+    def _process(self, batch: Batch[_Item]) -> None:
+        items = batch.items
+        result: BatchResult[_Item] = self.core.process(
+            [(it.window, it) for it in items if it.window is not None]
+        )
+        pending = _Pending(self._offsets(items))
+        t = self.settings.kafka.topics
+        dead = [(it, it.error) for it in items if it.error is not None]
+        dead += [(r.context, r.error) for r in result.rejected]
+        for it, err in dead:
+            assert err is not None
+            letter = DeadLetter.from_error(err, STAGE, it.topic, it.partition, it.offset)
+            fut = send_dead_letter(self._producer, self.settings, it.key, it.value, letter)
+            pending.sends.append((fut, t.deadletter, it.key, it.value or b"", letter.headers()))
+            self.metrics.dead_letters.labels(err.reason.value).inc()
+        points: list[Point] = []
+        for s in result.scored:
+            sc = s.score
+            key = machine_key(sc.machine_type, sc.machine_id)
+            pending.sends.append(self._send(t.scores, key, sc.encode()))
+            points.append(score_point(machine_type=sc.machine_type, machine_id=sc.machine_id,
+                                      model_version=sc.model_version, end_ns=sc.timestamp_ns, score=sc.score,
+                                      score_median=sc.score_median, threshold=sc.threshold,
+                                      anomalous=sc.anomalous))  # fmt: skip
+            self.metrics.windows.labels(sc.machine_type).inc()
+            if s.alert is not None:
+                a = s.alert
+                log.warning("alert %s -> %s: %s", a.previous.value, a.current.value, a.message)
+                pending.sends.append(self._send(t.alerts, key, a.encode()))
+                points.append(alert_point(machine_type=a.machine_type, machine_id=a.machine_id,
+                                          state=a.current.value, score_median=a.score_median,
+                                          threshold=a.threshold, time_ns=a.timestamp_ns))  # fmt: skip
+                self.metrics.alerts.labels(a.current.value).inc()
+        self.windows_scored += len(result.scored)
+        self.metrics.batch_size.observe(len(items))
+        if result.scored:
+            self.metrics.inference_ms.observe(result.inference_s * 1000)
+        self._pending.append(pending)
+        try:
+            pending.seq = self.sink.add(points)
+        except InfluxBackPressure as exc:
+            log.warning("%s; pausing consumption", exc.message)
+            self._held = (points, pending)
+            self._pause()
+
+    def _send(self, topic: str, key: bytes, value: bytes) -> tuple[Any, str, bytes, bytes, None]:
+        return (self._producer.send(topic, key=key, value=value), topic, key, value, None)
+
+    @staticmethod
+    def _offsets(items: list[_Item]) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        for it in items:
+            tp = (it.topic, it.partition)
+            out[tp] = max(out.get(tp, -1), it.offset + 1)
+        return out
+
+    # ------------------------------------------------------------------ back-pressure
+    def _pause(self) -> None:
+        self.metrics.paused.set(1)
+        self._consumer.pause(*self._consumer.assignment())
+
+    def _relieve(self, block_s: float = 0.0) -> None:
+        assert self._held is not None
+        points, pending = self._held
+        self.sink.flush(block_s=block_s)
+        if self.sink.room < len(points):
+            return
+        pending.seq = self.sink.add(points)
+        self._held = None
+        self._consumer.resume(*self._consumer.paused())
+        self.metrics.paused.set(0)
+        log.info("InfluxDB buffer has room again; consumption resumed")
+
+    # ------------------------------------------------------------------ commits
+    def _commit_ready(self) -> None:
+        done = self.sink.done_upto
+        n = 0
+        while n < len(self._pending) and self._pending[n].seq is not None and self._pending[n].seq <= done:
+            n += 1
+        if n == 0:
+            return
+        ready = self._pending[:n]
+        if not self._sends_delivered(ready):
+            return
+        self.states.save_dirty()
+        offsets: dict[tuple[str, int], int] = {}
+        for p in ready:
+            for tp, off in p.offsets.items():
+                offsets[tp] = max(offsets.get(tp, -1), off)
+        self._commit(offsets)
+        del self._pending[:n]
+
+    def _sends_delivered(self, ready: list[_Pending]) -> bool:
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.flush(timeout=self.settings.influx.timeout_s)
+        except KafkaError as exc:
+            log.warning(
+                "Kafka did not acknowledge scores/alerts/dead letters yet (%s); commit postponed", exc
+            )
+            return False
+        for p in ready:
+            for i, (fut, topic, key, value, headers) in enumerate(p.sends):
+                if fut.failed():
+                    log.warning("resending a record to %s after: %s", topic, fut.exception)
+                    p.sends[i] = (self._producer.send(topic, key=key, value=value, headers=headers), topic, key,
+                                  value, headers)  # fmt: skip
+                    return False  # checked again on the next loop turn
+        return True
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        owned = self._consumer.assignment()
+        commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()
+                  if TopicPartition(t, p) in owned}  # fmt: skip
+        if not commit:
+            return
+        try:
+            self._consumer.commit(commit)
+        except KafkaError as exc:  # e.g. a rebalance took the partitions: the new owner replays (idempotent)
+            log.warning("offset commit failed (%s); those records will be replayed", exc)
+
+    # ------------------------------------------------------------------ rebalance
+    def on_revoked(self, revoked: list[Any]) -> None:
+        if not revoked:
+            return
+        log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+        if len(self.batcher):
+            self._process(self.batcher.drain())
+        self.sink.flush(block_s=self.settings.influx.timeout_s)
+        self._commit_ready()
+        self.states.save_dirty()
+        self.states.clear()  # another worker may own these machines now; reload from Redis when seen again
+
+    def on_assigned(self, assigned: list[Any]) -> None:
+        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        if self._held is not None:
+            self._consumer.pause(*assigned)
+        self.ready.set()
+
+    # ------------------------------------------------------------------ between batches
+    def _between_batches(self) -> None:
+        for machine_type, version in self.reloads.poll():
+            if self.models.reload(machine_type, version):
+                self.metrics.model_reloads.inc()
+        now = time.monotonic()
+        if now - self._last_check >= _CHECK_CURRENT_EVERY_S:
+            self._last_check = now
+            for _ in self.models.check_current():
+                self.metrics.model_reloads.inc()
+        self.metrics.buffer_points.set(len(self.sink))
+        stats = self.sink.stats
+        if stats.write_errors > self._seen_errors:
+            self.metrics.write_errors.inc(stats.write_errors - self._seen_errors)
+            self._seen_errors = stats.write_errors
+        if stats.rejected > self._seen_rejected:
+            self.metrics.rejected_points.inc(stats.rejected - self._seen_rejected)
+            self._seen_rejected = stats.rejected
+        if now - self._last_report >= _REPORT_EVERY_S:
+            self._report(now)
+
+    def _report(self, now: float) -> None:
+        rate = (self.windows_scored - self._reported_windows) / max(1e-9, now - self._last_report)
+        self._last_report, self._reported_windows = now, self.windows_scored
+        self.metrics.windows_per_s.set(rate)
+        lag_total = 0
+        for tp in self._consumer.assignment():
+            try:
+                high = self._consumer.highwater(tp)
+                pos = self._consumer.position(tp, timeout_ms=500)
+            except Exception as exc:  # lag is best effort; never let it stop scoring
+                log.debug("lag of %s unavailable: %s", tp, exc)
+                continue
+            if high is not None and pos is not None:
+                lag = max(0, high - pos)
+                lag_total += lag
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(lag)
+        health = Point("pipeline", {"stage": STAGE, "worker": self.worker_id},
+                       {"windows_per_s": float(rate), "consumer_lag": int(lag_total),
+                        "write_errors": int(self.sink.stats.write_errors), "buffer_points": int(len(self.sink))},
+                       time.time_ns())  # fmt: skip
+        if self._held is None and self.sink.room > 1:
+            self.sink.add([health])  # not tied to any offset: a lost health point costs nothing
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """kafka-python rebalance listener forwarding to the worker."""
+
+    def __init__(self, worker: ScoringWorker) -> None:
+        self._worker = worker
+
+    def on_partitions_revoked(self, revoked: list[Any]) -> None:
+        self._worker.on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: list[Any]) -> None:
+        self._worker.on_assigned(assigned)
