@@ -1,0 +1,108 @@
+"""Which machines the dashboards and alert rules are built for.
+
+The builders take a plain list of :class:`Machine` so they do not depend on where the list came
+from. Two sources are provided: the model registry (the machines a model was trained for) and
+InfluxDB (the machines that have written scores), plus a parser for ``type/id`` strings given on
+the command line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from soundwatch.errors import BadInput, MissingDependency
+
+# The same rule soundwatch.contracts applies to machine names: safe in InfluxQL string literals,
+# Grafana label values and file names without any escaping.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+class Machine(NamedTuple):
+    """One monitored machine: its type (the model it shares) and its id within the type."""
+
+    machine_type: str
+    machine_id: str
+
+    @property
+    def key(self) -> str:
+        """``type/id``: unique plant-wide (ids repeat across types, e.g. ``id_00``)."""
+        return f"{self.machine_type}/{self.machine_id}"
+
+
+def check_machines(machines: Iterable[Machine | tuple[str, str]]) -> list[Machine]:
+    """Validate, de-duplicate and sort machines; raise :class:`BadInput` naming a bad one.
+
+    Names end up inside InfluxQL string literals and alert labels, so they must match the
+    contract's id pattern (no quotes, spaces or slashes).
+    """
+    out: set[Machine] = set()
+    for item in machines:
+        m = Machine(*item)
+        for name, value in (("machine_type", m.machine_type), ("machine_id", m.machine_id)):
+            if not isinstance(value, str) or not _ID.match(value):
+                raise BadInput(
+                    f"{name}={value!r} of machine {item!r} is not a valid machine name",
+                    "use 1-128 letters, digits, '_', '.', '-' starting with a letter or digit",
+                )
+        out.add(m)
+    return sorted(out)
+
+
+def parse_machines(text: str) -> list[Machine]:
+    """Parse ``"fan/id_00,pump/id_02"`` (comma or whitespace separated) into machines."""
+    items = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        if item.count("/") != 1:
+            raise BadInput(
+                f"machine {item!r} is not of the form TYPE/ID", "e.g. --machines fan/id_00,pump/id_02"
+            )
+        machine_type, machine_id = item.split("/")
+        pairs.append((machine_type, machine_id))
+    return check_machines(pairs)
+
+
+def machines_from_registry(root: Path) -> list[Machine]:
+    """Machines known to the model registry at ``root``: every type's model and its machine ids.
+
+    Thin on purpose: it only needs ``ModelRegistry(root).machine_types()``, ``load(type)`` and the
+    loaded model's ``machine_ids``, so registry internals can change without touching the dashboards.
+    """
+    try:
+        from training.registry import ModelRegistry  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise MissingDependency(
+            "the model registry (training.registry) is not available in this installation",
+            "pass the machines explicitly with --machines TYPE/ID,... or use --from-influx",
+        ) from exc
+    registry: Any = ModelRegistry(root)
+    pairs: list[tuple[str, str]] = []
+    for machine_type in registry.machine_types():
+        model = registry.load(machine_type)  # the current version (Redis) or the newest on disk
+        pairs.extend((machine_type, str(mid)) for mid in model.machine_ids)
+    return check_machines(pairs)
+
+
+def machines_from_tag_values(rows: Iterable[tuple[str, str]]) -> list[Machine]:
+    """Machines from (machine_type, machine_id) rows, e.g. a ``SHOW TAG VALUES`` result."""
+    return check_machines(rows)
+
+
+def machines_from_influx(settings: Any) -> list[Machine]:
+    """Machines that have written ``asd_score`` points (``SHOW SERIES``, an index lookup: cheap).
+
+    ``settings`` is an :class:`soundwatch.settings.InfluxSettings`.
+    """
+    from dashboards.influxql import InfluxQL
+    from dashboards.queries import SCORE
+
+    pairs: list[tuple[str, str]] = []
+    for series in InfluxQL(settings).query(f'SHOW SERIES FROM "{SCORE}"'):
+        for (key,) in series.values:
+            tags = dict(part.split("=", 1) for part in key.split(",")[1:] if "=" in part)
+            if "machine_type" in tags and "machine_id" in tags:
+                pairs.append((tags["machine_type"], tags["machine_id"]))
+    return check_machines(pairs)
