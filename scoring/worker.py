@@ -42,6 +42,7 @@ from scoring.metrics import ScoringMetrics
 from scoring.models import ModelCache, ModelSource, ReloadListener, resolve_device
 from scoring.state import StateStore, StateTable
 from soundwatch.contracts import ContractError, DeadLetter, FeatureWindow, Reason, machine_key
+from soundwatch.errors import ConfigError
 from soundwatch.kafka import ensure_topics, make_consumer, make_producer, send_dead_letter
 from soundwatch.settings import Settings
 
@@ -128,6 +129,13 @@ class ScoringWorker:
     def _open(self) -> None:
         s = self.settings
         self.device = resolve_device(s.scoring.device)
+        if s.influx.max_buffer_points < 2 * s.scoring.max_batch + 1:
+            # a batch yields up to 2 points per window (score + alert); it must fit an empty buffer
+            raise ConfigError(
+                f"influx.max_buffer_points ({s.influx.max_buffer_points}) must be > 2 x scoring.max_batch "
+                f"({s.scoring.max_batch}), or one batch could never be buffered",
+                "raise SOUNDWATCH_INFLUX__MAX_BUFFER_POINTS or lower SOUNDWATCH_SCORING__MAX_BATCH",
+            )
         import redis
 
         self._redis = redis.Redis.from_url(s.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0,

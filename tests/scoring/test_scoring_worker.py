@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import requests
-from conftest import (
+from scoring_helpers import (
     count_points,
     influx_query,
     make_window,

@@ -1,0 +1,101 @@
+"""``soundwatch score run`` (the worker) and ``soundwatch bench scoring`` (throughput on this machine).
+
+The lead registers ``app`` as ``soundwatch score`` and :func:`bench` as ``soundwatch bench scoring``;
+``python -m scoring.cli run`` runs the worker without the root CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from soundwatch.console import err_console
+from soundwatch.settings import Settings, get_settings
+
+app = typer.Typer(help="Score feature windows: batched inference, median filter, alerts, InfluxDB.",
+                  no_args_is_help=True)  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+
+def _with_overrides(settings: Settings, registry: Path | None, **scoring: Any) -> Settings:
+    update = {k: v for k, v in scoring.items() if v is not None}
+    changes: dict[str, Any] = {}
+    if update:
+        changes["scoring"] = settings.scoring.model_copy(update=update)
+    if registry is not None:
+        changes["registry_root"] = registry
+    return settings.model_copy(update=changes) if changes else settings
+
+
+@app.command("run")
+def run(
+    registry: Annotated[Path | None, typer.Option("--registry", help="model registry root (default: "
+                                                  "settings registry_root)")] = None,  # fmt: skip
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
+    max_batch: Annotated[int | None, typer.Option("--max-batch", min=1, help="windows per forward pass")] = None,
+    max_wait_ms: Annotated[int | None, typer.Option("--max-wait-ms", min=0, help="longest a window waits "
+                                                    "for its batch")] = None,  # fmt: skip
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", min=0, max=65535,
+                                                     help="Prometheus port (0 = any free port)")] = None,
+) -> None:
+    """Run a scoring worker in the consumer group until SIGINT/SIGTERM (then flush and commit)."""
+    from soundwatch.errors import ConfigError
+
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r} is not one of auto, cpu, cuda", "pass --device auto|cpu|cuda")
+    settings = _with_overrides(get_settings(), registry, device=device, max_batch=max_batch,
+                               max_wait_ms=max_wait_ms, metrics_port=metrics_port)  # fmt: skip
+    from scoring.worker import ScoringWorker
+
+    worker = ScoringWorker(settings)
+
+    def _stop(signum: int, _frame: object) -> None:
+        err_console.print(f"{signal.Signals(signum).name}: stopping after the current batch (flush + commit)")
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    worker.run(on_started=lambda w: err_console.print(
+        f"scoring worker {w.worker_id}: {settings.kafka.topics.features} -> InfluxDB {settings.influx.url}, "
+        f"device {w.device}, metrics on {settings.scoring.metrics_host}:{w.metrics.port}"))  # fmt: skip
+
+
+def bench(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    registry: Path | None = typer.Option(None, "--registry", help="registry with the model to benchmark "
+                                         "(default: settings registry_root; a small synthetic model is "
+                                         "trained when it is empty)"),  # fmt: skip
+    machine_type: str | None = typer.Option(None, "--machine-type", help="model to use (default: first type)"),
+    windows: int = typer.Option(2048, "--windows", min=64, help="windows scored in the batched run"),
+    machines: int = typer.Option(64, "--machines", min=1, help="distinct machines the windows come from"),
+    max_batch: int | None = typer.Option(None, "--max-batch", min=1, help="micro-batch size (default: settings)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+) -> None:
+    """Windows/s one scoring worker sustains (decode -> model -> median -> alerts -> points), batched vs single."""
+    from scoring.bench import run_bench
+
+    settings = get_settings()
+    result = run_bench(settings, registry=registry, machine_type=machine_type, n_windows=windows,
+                       n_machines=machines, max_batch=max_batch or settings.scoring.max_batch,
+                       device=device)  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:>22}: {value}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)  # fmt: skip
+    for noisy in ("kafka", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    app()
