@@ -110,6 +110,7 @@ def producer_options(settings: Settings, idempotent: bool = True) -> dict[str, A
 @dataclass(frozen=True)
 class ShipperStats:
     online: bool
+    connected_once: bool  # False until the first chunk lands: "connecting", not an outage
     sent_chunks: int
     sent_bytes: int
     outages: int
@@ -166,6 +167,18 @@ class Shipper:
             self.spool.append(key, value)
         self._wake.set()
 
+    def wait_for_room(self, max_pending: int, stop: threading.Event) -> None:
+        """Block while more than ``max_pending`` chunks wait: back-pressure for sources that are not live.
+
+        A file replayed as fast as possible (or during an outage) then pauses instead of
+        overrunning the spool limit; live sources (microphones) never call this.
+        """
+        while not stop.is_set():
+            with self._lock:
+                if self.spool.pending_chunks <= max_pending:
+                    return
+            stop.wait(0.01)
+
     def flush(self, timeout_s: float) -> bool:
         """Wait until every spooled record is acknowledged; False if ``timeout_s`` passed first."""
         deadline = time.monotonic() + timeout_s
@@ -199,7 +212,7 @@ class Shipper:
         with self._lock:
             spool = self.spool.stats()
         outage = 0.0 if self._online or self._outage_started is None else time.monotonic() - self._outage_started
-        return ShipperStats(self._online, self._sent_chunks, self._sent_bytes, self._outages, outage,
+        return ShipperStats(self._online, self._had_success, self._sent_chunks, self._sent_bytes, self._outages, outage,
                             self._last_error, self._rejected, spool)  # fmt: skip
 
     # ------------------------------------------------------------------ sender thread
@@ -294,8 +307,10 @@ class Shipper:
         self._outage_started = None
         with self._lock:
             backlog = self.spool.pending_chunks
-        if self._had_success or backlog > 1:
+        if self._had_success:
             log.warning("Kafka is reachable again after %.1f s; sending %d spooled chunks in order", took, backlog)
+        elif backlog > 1:
+            log.info("connected to Kafka; sending %d spooled chunks in order", backlog)
         self._had_success = True
 
     def _note_error(self, err: BaseException) -> None:
@@ -305,6 +320,8 @@ class Shipper:
         with self._lock:
             busy = self.spool.in_flight > 0
             waiting = self.spool.has_pending()
+        if self._producer is None and not self._had_success and not busy:
+            self._new_producer()  # connect early so the first chunk does not wait for the handshake
         if busy or not waiting or time.monotonic() < self._probe_at:
             return
         self._probe_backoff = min(self._probe_backoff * 2, self.max_probe_interval_s)

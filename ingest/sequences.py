@@ -71,7 +71,11 @@ class SequenceStore:
                 "stop it, or give this gateway its own SOUNDWATCH_INGEST__STATE_DIR and gateway id",
             ) from exc
         self._path = self.state_dir / _FILE
-        self._next: dict[str, int] = self._load()
+        try:
+            self._next: dict[str, int] = self._load()
+        except BaseException:
+            self._lock_fh.close()  # releases the flock
+            raise
         self._reserved: dict[str, int] = dict(self._next)  # durable high-water marks
         self._closed = False
 
