@@ -55,11 +55,17 @@ class PanelRunner:
     """Runs a dashboard's panel targets and annotations over one time range."""
 
     def __init__(
-        self, client: InfluxQL, *, start_ms: int, end_ms: int, variables: dict[str, str] | None = None
+        self,
+        client: InfluxQL,
+        *,
+        start_ms: int,
+        end_ms: int,
+        variables: dict[str, str] | None = None,
+        interval: str | None = None,
     ) -> None:
         self.client = client
         self.start_ms, self.end_ms = start_ms, end_ms
-        self.interval = grafana_interval(start_ms, end_ms)
+        self.interval = interval or grafana_interval(start_ms, end_ms)
         self.variables = variables or {}
 
     def run(self, query: str, *, time_from: str | None = None) -> list[Series]:
