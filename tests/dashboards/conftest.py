@@ -77,22 +77,34 @@ class Scenario:
     def lines(self) -> list[str]:
         out = []
         for p in self.scores:
-            m = p.machine
-            out.append(
-                f"asd_score,machine_id={m.machine_id},machine_type={m.machine_type},model_version={p.model_version} "
-                f"anomalous={'true' if p.anomalous else 'false'},score={p.score!r},score_median={p.score_median!r},"
-                f"threshold={p.threshold!r} {p.t * 10**9}"
-            )
+            tags = {"machine_type": p.machine.machine_type, "machine_id": p.machine.machine_id,
+                    "model_version": p.model_version}  # fmt: skip
+            fields = {"score": p.score, "score_median": p.score_median, "threshold": p.threshold,
+                      "anomalous": p.anomalous}  # fmt: skip
+            out.append(_line("asd_score", tags, fields, p.t))
         for a in self.alerts:
-            m = a["machine"]
-            out.append(
-                f"asd_alert,machine_id={m.machine_id},machine_type={m.machine_type} "
-                f'score_median={a["score_median"]!r},state="{a["state"]}",threshold={a["threshold"]!r} {a["t"] * 10**9}'
-            )
+            tags = {"machine_type": a["machine"].machine_type, "machine_id": a["machine"].machine_id}
+            fields = {"state": a["state"], "score_median": a["score_median"], "threshold": a["threshold"]}
+            out.append(_line("asd_alert", tags, fields, a["t"]))
         for r in self.pipeline:
-            fields = ",".join(f"{k}={float(v)!r}" for k, v in sorted(r["fields"].items()))
-            out.append(f"pipeline,stage={r['stage']},worker={r['worker']} {fields} {r['t'] * 10**9}")
+            out.append(_line("pipeline", {"stage": r["stage"], "worker": r["worker"]},
+                             {k: float(v) for k, v in r["fields"].items()}, r["t"]))  # fmt: skip
         return out
+
+
+def _line(measurement: str, tags: dict[str, str], fields: dict[str, Any], t_s: int) -> str:
+    """Line protocol as the scoring worker's sink writes it (floats, booleans, quoted strings; ns time)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return f'"{v}"'
+        return repr(float(v))
+
+    tag_text = "".join(f",{k}={v}" for k, v in sorted(tags.items()))
+    field_text = ",".join(f"{k}={value(v)}" for k, v in sorted(fields.items()))
+    return f"{measurement}{tag_text} {field_text} {t_s * 10**9}"
 
 
 def make_scenario(now_s: int) -> Scenario:
@@ -117,21 +129,48 @@ def make_scenario(now_s: int) -> Scenario:
             median = medians[m].update(raw)
             sc.scores.append(ScorePoint(t, m, version, raw, median, threshold, median > threshold))
         sc.pipeline.append({"t": t, "stage": "ingest", "worker": "gw-1", "fields": {"chunks_per_s": 4.0}})
-        sc.pipeline.append({"t": t, "stage": "features", "worker": "f-1",
-                            "fields": {"windows_per_s": 2.0, "consumer_lag": 5}})  # fmt: skip
+        sc.pipeline.append(
+            {
+                "t": t,
+                "stage": "features",
+                "worker": "f-1",
+                "fields": {"windows_per_s": 2.0, "consumer_lag": 5},
+            }
+        )
         outage = now_s - 900 <= t < now_s - 600
-        sc.pipeline.append({"t": t, "stage": "scoring", "worker": "s-1",
-                            "fields": {"windows_per_s": 1.0, "consumer_lag": k % 7, "write_errors": k // 6,
-                                       "buffer_points": 100 * (t - (now_s - 900)) if outage else 0}})  # fmt: skip
-        sc.pipeline.append({"t": t, "stage": "scoring", "worker": "s-2",
-                            "fields": {"windows_per_s": 1.5, "consumer_lag": 3, "write_errors": 0, "buffer_points": 0}})  # fmt: skip
+        sc.pipeline.append(
+            {
+                "t": t,
+                "stage": "scoring",
+                "worker": "s-1",
+                "fields": {
+                    "windows_per_s": 1.0,
+                    "consumer_lag": k % 7,
+                    "write_errors": k // 6,
+                    "buffer_points": 100 * (t - (now_s - 900)) if outage else 0,
+                },
+            }
+        )
+        sc.pipeline.append(
+            {
+                "t": t,
+                "stage": "scoring",
+                "worker": "s-2",
+                "fields": {"windows_per_s": 1.5, "consumer_lag": 3, "write_errors": 0, "buffer_points": 0},
+            }
+        )
     first_bad = next(p for p in sc.of(FAN0) if p.anomalous)
     sc.alerts = [
         {"t": now_s - 3000, "machine": FAN2, "state": "alerting", "score_median": 1.6, "threshold": 1.5},
         {"t": now_s - 2900, "machine": FAN2, "state": "normal", "score_median": 1.1, "threshold": 1.5},
-        {"t": first_bad.t + 20, "machine": FAN0, "state": "alerting", "score_median": first_bad.score_median,
-         "threshold": first_bad.threshold},
-    ]  # fmt: skip
+        {
+            "t": first_bad.t + 20,
+            "machine": FAN0,
+            "state": "alerting",
+            "score_median": first_bad.score_median,
+            "threshold": first_bad.threshold,
+        },
+    ]
     return sc
 
 
@@ -141,8 +180,9 @@ def scenario(isolated_settings: Settings) -> Scenario:
     sc = make_scenario(int(time.time()) // STEP_S * STEP_S)
     influx = isolated_settings.influx
     body = "\n".join(sc.lines())
-    resp = requests.post(f"{influx.url}/write", params={"db": influx.database, "precision": "ns"}, data=body,
-                         timeout=30)  # fmt: skip
+    resp = requests.post(
+        f"{influx.url}/write", params={"db": influx.database, "precision": "ns"}, data=body, timeout=30
+    )
     assert resp.status_code == 204, resp.text
     return sc
 
