@@ -1,0 +1,303 @@
+"""The Faust app: ``audio.raw`` chunks in, per-machine log-mel windows out on ``features.logmel``.
+
+Build it with :func:`create_app` (nothing happens at import); run it with :func:`run_worker`
+(``soundwatch features run``). Several workers with the same ``stream.app_id`` split the partitions.
+
+Per record of ``audio.raw`` (key = ``machine_key``, value = an encoded :class:`AudioChunk`):
+
+1. decode; an undecodable chunk, NaN/inf samples, the wrong sample rate or a key that is not the
+   chunk's machine go to the dead-letter topic with :class:`DeadLetter` headers (the reason), and
+   the worker carries on;
+2. load the machine's :class:`StreamWindower` from the changelog-backed table, push the chunk;
+3. publish the completed windows (key = ``machine_key``) and **wait for the broker's ack**;
+4. only then store the new windower state in the table (its changelog record follows).
+
+Delivery (no exactly-once: the local broker has no transactions): a worker killed and restarted,
+or a partition moved to another worker, must give no missing and no duplicate windows.
+
+* Faust flushes the producer (our changelog records included) before it commits input offsets, so
+  a restored state is never *behind* the committed input: replayed chunks it already holds are
+  duplicates by sequence number and are ignored — nothing is emitted twice from them.
+* Windows are acked before the state that records them is written, so a crash can leave the output
+  *ahead* of the stored state, never behind it: no window is lost. The re-processed chunk then
+  recomputes windows that are already published. To drop exactly those, a worker reads the tail of
+  the output partition of each input partition it is assigned (windows of input partition ``p`` go
+  to output partition ``p % n``, so only that partition's previous owner wrote there) and remembers
+  the newest ``(segment, start_frame)`` per machine; re-emissions up to it are suppressed. The gap
+  between output and state is at most the chunk in flight at the crash, so a tail of
+  ``_TAIL_DEPTH`` records is ample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from features.windower import EventKind, StreamWindower, peek_state
+from soundwatch.contracts import AudioChunk, ContractError, DeadLetter, FeatureWindow, Reason, machine_key
+from soundwatch.settings import KafkaSettings, Settings
+
+if TYPE_CHECKING:
+    import faust
+
+log = logging.getLogger(__name__)
+
+STAGE = "features"
+TABLE_NAME = "windower-state"
+_TAIL_DEPTH = 512  # output records read back per partition after an assignment (see module docstring)
+
+
+@dataclass
+class StreamStats:
+    chunks: int = 0
+    audio_s: float = 0.0
+    windows: int = 0
+    suppressed: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    gaps: int = 0
+    duplicates: int = 0
+
+    def line(self) -> str:
+        dl = sum(self.dead_letters.values())
+        return (f"{self.chunks} chunks ({self.audio_s:.0f} s audio), {self.windows} windows, "
+                f"{self.gaps} gaps, {self.duplicates} duplicates, {dl} dead letters {self.dead_letters or ''}, "
+                f"{self.suppressed} re-emissions suppressed")  # fmt: skip
+
+
+class WindowingProcessor:
+    """The agent's per-record logic, kept apart from the Faust wiring in :func:`create_app`."""
+
+    def __init__(self, settings: Settings, table: Any, features_topic: Any, deadletter_topic: Any) -> None:
+        self.settings = settings
+        self.params = settings.features
+        self.table = table
+        self.features_topic = features_topic
+        self.deadletter_topic = deadletter_topic
+        self.stats = StreamStats()
+        self._scanned: set[int] = set()  # input partitions whose output tail has been read since assignment
+        self._emitted: dict[bytes, tuple[int, int]] = {}  # machine key -> newest published (segment, start_frame)
+        self._n_out: int | None = None
+
+    # -------------------------------------------------------------- rebalance hooks
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Revoked partitions: read their output tail again if they come back."""
+        self._scanned -= partitions
+
+    async def _ensure_scanned(self, partition: int) -> None:
+        if partition in self._scanned:
+            return
+        topic = self.settings.kafka.topics.features
+        n_out, emitted = await asyncio.to_thread(read_emitted_tail, self.settings, topic, partition, _TAIL_DEPTH)
+        self._n_out = n_out
+        for key, last in emitted.items():
+            if last > self._emitted.get(key, (-1, -1)):
+                self._emitted[key] = last
+        self._scanned.add(partition)
+        log.info("input partition %d: read back %s's tail, %d machine(s) with recent windows", partition, topic,
+                 len(emitted))  # fmt: skip
+
+    # -------------------------------------------------------------- per record
+    async def handle(self, message: Any) -> None:
+        """Process one ``audio.raw`` record (``message`` has topic, partition, offset, key, value)."""
+        await self._ensure_scanned(message.partition)
+        try:
+            chunk = AudioChunk.decode(message.value)
+            key = machine_key(chunk.machine_type, chunk.machine_id)
+            if message.key != key:
+                raise ContractError(Reason.INVALID_FIELD, f"record key {message.key!r} is not the chunk's machine "
+                                    f"key {key!r}; per-machine order needs that key")  # fmt: skip
+            windower = self._load(key)
+            result = windower.push(chunk)
+        except ContractError as exc:
+            await self._dead_letter(message, exc)
+            return
+        for event in result.events:
+            log.warning("%s", event)
+            if event.kind is EventKind.GAP:
+                self.stats.gaps += 1
+            else:
+                self.stats.duplicates += 1
+        if any(e.kind is EventKind.DUPLICATE for e in result.events):
+            return  # a duplicate or replayed chunk: the state did not change
+        self.stats.chunks += 1
+        self.stats.audio_s += chunk.duration_s
+        out_partition = message.partition % (self._n_out or 1)
+        pending = []
+        for window in result.windows:
+            if (window.segment, window.start_frame) <= self._emitted.get(key, (-1, -1)):
+                self.stats.suppressed += 1
+                log.info("%s: window (%d, %d) already published before a restart; not sent again",
+                         key.decode(), window.segment, window.start_frame)  # fmt: skip
+                continue
+            pending.append(await self.features_topic.send(key=key, value=window.encode(), partition=out_partition,
+                                                          force=True))  # fmt: skip
+        if pending:
+            await asyncio.gather(*pending)  # acked before the state that records them is written
+            self.stats.windows += len(pending)
+        if key in self._emitted and (windower.segment, windower.next_window) > self._emitted[key]:
+            del self._emitted[key]  # caught up with what was published before the restart
+        self.table[key] = windower.to_bytes()
+
+    def _load(self, key: bytes) -> StreamWindower:
+        data = self.table.get(key)
+        if not data:
+            return StreamWindower(self.params)
+        try:
+            return StreamWindower.from_bytes(data, self.params)
+        except ContractError as exc:
+            if exc.reason is not Reason.FEATURE_PARAMS_MISMATCH:
+                raise RuntimeError(f"stored windower state of {key!r} is corrupt: {exc}") from exc
+            old = peek_state(data)
+            log.warning("%s: feature parameters changed since the stored state (%s); starting segment %d",
+                        key.decode(), exc.detail, old["segment"] + 1)  # fmt: skip
+            fresh = StreamWindower(self.params, old["machine_type"], old["machine_id"])
+            fresh.segment = int(old["segment"]) + 1
+            return fresh
+
+    async def _dead_letter(self, message: Any, exc: ContractError) -> None:
+        letter = DeadLetter.from_error(exc, STAGE, message.topic, message.partition, message.offset)
+        log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic, message.partition, message.offset,
+                    exc.reason.value, exc.detail)  # fmt: skip
+        fut = await self.deadletter_topic.send(key=message.key, value=message.value or b"",
+                                               headers=letter.headers(), force=True)  # fmt: skip
+        await fut
+        self.stats.dead_letters[exc.reason.value] = self.stats.dead_letters.get(exc.reason.value, 0) + 1
+
+
+def read_emitted_tail(settings: Settings, topic: str, input_partition: int,
+                      depth: int) -> tuple[int, dict[bytes, tuple[int, int]]]:  # fmt: skip
+    """``(n_partitions, {machine key: newest (segment, start_frame)})`` from the last ``depth`` records of
+    the output partition that input partition ``input_partition`` writes to. Blocking (kafka-python)."""
+    from kafka import TopicPartition
+
+    from soundwatch.kafka import make_consumer
+
+    consumer = make_consumer(settings, group_id=None, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise ContractError(Reason.INVALID_FIELD, f"output topic {topic} does not exist")
+        n_out = len(parts)
+        tp = TopicPartition(topic, input_partition % n_out)
+        consumer.assign([tp])
+        end = consumer.end_offsets([tp])[tp]
+        begin = consumer.beginning_offsets([tp])[tp]
+        consumer.seek(tp, max(begin, end - depth))
+        newest: dict[bytes, tuple[int, int]] = {}
+        deadline = time.monotonic() + 30.0
+        while consumer.position(tp) < end and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for rec in records:
+                    try:
+                        w = FeatureWindow.decode(rec.value)
+                    except ContractError:
+                        continue
+                    k = machine_key(w.machine_type, w.machine_id)
+                    newest[k] = max(newest.get(k, (-1, -1)), (w.segment, w.start_frame))
+        if consumer.position(tp) < end:
+            raise TimeoutError(f"reading back {tp.topic}[{tp.partition}] did not reach offset {end} in 30 s")
+        return n_out, newest
+    finally:
+        consumer.close()
+
+
+def broker_url(kafka: KafkaSettings) -> str:
+    """Faust's broker URL list (``kafka://h1:9092;kafka://h2:9092``) for the configured servers."""
+    return ";".join(f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",") if server.strip())
+
+
+def _credentials(kafka: KafkaSettings) -> Any:
+    import ssl
+
+    import faust
+
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+        if kafka.ssl_certfile:
+            context.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    mechanism = kafka.sasl_mechanism or "PLAIN"
+    password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    return faust.SASLCredentials(username=kafka.sasl_username, password=password, ssl_context=context,
+                                 mechanism=mechanism)  # fmt: skip
+
+
+def create_app(settings: Settings, *, web_port: int | None = None, stats_interval_s: float = 30.0) -> faust.App:
+    """The Faust app for ``settings`` (no network until a worker starts it).
+
+    ``web_port``: the worker's web server port on 127.0.0.1; ``None`` takes ``stream.workers_web_port``,
+    ``0`` disables the web server (tests, several workers on one host).
+    """
+    import faust
+
+    s, t = settings.stream, settings.kafka.topics
+    port = s.workers_web_port if web_port is None else web_port
+    datadir = Path(s.data_dir)
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        s.app_id,
+        broker=broker_url(settings.kafka),
+        broker_credentials=_credentials(settings.kafka),
+        store="memory://",  # the state lives in the changelog topic; recovery reads it back
+        key_serializer="raw",
+        value_serializer="raw",
+        processing_guarantee="at_least_once",  # exactly_once needs transactions the local broker lacks
+        producer_acks=-1,
+        broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_heartbeat_interval=settings.kafka.heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=t.partitions,
+        topic_replication_factor=t.replication_factor,
+        topic_disable_leader=True,
+        table_standby_replicas=0,
+        web_enabled=port != 0,
+        web_bind="127.0.0.1",
+        web_port=port or 6066,
+        datadir=str(datadir / s.app_id),
+        autodiscover=False,
+    )
+    audio_topic = app.topic(t.audio_raw, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    features_topic = app.topic(t.features, key_type=bytes, value_type=bytes, key_serializer="raw",
+                               value_serializer="raw")  # fmt: skip
+    deadletter_topic = app.topic(t.deadletter, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                 value_serializer="raw")  # fmt: skip
+    # keys and values are raw bytes (the app's serializers): a machine key -> StreamWindower.to_bytes()
+    table = app.Table(TABLE_NAME, default=None, key_type=bytes, value_type=bytes, partitions=t.partitions)
+    processor = WindowingProcessor(settings, table, features_topic, deadletter_topic)
+    app.windowing = processor  # type: ignore[attr-defined]  # for tests and the stats timer
+
+    @app.agent(audio_topic, name="windows")
+    async def windows(stream: Any) -> None:
+        async for event in stream.events():
+            await processor.handle(event.message)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(_app: Any, revoked: set, **kwargs: Any) -> None:
+        processor.forget_partitions({tp.partition for tp in revoked if tp.topic == t.audio_raw})
+
+    @app.timer(interval=stats_interval_s)
+    async def _report() -> None:
+        log.info("features: %s", processor.stats.line())
+
+    return app
+
+
+def run_worker(settings: Settings, *, web_port: int | None = None, loglevel: str = "info") -> None:
+    """Run one worker until SIGINT/SIGTERM (graceful: commits, flushes, leaves the group)."""
+    import faust
+
+    from soundwatch.kafka import ensure_topics
+
+    t = settings.kafka.topics
+    ensure_topics(settings, [t.audio_raw, t.features, t.deadletter])
+    app = create_app(settings, web_port=web_port)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
+    worker.execute_from_commandline()
