@@ -77,18 +77,31 @@ class Scenario:
     def lines(self) -> list[str]:
         out = []
         for p in self.scores:
-            tags = {"machine_type": p.machine.machine_type, "machine_id": p.machine.machine_id,
-                    "model_version": p.model_version}  # fmt: skip
-            fields = {"score": p.score, "score_median": p.score_median, "threshold": p.threshold,
-                      "anomalous": p.anomalous}  # fmt: skip
+            tags = {
+                "machine_type": p.machine.machine_type,
+                "machine_id": p.machine.machine_id,
+                "model_version": p.model_version,
+            }
+            fields = {
+                "score": p.score,
+                "score_median": p.score_median,
+                "threshold": p.threshold,
+                "anomalous": p.anomalous,
+            }
             out.append(_line("asd_score", tags, fields, p.t))
         for a in self.alerts:
             tags = {"machine_type": a["machine"].machine_type, "machine_id": a["machine"].machine_id}
             fields = {"state": a["state"], "score_median": a["score_median"], "threshold": a["threshold"]}
             out.append(_line("asd_alert", tags, fields, a["t"]))
         for r in self.pipeline:
-            out.append(_line("pipeline", {"stage": r["stage"], "worker": r["worker"]},
-                             {k: float(v) for k, v in r["fields"].items()}, r["t"]))  # fmt: skip
+            out.append(
+                _line(
+                    "pipeline",
+                    {"stage": r["stage"], "worker": r["worker"]},
+                    {k: float(v) for k, v in r["fields"].items()},
+                    r["t"],
+                )
+            )
         return out
 
 

@@ -97,8 +97,13 @@ class FakeGrafana:
         if method == "POST" and not rest:
             if body["uid"] in self.folders:
                 return 409, {"message": "a folder with the same uid already exists"}
-            self.folders[body["uid"]] = {"id": self._next_id(), "uid": body["uid"], "title": body["title"],
-                                         "url": f"/dashboards/f/{body['uid']}/", "version": 1}  # fmt: skip
+            self.folders[body["uid"]] = {
+                "id": self._next_id(),
+                "uid": body["uid"],
+                "title": body["title"],
+                "url": f"/dashboards/f/{body['uid']}/",
+                "version": 1,
+            }
             return 200, self.folders[body["uid"]]
         folder = self.folders.get(rest[0]) if rest else None
         if folder is None:
@@ -115,8 +120,12 @@ class FakeGrafana:
             if any(d["name"] == body["name"] for d in self.datasources.values()):
                 return 409, {"message": "data source with the same name already exists"}
             self.datasources[body["uid"]] = self._store_ds(body, version=1)
-            return 200, {"datasource": self._public_ds(body["uid"]), "id": self.datasources[body["uid"]]["id"],
-                         "message": "Datasource added", "name": body["name"]}  # fmt: skip
+            return 200, {
+                "datasource": self._public_ds(body["uid"]),
+                "id": self.datasources[body["uid"]]["id"],
+                "message": "Datasource added",
+                "name": body["name"],
+            }
         if rest and rest[0] in self.datasources:
             if method == "GET":
                 return 200, self._public_ds(rest[0])
@@ -155,10 +164,18 @@ class FakeGrafana:
                 }
             version = old["dashboard"]["version"] + 1 if old else 1
             board.update(id=old["dashboard"]["id"] if old else self._next_id(), version=version)
-            self.dashboards[uid] = {"dashboard": board, "meta": {"folderUid": body.get("folderUid", ""),
-                                                                 "version": version, "slug": uid}}  # fmt: skip
-            return 200, {"id": board["id"], "uid": uid, "url": f"/d/{uid}/{uid}", "status": "success",
-                         "version": version, "slug": uid}  # fmt: skip
+            self.dashboards[uid] = {
+                "dashboard": board,
+                "meta": {"folderUid": body.get("folderUid", ""), "version": version, "slug": uid},
+            }
+            return 200, {
+                "id": board["id"],
+                "uid": uid,
+                "url": f"/d/{uid}/{uid}",
+                "status": "success",
+                "version": version,
+                "slug": uid,
+            }
         if method == "GET" and rest[:1] == ["uid"] and rest[1] in self.dashboards:
             return 200, copy.deepcopy(self.dashboards[rest[1]])
         return 404, {"message": "Dashboard not found"}
@@ -203,8 +220,10 @@ class FakeGrafana:
                 names = {c["name"] for c in self.contact_points.values()} | {DEFAULT_RECEIVER}
                 missing = _receivers(body) - names
                 if missing:
-                    return 400, {"message": f"invalid object specification: receiver '{sorted(missing)[0]}' "
-                                           "does not exist"}  # fmt: skip
+                    return 400, {
+                        "message": f"invalid object specification: receiver '{sorted(missing)[0]}' "
+                        "does not exist"
+                    }
                 self.policy = copy.deepcopy(body)
                 return 202, {"message": "policies updated"}
         return 404, {"message": "Not found"}
@@ -257,8 +276,14 @@ class FakeGrafana:
 
     def _public_rule(self, uid: str) -> dict[str, Any]:
         rule = copy.deepcopy(self.rules[uid])
-        rule.update({"for": _go_duration(rule["for"]), "provenance": "api", "updated": "2026-11-23T18:00:00Z",
-                     "orgID": 1})  # fmt: skip
+        rule.update(
+            {
+                "for": _go_duration(rule["for"]),
+                "provenance": "api",
+                "updated": "2026-11-23T18:00:00Z",
+                "orgID": 1,
+            }
+        )
         return rule
 
     # ------------------------------------------------------------------ HTTP

@@ -52,8 +52,11 @@ def test_first_push_creates_everything_in_dependency_order(settings, grafana):
     folder_uid = alerting.folder_uid(settings.grafana)
     board_posts = [r.body for r in grafana.writes if r.path == "/api/dashboards/db"]
     assert all(b["overwrite"] is True and b["folderUid"] == folder_uid for b in board_posts)
-    assert {b["dashboard"]["uid"] for b in board_posts} == {"soundwatch-fleet", "soundwatch-machine",
-                                                            "soundwatch-pipeline"}  # fmt: skip
+    assert {b["dashboard"]["uid"] for b in board_posts} == {
+        "soundwatch-fleet",
+        "soundwatch-machine",
+        "soundwatch-pipeline",
+    }
     ds_body = grafana.writes[1].body
     assert ds_body["uid"] == settings.grafana.datasource_uid and ds_body["type"] == "influxdb"
     assert ds_body["secureJsonData"] == {"password": "s3cret"} and ds_body["user"] == "grafana"
@@ -81,8 +84,9 @@ def test_second_push_sends_no_write(settings, grafana):
 def test_changed_settings_update_only_what_changed(settings, grafana):
     push(grafana.url, TOKEN, settings, KNOWN)
     before = len(grafana.requests)
-    slower = load_settings(grafana={**settings.grafana.model_dump(), "alert_for": "5m"},
-                           influx=settings.influx.model_dump())  # fmt: skip
+    slower = load_settings(
+        grafana={**settings.grafana.model_dump(), "alert_for": "5m"}, influx=settings.influx.model_dump()
+    )
     report = push(grafana.url, TOKEN, slower, [FAN0, FAN2, PUMP0])  # slider/id_00 was decommissioned
     writes = [(r.method, r.path) for r in grafana.requests[before:] if r.method != "GET"]
     anomaly_uids = {alerting.rule_uid("anomaly", m) for m in (FAN0, FAN2, PUMP0)}

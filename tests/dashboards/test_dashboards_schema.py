@@ -107,8 +107,12 @@ def test_rules_carry_labels_annotations_and_settings(grafana):
     assert len(rules) == 2 * len(KNOWN)
     anomaly = rules["soundwatch anomaly fan/id_00"]
     assert anomaly["for"] == grafana.alert_for
-    assert anomaly["labels"] == {"app": "soundwatch", "severity": "critical", "machine_type": "fan",
-                                 "machine_id": "id_00"}  # fmt: skip
+    assert anomaly["labels"] == {
+        "app": "soundwatch",
+        "severity": "critical",
+        "machine_type": "fan",
+        "machine_id": "id_00",
+    }
     assert anomaly["noDataState"] == "OK" and anomaly["condition"] == "C"
     assert (
         "$values.B" in anomaly["annotations"]["summary"] and "$values.TH" in anomaly["annotations"]["summary"]
@@ -127,8 +131,10 @@ def test_rules_carry_labels_annotations_and_settings(grafana):
     # routing: soundwatch alerts grouped per machine, routed by severity, to the configured contact point
     route = config.policy["routes"][0]
     assert route["group_by"][-2:] == ["machine_type", "machine_id"]
-    assert [r["object_matchers"] for r in route["routes"]] == [[["severity", "=", "critical"]],
-                                                               [["severity", "=", "warning"]]]  # fmt: skip
+    assert [r["object_matchers"] for r in route["routes"]] == [
+        [["severity", "=", "critical"]],
+        [["severity", "=", "warning"]],
+    ]
     assert {r["receiver"] for r in route["routes"]} == {alerting.CONTACT_POINT}
 
 
