@@ -10,9 +10,9 @@ The scenario (10 s windows, the last hour up to ``now``):
 * pipeline: gateway ``gw-1`` (ingest), ``f-1`` (features), ``s-1``/``s-2`` (scoring; ``s-1`` has a
   growing write-error counter and a buffer during an outage).
 
-The points are written with plain ``/write`` line protocol, exactly as the scoring worker's
-sink writes them. The ground truth is kept in Python so tests compare InfluxDB's answers
-with independently computed values.
+The points are built and written by the scoring worker's own InfluxDB sink (``scoring.influx``:
+``score_point``/``alert_point`` and ``BufferedSink``). The ground truth is kept in Python so the
+tests compare InfluxDB's answers with independently computed values.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import requests
 
 from dashboards.machines import Machine
 from scoring.filters import StreamingMedian
+from scoring.influx import PIPELINE_MEASUREMENT, BufferedSink, Point, alert_point, score_point
 from soundwatch.settings import Settings
 
 STEP_S = 10
@@ -74,50 +74,42 @@ class Scenario:
     def of(self, machine: Machine) -> list[ScorePoint]:
         return [p for p in self.scores if p.machine == machine]
 
-    def lines(self) -> list[str]:
-        out = []
-        for p in self.scores:
-            tags = {
-                "machine_type": p.machine.machine_type,
-                "machine_id": p.machine.machine_id,
-                "model_version": p.model_version,
-            }
-            fields = {
-                "score": p.score,
-                "score_median": p.score_median,
-                "threshold": p.threshold,
-                "anomalous": p.anomalous,
-            }
-            out.append(_line("asd_score", tags, fields, p.t))
-        for a in self.alerts:
-            tags = {"machine_type": a["machine"].machine_type, "machine_id": a["machine"].machine_id}
-            fields = {"state": a["state"], "score_median": a["score_median"], "threshold": a["threshold"]}
-            out.append(_line("asd_alert", tags, fields, a["t"]))
-        for r in self.pipeline:
-            out.append(
-                _line(
-                    "pipeline",
-                    {"stage": r["stage"], "worker": r["worker"]},
-                    {k: float(v) for k, v in r["fields"].items()},
-                    r["t"],
-                )
+    def points(self) -> list[Point]:
+        """The scenario as the scoring worker's InfluxDB points (scoring.influx builds them)."""
+        out = [
+            score_point(
+                machine_type=p.machine.machine_type,
+                machine_id=p.machine.machine_id,
+                model_version=p.model_version,
+                end_ns=p.t * 10**9,
+                score=p.score,
+                score_median=p.score_median,
+                threshold=p.threshold,
+                anomalous=p.anomalous,
             )
+            for p in self.scores
+        ]
+        out += [
+            alert_point(
+                machine_type=a["machine"].machine_type,
+                machine_id=a["machine"].machine_id,
+                state=a["state"],
+                score_median=a["score_median"],
+                threshold=a["threshold"],
+                time_ns=a["t"] * 10**9,
+            )
+            for a in self.alerts
+        ]
+        out += [
+            Point(
+                PIPELINE_MEASUREMENT,
+                {"stage": r["stage"], "worker": r["worker"]},
+                {k: float(v) for k, v in r["fields"].items()},
+                r["t"] * 10**9,
+            )
+            for r in self.pipeline
+        ]
         return out
-
-
-def _line(measurement: str, tags: dict[str, str], fields: dict[str, Any], t_s: int) -> str:
-    """Line protocol as the scoring worker's sink writes it (floats, booleans, quoted strings; ns time)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return f'"{v}"'
-        return repr(float(v))
-
-    tag_text = "".join(f",{k}={v}" for k, v in sorted(tags.items()))
-    field_text = ",".join(f"{k}={value(v)}" for k, v in sorted(fields.items()))
-    return f"{measurement}{tag_text} {field_text} {t_s * 10**9}"
 
 
 def make_scenario(now_s: int) -> Scenario:
@@ -191,12 +183,13 @@ def make_scenario(now_s: int) -> Scenario:
 def scenario(isolated_settings: Settings) -> Scenario:
     """The scenario written into the test's private database (returns the ground truth)."""
     sc = make_scenario(int(time.time()) // STEP_S * STEP_S)
-    influx = isolated_settings.influx
-    body = "\n".join(sc.lines())
-    resp = requests.post(
-        f"{influx.url}/write", params={"db": influx.database, "precision": "ns"}, data=body, timeout=30
-    )
-    assert resp.status_code == 204, resp.text
+    sink = BufferedSink.from_settings(isolated_settings.influx)
+    try:
+        sink.add(sc.points())
+        assert sink.flush(block_s=30), sink.stats
+    finally:
+        sink.close()
+    assert sink.stats.written == len(sc.scores) + len(sc.alerts) + len(sc.pipeline)
     return sc
 
 

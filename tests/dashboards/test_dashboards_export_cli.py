@@ -51,8 +51,12 @@ def test_export_writes_the_provisioning_tree(settings, tmp_path):
 
     (ds,) = yaml.safe_load((tmp_path / "datasources/soundwatch.yaml").read_text())["datasources"]
     assert ds["uid"] == settings.grafana.datasource_uid and ds["type"] == "influxdb"
-    assert ds["jsonData"] == {"dbName": settings.influx.database, "httpMode": "GET", "version": "InfluxQL",
-                              "timeInterval": "1s"}  # fmt: skip
+    assert ds["jsonData"] == {
+        "dbName": settings.influx.database,
+        "httpMode": "GET",
+        "version": "InfluxQL",
+        "timeInterval": "1s",
+    }
     assert ds["secureJsonData"] == {"password": "$SOUNDWATCH_INFLUX__PASSWORD"}
     (provider,) = yaml.safe_load((tmp_path / "dashboards/soundwatch.yaml").read_text())["providers"]
     assert provider["options"]["path"] == "/etc/grafana/provisioning/dashboards/soundwatch"
@@ -70,8 +74,14 @@ def test_export_writes_the_provisioning_tree(settings, tmp_path):
     assert {r["for"] for r in rules} == {settings.grafana.alert_for, "0s"}
     (cp,) = yaml.safe_load((tmp_path / "alerting/contact-points.yaml").read_text())["contactPoints"]
     assert cp["name"] == alerting.CONTACT_POINT
-    assert cp["receivers"] == [{"uid": "soundwatch-webhook", "type": "webhook", "disableResolveMessage": False,
-                                "settings": {"url": "https://hooks.example.com/soundwatch", "httpMethod": "POST"}}]  # fmt: skip
+    assert cp["receivers"] == [
+        {
+            "uid": "soundwatch-webhook",
+            "type": "webhook",
+            "disableResolveMessage": False,
+            "settings": {"url": "https://hooks.example.com/soundwatch", "httpMethod": "POST"},
+        }
+    ]
     (policy,) = yaml.safe_load((tmp_path / "alerting/policies.yaml").read_text())["policies"]
     assert policy["routes"][0]["routes"][0]["object_matchers"] == [["severity", "=", "critical"]]
 
@@ -134,8 +144,14 @@ def _png_has_content(path) -> bool:
 
 @pytest.mark.integration
 def test_render_pngs_from_the_same_queries(isolated_settings, scenario, tmp_path):
-    paths = render(isolated_settings, tmp_path, KNOWN, start_ms=scenario.start_ms, end_ms=scenario.end_ms,
-                   drill_down=[FAN0])  # fmt: skip
+    paths = render(
+        isolated_settings,
+        tmp_path,
+        KNOWN,
+        start_ms=scenario.start_ms,
+        end_ms=scenario.end_ms,
+        drill_down=[FAN0],
+    )
     assert [p.name for p in paths] == ["fleet.png", "machine-fan-id_00.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -147,3 +147,15 @@ def test_durations_are_validated():
         alerting.duration_s("two minutes")
     with pytest.raises(ConfigError, match="shorter than 1m"):
         alerting.nodata_rule(load_settings(grafana={"nodata_after": "30s"}).grafana, KNOWN[0])
+
+
+def test_measurement_names_match_the_scoring_sink():
+    """The dashboards read what the scoring worker's sink writes (names are a cross-package contract)."""
+    from dashboards import queries
+    from scoring import influx
+
+    assert (queries.SCORE, queries.ALERT, queries.PIPELINE) == (
+        influx.SCORE_MEASUREMENT,
+        influx.ALERT_MEASUREMENT,
+        influx.PIPELINE_MEASUREMENT,
+    )
