@@ -242,7 +242,6 @@ def machine_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> 
         ],
     )
     lay.place(score, 18, 10)
-    assert score["id"] == MACHINE_SCORE_PANEL.panel_id  # alert rules link to this panel id
     ratio = p.stat(
         "Median / threshold (latest)",
         ds,

@@ -63,7 +63,7 @@ def same(want: Any, have: Any, key: str = "") -> bool:
     if isinstance(want, dict):
         if not isinstance(have, dict):
             return False
-        return all(same(v, have[k], k) if k in have else not v for k, v in want.items())
+        return all(same(v, have[k], k) if k in have else _blank(v) for k, v in want.items())
     if isinstance(want, list):
         return (
             isinstance(have, list)
@@ -78,6 +78,15 @@ def same(want: Any, have: Any, key: str = "") -> bool:
     if isinstance(want, bool) or isinstance(have, bool):
         return want is have
     return bool(want == have)
+
+
+def _blank(value: Any) -> bool:
+    """False, 0, "", None, and containers of only such values: what Grafana's ``omitempty`` drops."""
+    if isinstance(value, dict):
+        return all(_blank(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_blank(v) for v in value)
+    return not value
 
 
 def _missing(exc: GrafanaException) -> bool:

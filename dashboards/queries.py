@@ -101,10 +101,11 @@ MACHINE_WINDOWS_BY_MODEL = (
 MACHINE_ALERT_EVENTS = (
     f'SELECT "state", "score_median", "threshold" FROM "{ALERT}" WHERE {_SELECTED} AND $timeFilter'
 )
-# First window of each model version in the range: marks where a new model took over.
+# First window of each model version in the range: marks where a new model took over. The tag is
+# selected as a column too (allowed beside a selector), so Grafana can use it as annotation text.
 MACHINE_MODEL_CHANGES = (
-    f'SELECT first("score") AS "first_score" FROM "{SCORE}" WHERE {_SELECTED} AND $timeFilter '
-    'GROUP BY "model_version"'
+    f'SELECT first("score") AS "first_score", "model_version" FROM "{SCORE}" '
+    f'WHERE {_SELECTED} AND $timeFilter GROUP BY "model_version"'
 )
 # template variables
 VARIABLE_MACHINE_TYPES = f'SHOW TAG VALUES FROM "{SCORE}" WITH KEY = "machine_type"'

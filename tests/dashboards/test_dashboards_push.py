@@ -127,8 +127,9 @@ def test_same_ignores_server_additions_and_normalises_durations():
         {"for": "2m", "labels": {"a": "b"}},
         {"for": "2m0s", "labels": {"a": "b"}, "id": 3, "provenance": "api"},
     )
-    assert same({"isPaused": False, "x": []}, {})  # Grafana omits false/empty values
+    assert same({"isPaused": False, "x": [], "relativeTimeRange": {"from": 0, "to": 0}}, {})  # omitempty
     assert same({"settings": {"url": "https://x"}}, {"settings": {"url": "[REDACTED]"}})
     assert not same({"for": "2m"}, {"for": "5m0s"})
     assert not same({"rules": [1, 2]}, {"rules": [1]})
     assert not same({"enabled": True}, {"enabled": 1})
+    assert not same({"relativeTimeRange": {"from": 600, "to": 0}}, {})

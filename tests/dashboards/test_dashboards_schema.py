@@ -120,6 +120,9 @@ def test_rules_carry_labels_annotations_and_settings(grafana):
     assert anomaly["annotations"]["dashboard_url"].endswith("var-machine_type=fan&var-machine=id_00")
     assert anomaly["annotations"]["__dashboardUid__"] == "soundwatch-machine"
     assert "confirmed-normal" in anomaly["annotations"]["runbook"]
+    machine_board = all_dashboards(grafana, KNOWN)["soundwatch-machine"]
+    linked = [p for p in machine_board["panels"] if str(p["id"]) == anomaly["annotations"]["__panelId__"]]
+    assert [p["title"] for p in linked] == ["Anomaly score"]  # the alert opens the score/threshold panel
     nodata = rules["soundwatch no data slider/id_00"]
     assert nodata["labels"]["severity"] == "warning" and nodata["noDataState"] == "Alerting"
     assert nodata["data"][0]["relativeTimeRange"] == {
