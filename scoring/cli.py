@@ -23,6 +23,11 @@ app = typer.Typer(help="Score feature windows: batched inference, median filter,
 log = logging.getLogger(__name__)
 
 
+@app.callback()
+def _group() -> None:
+    """Keeps ``run`` a sub-command even though it is the only one (``score run``, not ``score``)."""
+
+
 def _with_overrides(settings: Settings, registry: Path | None, **scoring: Any) -> Settings:
     update = {k: v for k, v in scoring.items() if v is not None}
     changes: dict[str, Any] = {}

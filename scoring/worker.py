@@ -175,10 +175,10 @@ class ScoringWorker:
         log.info("scoring worker %s stopping: flushing %d batched windows and %d buffered points",
                  self.worker_id, len(self.batcher), len(self.sink))  # fmt: skip
         try:
-            if len(self.batcher):
-                self._process(self.batcher.drain())
             if self._held is not None:
                 self._relieve(block_s=self.settings.influx.timeout_s)
+            if self._held is None and len(self.batcher):
+                self._process(self.batcher.drain())
             self.sink.flush(block_s=3 * self.settings.influx.timeout_s)
             self._commit_ready()
             if len(self.sink):
@@ -196,22 +196,28 @@ class ScoringWorker:
     def _step(self) -> None:
         if self._held is not None:
             self._relieve()
-            self._consumer.poll(timeout_ms=int(_IDLE_POLL_S * 1000))  # paused: keeps group membership alive
+            # Paused, but poll anyway: it keeps the group membership alive, and records fetched just
+            # before the pause can still be returned -- their positions have advanced, so they must be
+            # kept (in the batcher, processed once the buffer has room), never dropped.
+            self._take(self._consumer.poll(timeout_ms=int(_IDLE_POLL_S * 1000), max_records=self.settings.scoring.max_batch))
         else:
             now = time.monotonic()
             wait = self.batcher.time_left(now) if len(self.batcher) else _IDLE_POLL_S
-            records = self._consumer.poll(timeout_ms=int(wait * 1000), max_records=max(1, self.batcher.room))
-            now = time.monotonic()
-            for recs in records.values():
-                for rec in recs:
-                    self.batcher.add(decode(rec), now)
+            self._take(self._consumer.poll(timeout_ms=int(wait * 1000), max_records=max(1, self.batcher.room)))
             if self.batcher.due(time.monotonic()):
                 self._process(self.batcher.drain())
         self.sink.flush()
         self._commit_ready()
         self._between_batches()
 
+    def _take(self, records: dict[Any, list[Any]]) -> None:
+        now = time.monotonic()
+        for recs in records.values():
+            for rec in recs:
+                self.batcher.add(decode(rec), now)
+
     def _process(self, batch: Batch[_Item]) -> None:
+        assert self._held is None, "a batch is processed only when the previous one's points are buffered"
         items = batch.items
         result: BatchResult[_Item] = self.core.process(
             [(it.window, it) for it in items if it.window is not None]
@@ -342,7 +348,9 @@ class ScoringWorker:
         if not revoked:
             return
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
-        if len(self.batcher):
+        if self._held is not None:
+            self._relieve(block_s=self.settings.influx.timeout_s)
+        if self._held is None and len(self.batcher):  # while held, batched records wait (never dropped)
             self._process(self.batcher.drain())
         self.sink.flush(block_s=self.settings.influx.timeout_s)
         self._commit_ready()

@@ -1,0 +1,201 @@
+"""Failure behaviour on the real services: an InfluxDB outage, and a worker killed with SIGKILL.
+
+The shared InfluxDB on 8086 is never stopped: the outage test runs its own influxd on free ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from scoring_helpers import count_points, influx_query, make_window, produce, running_worker, save_model, wait_for
+
+from scoring.filters import causal_median
+from soundwatch.settings import Settings, load_settings
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+INFLUXD = "/usr/bin/influxd"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateInfluxd:
+    """An influxd 1.x of our own (same config shape as deploy/local_stack.py), restartable on its data."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port, rpc = _free_port(), _free_port()
+        for sub in ("meta", "data", "wal"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self.config = root / "influxdb.conf"
+        self.config.write_text(f"""reporting-disabled = true
+bind-address = "127.0.0.1:{rpc}"
+[meta]
+  dir = "{root / 'meta'}"
+[data]
+  dir = "{root / 'data'}"
+  wal-dir = "{root / 'wal'}"
+  query-log-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{self.port}"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+""")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.root / "influxd.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen([INFLUXD, "-config", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)  # fmt: skip
+
+        def ping() -> bool:
+            try:
+                return requests.get(f"{self.url}/ping", timeout=1).status_code == 204
+            except requests.RequestException:
+                return False
+
+        wait_for(ping, 30, "private influxd to answer /ping", every_s=0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)  # an outage, not a polite shutdown
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def private_influx(tmp_path: Path):
+    if not Path(INFLUXD).exists():
+        pytest.skip(f"{INFLUXD} not installed (apt-get install -y influxdb)")
+    server = PrivateInfluxd(tmp_path / "influxd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _with(settings: Settings, **sections: dict) -> Settings:
+    data = {k: getattr(settings, k).model_dump() for k in ("kafka", "redis", "influx", "grafana", "ingest",
+                                                           "stream", "scoring", "services")}  # fmt: skip
+    for name, update in sections.items():
+        data[name] = {**data[name], **update}
+    return load_settings(**data, features=settings.features.model_dump(), registry_root=settings.registry_root)
+
+
+def _committed(settings: Settings) -> int:
+    from kafka import TopicPartition
+
+    from soundwatch.kafka import make_consumer
+
+    consumer = make_consumer(settings, group_id=settings.scoring.group_id)
+    try:
+        parts = [TopicPartition(settings.kafka.topics.features, p) for p in range(settings.kafka.topics.partitions)]
+        return sum(consumer.committed(tp) or 0 for tp in parts)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_influx_outage_pauses_consumption_and_loses_no_point(scoring_settings, private_influx):
+    s = _with(scoring_settings, influx={"url": private_influx.url, "max_buffer_points": 10, "batch_size": 5,
+                                        "timeout_s": 2.0}, scoring={"max_batch": 4})  # fmt: skip
+    requests.post(f"{private_influx.url}/query", data={"q": f'CREATE DATABASE "{s.influx.database}"'}, timeout=10)
+    save_model(s.registry_root, "fan", ["id_00", "id_01"])
+    first = [make_window("fan", m, i) for i in range(3) for m in ("id_00", "id_01")]
+    later = [make_window("fan", m, i) for i in range(3, 18) for m in ("id_00", "id_01")]
+    with running_worker(s) as worker:
+        produce(s, first)
+        wait_for(lambda: count_points(s, private_influx.url) == len(first), 60, "points before the outage")
+        private_influx.stop()
+        produce(s, later)
+        # the buffer (10 points) fills: the worker must pause its partitions instead of dropping
+        wait_for(lambda: worker._held is not None, 60, "back-pressure pause")
+        assert worker.metrics.paused._value.get() == 1
+        assert _committed(s) < len(first) + len(later)
+        time.sleep(1.0)
+        private_influx.start()
+        wait_for(lambda: count_points(s, private_influx.url) == len(first) + len(later), 60, "all points after")
+        wait_for(lambda: not worker._pending and worker._held is None, 30, "commits to catch up")
+        assert worker.sink.stats.write_errors > 0
+    rows = influx_query(private_influx.url, s.influx.database, "SELECT score FROM asd_score GROUP BY machine_id")
+    assert sorted((r["machine_id"], r["time"]) for r in rows) == sorted((w.machine_id, w.end_ns) for w in first + later)
+    assert _committed(s) == len(first) + len(later)
+
+
+def _env_for(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("kafka", "redis", "influx", "scoring", "features"):
+        env[f"SOUNDWATCH_{name.upper()}"] = json.dumps(getattr(settings, name).model_dump(mode="json"))
+    env["SOUNDWATCH_REGISTRY_ROOT"] = str(settings.registry_root)
+    env.pop("SOUNDWATCH_CONFIG", None)
+    return env
+
+
+def _start_worker(settings: Settings, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "scoring.cli", "run"], cwd=REPO, env=_env_for(settings),
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115  # fmt: skip
+
+
+def test_worker_killed_and_restarted_loses_no_window_and_duplicates_no_point(scoring_settings, tmp_path):
+    s = _with(scoring_settings, scoring={"max_batch": 4, "max_wait_ms": 10})
+    machines = ["id_00", "id_01", "id_02"]
+    save_model(s.registry_root, "fan", machines, median_k=3)
+    n_per = 30
+    windows = [make_window("fan", m, i) for i in range(n_per) for m in machines]
+    log = tmp_path / "worker.log"
+
+    def paced() -> None:  # keep records arriving while the worker is killed
+        for start in range(0, len(windows), 6):
+            produce(s, windows[start : start + 6])
+            time.sleep(0.15)
+
+    first = _start_worker(s, log)
+    try:
+        producer = threading.Thread(target=paced, daemon=True)
+        producer.start()
+        wait_for(lambda: count_points(s) >= 20, 90, "the first worker to write points")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        written_before_restart = count_points(s)
+        producer.join(60)
+        second = _start_worker(s, log)
+        try:
+            wait_for(lambda: count_points(s) == len(windows) and _committed(s) == len(windows), 120,
+                     "all windows scored and committed after the restart")  # fmt: skip
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert written_before_restart < len(windows)
+    rows = influx_query(s.influx.url, s.influx.database, "SELECT score, score_median FROM asd_score GROUP BY machine_id")
+    assert len(rows) == len(windows)  # no window lost, no point duplicated
+    for m in machines:
+        mine = sorted((r for r in rows if r["machine_id"] == m), key=lambda r: r["time"])
+        assert [r["time"] for r in mine] == [w.end_ns for w in windows if w.machine_id == m]
+        # the median filter state survived the kill: every median is the causal median of the raw scores
+        np.testing.assert_allclose([r["score_median"] for r in mine], causal_median(np.array([r["score"] for r in mine]), 3))
