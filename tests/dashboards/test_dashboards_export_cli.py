@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import yaml
-from conftest import FAN0, KNOWN
+from dashboards_scenario import FAN0, KNOWN
 from grafana_contract import FakeGrafana
 from typer.testing import CliRunner
 

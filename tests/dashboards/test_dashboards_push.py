@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAN0, FAN2, KNOWN, PUMP0
+from dashboards_scenario import FAN0, FAN2, KNOWN, PUMP0
 from grafana_contract import FakeGrafana
 
 from dashboards import alerting

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import FAN0, FAN2, KNOWN, PUMP0, SLIDER0, Scenario, bucket_reduce
+from dashboards_scenario import FAN0, FAN2, KNOWN, PUMP0, SLIDER0, Scenario, bucket_reduce
 
 from dashboards import alerting
 from dashboards import queries as q

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import KNOWN
+from dashboards_scenario import KNOWN
 
 pytest.importorskip("grafana_foundation_sdk")
 
