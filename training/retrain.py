@@ -1,0 +1,547 @@
+"""Retraining from confirmed-normal audio, read top to bottom (:func:`retrain_once`).
+
+1. **Current model** of the machine type (Redis current, else newest on disk) and its data cutoff
+   (``data_summary.data_cutoff``): only audio confirmed *after* it is new.
+2. **Gather**: confirmed-normal intervals (Redis, not revoked) that end after the cutoff; their
+   audio from the archive, clipped to ``[max(from, cutoff), to)``. Audio is cut into blocks of
+   ``block_seconds`` (windows never straddle a block or a gap); per machine, blocks are split at
+   random into *fit* / *calibration* / *gate* sets, so thresholds and the gate never see the
+   audio the weights were tuned on.
+3. **Replay** so the model does not forget: a random sample of the earlier training data — the
+   normal training clips of the original data folder (``data_root``) and audio of earlier
+   confirmed intervals still in the archive — about ``replay_ratio`` windows per new window.
+4. **Fine-tune from the current version** (never from scratch): ``clp`` continues the ArcFace
+   ID-classifier stage on new + replayed windows at a low learning rate (a machine ID the model
+   has never seen gets a new class row); a density-only ``clp`` model keeps its encoder and only
+   re-builds the embedding bank; ``ae`` continues the reconstruction objective. The kNN bank is
+   rebuilt from the fine-tuned encoder on new + replayed windows. The score kind stays the
+   parent's.
+5. **Recalibrate** per-machine thresholds on the calibration blocks plus the earlier validation
+   clips (:func:`training.calibration.fit_threshold` on median-filtered window scores).
+6. **Gate** (:mod:`training.gate`) candidate vs current on the gate blocks, the earlier validation
+   clips and labelled test clips. The candidate is always saved, with the decision and its
+   reasons in ``metrics.gate``; only a passing one becomes current (Redis SET + reload message).
+
+``run_schedule(cron, ...)`` repeats rounds on a cron schedule (croniter); a failed round is
+logged and the loop continues.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from torch import nn
+from tqdm import tqdm
+
+from soundwatch.errors import BadInput, SoundwatchError
+from soundwatch.params import FeatureParams
+from soundwatch.settings import Settings
+from training.archive import ArchiveConfig, ArchiveReader, AudioPiece
+from training.confirmations import ConfirmationStore, ConfirmedInterval, format_time
+from training.gate import EvalClip, GateConfig, GateDecision, run_gate
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+CLIP_WINDOWS = 8  # windows of a 10 s clip: sizes how many earlier clips to load for replay
+
+
+class RetrainConfig(BaseSettings):
+    """Retraining settings; environment ``SOUNDWATCH_RETRAIN_<FIELD>`` (gate: ``SOUNDWATCH_RETRAIN_GATE__...``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SOUNDWATCH_RETRAIN_", env_nested_delimiter="__", extra="forbid",
+                                      frozen=True)  # fmt: skip
+
+    data_root: Path | None = Field(None, description="original training data (DCASE layout) for replay, the "
+                                   "earlier validation set and labelled test clips; default: the model's data_root")
+    epochs: int = Field(6, ge=1)
+    lr: float = Field(2e-4, gt=0, description="fine-tuning learning rate (lower than training from scratch)")
+    batch_size: int = Field(64, ge=2)
+    replay_ratio: float = Field(1.0, ge=0, description="replayed earlier windows per new window")
+    replay_max_windows: int = Field(4000, ge=0)
+    block_seconds: float = Field(10.0, gt=0, description="confirmed audio is split into blocks of this length")
+    calib_fraction: float = Field(0.2, ge=0, lt=0.5)
+    gate_fraction: float = Field(0.2, ge=0, lt=0.5)
+    min_confirmed_seconds: float = Field(30.0, ge=0, description="skip a round with less new confirmed audio")
+    holdout_fraction: float = Field(0.15, gt=0, lt=1, description="the original training's held-out fraction")
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+    gate: GateConfig = GateConfig()
+
+
+@dataclass
+class Block:
+    """Windows of one block of confirmed audio."""
+
+    machine_id: str
+    windows: np.ndarray
+    start_ns: int
+    interval_id: int
+
+
+@dataclass
+class RetrainOutcome:
+    machine_type: str
+    parent_version: str | None
+    version: str | None  # None when the round was skipped
+    promoted: bool
+    decision: GateDecision | None
+    message: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- gathering
+def _iso_to_ns(text: str | None) -> int:
+    if not text:
+        return 0
+    dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * NS)
+
+
+def _windows_of(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
+    from features.windows import offline_windows
+
+    min_samples = (params.window_frames - 1) * params.hop_length + 1
+    if audio.size < min_samples:
+        return np.zeros((0, params.n_mels, params.window_frames), dtype=np.float32)
+    windows, _starts = offline_windows(np.asarray(audio, dtype=np.float32), params=params)
+    return np.asarray(windows, dtype=np.float32)
+
+
+def blocks_from_pieces(pieces: Sequence[AudioPiece], params: FeatureParams, block_seconds: float,
+                       interval_id: int = 0) -> list[Block]:  # fmt: skip
+    """Cut contiguous audio into blocks and window each block separately."""
+    out: list[Block] = []
+    for piece in pieces:
+        if piece.sample_rate != params.sample_rate:
+            log.warning("skipping %.1f s of %s/%s at %d Hz: the model uses %d Hz", piece.duration_s,
+                        piece.machine_type, piece.machine_id, piece.sample_rate, params.sample_rate)  # fmt: skip
+            continue
+        step = int(block_seconds * params.sample_rate)
+        for a in range(0, piece.samples.size, step):
+            seg = piece.samples[a : a + step]
+            w = _windows_of(seg, params)
+            if len(w):
+                out.append(Block(piece.machine_id, w, piece.start_ns + a * NS // params.sample_rate, interval_id))
+    return out
+
+
+def gather_confirmed(store: ConfirmationStore, reader: ArchiveReader, machine_type: str, since_ns: int,
+                     params: FeatureParams, block_seconds: float,
+                     intervals: Sequence[ConfirmedInterval] | None = None) -> tuple[list[Block], list[dict]]:  # fmt: skip
+    """Blocks of confirmed-normal archived audio after ``since_ns`` and what was used, per interval."""
+    if intervals is None:
+        intervals = store.list(machine_type=machine_type, since_ns=since_ns)
+    blocks: list[Block] = []
+    used: list[dict] = []
+    for iv in intervals:
+        t0 = max(iv.from_ns, since_ns)
+        pieces = reader.read_range(iv.machine_type, iv.machine_id, t0, iv.to_ns)
+        got = blocks_from_pieces(pieces, params, block_seconds, iv.id)
+        seconds = sum(p.duration_s for p in pieces)
+        if seconds == 0:
+            log.warning("confirmed interval #%d (%s %s..%s) has no archived audio", iv.id, iv.machine,
+                        format_time(t0), format_time(iv.to_ns))  # fmt: skip
+        used.append({"interval": iv.id, "machine_id": iv.machine_id, "from_ns": t0, "to_ns": iv.to_ns,
+                     "seconds": round(seconds, 3), "by": iv.by, "forced": iv.forced})  # fmt: skip
+        blocks += got
+    return blocks, used
+
+
+def split_blocks(blocks: Sequence[Block], calib_fraction: float, gate_fraction: float,
+                 seed: int) -> tuple[list[Block], list[Block], list[Block]]:  # fmt: skip
+    """(fit, calib, gate) per machine; a machine with fewer than 3 blocks only contributes to fit."""
+    rng = np.random.default_rng(seed)
+    fit: list[Block] = []
+    calib: list[Block] = []
+    gate: list[Block] = []
+    for mid in sorted({b.machine_id for b in blocks}):
+        mine = [b for b in blocks if b.machine_id == mid]
+        if len(mine) < 3:
+            fit += mine
+            continue
+        order = rng.permutation(len(mine))
+        n_gate = max(1, round(gate_fraction * len(mine))) if gate_fraction > 0 else 0
+        n_cal = max(1, round(calib_fraction * len(mine))) if calib_fraction > 0 else 0
+        gate += [mine[i] for i in sorted(order[:n_gate])]
+        calib += [mine[i] for i in sorted(order[n_gate : n_gate + n_cal])]
+        fit += [mine[i] for i in sorted(order[n_gate + n_cal :])]
+    return fit, calib, gate
+
+
+@dataclass
+class EarlierData:
+    """What the original training data offers: replay windows, validation clips, labelled test clips."""
+
+    replay: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (machine_id, windows of a clip)
+    validation: list[EvalClip] = field(default_factory=list)
+    test: list[EvalClip] = field(default_factory=list)
+    root: str | None = None
+
+
+def load_earlier_data(root: Path | None, machine_type: str, params: FeatureParams, *, holdout_fraction: float,
+                      seed: int, replay_clips: int, progress: bool) -> EarlierData:  # fmt: skip
+    """Re-derive the original split (same rule and seed as training) from the DCASE folder."""
+    if root is None:
+        return EarlierData()
+    from training.datasets import load_windows, scan_dataset
+    from training.train import split_holdout
+
+    if not Path(root).is_dir():
+        log.warning("original training data %s is gone: no replay, no earlier validation set", root)
+        return EarlierData()
+    records = scan_dataset(root, machine_type)
+    train = [r for r in records if r.split == "train" and r.label == "normal"]
+    fit, hold = split_holdout(train, holdout_fraction, seed) if train else ([], [])
+    rng = np.random.default_rng(seed + 1)
+    pick = sorted(rng.choice(len(fit), size=min(replay_clips, len(fit)), replace=False)) if fit else []
+    out = EarlierData(root=str(root))
+    ws = load_windows([fit[i] for i in pick], params, desc=f"{machine_type} replay", progress=progress)
+    out.replay = [(r.machine_id, ws.clip_windows(i)) for i, r in enumerate(ws.records)]
+    ws = load_windows(hold, params, desc=f"{machine_type} earlier validation", progress=progress)
+    out.validation = [EvalClip(r.machine_id, ws.clip_windows(i), "validation") for i, r in enumerate(ws.records)]
+    test = [r for r in records if r.split == "test"]
+    ws = load_windows(test, params, desc=f"{machine_type} labelled test", progress=progress)
+    out.test = [EvalClip(r.machine_id, ws.clip_windows(i), "test", r.is_anomaly) for i, r in enumerate(ws.records)]
+    return out
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+@dataclass
+class Candidate:
+    """A fine-tuned model in memory (the pieces an :class:`training.registry.Artifact` needs)."""
+
+    method: str
+    score_kind: str
+    model_config: dict[str, Any]
+    state: dict[str, dict[str, torch.Tensor]]
+    class_map: list[str]
+    id_classes: dict[str, list[int]]
+    class_source: str
+    bank: dict[str, np.ndarray]
+    knn_k: int
+    scorer: Any  # training.scorer.WindowScorer
+    losses: list[float]
+
+
+def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i : i + size] for i in range(0, n, size) if len(perm[i : i + size]) >= 2]
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    """Keep BatchNorm running statistics fixed: a few hundred new windows would otherwise re-estimate
+    them from a skewed sample and move every embedding, including those of machines that did not change."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def fine_tune(parent: Any, windows: np.ndarray, machine_ids: Sequence[str], cfg: RetrainConfig,
+              bank_windows: np.ndarray | None = None, bank_ids: Sequence[str] = ()) -> Candidate:
+    """Continue training ``parent`` (a LoadedModel) on ``windows`` of ``machine_ids``; see the module docstring.
+
+    The kNN bank is built from ``windows`` plus ``bank_windows`` (more earlier data than is replayed
+    in training: a density estimate needs more samples than a gradient step)."""
+    from training.device import autocast, grad_scaler, resolve_device, seed_everything
+    from training.scorer import WindowScorer, subsample_bank
+
+    device = resolve_device(cfg.device)
+    gen = seed_everything(cfg.seed)
+    meta = parent.metadata
+    src = parent.scorer
+    x_all = torch.from_numpy(np.asarray(windows, dtype=np.float32))
+    ids = list(machine_ids)
+    losses: list[float] = []
+    scaler = grad_scaler(device)
+    class_map = list(meta.get("class_map", []))
+    id_classes = {k: list(v) for k, v in meta.get("id_classes", {}).items()}
+    class_source = meta.get("class_source", "machine_id")
+    model_config = copy.deepcopy(meta["model_config"])
+    bank: dict[str, np.ndarray] = {}
+
+    if parent.method == "clp":
+        encoder = copy.deepcopy(src.encoder).to(device)
+        head = copy.deepcopy(src.head).to(device) if src.head is not None else None
+        if head is not None:
+            for mid in sorted(set(ids) - set(id_classes)):  # a machine the model never saw: a new class row
+                if class_source != "machine_id":
+                    continue  # its windows still shape the encoder's bank below
+                with torch.no_grad():
+                    row = torch.empty(1, head.weight.shape[1], device=device)
+                    nn.init.xavier_uniform_(row)
+                    head.weight = nn.Parameter(torch.cat([head.weight.data, row]))
+                class_map.append(mid)
+                id_classes[mid] = [len(class_map) - 1]
+            model_config["head"] = {**model_config["head"], "n_classes": len(class_map)}
+            keep = np.array([m in id_classes for m in ids])
+            labels = torch.tensor([id_classes[m][0] for m in ids if m in id_classes], dtype=torch.int64)
+            x_lab = x_all[torch.from_numpy(keep)]
+            opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=cfg.lr)
+            ce = nn.CrossEntropyLoss()
+            for _ in tqdm(range(cfg.epochs), desc="fine-tune (ArcFace)", unit="epoch", disable=not cfg.progress,
+                          leave=False):  # fmt: skip
+                encoder.train()
+                _freeze_batchnorm(encoder)
+                head.train()
+                total = 0.0
+                for idx in _batches(len(x_lab), cfg.batch_size, gen):
+                    xb, yb = x_lab[idx].to(device), labels[idx].to(device)
+                    with autocast(device):
+                        loss = ce(head(encoder(xb), yb), yb)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    total += float(loss.detach()) * len(idx)
+                losses.append(round(total / max(1, len(x_lab)), 4))
+            head.eval()
+        encoder.eval()
+        state = {"encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}}
+        if head is not None:
+            state["head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+        scorer = WindowScorer("clp", parent.score_kind, encoder, head, None, id_classes, {}, int(meta["knn_k"]), device)
+        all_w = x_all if bank_windows is None or not len(bank_windows) else torch.cat(
+            [x_all, torch.from_numpy(np.asarray(bank_windows, dtype=np.float32))])
+        emb = scorer.embed(all_w).cpu().numpy()
+        id_arr = np.array(ids + list(bank_ids))
+        for mid in sorted(set(id_arr)):
+            bank[mid] = subsample_bank(emb[id_arr == mid], seed=cfg.seed)
+        for mid in sorted(set(src.bank) - set(bank)):  # old embeddings live in the old space: not reusable
+            log.warning("machine %s has no windows this round; its kNN score falls back to the union bank", mid)
+        scorer.bank = {k: torch.from_numpy(v).to(device) for k, v in bank.items()}
+    elif parent.method == "ae":
+        ae = copy.deepcopy(src.ae).to(device)
+        opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
+        for _ in tqdm(range(cfg.epochs), desc="fine-tune (AE)", unit="epoch", disable=not cfg.progress, leave=False):
+            ae.train()
+            _freeze_batchnorm(ae)
+            total = 0.0
+            for idx in _batches(len(x_all), 8, gen):
+                with autocast(device):
+                    loss = ae.window_errors(x_all[idx].to(device)).mean()
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                total += float(loss.detach()) * len(idx)
+            losses.append(round(total / max(1, len(x_all)), 4))
+        ae.eval()
+        state = {"ae": {k: v.detach().cpu() for k, v in ae.state_dict().items()}}
+        scorer = WindowScorer("ae", "recon", None, None, ae, {}, {}, int(meta["knn_k"]), device)
+    else:
+        raise BadInput(f"cannot fine-tune method {parent.method!r}", "retrain supports the clp and ae methods")
+    return Candidate(parent.method, scorer.score_kind, model_config, state, class_map, id_classes, class_source,
+                     bank, int(meta["knn_k"]), scorer, losses)  # fmt: skip
+
+
+def calibrate(scorer: Any, clips: Sequence[tuple[str, np.ndarray]], median_k: int,
+              machine_ids: Sequence[str]) -> tuple[dict[str, float], float, str]:  # fmt: skip
+    """Per-machine thresholds on median-filtered window scores of normal ``clips`` (machine, windows)."""
+    from scoring.filters import causal_median
+    from training.calibration import fit_threshold
+
+    per: dict[str, list[np.ndarray]] = {}
+    for mid, w in clips:
+        if len(w):
+            per.setdefault(mid, []).append(causal_median(scorer.score(w, [mid] * len(w)), median_k))
+    if not per:
+        raise BadInput("no normal audio to calibrate thresholds on")
+    pooled = np.concatenate([np.concatenate(v) for v in per.values()])
+    default, rule = fit_threshold(pooled)
+    thresholds = {mid: fit_threshold(np.concatenate(per[mid]))[0] if mid in per else default for mid in machine_ids}
+    return thresholds, default, rule
+
+
+class _InMemoryModel:
+    """A candidate seen through the LoadedModel interface, before it is saved."""
+
+    def __init__(self, scorer: Any, median_k: int, thresholds: dict[str, float], default: float) -> None:
+        self.scorer = scorer
+        self.median_k = median_k
+        self.thresholds = thresholds
+        self.default_threshold = default
+
+    def score_windows(self, windows: np.ndarray, machine_ids: Sequence[str]) -> np.ndarray:
+        return self.scorer.score(np.asarray(windows, dtype=np.float32), list(machine_ids))
+
+    def threshold_for(self, machine_id: str) -> float:
+        return self.thresholds.get(machine_id, self.default_threshold)
+
+
+# ---------------------------------------------------------------------------- one round
+def retrain_once(settings: Settings, machine_type: str, cfg: RetrainConfig | None = None, *,
+                 archive: ArchiveConfig | None = None, registry: Any = None,
+                 store: ConfirmationStore | None = None) -> RetrainOutcome:  # fmt: skip
+    """One retraining round for ``machine_type`` (see the module docstring)."""
+    from training.registry import Artifact, ModelRegistry
+
+    cfg = cfg or RetrainConfig()
+    archive = archive or ArchiveConfig()
+    registry = registry or ModelRegistry(settings.registry_root, settings.redis)
+    store = store or ConfirmationStore(settings.redis)
+    t_start = time.perf_counter()
+
+    # 1. the current model and its data cutoff
+    parent_version = registry.resolve_version(machine_type)
+    parent = registry.load(machine_type, parent_version, device=cfg.device)
+    summary = dict(parent.metadata.get("data_summary", {}))
+    cutoff_ns = _iso_to_ns(summary.get("data_cutoff"))
+    params = parent.feature_params
+
+    # 2. new confirmed-normal audio
+    reader = ArchiveReader(archive.root)
+    try:
+        blocks, used = gather_confirmed(store, reader, machine_type, cutoff_ns, params, cfg.block_seconds)
+        new_seconds = sum(u["seconds"] for u in used)
+        if new_seconds < cfg.min_confirmed_seconds or not blocks:
+            msg = (f"{machine_type}: {new_seconds:.0f} s of confirmed-normal audio since {format_time(cutoff_ns)} "
+                   f"(need {cfg.min_confirmed_seconds:.0f} s); nothing to do")  # fmt: skip
+            return RetrainOutcome(machine_type, parent_version, None, False, None, msg,
+                                  {"new_seconds": new_seconds, "intervals": len(used)})  # fmt: skip
+        fit, calib, gate_blocks = split_blocks(blocks, cfg.calib_fraction, cfg.gate_fraction, cfg.seed)
+
+        # 3. replay: a pool of earlier training clips + earlier confirmed audio still archived
+        n_new = sum(len(b.windows) for b in fit)
+        n_replay = int(min(cfg.replay_max_windows, cfg.replay_ratio * n_new))
+        data_root = cfg.data_root or (Path(summary["data_root"]) if summary.get("data_root") else None)
+        earlier = load_earlier_data(data_root, machine_type, params, holdout_fraction=cfg.holdout_fraction,
+                                    seed=int(summary.get("seed", cfg.seed)),
+                                    replay_clips=math.ceil(cfg.replay_max_windows / CLIP_WINDOWS),
+                                    progress=cfg.progress)  # fmt: skip
+        pool = list(earlier.replay)
+        previous = [u for u in summary.get("confirmed", []) if u.get("to_ns", 0) <= cutoff_ns]
+        rng = np.random.default_rng(cfg.seed + 2)
+        for u in [previous[i] for i in rng.permutation(len(previous))[:50]]:
+            pieces = reader.read_range(machine_type, u["machine_id"], int(u["from_ns"]), int(u["to_ns"]))
+            pool += [(b.machine_id, b.windows) for b in blocks_from_pieces(pieces, params, cfg.block_seconds)]
+    finally:
+        reader.close()
+    empty = np.zeros((0, params.n_mels, params.window_frames), dtype=np.float32)
+    pool_w = np.concatenate([w for _, w in pool]) if pool else empty
+    pool_ids = [m for m, w in pool for _ in range(len(w))]
+    if len(pool_w) > cfg.replay_max_windows:
+        keep = np.sort(np.random.default_rng(cfg.seed + 3).choice(len(pool_w), cfg.replay_max_windows, replace=False))
+        pool_w, pool_ids = pool_w[keep], [pool_ids[i] for i in keep]
+    # training replays ~replay_ratio windows per new window; the kNN bank uses the whole pool
+    pick = np.sort(np.random.default_rng(cfg.seed + 4).choice(len(pool_w), min(n_replay, len(pool_w)), replace=False))
+    replay_w, replay_ids = pool_w[pick], [pool_ids[i] for i in pick]
+    if not len(pool_w):
+        log.warning("%s: no earlier training data to replay (data_root=%s): the model may forget earlier sounds; "
+                    "pass --data with the original training folder", machine_type, data_root)  # fmt: skip
+    fit_w = np.concatenate([b.windows for b in fit] + [replay_w])
+    fit_ids = [b.machine_id for b in fit for _ in range(len(b.windows))] + replay_ids
+
+    # 4. fine-tune from the current version
+    cand = fine_tune(parent, fit_w, fit_ids, cfg, bank_windows=pool_w, bank_ids=pool_ids)
+
+    # 5. thresholds on calibration blocks + the earlier validation clips
+    machine_ids = sorted(set(parent.machine_ids) | {b.machine_id for b in blocks})
+    calib_clips = [(b.machine_id, b.windows) for b in calib] + [(c.machine_id, c.windows) for c in earlier.validation]
+    if not calib_clips:  # tiny rounds: fall back to the fitted blocks (recorded in the metrics)
+        calib_clips = [(b.machine_id, b.windows) for b in fit]
+    thresholds, default_thr, rule = calibrate(cand.scorer, calib_clips, parent.median_k, machine_ids)
+
+    # 6. gate
+    eval_clips = [EvalClip(b.machine_id, b.windows, "confirmed") for b in gate_blocks] + earlier.validation + earlier.test
+    candidate_model = _InMemoryModel(cand.scorer, parent.median_k, thresholds, default_thr)
+    decision = run_gate(candidate_model, parent, eval_clips, cfg.gate)
+
+    new_cutoff = max(cutoff_ns, max(u["to_ns"] for u in used))
+    stats = {
+        "new_seconds": round(new_seconds, 2), "intervals": [u["interval"] for u in used],
+        "blocks": {"fit": len(fit), "calib": len(calib), "gate": len(gate_blocks)},
+        "new_windows": n_new, "replay_windows": int(len(replay_w)), "bank_pool_windows": int(len(pool_w)), "epochs": cfg.epochs, "lr": cfg.lr,
+        "fine_tune_loss": cand.losses, "seconds": round(time.perf_counter() - t_start, 2),
+    }  # fmt: skip
+    data_summary = {
+        "kind": "retrain", "parent_version": parent_version, "data_root": earlier.root or summary.get("data_root"),
+        "data_cutoff": datetime.fromtimestamp(new_cutoff / NS, UTC).isoformat(),
+        "previous_data_cutoff": summary.get("data_cutoff"), "confirmed": (summary.get("confirmed", []) + used)[-500:],
+        "seed": int(summary.get("seed", cfg.seed)), "trained_at": datetime.now(UTC).isoformat(), **stats,
+    }  # fmt: skip
+    metrics = {"gate": decision.to_dict(), "retrain": stats, "threshold_calibration": rule}
+    artifact = Artifact(
+        machine_type=machine_type, method=cand.method, score_kind=cand.score_kind, feature_params=params,
+        median_k=parent.median_k, model_config=cand.model_config, state=cand.state, class_map=cand.class_map,
+        id_classes=cand.id_classes, thresholds=thresholds, default_threshold=default_thr, threshold_rule=rule,
+        knn_k=cand.knn_k, bank=cand.bank, data_summary=data_summary, metrics=metrics, parent_version=parent_version,
+        class_source=cand.class_source,
+    )  # fmt: skip
+    version = registry.save(artifact)
+    if decision.passed:
+        registry.set_current(machine_type, version)
+        msg = f"{machine_type}: {version} (from {parent_version}) promoted — gate {decision.summary()}"
+    else:
+        msg = f"{machine_type}: {version} (from {parent_version}) kept but NOT promoted — gate {decision.summary()}"
+    log.info(msg)
+    return RetrainOutcome(machine_type, parent_version, version, decision.passed, decision, msg, stats)
+
+
+def machine_types_to_retrain(settings: Settings, registry: Any = None) -> list[str]:
+    from training.registry import ModelRegistry
+
+    registry = registry or ModelRegistry(settings.registry_root, settings.redis)
+    types = registry.machine_types()
+    if not types:
+        raise BadInput(f"no trained models under {settings.registry_root}",
+                       "train one first with `soundwatch train --data DIR`")  # fmt: skip
+    return types
+
+
+def retrain_round(settings: Settings, machine_type: str | None, cfg: RetrainConfig,
+                  archive: ArchiveConfig) -> list[RetrainOutcome]:  # fmt: skip
+    """One round over one or all machine types; one type failing does not stop the others."""
+    types = [machine_type] if machine_type else machine_types_to_retrain(settings)
+    outcomes = []
+    for mtype in types:
+        try:
+            outcomes.append(retrain_once(settings, mtype, cfg, archive=archive))
+        except SoundwatchError as exc:
+            if machine_type:
+                raise
+            log.error("retraining %s failed: %s", mtype, exc)
+            outcomes.append(RetrainOutcome(mtype, None, None, False, None, f"{mtype}: failed: {exc.message}"))
+    return outcomes
+
+
+def run_schedule(cron: str, job: Callable[[], object], stop: threading.Event | None = None,
+                 now: Callable[[], float] = time.time) -> None:  # fmt: skip
+    """Run ``job`` at every time ``cron`` names until ``stop`` is set; errors are logged, never fatal."""
+    from croniter import croniter
+
+    if not croniter.is_valid(cron):
+        raise BadInput(f"invalid cron expression {cron!r}", "use five fields, e.g. '0 3 * * *' (03:00 every day)")
+    stop = stop or threading.Event()
+    it = croniter(cron, now())
+    while not stop.is_set():
+        due = it.get_next(float)
+        log.info("next retraining round at %s", datetime.fromtimestamp(due, UTC).isoformat())
+        if stop.wait(max(0.0, due - now())):
+            break
+        try:
+            job()
+        except SoundwatchError as exc:
+            log.error("retraining round failed: %s", exc)
+        except Exception:  # a long-running scheduler must survive a bad round; the traceback is logged
+            log.exception("retraining round crashed")
+
+
+__all__ = ["Block", "Candidate", "RetrainConfig", "RetrainOutcome", "blocks_from_pieces", "calibrate", "fine_tune",
+           "gather_confirmed", "load_earlier_data", "retrain_once", "retrain_round", "run_schedule", "split_blocks"]
