@@ -6,6 +6,7 @@ tracebacks only with ``--debug``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -13,13 +14,67 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from soundwatch.console import err_console
 from soundwatch.errors import ExitCode, SoundwatchError
 from soundwatch.settings import CONFIG_ENV, get_settings
 
+# Stage commands: (module, attribute, help). Loaded on first use so that `soundwatch --help` and light
+# commands do not pay for torch/faust imports. An attribute is a typer.Typer (a command group) or a function.
+_STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "gateway": ("ingest.cli", "gateway", "Publish machine audio (microphone, files or simulator) to Kafka."),
+    "features": ("features.cli", "app", "Log-mel features: the Faust stream worker and offline extraction."),
+    "score": ("scoring.cli", "app", "Scoring workers: batched inference, median filter, alerts, InfluxDB."),
+    "train": ("training.cli", "train", "Train a model per machine type and register it."),
+    "evaluate": ("training.cli", "evaluate", "Score test clips the way the stream does: AUC/pAUC, CSVs, plots."),
+    "dashboards": ("dashboards.cli", "app", "Grafana dashboards and alerting as code: export, push, render."),
+}
+_BENCH_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "features": ("features.cli", "bench", "Log-mel speed vs librosa and a bare FFT floor; stream real-time factor."),
+    "ingest": ("ingest.cli", "bench", "Chunks/s one gateway sustains to the broker; machines it can carry."),
+    "scoring": ("scoring.cli", "bench", "Windows/s one scoring worker sustains; batched vs one at a time."),
+}
+
+
+def _lazy_group(table: dict[str, tuple[str, str, str]]) -> type[TyperGroup]:
+    class LazyGroup(TyperGroup):
+        _listing = False
+
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return [*super().list_commands(ctx), *table]
+
+        def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+            if name not in table:
+                return super().get_command(ctx, name)
+            module_name, attribute, help_text = table[name]
+            if self._listing:  # rendering --help: do not import the stage
+                return click.Command(name, help=help_text, short_help=help_text)
+            target = getattr(importlib.import_module(module_name), attribute)
+            if not isinstance(target, typer.Typer):
+                single = typer.Typer(add_completion=False)
+                single.command(name, help=help_text)(target)
+                target = single
+            command = typer.main.get_command(target)
+            command.name = name
+            if command.help is None:
+                command.help = help_text
+            return command
+
+        def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+            self._listing = True
+            try:
+                super().format_help(ctx, formatter)
+            finally:
+                self._listing = False
+
+    return LazyGroup
+
+
 app = typer.Typer(
+    cls=_lazy_group(_STAGE_COMMANDS),
     name="soundwatch",
     help="Continuous acoustic anomaly monitoring for plant machines.",
     no_args_is_help=True,
@@ -29,8 +84,11 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 services_app = typer.Typer(help="Start, stop and check the local Kafka broker, Redis and InfluxDB.",
                            no_args_is_help=True)  # fmt: skip
+bench_app = typer.Typer(cls=_lazy_group(_BENCH_COMMANDS), no_args_is_help=True,
+                        help="Benchmarks that print one JSON object (compared with a reference in the same run).")
 app.add_typer(config_app, name="config")
 app.add_typer(services_app, name="services")
+app.add_typer(bench_app, name="bench")
 
 _state = {"debug": False}
 
