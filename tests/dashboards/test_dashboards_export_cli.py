@@ -16,7 +16,7 @@ from dashboards import alerting
 from dashboards.builder import all_dashboards
 from dashboards.cli import app
 from dashboards.export import export
-from dashboards.machines import parse_machines
+from dashboards.machines import machines_from_registry, parse_machines
 from dashboards.render import render
 from soundwatch.errors import BadInput
 from soundwatch.settings import get_settings, load_settings
@@ -170,3 +170,54 @@ def test_cli_render_and_from_influx(isolated_settings, scenario, tmp_path, monke
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert [p.split("/")[-1] for p in json.loads(result.stdout)] == ["fleet.png", "machine-fan-id_02.png"]
+
+
+def _save_untrained_model(root, machine_type: str, machine_ids: list[str]) -> None:
+    """A real (tiny, untrained) artifact saved through the real registry: only its machine ids matter here."""
+    import torch
+
+    from soundwatch.params import FeatureParams
+    from training.models import ArcMarginHead, Encoder, EncoderConfig
+    from training.registry import Artifact, ModelRegistry
+
+    params = FeatureParams()
+    torch.manual_seed(0)
+    cfg = EncoderConfig(
+        n_mels=params.n_mels, window_frames=params.window_frames, channels=(4,), embedding_dim=8
+    )
+    encoder, head = Encoder(cfg), ArcMarginHead(cfg.embedding_dim, len(machine_ids), 30.0, 0.5)
+    ModelRegistry(root).save(
+        Artifact(
+            machine_type=machine_type,
+            method="clp",
+            score_kind="neglogp",
+            feature_params=params,
+            median_k=5,
+            model_config={
+                "encoder": cfg.to_dict(),
+                "head": {"n_classes": len(machine_ids), "scale": 30.0, "margin": 0.5},
+            },
+            state={"encoder": encoder.state_dict(), "head": head.state_dict()},
+            class_map=list(machine_ids),
+            id_classes={m: [i] for i, m in enumerate(machine_ids)},
+            thresholds={m: 1.0 for m in machine_ids},
+            default_threshold=1.0,
+            threshold_rule="test: fixed",
+        )
+    )
+
+
+def test_machines_from_the_model_registry(tmp_path, settings, monkeypatch):
+    pytest.importorskip("training.registry")
+    root = tmp_path / "registry"
+    _save_untrained_model(root, "fan", ["id_02", "id_00"])
+    _save_untrained_model(root, "valve", ["id_04"])
+    assert machines_from_registry(root) == [("fan", "id_00"), ("fan", "id_02"), ("valve", "id_04")]
+
+    monkeypatch.setenv("SOUNDWATCH_REGISTRY_ROOT", str(root))
+    get_settings.cache_clear()
+    result = runner.invoke(
+        app, ["export", "--out", str(tmp_path / "out")]
+    )  # no --machines: the registry decides
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["machines"] == ["fan/id_00", "fan/id_02", "valve/id_04"]
