@@ -1,0 +1,404 @@
+"""Operator commands for the learning loop; the lead registers them on the root CLI:
+
+* ``normal_app``  -> ``soundwatch normal confirm|list|revoke|audit`` (confirmed-normal intervals)
+* ``models_app``  -> ``soundwatch models list|show|promote|rollback`` (the registry, current version)
+* ``retrain``     -> ``soundwatch retrain [--machine-type T] (--once | --schedule CRON)``
+* ``archive_app`` -> ``soundwatch archive run`` (the audio archive consumer)
+
+Times accept ISO-8601 (naive = UTC), ``now``, relative forms (``-2h``, ``-30m``, ``-1d``) and epoch
+seconds. Errors are :class:`soundwatch.errors.SoundwatchError` subclasses, which the root CLI turns
+into one message and a named exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from soundwatch.console import err_console
+from soundwatch.errors import BadInput, ConfigError
+from soundwatch.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+normal_app = typer.Typer(help="Confirm audio ranges as normal (retraining learns from them), list, revoke.",
+                         no_args_is_help=True, add_completion=False)  # fmt: skip
+models_app = typer.Typer(help="Model versions: list, show, promote, roll back.", no_args_is_help=True,
+                         add_completion=False)  # fmt: skip
+archive_app = typer.Typer(help="The raw-audio archive that retraining reads.", no_args_is_help=True,
+                          add_completion=False)  # fmt: skip
+
+ArchiveRoot = Annotated[Path | None, typer.Option("--archive-root", help="archive folder (default: "
+                                                  "SOUNDWATCH_ARCHIVE_ROOT or var/archive)")]  # fmt: skip
+RegistryRoot = Annotated[Path | None, typer.Option("--registry", help="model registry root (default: settings "
+                                                   "registry_root)")]  # fmt: skip
+AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+
+
+def _settings(registry: Path | None = None) -> Settings:
+    s = get_settings()
+    return s.model_copy(update={"registry_root": registry}) if registry is not None else s
+
+
+def _archive_config(root: Path | None, **extra: Any):  # -> ArchiveConfig
+    from training.archive import ArchiveConfig
+
+    update = {k: v for k, v in {"root": root, **extra}.items() if v is not None}
+    return ArchiveConfig(**update) if update else ArchiveConfig()
+
+
+def _registry(settings: Settings):  # -> ModelRegistry
+    from training.registry import ModelRegistry
+
+    return ModelRegistry(settings.registry_root, settings.redis)
+
+
+def _resolve_machine(machine: str, machine_type: str | None, settings: Settings, archive_root: Path | None
+                     ) -> tuple[str, str]:  # fmt: skip
+    """``TYPE/ID``; or ``ID`` with --machine-type; or an ``ID`` that one archived/known machine type has."""
+    if "/" in machine:
+        mtype, mid = machine.split("/", 1)
+        return mtype, mid
+    if machine_type:
+        return machine_type, machine
+    candidates: set[tuple[str, str]] = set()
+    from training.archive import ArchiveReader
+
+    cfg = _archive_config(archive_root)
+    if (Path(cfg.root) / "index.sqlite3").is_file():
+        reader = ArchiveReader(cfg.root)
+        try:
+            candidates |= {m for m in reader.machines() if m[1] == machine}
+        finally:
+            reader.close()
+    reg = _registry(settings)
+    for mtype in reg.machine_types():
+        meta = _metadata(reg, mtype, reg.latest_version(mtype))
+        if machine in meta.get("machine_ids", []):
+            candidates.add((mtype, machine))
+    if len(candidates) == 1:
+        return candidates.pop()
+    if not candidates:
+        raise BadInput(f"machine {machine!r} is unknown (not in the archive nor in any model)",
+                       "write it as TYPE/ID or add --machine-type")  # fmt: skip
+    raise BadInput(f"machine id {machine!r} exists for several types",
+                   "write it as one of: " + ", ".join(f"{t}/{i}" for t, i in sorted(candidates)))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- normal
+@normal_app.command("confirm")
+def normal_confirm(
+    machine: Annotated[str, typer.Option("--machine", "-m", help="TYPE/ID, or ID (with --machine-type or when "
+                                         "only one type has it)")],  # fmt: skip
+    t_from: Annotated[str, typer.Option("--from", help="start: ISO-8601, -2h, now, epoch seconds")],
+    t_to: Annotated[str, typer.Option("--to", help="end: ISO-8601, -10m, now, epoch seconds")],
+    by: Annotated[str | None, typer.Option("--by", help="who confirms (default: $SOUNDWATCH_USER or login)")] = None,
+    note: Annotated[str, typer.Option("--note", help="why this audio is normal")] = "",
+    force: Annotated[bool, typer.Option("--force", help="confirm even though the range overlaps alerts "
+                                        "(recorded as forced)")] = False,  # fmt: skip
+    machine_type: Annotated[str | None, typer.Option("--machine-type", help="type of a bare --machine ID")] = None,
+    archive_root: ArchiveRoot = None,
+    as_json: AsJson = False,
+) -> None:
+    """Confirm that a machine sounded normal from --from to --to. Overlapping an alert needs --force."""
+    from training.confirmations import AlertHistory, ConfirmationStore, format_time, parse_time
+
+    settings = _settings()
+    mtype, mid = _resolve_machine(machine, machine_type, settings, archive_root)
+    iv = ConfirmationStore(settings.redis).confirm(mtype, mid, parse_time(t_from), parse_time(t_to), by=by, note=note,
+                                                   force=force, alerts=AlertHistory(settings))  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(iv.as_json()))
+        return
+    forced = f" [yellow]FORCED over {len(iv.alerts)} alert(s)[/yellow]" if iv.forced else ""
+    err_console.print(f"confirmed #{iv.id}: {iv.machine} {format_time(iv.from_ns)} .. {format_time(iv.to_ns)} "
+                      f"({iv.duration_s:.0f} s) by {iv.by}{forced}", highlight=False)  # fmt: skip
+
+
+@normal_app.command("list")
+def normal_list(
+    machine: Annotated[str | None, typer.Option("--machine", "-m", help="TYPE/ID or ID")] = None,
+    machine_type: Annotated[str | None, typer.Option("--machine-type", help="only this machine type")] = None,
+    include_revoked: Annotated[bool, typer.Option("--all", help="include revoked intervals")] = False,
+    archive_root: ArchiveRoot = None,
+    as_json: AsJson = False,
+) -> None:
+    """List confirmed-normal intervals, oldest first."""
+    from training.confirmations import ConfirmationStore, format_time
+
+    settings = _settings()
+    mtype, mid = (None, None)
+    if machine:
+        mtype, mid = _resolve_machine(machine, machine_type, settings, archive_root)
+    elif machine_type:
+        mtype = machine_type
+    items = ConfirmationStore(settings.redis).list(mtype, mid, include_revoked=include_revoked)
+    if as_json:
+        typer.echo(json.dumps([iv.as_json() for iv in items]))
+        return
+    if not items:
+        err_console.print("no confirmed-normal intervals")
+    for iv in items:
+        flags = (" FORCED" if iv.forced else "") + (f" REVOKED by {iv.revoked_by}" if iv.revoked else "")
+        typer.echo(f"#{iv.id:<5} {iv.machine:<24} {format_time(iv.from_ns)} .. {format_time(iv.to_ns)} "
+                   f"{iv.duration_s:>8.0f} s  by {iv.by}{flags}  {iv.note}")  # fmt: skip
+
+
+@normal_app.command("revoke")
+def normal_revoke(
+    interval_id: Annotated[int, typer.Argument(help="interval number from `soundwatch normal list`")],
+    by: Annotated[str | None, typer.Option("--by", help="who revokes")] = None,
+    note: Annotated[str, typer.Option("--note", help="why")] = "",
+    as_json: AsJson = False,
+) -> None:
+    """Revoke a confirmation (kept in the audit trail; future retraining ignores it)."""
+    from training.confirmations import ConfirmationStore
+
+    iv = ConfirmationStore(_settings().redis).revoke(interval_id, by=by, note=note)
+    if as_json:
+        typer.echo(json.dumps(iv.as_json()))
+        return
+    err_console.print(f"revoked #{iv.id} ({iv.machine}) by {iv.revoked_by}")
+
+
+@normal_app.command("audit")
+def normal_audit(
+    count: Annotated[int, typer.Option("--count", min=1, help="most entries to show")] = 1000,
+    as_json: AsJson = False,
+) -> None:
+    """The append-only trail of every confirm and revoke."""
+    from training.confirmations import ConfirmationStore, format_time
+
+    entries = ConfirmationStore(_settings().redis).audit(count)
+    if as_json:
+        typer.echo(json.dumps(entries))
+        return
+    for e in entries:
+        forced = " FORCED" if e.get("forced") == "1" else ""
+        typer.echo(f"{format_time(int(e['at_ns']))} {e['action']:<8} #{e['interval']:<5} {e['machine']:<24} "
+                   f"by {e['by']}{forced}  {e.get('note', '')}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- models
+def _metadata(registry, machine_type: str, version: str | None) -> dict[str, Any]:  # noqa: ANN001
+    if version is None:
+        return {}
+    path = Path(registry.root) / machine_type / version / "metadata.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInput(f"cannot read {path}: {exc}", "the artifact is damaged; retrain or restore it") from exc
+
+
+def _current_or_none(registry, machine_type: str) -> str | None:  # noqa: ANN001
+    from soundwatch.errors import ServiceUnavailable
+
+    try:
+        return registry.current_version(machine_type)
+    except ServiceUnavailable as exc:
+        log.warning("%s", exc.message)
+        return None
+
+
+def _gate_text(meta: dict[str, Any]) -> str:
+    gate = meta.get("metrics", {}).get("gate")
+    if not gate:
+        return "-"
+    return "passed" if gate.get("passed") else "REFUSED"
+
+
+@models_app.command("list")
+def models_list(
+    machine_type: Annotated[str | None, typer.Option("--machine-type", help="only this type")] = None,
+    registry: RegistryRoot = None,
+    as_json: AsJson = False,
+) -> None:
+    """Every version per machine type: current marker, parent, gate result, creation time."""
+    reg = _registry(_settings(registry))
+    rows = []
+    for mtype in [machine_type] if machine_type else reg.machine_types():
+        current = _current_or_none(reg, mtype)
+        for v in reg.versions(mtype):
+            meta = _metadata(reg, mtype, v)
+            rows.append({"machine_type": mtype, "version": v, "current": v == current,
+                         "parent": meta.get("parent_version"), "method": meta.get("method"),
+                         "created_at": meta.get("created_at"), "gate": _gate_text(meta),
+                         "data_cutoff": meta.get("data_summary", {}).get("data_cutoff")})  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        err_console.print(f"no models under {reg.root}")
+    for r in rows:
+        mark = "*" if r["current"] else " "
+        typer.echo(f"{mark} {r['machine_type']:<14} {r['version']:<7} {r['method'] or '':<4} parent={r['parent'] or '-':<7} "
+                   f"gate={r['gate']:<8} created={r['created_at']}  cutoff={r['data_cutoff']}")  # fmt: skip
+
+
+@models_app.command("show")
+def models_show(
+    machine_type: Annotated[str, typer.Argument(help="machine type")],
+    version: Annotated[str | None, typer.Argument(help="version (default: current)")] = None,
+    registry: RegistryRoot = None,
+) -> None:
+    """Print a version's metadata (JSON): thresholds, data summary, metrics, gate decision and reasons."""
+    reg = _registry(_settings(registry))
+    version = version or reg.resolve_version(machine_type)
+    meta = _metadata(reg, machine_type, version)
+    if not meta:
+        raise BadInput(f"{machine_type} has no version {version!r}", f"versions: {', '.join(reg.versions(machine_type))}")
+    meta = {**meta, "current": _current_or_none(reg, machine_type) == version}
+    typer.echo(json.dumps(meta, indent=2, default=str))
+
+
+@models_app.command("promote")
+def models_promote(
+    machine_type: Annotated[str, typer.Argument(help="machine type")],
+    version: Annotated[str, typer.Argument(help="version to make current")],
+    force: Annotated[bool, typer.Option("--force", help="promote even though its gate refused it")] = False,
+    registry: RegistryRoot = None,
+) -> None:
+    """Make a version current (Redis + reload message to the scoring workers)."""
+    reg = _registry(_settings(registry))
+    meta = _metadata(reg, machine_type, version) if version in reg.versions(machine_type) else {}
+    if not meta:
+        raise BadInput(f"{machine_type} has no version {version!r}",
+                       f"versions: {', '.join(reg.versions(machine_type)) or 'none'}")  # fmt: skip
+    gate = meta.get("metrics", {}).get("gate")
+    if gate and not gate.get("passed") and not force:
+        raise BadInput(f"{machine_type} {version} was refused by the promotion gate: " + "; ".join(gate["reasons"]),
+                       "pass --force to promote it anyway")  # fmt: skip
+    reg.set_current(machine_type, version)
+    err_console.print(f"{machine_type}: {version} is current; scoring workers reload it")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    machine_type: Annotated[str, typer.Argument(help="machine type")],
+    to: Annotated[str | None, typer.Option("--to", help="version to return to (default: the current "
+                                           "version's parent)")] = None,  # fmt: skip
+    registry: RegistryRoot = None,
+) -> None:
+    """Return to an earlier version (default: the parent of the current one)."""
+    reg = _registry(_settings(registry))
+    current = reg.resolve_version(machine_type)
+    target = to or _metadata(reg, machine_type, current).get("parent_version")
+    if not target:
+        raise BadInput(f"{machine_type} {current} has no parent version to roll back to",
+                       "name one with --to VERSION (see `soundwatch models list`)")  # fmt: skip
+    if target not in reg.versions(machine_type):
+        raise BadInput(f"{machine_type} has no version {target!r}", f"versions: {', '.join(reg.versions(machine_type))}")
+    reg.set_current(machine_type, target)
+    err_console.print(f"{machine_type}: rolled back {current} -> {target}; scoring workers reload it")
+
+
+# ---------------------------------------------------------------------------- retrain
+def retrain(
+    machine_type: Annotated[str | None, typer.Option("--machine-type", help="one machine type (default: every "
+                                                     "type with a model)")] = None,  # fmt: skip
+    once: Annotated[bool, typer.Option("--once", help="run one round and exit")] = False,
+    schedule: Annotated[str | None, typer.Option("--schedule", help="cron expression, e.g. '0 3 * * *'; "
+                                                 "runs until stopped")] = None,  # fmt: skip
+    data: Annotated[Path | None, typer.Option("--data", help="original training data (DCASE layout): replay, "
+                                              "earlier validation set, labelled test clips")] = None,  # fmt: skip
+    archive_root: ArchiveRoot = None,
+    registry: RegistryRoot = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="fine-tuning epochs")] = None,
+    min_seconds: Annotated[float | None, typer.Option("--min-seconds", min=0, help="least new confirmed audio "
+                                                      "for a round")] = None,  # fmt: skip
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Fine-tune on confirmed-normal audio since the model's data cutoff; promote only past the gate."""
+    from training.retrain import RetrainConfig, retrain_round, run_schedule
+
+    if once == (schedule is not None):
+        raise ConfigError("pass exactly one of --once or --schedule CRON", "e.g. `soundwatch retrain --once`")
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r} is not one of auto, cpu, cuda", "pass --device auto|cpu|cuda")
+    settings = _settings(registry)
+    overrides = {k: v for k, v in {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds,
+                                   "device": device}.items() if v is not None}  # fmt: skip
+    cfg = RetrainConfig(**overrides)
+    archive = _archive_config(archive_root)
+
+    def round_() -> list:
+        outcomes = retrain_round(settings, machine_type, cfg, archive)
+        for o in outcomes:
+            if as_json:
+                typer.echo(json.dumps({"machine_type": o.machine_type, "parent_version": o.parent_version,
+                                       "version": o.version, "promoted": o.promoted, "message": o.message,
+                                       "gate": o.decision.to_dict() if o.decision else None, "stats": o.stats},
+                                      default=str))  # fmt: skip
+            else:
+                colour = "green" if o.promoted else ("yellow" if o.version else "white")
+                err_console.print(f"[{colour}]{o.message}[/{colour}]", highlight=False)
+        return outcomes
+
+    if once:
+        round_()
+        return
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    err_console.print(f"retraining on schedule {schedule!r} (Ctrl-C to stop)")
+    run_schedule(schedule, round_, stop)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- archive
+@archive_app.command("run")
+def archive_run(
+    archive_root: ArchiveRoot = None,
+    segment_seconds: Annotated[float | None, typer.Option("--segment-seconds", min=1, help="audio per FLAC "
+                                                          "segment")] = None,  # fmt: skip
+    group: Annotated[str | None, typer.Option("--group", help="consumer group id")] = None,
+    max_age_days: Annotated[float | None, typer.Option("--max-age-days", min=0.01, help="retention by age")] = None,
+    max_gb: Annotated[float | None, typer.Option("--max-gb", min=0.001, help="retention by size")] = None,
+) -> None:
+    """Record audio.raw into rolling FLAC segments until SIGINT/SIGTERM (then flush and commit)."""
+    from training.archive import ArchiveConsumer
+
+    cfg = _archive_config(archive_root, segment_seconds=segment_seconds, group_id=group,
+                          max_age_s=max_age_days * 86400 if max_age_days else None,
+                          max_bytes=int(max_gb * 1024**3) if max_gb else None)  # fmt: skip
+    settings = _settings()
+    err_console.print(f"archiving {settings.kafka.topics.audio_raw} -> {cfg.root} ({cfg.segment_seconds:.0f} s "
+                      f"segments, group {cfg.group_id})")  # fmt: skip
+    consumer = ArchiveConsumer(settings, cfg)
+    consumer.run(install_signals=True)
+    err_console.print(f"archive stopped: {consumer.chunks} chunks, {consumer.writer.segments_written} segments, "
+                      f"{consumer.writer.duplicates} duplicates, {consumer.dead_letters} dead letters")  # fmt: skip
+
+
+@archive_app.command("list")
+def archive_list(archive_root: ArchiveRoot = None, as_json: AsJson = False) -> None:
+    """Archived machines with their segment count, time span and size."""
+    from training.archive import ArchiveReader
+    from training.confirmations import format_time
+
+    reader = ArchiveReader(_archive_config(archive_root).root)
+    try:
+        rows = []
+        for mtype, mid in reader.machines():
+            segs = reader.index.segments(mtype, mid)
+            rows.append({"machine": f"{mtype}/{mid}", "segments": len(segs), "from_ns": segs[0].start_ns,
+                         "to_ns": segs[-1].end_ns, "seconds": sum(s.n_samples / s.sample_rate for s in segs),
+                         "bytes": sum(s.n_bytes for s in segs)})  # fmt: skip
+    finally:
+        reader.close()
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        typer.echo(f"{r['machine']:<24} {r['segments']:>5} segments {r['seconds']:>9.0f} s "
+                   f"{format_time(r['from_ns'])} .. {format_time(r['to_ns'])} {r['bytes'] / 1e6:8.1f} MB")  # fmt: skip
+
+
+__all__ = ["archive_app", "models_app", "normal_app", "retrain"]
