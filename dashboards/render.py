@@ -28,6 +28,8 @@ def grafana_interval(start_ms: int, end_ms: int, max_points: int = 300) -> str:
     """Roughly Grafana's ``$__interval``: the range split into ~``max_points`` buckets, rounded up."""
     want = max(1.0, (end_ms - start_ms) / 1000 / max_points)
     seconds = next((s for s in _NICE_INTERVALS_S if s >= want), _NICE_INTERVALS_S[-1])
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
     return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
