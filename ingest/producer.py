@@ -101,6 +101,7 @@ def producer_options(settings: Settings, idempotent: bool = True) -> dict[str, A
         "delivery_timeout_ms": 10_000,  # an unreachable broker fails records after 10 s -> spool
         "max_block_ms": 3_000,
         "reconnect_backoff_max_ms": 1_000,
+        "bootstrap_timeout_ms": 2_000,  # a probe of a dead broker must not hold the sender for 30 s
     }
     if not idempotent:
         opts["max_in_flight_requests_per_connection"] = 1
@@ -291,11 +292,13 @@ class Shipper:
 
     def _went_offline(self, err: BaseException) -> None:
         self._note_error(err)
+        # A failed producer may be wedged: e.g. after a broker restart kafka-python's idempotent
+        # producer retries UnknownProducerId until the delivery timeout. The next probe uses a new one.
+        self._fresh_producer_needed = True
         if self._online:
             self._online = False
             self._outages += 1
             self._outage_started = time.monotonic()
-            self._fresh_producer_needed = True
             self._probe_backoff = self.probe_interval_s
             self._probe_at = time.monotonic() + self.probe_interval_s
             log.warning("Kafka at %s unreachable (%s); spooling chunks to %s until it returns",

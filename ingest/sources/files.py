@@ -85,17 +85,17 @@ def discover(path: Path, machine_type: str | None = None, machine_id: str | None
     return [MachineFiles(t, i, tuple(fs)) for (t, i), fs in sorted(groups.items())]
 
 
-def _load(path: Path, sample_rate: int, warned: set[tuple[int, int]]) -> np.ndarray | None:
+def _load(path: Path, sample_rate: int, warned: set[int]) -> np.ndarray | None:
     """The file as float32 mono at ``sample_rate``, or None (logged) when it cannot be read."""
     from features.audio_io import audio_info, read_audio
 
     try:
-        sr, _n, channels = audio_info(path)
-        if (sr, channels) not in warned and (sr != sample_rate or channels != 1):
-            warned.add((sr, channels))
-            log.warning("%s is %d Hz with %d channel(s): replaying it resampled to %d Hz mono "
-                        "(further files like it are not reported)", path, sr, channels, sample_rate)  # fmt: skip
-        audio = read_audio(path, sample_rate)
+        _sr, _n, channels = audio_info(path)
+        if channels != 1 and channels not in warned:
+            warned.add(channels)
+            log.warning("%s has %d channels: replaying channel 0, as training reads it "
+                        "(further files like it are not reported)", path, channels)  # fmt: skip
+        audio = read_audio(path, sample_rate)  # warns when it resamples
     except Exception as exc:  # a bad file must not stop a long replay; say which and go on
         log.error("skipping %s: cannot read it (%s: %s)", path, type(exc).__name__, exc)
         return None
@@ -109,7 +109,7 @@ class _MachineStream:
     """One machine's files as a stream of fixed-size chunks (the last may be short unless looping)."""
 
     def __init__(self, machine: MachineFiles, sample_rate: int, chunk: int, loop: bool,
-                 warned: set[tuple[int, int]]) -> None:  # fmt: skip
+                 warned: set[int]) -> None:  # fmt: skip
         self.machine = machine
         self.sample_rate = sample_rate
         self.chunk = chunk
@@ -168,7 +168,7 @@ class FileReplaySource:
                 f"{', looping' if self.loop else ''}")  # fmt: skip
 
     def blocks(self, stop: threading.Event) -> Iterator[Block]:
-        warned: set[tuple[int, int]] = set()
+        warned: set[int] = set()
         streams = [_MachineStream(m, self.sample_rate, self.chunk_samples, self.loop, warned) for m in self.machines]
         clocks = {s.machine.key: AudioClock(self.sample_rate) for s in streams}
         anchor = min(c.anchor_ns for c in clocks.values())

@@ -1,0 +1,116 @@
+"""Integration: a broker outage and gateway restarts lose nothing and keep order and sequence numbers.
+
+The outage test runs its OWN Tansu broker on a free port and kills it; the shared broker on
+9092 is never touched.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from ingest_helpers import FirstBlocks, PrivateBroker, Recorded, by_machine, free_port, read_chunks, wait_for_records
+
+from ingest.gateway import StatusLine, run_gateway
+from ingest.sources.simulator import SimulatorSource, parse_machines
+from soundwatch.kafka import ensure_topics
+from soundwatch.settings import Settings
+
+pytestmark = pytest.mark.integration
+SR = 16_000
+CHUNK = SR // 4  # 0.25 s chunks keep the tests short
+
+
+def _sim(machines: str = "fan/id_00,pump/id_02,valve/id_04", speed: float = 0) -> SimulatorSource:
+    return SimulatorSource(parse_machines(machines), SR, CHUNK, speed=speed)
+
+
+def _dead_broker(settings: Settings) -> Settings:
+    """Settings whose broker address has nothing listening (a broker that is down)."""
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})})  # fmt: skip
+
+
+def test_broker_killed_mid_stream_every_later_chunk_arrives_in_order(isolated_settings: Settings,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    settings = broker.settings(isolated_settings)
+    topic = settings.kafka.topics.audio_raw
+    try:
+        ensure_topics(settings, [topic], 4)
+        stop = threading.Event()
+        result: dict = {}
+        source = Recorded(_sim(speed=8.0))  # 3 machines x 32 chunks/s of audio time
+        worker = threading.Thread(target=lambda: result.update(report=run_gateway(
+            settings, source, gateway_id="gw-outage", stop=stop, flush_timeout_s=40.0)))  # fmt: skip
+        worker.start()
+        wait_for_records(settings, topic, 30)  # the gateway is streaming to the broker
+        outage_started_ns = time.time_ns()
+        broker.kill()
+        time.sleep(4.0)  # the gateway keeps producing into the spool
+        broker.start()  # comes back empty (memory storage)
+        ensure_topics(settings, [topic], 4)
+        time.sleep(2.0)
+        stop.set()
+        worker.join(timeout=90)
+        assert not worker.is_alive()
+        report = result["report"]
+        assert report.undelivered_chunks == 0 and report.dropped_chunks == 0
+        assert report.outages >= 1
+        held = wait_for_records(settings, topic, 1)  # everything is acknowledged: the end offsets are final
+        arrived = by_machine(read_chunks(settings, topic, held, timeout_s=30))
+        assert set(arrived) == {"fan/id_00", "pump/id_02", "valve/id_04"}
+        for machine, chunks in arrived.items():
+            seqs = [c.sequence for c in chunks]
+            handed = source.handed_ns[machine]  # sequence i = the machine's i-th block (fresh state dir)
+            # what the restarted broker holds is one contiguous run ending at the last chunk produced
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{machine}: gap, duplicate or reorder"
+            assert seqs[-1] == len(handed) - 1
+            # every chunk produced once the outage began is there (earlier ones may have died with the broker)
+            first_after_kill = next(i for i, ns in enumerate(handed) if ns >= outage_started_ns)
+            assert seqs[0] <= first_after_kill, f"{machine}: chunks {seqs[0]}..{first_after_kill} were lost"
+            assert len(handed) - first_after_kill >= 4 * 32 * 0.5  # the outage really spanned seconds of chunks
+    finally:
+        broker.kill()
+
+
+def test_sequence_numbers_and_spooled_chunks_survive_a_gateway_restart(isolated_settings: Settings,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    topic = isolated_settings.kafka.topics.audio_raw
+    # run 1: the broker is down the whole time: 12 chunks wait in the spool when the gateway stops
+    down = _dead_broker(isolated_settings)
+    r1 = run_gateway(down, FirstBlocks(_sim(), 12), gateway_id="gw-restart", flush_timeout_s=0.5)
+    assert r1.chunks_in == 12 and r1.chunks_sent == 0 and r1.undelivered_chunks == 12
+    # run 2: broker up; the spooled chunks go first, then new ones, numbers continue
+    r2 = run_gateway(isolated_settings, FirstBlocks(_sim(), 9), gateway_id="gw-restart")
+    assert r2.chunks_sent == 21 and r2.undelivered_chunks == 0
+    # run 3: a clean restart continues without a gap
+    r3 = run_gateway(isolated_settings, FirstBlocks(_sim(), 6), gateway_id="gw-restart")
+    assert r3.undelivered_chunks == 0
+    arrived = by_machine(read_chunks(isolated_settings, topic, 27))
+    assert sum(len(v) for v in arrived.values()) == 27
+    for machine, chunks in arrived.items():
+        assert [c.sequence for c in chunks] == list(range(9)), machine
+        assert len({c.origin_ns for c in chunks}) == 9
+
+
+def test_spool_limit_drops_oldest_and_says_so(isolated_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    limit = 64 * 1024  # room for about seven 8 KB chunks
+    settings = _dead_broker(isolated_settings)
+    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"spool_max_bytes": limit})})
+    out = io.StringIO()
+    with caplog.at_level(logging.ERROR, logger="ingest.spool"):
+        report = run_gateway(settings, FirstBlocks(_sim("fan/id_00,pump/id_00"), 40), gateway_id="gw-full",
+                             status=StatusLine(out), flush_timeout_s=0.2)  # fmt: skip
+    assert report.dropped_chunks > 0
+    assert report.dropped_chunks + report.undelivered_chunks == 40
+    assert set(report.dropped_by_machine) == {"fan/id_00", "pump/id_00"}
+    assert report.dropped_bytes > report.dropped_chunks * CHUNK * 2
+    assert any("SPOOL FULL" in r.message and "dropped" in r.message for r in caplog.records)
+    assert "SPOOL FULL: DROPPED" in out.getvalue()
+    assert "connecting" in out.getvalue() or "OFFLINE" in out.getvalue()
