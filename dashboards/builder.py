@@ -85,7 +85,6 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
         f"/d/{MACHINE_UID}/soundwatch-machine?var-{q.VAR_TYPE}=${{__field.labels.machine_type}}"
         f"&var-{q.VAR_MACHINE}=${{__field.labels.machine_id}}&${{__url_time_range}}"
     )
-    ratio_link = {"links": [{"title": "open machine", "url": drill}]}
 
     over = p.stat(
         "Machines over threshold",
@@ -124,7 +123,7 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
         thresholds=p.RATIO_THRESHOLDS,
         maximum=2.0,
     )
-    bars["fieldConfig"]["defaults"]["links"] = ratio_link["links"]
+    bars["fieldConfig"]["defaults"]["links"] = [{"title": "open machine", "url": drill}]
     lay.place(bars, 16, 8)
     lay.newline()
 
