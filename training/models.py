@@ -25,7 +25,7 @@ from torch import nn
 class EncoderConfig:
     n_mels: int = 128
     window_frames: int = 64
-    channels: tuple[int, ...] = (16, 32, 64, 128)
+    channels: tuple[int, ...] = (8, 16, 32, 64)
     embedding_dim: int = 128
 
     def to_dict(self) -> dict[str, object]:

@@ -243,7 +243,7 @@ class MachineSound:
 
         centre = sig.resonance_hz * self._speed
         if self._fault is Fault.RESONANCE_SHIFT:
-            centre *= 1.0 + 0.6 * self._severity
+            centre *= 1.0 + self._severity
         n_harm = len(sig.harmonic_amps)
         k = np.arange(1, n_harm + 1)
         gains = np.asarray(sig.harmonic_amps) * self._harm_jitter * _resonance_gain(k * self._f0, centre, sig.resonance_q)

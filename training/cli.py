@@ -1,0 +1,123 @@
+"""``soundwatch train`` and ``soundwatch evaluate`` (plain functions; the root CLI registers them).
+
+Errors are raised as :class:`soundwatch.errors.SoundwatchError` subclasses; the root CLI turns
+them into one message and a named exit code. Progress bars and messages go to stderr, so
+``evaluate --json`` prints exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from soundwatch.console import err_console
+from soundwatch.errors import BadInput, ServiceUnavailable
+from soundwatch.settings import get_settings
+from training.datasets import scan_dataset
+from training.device import DEVICE_CHOICES, resolve_device
+from training.registry import ModelRegistry
+from training.train import METHODS, TrainConfig, train_machine_type
+
+DataOpt = Annotated[Path, typer.Option("--data", help="DCASE-layout folder: <type>/{train,test}/*.wav",
+                                       exists=True, file_okay=False)]  # fmt: skip
+RegistryOpt = Annotated[Path | None, typer.Option("--registry", help="model registry root (default: settings registry_root)")]
+TypeOpt = Annotated[str | None, typer.Option("--machine-type", help="only this machine type (default: all found)")]
+MethodOpt = Annotated[str, typer.Option("--method", help="clp (contrastive + ArcFace, default) or ae (DCASE 2020 baseline)")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu or cuda")]
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise BadInput(f"{name} {value!r} is not valid", hint=f"choose one of: {', '.join(choices)}")
+
+
+def _registry(root: Path | None) -> ModelRegistry:
+    settings = get_settings()
+    return ModelRegistry(root or settings.registry_root, settings.redis)
+
+
+def train(
+    data: DataOpt,
+    registry: RegistryOpt = None,
+    machine_type: TypeOpt = None,
+    method: MethodOpt = "clp",
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="clp: epochs per stage (default 20); ae: epochs (default 50)")] = None,
+    device: DeviceOpt = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="random seed (training is deterministic on CPU)")] = 0,
+) -> None:
+    """Train one model per machine type on <type>/train/normal_* clips and save it in the registry.
+
+    The new version becomes current in Redis (workers hot-reload) when Redis is reachable.
+    """
+    _check_choice("--method", method, METHODS)
+    _check_choice("--device", device, DEVICE_CHOICES)
+    resolve_device(device)
+    reg = _registry(registry)
+    settings = get_settings()
+    records = scan_dataset(data, machine_type)
+    types = sorted({r.machine_type for r in records})
+    for mtype in types:
+        mine = [r for r in records if r.machine_type == mtype]
+        if not any(r.split == "train" and r.label == "normal" for r in mine):
+            err_console.print(f"[yellow]skip {mtype}: no train/normal_* clips[/yellow]")
+            continue
+        parent = reg.latest_version(mtype)
+        cfg = TrainConfig(method=method, epochs=epochs, seed=seed, device=device, median_k=settings.scoring.median_k)
+        err_console.print(f"training {mtype} ({method}, {len(mine)} clips) ...")
+        result = train_machine_type(mine, settings.features, cfg, parent_version=parent)
+        version = reg.save(result.artifact)
+        for path, reason in result.skipped:
+            err_console.print(f"[yellow]skipped {path}: {reason}[/yellow]")
+        sel = result.artifact.metrics.get("score_selection", {})
+        err_console.print(
+            f"[green]{mtype} {version}[/green] saved in {reg.root / mtype / version} "
+            f"({result.seconds:.1f} s, score={result.artifact.score_kind}, "
+            f"criterion={ {k: round(v['mean'], 3) for k, v in sel.get('candidates', {}).items()} })"
+        )
+        try:
+            reg.set_current(mtype, version)
+            err_console.print(f"{mtype}: current version is now {version} (reload published)")
+        except ServiceUnavailable as exc:
+            err_console.print(f"[yellow]{mtype}: not set current — {exc.message}[/yellow]")
+
+
+def evaluate(
+    data: DataOpt,
+    registry: RegistryOpt = None,
+    machine_type: TypeOpt = None,
+    method: Annotated[str | None, typer.Option("--method", help="evaluate the newest model of this method (clp|ae)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+    plots: Annotated[Path | None, typer.Option("--plots", help="write ROC curves and score histograms (PNG) here")] = None,
+    results: Annotated[Path | None, typer.Option("--results", help="DCASE score/decision CSVs (default: --plots or var/evaluate)")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """AUC / pAUC (max_fpr 0.1) per machine ID on <type>/test clips, scored exactly like the stream."""
+    from training.evaluate import evaluate as run_evaluate
+
+    if method is not None:
+        _check_choice("--method", method, METHODS)
+    _check_choice("--device", device, DEVICE_CHOICES)
+    t0 = time.perf_counter()
+    report = run_evaluate(
+        data, _registry(registry), machine_type=machine_type, method=method,
+        results_dir=results or plots or Path("var/evaluate"), plots_dir=plots, device=device,
+    )  # fmt: skip
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    for item in report["skipped"]:
+        err_console.print(f"[yellow]skipped {item['path']}: {item['reason']}[/yellow]")
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for mtype, m in report["per_type"].items():
+        model = report["models"][mtype]
+        typer.echo(f"{mtype:12s} {model['method']}/{model['score']} {model['version']}: "
+                   f"AUC {m['auc_mean']:.3f}  pAUC {m['pauc_mean']:.3f}  worst-ID AUC {m['mauc']:.3f}")  # fmt: skip
+        for row in (r for r in report["per_id"] if r["machine_type"] == mtype):
+            typer.echo(f"    {row['machine_id']:12s} AUC {row['auc']:.3f}  pAUC {row['pauc']:.3f}")
+    o = report["overall"]
+    if o["auc_mean"] is not None:
+        typer.echo(f"overall      AUC {o['auc_mean']:.3f}  pAUC {o['pauc_mean']:.3f}")
