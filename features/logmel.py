@@ -20,14 +20,17 @@ Definition (the parity contract, see :class:`soundwatch.params.FeatureParams`):
 This equals ``librosa.power_to_db(librosa.feature.melspectrogram(...), ref=1.0, amin=amin, top_db=None)``
 within 1e-5 dB on every frame we return (tests/features/test_logmel.py).
 
-Precision and speed: the FFT runs in float64. A float32 FFT leaks rounding error of the loud low
-bands into quiet high bands and misses librosa by >1e-3 dB on real clips with 80 dB of dynamic range
-(ToyConveyor); librosa itself multiplies by a float64 window and so transforms in float64 too. The
-rest is kept cheap: one strided view for framing, one window-multiply pass, a batched real FFT
-(``scipy.fft``, pocketfft) over all frames of all clips at once, and one fused numba kernel that
-squares, applies the *sparse* mel filterbank (each FFT bin feeds at most two triangles, so ~1k
-multiply-adds per frame instead of the 66k of a dense matmul) and takes the log. Frames are processed
-in blocks so the float64 intermediates stay in cache and memory stays bounded for long clips.
+Precision and speed: the FFT runs in float64. A float32 FFT leaks the rounding error of loud low
+bands into quiet high bands and misses librosa by more than 1e-3 dB on real clips with 80 dB of
+dynamic range (ToyConveyor); librosa itself multiplies by a float64 window and so transforms in
+float64 too. Everything around the FFT is kept cheap, on blocks of ~256 frames that stay in cache:
+
+* framing is a strided view of the (float64) audio; no per-frame copy;
+* the Hann window is applied in the frequency domain (``Xw[k] = X[k]/2 - (X[k-1] + X[k+1])/4``, exact
+  for the periodic Hann window), so the FFT reads the raw overlapping frames;
+* one numba kernel squares, windows and applies the *sparse* mel filterbank (each FFT bin feeds at
+  most two triangles: ~1k multiply-adds per frame instead of the 66k of a dense matmul);
+* dB is one vectorised ``log`` over the output.
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ if TYPE_CHECKING:  # torch is imported only by code that asks for the Module
 
 __all__ = ["LogMel", "complete_frames", "frames_db", "hann_window", "log_mel", "mel_filterbank"]
 
-# Frames per block: the float64 windowed frames and their spectrum (n_fft*8 + (n_fft/2+1)*16 bytes each,
-# 16 KiB for n_fft=1024) stay around 8 MiB, inside a typical L3 share, and memory stays bounded.
-_BLOCK_FRAMES = 512
+# Frames per block: the block's float64 samples and spectrum (~12 KiB per frame for n_fft=1024) stay
+# around 3 MiB, inside a typical L2/L3 share, and memory stays bounded however long or many the clips.
+_BLOCK_FRAMES = 256
 
 
 def __getattr__(name: str) -> Any:  # lazy: `from features.logmel import LogMel` imports torch only then
@@ -72,15 +75,48 @@ def complete_frames(n_samples: int, params: FeatureParams) -> int:
     return (n_samples - right) // params.hop_length + 1
 
 
+def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
+    """Slaney's Auditory Toolbox mel scale: linear below 1 kHz, logarithmic above (librosa ``htk=False``)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    mels = hz / f_sp
+    log_t = hz >= min_log_hz
+    mels[log_t] = min_log_mel + np.log(hz[log_t] / min_log_hz) / logstep
+    return mels
+
+
+def _mel_to_hz_slaney(mels: np.ndarray) -> np.ndarray:
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    hz = f_sp * mels
+    log_t = mels >= min_log_mel
+    hz[log_t] = min_log_hz * np.exp(logstep * (mels[log_t] - min_log_mel))
+    return hz
+
+
 @lru_cache(maxsize=16)
 def mel_filterbank(params: FeatureParams) -> np.ndarray:
-    """float32 ``[n_mels, n_fft//2 + 1]`` Slaney filterbank, exactly librosa's (read-only, cached)."""
-    import librosa  # heavy import, only when a new parameter set needs its filterbank
+    """float32 ``[n_mels, n_fft//2 + 1]`` Slaney filterbank (read-only, cached).
 
-    fb = librosa.filters.mel(sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels, fmin=params.fmin,
-                             fmax=params.fmax, htk=False, norm="slaney", dtype=np.float32)  # fmt: skip
-    fb.setflags(write=False)
-    return fb
+    The same arithmetic, step by step, as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax,
+    htk=False, norm="slaney", dtype=float32)`` — equal to it bit for bit (tested) — without importing
+    librosa, whose first call costs seconds of start-up in every worker.
+    """
+    fmax = params.fmax if params.fmax is not None else params.sample_rate / 2
+    fftfreqs = np.fft.rfftfreq(n=params.n_fft, d=1.0 / params.sample_rate)
+    min_mel, max_mel = _hz_to_mel_slaney(np.array([params.fmin, fmax]))
+    mel_f = _mel_to_hz_slaney(np.linspace(min_mel, max_mel, params.n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    weights = np.zeros((params.n_mels, params.n_fft // 2 + 1), dtype=np.float32)
+    for i in range(params.n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2 : params.n_mels + 2] - mel_f[: params.n_mels]))[:, np.newaxis]  # Slaney area norm
+    weights.setflags(write=False)
+    return weights
 
 
 @lru_cache(maxsize=16)
@@ -94,43 +130,117 @@ def hann_window(n_fft: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _bank_by_bin(params: FeatureParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The filterbank in compressed-sparse-column form ``(ptr, mel, weight)``: FFT bin ``k`` feeds
-    filters ``mel[ptr[k]:ptr[k+1]]`` with ``weight[...]`` (float64 copies of librosa's float32 values).
-    A Slaney bank has at most two non-zeros per bin, ~1k in all for the defaults."""
+def _bank(params: FeatureParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The filterbank as ranges: filter ``m`` has weights ``weight[off[m] : off[m+1]]`` on FFT bins
+    ``lo[m] : hi[m]`` (its non-zero span; float64 copies of librosa's float32 values). ~1k non-zeros for
+    the defaults instead of 66k dense entries: each bin feeds at most two triangles."""
     fb = mel_filterbank(params)
-    mel_idx, bin_idx = np.nonzero(fb)
-    order = np.lexsort((mel_idx, bin_idx))  # by bin, then mel
-    mel_idx, bin_idx = mel_idx[order], bin_idx[order]
-    ptr = np.zeros(fb.shape[1] + 1, np.int64)
-    np.add.at(ptr, bin_idx + 1, 1)
-    return np.cumsum(ptr), mel_idx.astype(np.int64), fb[mel_idx, bin_idx].astype(np.float64)
+    lo = np.zeros(fb.shape[0], np.int64)
+    hi = np.zeros(fb.shape[0], np.int64)
+    for m, row in enumerate(fb):
+        nz = np.flatnonzero(row)
+        if nz.size:  # an empty filter (too many mels for n_fft) stays all-zero, as in librosa
+            lo[m], hi[m] = nz[0], nz[-1] + 1
+    off = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
+    weight = np.concatenate([fb[m, lo[m] : hi[m]] for m in range(fb.shape[0])]).astype(np.float64)
+    return lo, hi, off, weight
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _windowed_power(x, k, n_bins, lo_src, lo_conj, hi_src, hi_conj):  # pragma: no cover - jitted
+    """``|Xw[k]|^2`` of one frame, ``x`` its unwindowed spectrum as interleaved float64 (re, im) pairs."""
+    if k == 0:
+        pr, pi = x[2 * lo_src], x[2 * lo_src + 1]
+        if lo_conj:
+            pi = -pi
+    else:
+        pr, pi = x[2 * k - 2], x[2 * k - 1]
+    if k == n_bins - 1:
+        nr, ni = x[2 * hi_src], x[2 * hi_src + 1]
+        if hi_conj:
+            ni = -ni
+    else:
+        nr, ni = x[2 * k + 2], x[2 * k + 3]
+    re = 0.5 * x[2 * k] - 0.25 * (pr + nr)
+    im = 0.5 * x[2 * k + 1] - 0.25 * (pi + ni)
+    return re * re + im * im
 
 
 @numba.njit(cache=True, nogil=True)
-def _mel_kernel(spec, ptr, mel, weight, half_power, out, out_col):  # pragma: no cover - jitted
-    """spec complex128 [B, F, n_bins] -> out[b, :, out_col + f] = mel power (float32, not yet in dB).
+def _mel_kernel(spec, n_bins, lo_src, lo_conj, hi_src, hi_conj, lo, hi, off, weight, half_power, out,
+                out_col):  # pragma: no cover - jitted  # fmt: skip
+    """Unwindowed frame spectra -> ``out[b, :, out_col + f]`` = Hann-windowed mel power (float32, not dB).
 
-    One pass over the spectrum: each bin's power is computed once and scattered into the (at most
-    two) filters it feeds; accumulation in float64."""
-    n_b, n_f, n_bins = spec.shape
-    n_mels = out.shape[1]
-    acc = np.zeros(n_mels, np.float64)
+    ``spec`` is the rfft output viewed as float64 ``[B, F, 2*n_bins]`` (interleaved re, im).
+    The periodic Hann window is applied in the frequency domain: ``w[n] = 0.5 - 0.25 e^{+2 pi i n/N}
+    - 0.25 e^{-2 pi i n/N}``, so ``Xw[k] = 0.5 X[k] - 0.25 (X[k-1] + X[k+1])`` exactly; the neighbours
+    outside ``0..n_bins-1`` come from conjugate symmetry (``X[-1]`` is bin ``lo_src``, ``X[n_bins]`` is
+    bin ``hi_src``, conjugated where the flag says). Four frames at a time: their powers sit side by side
+    (``p[k, 0:4]``) and each filter runs four independent sums, which the CPU overlaps instead of waiting
+    on one accumulator. All arithmetic in float64.
+    """
+    n_b, n_f, _ = spec.shape
+    n_mels = lo.shape[0]
+    p = np.zeros((n_bins, 4), np.float64)
     for b in range(n_b):
-        for f in range(n_f):
-            acc[:] = 0.0
-            for k in range(n_bins):
-                if ptr[k] == ptr[k + 1]:
-                    continue
-                re = spec[b, f, k].real
-                im = spec[b, f, k].imag
-                p = re * re + im * im
-                if half_power != 1.0:
-                    p = p**half_power
-                for j in range(ptr[k], ptr[k + 1]):
-                    acc[mel[j]] += weight[j] * p
+        for f0 in range(0, n_f, 4):
+            g = min(4, n_f - f0)
+            if g == 4:
+                x0, x1, x2, x3 = spec[b, f0], spec[b, f0 + 1], spec[b, f0 + 2], spec[b, f0 + 3]
+                for k in range(1, n_bins - 1):  # interior bins, unrolled over the four frames
+                    r0 = 0.5 * x0[2 * k] - 0.25 * (x0[2 * k - 2] + x0[2 * k + 2])
+                    i0 = 0.5 * x0[2 * k + 1] - 0.25 * (x0[2 * k - 1] + x0[2 * k + 3])
+                    r1 = 0.5 * x1[2 * k] - 0.25 * (x1[2 * k - 2] + x1[2 * k + 2])
+                    i1 = 0.5 * x1[2 * k + 1] - 0.25 * (x1[2 * k - 1] + x1[2 * k + 3])
+                    r2 = 0.5 * x2[2 * k] - 0.25 * (x2[2 * k - 2] + x2[2 * k + 2])
+                    i2 = 0.5 * x2[2 * k + 1] - 0.25 * (x2[2 * k - 1] + x2[2 * k + 3])
+                    r3 = 0.5 * x3[2 * k] - 0.25 * (x3[2 * k - 2] + x3[2 * k + 2])
+                    i3 = 0.5 * x3[2 * k + 1] - 0.25 * (x3[2 * k - 1] + x3[2 * k + 3])
+                    p[k, 0] = r0 * r0 + i0 * i0
+                    p[k, 1] = r1 * r1 + i1 * i1
+                    p[k, 2] = r2 * r2 + i2 * i2
+                    p[k, 3] = r3 * r3 + i3 * i3
+                for j in range(4):
+                    for k in (0, n_bins - 1):
+                        p[k, j] = _windowed_power(spec[b, f0 + j], k, n_bins, lo_src, lo_conj, hi_src, hi_conj)
+            else:
+                for j in range(g):
+                    for k in range(n_bins):
+                        p[k, j] = _windowed_power(spec[b, f0 + j], k, n_bins, lo_src, lo_conj, hi_src, hi_conj)
+            if half_power != 1.0:
+                for k in range(n_bins):
+                    for j in range(g):
+                        p[k, j] = p[k, j] ** half_power
             for m in range(n_mels):
-                out[b, m, out_col + f] = acc[m]
+                a0 = 0.0
+                a1 = 0.0
+                a2 = 0.0
+                a3 = 0.0
+                base = off[m] - lo[m]
+                for k in range(lo[m], hi[m]):
+                    w = weight[base + k]
+                    a0 += w * p[k, 0]
+                    a1 += w * p[k, 1]
+                    a2 += w * p[k, 2]
+                    a3 += w * p[k, 3]
+                out[b, m, out_col + f0] = a0
+                if g > 1:
+                    out[b, m, out_col + f0 + 1] = a1
+                if g > 2:
+                    out[b, m, out_col + f0 + 2] = a2
+                if g > 3:
+                    out[b, m, out_col + f0 + 3] = a3
+
+
+def _edge_sources(n_fft: int) -> tuple[int, bool, int, bool]:
+    """Where ``X[-1]`` and ``X[n_bins]`` of a real ``n_fft``-point DFT live among bins ``0..n_fft//2``."""
+    n_bins = n_fft // 2 + 1
+
+    def source(j: int) -> tuple[int, bool]:
+        j %= n_fft
+        return (j, False) if j < n_bins else (n_fft - j, True)
+
+    return (*source(-1), *source(n_bins))
 
 
 def _blocks(n_batch: int, n_frames: int) -> Iterator[tuple[slice, slice]]:
@@ -163,19 +273,20 @@ def frames_db(padded: np.ndarray, n_frames: int, *, params: FeatureParams) -> np
     out = np.empty((*lead, params.n_mels, n_frames), np.float32)
     if n_frames == 0 or out.size == 0:
         return out
-    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+    x2 = x.reshape(-1, x.shape[-1])
     out2 = out.reshape(-1, params.n_mels, n_frames)
-    item = x2.strides[1]
-    frames = np.lib.stride_tricks.as_strided(
-        x2, shape=(x2.shape[0], n_frames, n_fft), strides=(x2.strides[0], hop * item, item), writeable=False
-    )
-    window = hann_window(n_fft)
-    ptr, mel, weight = _bank_by_bin(params)
+    n_bins = n_fft // 2 + 1
+    edges = _edge_sources(n_fft)
+    bank = _bank(params)
     half_power = float(params.power) / 2.0
     for rows, cols in _blocks(x2.shape[0], n_frames):
-        windowed = np.multiply(frames[rows, cols], window, dtype=np.float64)
-        spec = scipy.fft.rfft(windowed, axis=-1, overwrite_x=True)
-        _mel_kernel(spec, ptr, mel, weight, half_power, out2[rows], cols.start)
+        # float64 once per sample of the block (frames overlap, so not per frame); the FFT reads the
+        # overlapping frames straight from it through a strided view
+        seg = np.ascontiguousarray(x2[rows, cols.start * hop : (cols.stop - 1) * hop + n_fft], dtype=np.float64)
+        frames = np.lib.stride_tricks.as_strided(seg, shape=(seg.shape[0], cols.stop - cols.start, n_fft),
+                                                 strides=(seg.strides[0], hop * 8, 8), writeable=False)  # fmt: skip
+        spec = scipy.fft.rfft(frames, axis=-1).view(np.float64)
+        _mel_kernel(spec, n_bins, *edges, *bank, half_power, out2[rows], cols.start)
     # dB in one vectorised pass: 10*log10(x) as ln(x) * 10/ln(10); numpy's float32 log is SIMD and
     # ~3x faster than its log10, and a scalar log inside the kernel would cost more than the FFT.
     np.maximum(out, np.float32(params.amin), out=out)

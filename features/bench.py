@@ -1,0 +1,173 @@
+"""``soundwatch bench features``: our log-mel against librosa and a bare floor, and the stream's rate.
+
+All three front ends run on the same audio in the same process, interleaved, each best of
+``repeats`` (``time.process_time``, CPU seconds; BLAS limited to one thread so a threaded matmul
+cannot hide CPU time). The floor is the least any log-mel must do: a float32 batched real FFT of
+pre-framed audio, ``|X|^2`` and a dense mel matmul — no padding, window, float64 or log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.logmel import log_mel, mel_filterbank
+from soundwatch.params import FeatureParams
+from soundwatch.settings import Settings
+
+REAL_MINI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real-mini"
+
+
+def bench_audio(seconds: float, params: FeatureParams, data_dir: Path | None = None) -> tuple[np.ndarray, str]:
+    """``[n_clips, 10 s]`` float32 audio totalling about ``seconds``: real-mini clips if present, else noise."""
+    from features.audio_io import read_audio
+
+    clip_len = 10 * params.sample_rate
+    n_clips = max(1, round(seconds / 10))
+    root = data_dir or REAL_MINI
+    files = sorted(root.rglob("*.wav")) if root.is_dir() else []
+    if files:
+        clips = [read_audio(files[i % len(files)], params.sample_rate)[:clip_len] for i in range(n_clips)]
+        clips = [np.pad(c, (0, clip_len - c.size)) for c in clips]
+        return np.stack(clips).astype(np.float32), f"real-mini ({min(n_clips, len(files))} distinct clips)"
+    rng = np.random.default_rng(0)
+    return (0.1 * rng.standard_normal((n_clips, clip_len))).astype(np.float32), "synthetic noise"
+
+
+def _librosa(audio: np.ndarray, p: FeatureParams) -> np.ndarray:
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=audio, sr=p.sample_rate, n_fft=p.n_fft, hop_length=p.hop_length,
+                                         n_mels=p.n_mels, fmin=p.fmin, fmax=p.fmax, power=p.power, center=True,
+                                         pad_mode="constant", window="hann", htk=False, norm="slaney")  # fmt: skip
+    return librosa.power_to_db(mel, ref=1.0, amin=p.amin, top_db=None)
+
+
+def _floor(audio: np.ndarray, p: FeatureParams) -> np.ndarray:
+    import scipy.fft
+
+    frames = np.lib.stride_tricks.sliding_window_view(audio, p.n_fft, axis=-1)[..., :: p.hop_length, :]
+    spec = scipy.fft.rfft(frames, axis=-1)
+    return (spec.real**2 + spec.imag**2) @ mel_filterbank(p).T
+
+
+def _cpu_seconds(fn: Any, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        out.append(time.process_time() - t0)
+    return out
+
+
+def logmel_bench(seconds: float = 320.0, repeats: int = 5, params: FeatureParams | None = None,
+                 data_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    from threadpoolctl import threadpool_limits
+
+    p = params or FeatureParams()
+    audio, source = bench_audio(seconds, p, data_dir)
+    audio_s = audio.size / p.sample_rate
+    ours = log_mel(audio, params=p)  # warm-up (numba JIT, filterbank cache) and parity check
+    ref = _librosa(audio, p)[..., : ours.shape[-1]]
+    _floor(audio, p)
+    times: dict[str, list[float]] = {"ours": [], "librosa": [], "floor": []}
+    with threadpool_limits(limits=1):
+        for _ in range(repeats):  # interleaved, so drifting machine load hits all three alike
+            times["ours"] += _cpu_seconds(lambda: log_mel(audio, params=p), 1)
+            times["librosa"] += _cpu_seconds(lambda: _librosa(audio, p), 1)
+            times["floor"] += _cpu_seconds(lambda: _floor(audio, p), 1)
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "audio": source,
+        "audio_seconds": round(audio_s, 1),
+        "repeats": repeats,
+        "ours_audio_s_per_cpu_s": round(audio_s / best["ours"], 1),
+        "librosa_audio_s_per_cpu_s": round(audio_s / best["librosa"], 1),
+        "floor_audio_s_per_cpu_s": round(audio_s / best["floor"], 1),
+        "speedup_vs_librosa": round(best["librosa"] / best["ours"], 2),
+        "ratio_to_floor": round(best["ours"] / best["floor"], 2),
+        "max_abs_db_vs_librosa": float(np.abs(ours - ref).max()),
+        "cpu_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
+    }
+
+
+def stream_bench(settings: Settings, audio_seconds: float = 480.0, machines: int = 4,
+                 timeout_s: float = 180.0) -> dict[str, Any]:  # fmt: skip
+    """Sustained rate of one Faust worker through the broker, on private topics.
+
+    A backlog of ``audio_seconds`` (``machines`` machines, 1 s PCM16 chunks) is produced first, then one
+    worker (a subprocess, like production) is started and the windows it publishes are read back.
+    ``stream_realtime_factor`` = audio seconds the windows advance / wall seconds between the first and
+    the last window (producer timestamps), so start-up and group join are not counted.
+    """
+    from soundwatch.contracts import AudioChunk, FeatureWindow, machine_key
+    from soundwatch.kafka import ensure_topics, make_consumer, make_producer
+
+    p = settings.features
+    u = uuid.uuid4().hex[:8]
+    names = {"audio_raw": f"bench{u}.audio", "features": f"bench{u}.features", "deadletter": f"bench{u}.dead"}
+    topics = settings.kafka.topics.model_copy(update=names)
+    s = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topics": topics})})
+    ensure_topics(s, list(names.values()))
+    audio, _ = bench_audio(max(audio_seconds, 10.0 * machines), p)
+    per_machine = audio[: audio.shape[0] // machines * machines].reshape(machines, -1)  # clips back to back
+    pcm = np.clip(np.round(per_machine * 32768), -32768, 32767).astype(np.int16)
+    chunk = p.sample_rate
+    producer = make_producer(s)
+    for i in range(pcm.shape[1] // chunk):
+        for m in range(machines):
+            c = AudioChunk("bench", f"m{m:02d}", "bench", p.sample_rate, i, i * 1_000_000_000,
+                           pcm[m, i * chunk : (i + 1) * chunk])  # fmt: skip
+            producer.send(names["audio_raw"], key=machine_key("bench", f"m{m:02d}"), value=c.encode())
+    producer.flush()
+    producer.close()
+    n_frames = (pcm.shape[1] // chunk) * chunk
+    from features.logmel import complete_frames
+    from features.windows import n_windows
+
+    expected = machines * n_windows(complete_frames(n_frames, p), p)
+    env = dict(os.environ)
+    env.update({"SOUNDWATCH_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+                "SOUNDWATCH_KAFKA__TOPICS__AUDIO_RAW": names["audio_raw"],
+                "SOUNDWATCH_KAFKA__TOPICS__FEATURES": names["features"],
+                "SOUNDWATCH_KAFKA__TOPICS__DEADLETTER": names["deadletter"],
+                "SOUNDWATCH_STREAM__APP_ID": f"bench-{u}",
+                "SOUNDWATCH_STREAM__DATA_DIR": str(Path(settings.stream.data_dir) / f"bench-{u}")})  # fmt: skip
+    worker = subprocess.Popen([sys.executable, "-m", "features.cli", "run", "--web-port", "0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    stamps: list[int] = []
+    consumer = make_consumer(s, names["features"], group_id=None)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(stamps) < expected and time.monotonic() < deadline and worker.poll() is None:
+            for records in consumer.poll(timeout_ms=500).values():
+                for rec in records:
+                    FeatureWindow.decode(rec.value)
+                    stamps.append(rec.timestamp)
+    finally:
+        consumer.close()
+        worker.terminate()
+        try:
+            _, err = worker.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            _, err = worker.communicate()
+    if len(stamps) < 2:
+        tail = (err or b"").decode(errors="replace")[-800:]
+        raise RuntimeError(f"the worker published {len(stamps)} of {expected} windows within {timeout_s:.0f} s:\n{tail}")
+    wall = (max(stamps) - min(stamps)) / 1000.0
+    advanced = (len(stamps) - machines) * p.hop_seconds  # each machine's first window is the starting line
+    return {
+        "stream_realtime_factor": round(advanced / wall, 1) if wall > 0 else None,
+        "stream_windows": len(stamps),
+        "stream_windows_expected": expected,
+        "stream_audio_seconds": round(machines * n_frames / p.sample_rate, 1),
+        "stream_wall_s": round(wall, 2),
+    }
