@@ -68,9 +68,10 @@ class ModelCache:
     """
 
     def __init__(self, source: ModelSource, device: str = "cpu", negative_ttl_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, optimize: bool = True) -> None:  # fmt: skip
         self._source = source
         self.device = device
+        self.optimize = optimize
         self._negative_ttl_s = negative_ttl_s
         self._clock = clock
         self._models: dict[str, ScoringModel] = {}
@@ -111,6 +112,8 @@ class ModelCache:
             self._misses[machine_type] = (self._clock() + self._negative_ttl_s, reason)
             return None
         self._misses.pop(machine_type, None)
+        if self.optimize and self.device == "cpu":
+            freeze_encoder(model)
         old = self._models.get(machine_type)
         self._models[machine_type] = model
         log.info("model %s/%s on %s%s", machine_type, model.version, self.device,
@@ -147,6 +150,40 @@ class ModelCache:
             if current and current != model.version and self.reload(machine_type, current):
                 changed.append((machine_type, current))
         return changed
+
+
+def freeze_encoder(model: object, probe_batch: int = 8, tolerance: float = 1e-4) -> bool:
+    """CPU inference speed-up: replace a clp model's eager encoder by a frozen TorchScript copy.
+
+    ``torch.jit.freeze`` + ``optimize_for_inference`` fold BatchNorm into the convolutions and
+    drop dropout, which roughly doubles CPU throughput of the small encoder (measured in the
+    scoring bench) without changing what is computed. The copy is checked against the eager
+    module on a probe batch; on any error or a difference above ``tolerance`` the eager module
+    stays. Models without an encoder (``ae``) are left alone. Returns True when swapped.
+    """
+    import torch
+
+    scorer = getattr(model, "scorer", None)
+    encoder = getattr(scorer, "encoder", None)
+    if not isinstance(encoder, torch.nn.Module) or isinstance(encoder, torch.jit.ScriptModule):
+        return False
+    try:
+        cfg = encoder.cfg
+        gen = torch.Generator().manual_seed(0)
+        probe = torch.randn(probe_batch, cfg.n_mels, cfg.window_frames, generator=gen) * 10 - 50
+        encoder.eval()
+        with torch.inference_mode():
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(encoder, probe).eval()))
+            diff = float((frozen(probe[:3]) - encoder(probe[:3])).abs().max())
+        if not diff <= tolerance:
+            log.warning("frozen encoder differs from eager by %.3g; keeping the eager encoder", diff)
+            return False
+    except Exception as exc:  # tracing is an optimisation; a model it cannot handle still scores eagerly
+        log.info("encoder not frozen (%s: %s); scoring eagerly", type(exc).__name__, exc)
+        return False
+    frozen.cfg = cfg  # type: ignore[attr-defined]  # the scorer reads cfg.embedding_dim for empty input
+    scorer.encoder = frozen
+    return True
 
 
 def parse_reload_message(data: bytes | str) -> tuple[str, str | None]:
