@@ -120,11 +120,15 @@ def bench(
     machines: Annotated[int, typer.Option("--machines", min=1, help="distinct machine keys")] = 1000,
     reference: Annotated[bool, typer.Option("--reference/--no-reference",
                                             help="also time a bare producer in the same run")] = True,  # fmt: skip
+    compression: Annotated[str | None, typer.Option("--compression", help="override ingest.compression for this "
+                                                    "run: none, gzip, snappy, lz4, zstd")] = None,  # fmt: skip
 ) -> None:
     """Measure chunks/s and MB/s one gateway process delivers to the broker, and how many real-time machines that is."""
     from ingest.bench import run_bench
 
     settings = get_settings()
+    if compression is not None:
+        settings = _with_compression(settings, compression)
     if not as_json:
         err_console.print(f"benchmarking one gateway against {settings.kafka.bootstrap_servers} for {seconds:g} s ...")
     result = run_bench(settings, seconds=seconds, machines=machines, reference=reference)
@@ -133,6 +137,19 @@ def bench(
         verdict = "meets" if result["machines_realtime"] >= 500 else "MISSES"
         err_console.print(f"one gateway carries {result['machines_realtime']:.0f} real-time 16 kHz machines "
                           f"({verdict} the 500 target)", highlight=False)  # fmt: skip
+
+
+def _with_compression(settings, compression: str):
+    from pydantic import ValidationError
+
+    from soundwatch.settings import IngestSettings
+
+    try:
+        ingest = IngestSettings(**{**settings.ingest.model_dump(), "compression": compression})
+    except ValidationError as exc:
+        raise BadInput(f"--compression {compression!r} is not one of none, gzip, snappy, lz4, zstd",
+                       "pick one of those (snappy/lz4/zstd need their Python packages)") from exc  # fmt: skip
+    return settings.model_copy(update={"ingest": ingest})
 
 
 app = typer.Typer(help="Ingest: gateways and their benchmark.", no_args_is_help=True, add_completion=False)

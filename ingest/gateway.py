@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ingest.producer import ChunkBuilder, Shipper, ShipperStats, record_for
+from ingest.producer import ChunkBuilder, Shipper, ShipperStats, check_compression, record_for
 from ingest.sequences import SequenceStore
 from ingest.sources import Source
 from ingest.spool import Spool
@@ -140,6 +140,7 @@ def run_gateway(settings: Settings, source: Source, *, topic: str | None = None,
     gw = gateway_id or settings.ingest.gateway_id
     topic = topic or settings.kafka.topics.audio_raw
     stop = stop or threading.Event()
+    check_compression(settings)
     state_dir, spool_dir = gateway_dirs(settings, gw)
     sequences = SequenceStore(state_dir)
     try:

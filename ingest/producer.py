@@ -29,7 +29,7 @@ import numpy as np
 from ingest.sequences import SequenceStore
 from ingest.spool import Spool, SpoolStats
 from soundwatch.contracts import AudioChunk, machine_key
-from soundwatch.errors import SoundwatchError
+from soundwatch.errors import MissingDependency, SoundwatchError
 from soundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,22 @@ class ChunkBuilder:
 def record_for(chunk: AudioChunk) -> tuple[bytes, bytes]:
     """Kafka key and value of a chunk: all of a machine's chunks share the key, hence a partition and order."""
     return machine_key(chunk.machine_type, chunk.machine_id), chunk.encode()
+
+
+_CODEC_PACKAGES = {"snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard"}
+
+
+def check_compression(settings: Settings) -> None:
+    """Fail fast (MissingDependency) when the configured codec's library is missing, instead of spooling forever."""
+    from kafka import codec
+
+    name = settings.ingest.compression
+    if name in ("none", "gzip"):
+        return
+    if not getattr(codec, f"has_{name}")():
+        raise MissingDependency(f"ingest.compression={name} needs the {_CODEC_PACKAGES[name]} package",
+                                f"pip install {_CODEC_PACKAGES[name]}, or set SOUNDWATCH_INGEST__COMPRESSION "
+                                "to none or gzip")  # fmt: skip
 
 
 def producer_options(settings: Settings, idempotent: bool = True) -> dict[str, Any]:

@@ -11,6 +11,13 @@ skips at most one block per machine (a visible gap, never a reuse). A clean
 :meth:`SequenceStore.close` records the exact next numbers, so a graceful restart
 continues without any gap.
 
+Machines first seen in a run would each need an fsync before their first chunk (a
+gateway with 1000 machines: 1000 fsyncs in its first second). Instead the file holds a
+``floor``: machines it does not list start at the floor, and at start-up the store durably
+raises the floor by one block, which reserves ``[floor, floor + block)`` for every new
+machine at once. A crash therefore starts new-to-the-file machines above anything the
+crashed run handed out; a clean close lists every machine and puts the floor back.
+
 One gateway process owns a state directory at a time (an ``flock`` on ``lock``);
 a second one gets a :class:`~soundwatch.errors.ConfigError` naming the directory.
 """
@@ -78,8 +85,11 @@ class SequenceStore:
             raise
         self._reserved: dict[str, int] = dict(self._next)  # durable high-water marks
         self._closed = False
+        # reserve one block for every machine this run meets for the first time (one fsync)
+        self._persist(self._reserved, self._floor + self.block)
 
     def _load(self) -> dict[str, int]:
+        self._floor = 0
         if not self._path.exists():
             return {}
         try:
@@ -87,41 +97,43 @@ class SequenceStore:
             if data.get("version") != _VERSION:
                 raise ValueError(f"unknown version {data.get('version')!r}")
             marks = {str(k): int(v) for k, v in data["next"].items()}
+            self._floor = int(data.get("floor", 0))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BadInput(
                 f"the sequence state file {self._path} is unreadable ({exc})",
                 "restore it from a backup; deleting it restarts every machine at sequence 0, which "
                 "downstream stages will read as a restart of the stream",
             ) from exc
-        if any(v < 0 for v in marks.values()):
+        if self._floor < 0 or any(v < 0 for v in marks.values()):
             raise BadInput(f"the sequence state file {self._path} holds negative numbers", "restore it")
         return marks
 
-    def _persist(self, marks: dict[str, int]) -> None:
-        payload = json.dumps({"version": _VERSION, "next": marks}, sort_keys=True).encode()
+    def _persist(self, marks: dict[str, int], floor: int) -> None:
+        payload = json.dumps({"version": _VERSION, "floor": floor, "next": marks}, sort_keys=True).encode()
         write_atomic(self._path, payload)
 
     def next(self, key: str) -> int:
         """The next number for ``key``; reserves (and fsyncs) a new block when the current one is used up."""
         if self._closed:
             raise RuntimeError("SequenceStore is closed")
-        n = self._next.get(key, 0)
-        if n >= self._reserved.get(key, 0):
+        n = self._next.get(key, self._floor)
+        # a machine new to the file is covered by the floor's block, others by their own mark
+        if n >= self._reserved.get(key, self._floor + self.block):
             marks = {**self._reserved, key: n + self.block}
-            self._persist(marks)
+            self._persist(marks, self._floor + self.block)
             self._reserved = marks
         self._next[key] = n + 1
         return n
 
     def peek(self, key: str) -> int:
         """The number :meth:`next` would return for ``key``, without taking it."""
-        return self._next.get(key, 0)
+        return self._next.get(key, self._floor)
 
     def close(self) -> None:
         """Record the exact next numbers (no gap on a clean restart) and release the directory."""
         if self._closed:
             return
-        self._persist(dict(self._next))
+        self._persist(dict(self._next), self._floor)
         self._closed = True
         fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
         self._lock_fh.close()

@@ -58,3 +58,21 @@ def test_a_damaged_state_file_is_reported_not_reset(tmp_path: Path) -> None:
     (tmp_path / "sequences.json").write_text("{not json")
     with pytest.raises(BadInput, match="unreadable"):
         SequenceStore(tmp_path)
+
+
+def test_a_crash_before_a_new_machine_was_recorded_still_never_reuses(tmp_path: Path) -> None:
+    # machines first seen in a run are covered by the floor reserved at start-up, not by their own fsync
+    code = (
+        "import os\n"
+        "from ingest.sequences import SequenceStore\n"
+        f"s = SequenceStore({str(tmp_path)!r}, block=10)\n"
+        "print([s.next(f'm/{i}') for i in range(50)][-1], [s.next('m/0') for _ in range(3)], flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "0 [1, 2, 3]", out.stderr
+    with SequenceStore(tmp_path, block=10) as store:
+        assert store.next("m/0") == 10  # above everything the crashed run could have handed out
+        assert store.next("m/7") == 10
+    with SequenceStore(tmp_path, block=10) as store:  # a clean close lists them all: no new gaps
+        assert store.peek("m/7") == 11 and store.peek("m/0") == 11
