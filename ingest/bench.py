@@ -14,11 +14,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ingest.gateway import run_gateway
 from ingest.producer import Block, producer_options
@@ -28,7 +26,7 @@ from soundwatch.settings import Settings
 
 
 class _PoolSource:
-    """``machines`` machines cycling over a small pool of pre-rendered simulator seconds, as fast as possible."""
+    """``machines`` machines cycling over pre-rendered simulator seconds, as fast as possible."""
 
     def __init__(self, machines: int, sample_rate: int, chunk_samples: int, pool: int = 16) -> None:
         from training.synthetic import MachineSound, signature_for
@@ -36,13 +34,15 @@ class _PoolSource:
         self.sample_rate = sample_rate
         self.machines = machines
         types = ("fan", "pump", "slider", "valve")
-        self._pool = [MachineSound(signature_for(types[i % 4], f"id_{i:02d}"), sample_rate).render(chunk_samples)
-                      for i in range(pool)]  # fmt: skip
+        self._pool = [
+            MachineSound(signature_for(types[i % 4], f"id_{i:02d}"), sample_rate).render(chunk_samples)
+            for i in range(pool)
+        ]
 
     def describe(self) -> str:
         return f"{self.machines} benchmark machines (pre-rendered simulator audio), as fast as possible"
 
-    def blocks(self, stop: threading.Event) -> Iterator[Block]:
+    def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
         clock = AudioClock(self.sample_rate)
         while not stop.is_set():
             start = clock.take(self._pool[0].size)
@@ -68,7 +68,9 @@ def _reference(settings: Settings, topic: str, records: list[tuple[bytes, bytes]
         producer.close(timeout=5)
 
 
-def run_bench(settings: Settings, seconds: float = 10.0, machines: int = 1000, reference: bool = True) -> dict[str, Any]:
+def run_bench(
+    settings: Settings, seconds: float = 10.0, machines: int = 1000, reference: bool = True
+) -> dict[str, Any]:
     """Measure one gateway process against the configured broker on a private, deleted-afterwards topic."""
     from kafka.errors import KafkaError
 
@@ -80,12 +82,24 @@ def run_bench(settings: Settings, seconds: float = 10.0, machines: int = 1000, r
     chunk = int(round(settings.ingest.chunk_seconds * sr))
     try:
         with tempfile.TemporaryDirectory(prefix="soundwatch-bench-") as tmp:
-            bench_settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(
-                update={"state_dir": Path(tmp) / "state", "spool_dir": Path(tmp) / "spool"})})  # fmt: skip
+            bench_settings = settings.model_copy(
+                update={
+                    "ingest": settings.ingest.model_copy(
+                        update={"state_dir": Path(tmp) / "state", "spool_dir": Path(tmp) / "spool"}
+                    )
+                }
+            )
             source = _PoolSource(machines, sr, chunk)
             t0 = time.monotonic()
-            report = run_gateway(bench_settings, source, topic=topic, gateway_id="bench", duration_s=seconds,
-                                 backpressure=True, flush_timeout_s=60.0)  # fmt: skip
+            report = run_gateway(
+                bench_settings,
+                source,
+                topic=topic,
+                gateway_id="bench",
+                duration_s=seconds,
+                backpressure=True,
+                flush_timeout_s=60.0,
+            )
             wall = time.monotonic() - t0  # includes the final flush: only acknowledged chunks count
         chunks_per_s = report.chunks_sent / wall
         result: dict[str, Any] = {

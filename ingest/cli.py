@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +23,7 @@ from soundwatch.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-class SourceKind(str, Enum):
+class SourceKind(StrEnum):
     mic = "mic"
     files = "files"
     sim = "sim"
@@ -31,30 +31,67 @@ class SourceKind(str, Enum):
 
 def gateway(
     source: Annotated[SourceKind, typer.Option("--source", help="where audio comes from")] = SourceKind.sim,
-    path: Annotated[Path | None, typer.Option("--path", help="files: a WAV/FLAC file or a folder (DCASE names "
-                                               "give machine type/id)")] = None,  # fmt: skip
+    path: Annotated[
+        Path | None,
+        typer.Option("--path", help="files: a WAV/FLAC file or a folder (DCASE names give machine type/id)"),
+    ] = None,
     loop: Annotated[bool, typer.Option("--loop", help="files: start over at the end")] = False,
-    speed: Annotated[float, typer.Option("--speed", min=0.0, help="files/sim: x real time; 0 = as fast as "
-                                         "possible (pauses instead of dropping when the broker lags)")] = 1.0,  # fmt: skip
-    machine_type: Annotated[str | None, typer.Option("--machine-type", help="files/mic: machine type "
-                                                     "(files: overrides the folder name)")] = None,  # fmt: skip
-    machine_id: Annotated[str | None, typer.Option("--machine-id", help="files/mic: machine id "
-                                                   "(files: overrides id_XX from the name)")] = None,  # fmt: skip
-    machines: Annotated[str, typer.Option("--machines", help="sim: a count or type/id list, e.g. "
-                                          "fan/id_00,pump/id_02")] = "4",  # fmt: skip
-    fault: Annotated[list[str] | None, typer.Option("--fault", help="sim: fault schedule, repeatable: "
-                                                    "type/id:fault[=severity]@SECONDSs, e.g. "
-                                                    "fan/id_00:bearing_ticks@60s")] = None,  # fmt: skip
-    control_file: Annotated[Path | None, typer.Option("--control-file", help="sim: follow this file for fault "
-                                                      "commands (echo 'fan/id_00:rub' >> FILE)")] = None,  # fmt: skip
+    speed: Annotated[
+        float,
+        typer.Option(
+            "--speed",
+            min=0.0,
+            help="files/sim: x real time; 0 = as fast as "
+            "possible (pauses instead of dropping when the broker lags)",
+        ),
+    ] = 1.0,
+    machine_type: Annotated[
+        str | None,
+        typer.Option("--machine-type", help="files/mic: machine type (files: overrides the folder name)"),
+    ] = None,
+    machine_id: Annotated[
+        str | None,
+        typer.Option("--machine-id", help="files/mic: machine id (files: overrides id_XX from the name)"),
+    ] = None,
+    machines: Annotated[
+        str, typer.Option("--machines", help="sim: a count or type/id list, e.g. fan/id_00,pump/id_02")
+    ] = "4",
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault",
+            help="sim: fault schedule, repeatable: "
+            "type/id:fault[=severity]@SECONDSs, e.g. "
+            "fan/id_00:bearing_ticks@60s",
+        ),
+    ] = None,
+    control_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--control-file", help="sim: follow this file for fault commands (echo 'fan/id_00:rub' >> FILE)"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="sim: signature seed")] = 0,
-    device: Annotated[str | None, typer.Option("--device", help="mic: device index or part of its name")] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="mic: device index or part of its name")
+    ] = None,
     channel: Annotated[int, typer.Option("--channel", min=0, help="mic: input channel to use")] = 0,
-    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="stop after this many seconds")] = None,
-    topic: Annotated[str | None, typer.Option("--topic", help="default: settings kafka.topics.audio_raw")] = None,
-    gateway_id: Annotated[str | None, typer.Option("--gateway-id", help="default: settings ingest.gateway_id")] = None,
-    no_idempotence: Annotated[bool, typer.Option("--no-idempotence", help="for brokers that refuse idempotent "
-                                                 "producers (then 1 request in flight keeps order)")] = False,  # fmt: skip
+    duration: Annotated[
+        float | None, typer.Option("--duration", min=0.0, help="stop after this many seconds")
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option("--topic", help="default: settings kafka.topics.audio_raw")
+    ] = None,
+    gateway_id: Annotated[
+        str | None, typer.Option("--gateway-id", help="default: settings ingest.gateway_id")
+    ] = None,
+    no_idempotence: Annotated[
+        bool,
+        typer.Option(
+            "--no-idempotence",
+            help="for brokers that refuse idempotent producers (then 1 request in flight keeps order)",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the final report as JSON on stdout")] = False,
 ) -> None:
     """Stream audio (microphone, files or the simulator) to Kafka; spool to disk while the broker is away.
@@ -67,50 +104,104 @@ def gateway(
     settings = get_settings()
     sr = settings.features.sample_rate
     chunk = int(round(settings.ingest.chunk_seconds * sr))
-    src = _make_source(source, sr, chunk, path=path, loop=loop, speed=speed, machine_type=machine_type,
-                       machine_id=machine_id, machines=machines, faults=fault or [], control_file=control_file,
-                       seed=seed, device=device, channel=channel)  # fmt: skip
-    err_console.print(f"gateway {gateway_id or settings.ingest.gateway_id}: {src.describe()} -> "
-                      f"{settings.kafka.bootstrap_servers} topic {topic or settings.kafka.topics.audio_raw}",
-                      highlight=False)  # fmt: skip
+    src = _make_source(
+        source,
+        sr,
+        chunk,
+        path=path,
+        loop=loop,
+        speed=speed,
+        machine_type=machine_type,
+        machine_id=machine_id,
+        machines=machines,
+        faults=fault or [],
+        control_file=control_file,
+        seed=seed,
+        device=device,
+        channel=channel,
+    )
+    err_console.print(
+        f"gateway {gateway_id or settings.ingest.gateway_id}: {src.describe()} -> "
+        f"{settings.kafka.bootstrap_servers} topic {topic or settings.kafka.topics.audio_raw}",
+        highlight=False,
+    )
     stop = threading.Event()
     restore = install_signal_handlers(stop)
     try:
-        report = run_gateway(settings, src, topic=topic, gateway_id=gateway_id, duration_s=duration, stop=stop,
-                             idempotent=not no_idempotence, backpressure=source != SourceKind.mic and speed == 0,
-                             status=StatusLine())  # fmt: skip
+        report = run_gateway(
+            settings,
+            src,
+            topic=topic,
+            gateway_id=gateway_id,
+            duration_s=duration,
+            stop=stop,
+            idempotent=not no_idempotence,
+            backpressure=source != SourceKind.mic and speed == 0,
+            status=StatusLine(),
+        )
     finally:
         restore()
-    err_console.print(f"sent {report.chunks_sent} of {report.chunks_in} chunks in {report.elapsed_s:.1f} s; "
-                      f"{report.undelivered_chunks} wait in the spool; outages: {report.outages}", highlight=False)  # fmt: skip
+    err_console.print(
+        f"sent {report.chunks_sent} of {report.chunks_in} chunks in {report.elapsed_s:.1f} s; "
+        f"{report.undelivered_chunks} wait in the spool; outages: {report.outages}",
+        highlight=False,
+    )
     if report.dropped_chunks:
-        err_console.print(f"[red]SPOOL LIMIT HIT: dropped {report.dropped_chunks} chunks "
-                          f"({report.dropped_bytes / 1e6:.1f} MB): {report.dropped_by_machine}[/red]",
-                          highlight=False)  # fmt: skip
+        err_console.print(
+            f"[red]SPOOL LIMIT HIT: dropped {report.dropped_chunks} chunks "
+            f"({report.dropped_bytes / 1e6:.1f} MB): {report.dropped_by_machine}[/red]",
+            highlight=False,
+        )
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
 
 
-def _make_source(kind: SourceKind, sr: int, chunk: int, *, path: Path | None, loop: bool, speed: float,
-                 machine_type: str | None, machine_id: str | None, machines: str, faults: list[str],
-                 control_file: Path | None, seed: int, device: str | None, channel: int):  # fmt: skip
+def _make_source(
+    kind: SourceKind,
+    sr: int,
+    chunk: int,
+    *,
+    path: Path | None,
+    loop: bool,
+    speed: float,
+    machine_type: str | None,
+    machine_id: str | None,
+    machines: str,
+    faults: list[str],
+    control_file: Path | None,
+    seed: int,
+    device: str | None,
+    channel: int,
+):
     if kind is SourceKind.files:
         from ingest.sources.files import FileReplaySource
 
         if path is None:
-            raise BadInput("--source files needs --path", "pass a WAV/FLAC file or a folder, e.g. --path data/fan")
-        return FileReplaySource(path, sr, chunk, loop=loop, speed=speed, machine_type=machine_type,
-                                machine_id=machine_id)  # fmt: skip
+            raise BadInput(
+                "--source files needs --path", "pass a WAV/FLAC file or a folder, e.g. --path data/fan"
+            )
+        return FileReplaySource(
+            path, sr, chunk, loop=loop, speed=speed, machine_type=machine_type, machine_id=machine_id
+        )
     if kind is SourceKind.sim:
         from ingest.sources.simulator import SimulatorSource, parse_fault_command, parse_machines
 
-        return SimulatorSource(parse_machines(machines), sr, chunk, schedule=[parse_fault_command(f) for f in faults],
-                               control_file=control_file, speed=speed, seed=seed)  # fmt: skip
+        return SimulatorSource(
+            parse_machines(machines),
+            sr,
+            chunk,
+            schedule=[parse_fault_command(f) for f in faults],
+            control_file=control_file,
+            speed=speed,
+            seed=seed,
+        )
     from ingest.sources.mic import MicSource
 
     if not machine_type or not machine_id:
-        raise BadInput("--source mic needs --machine-type and --machine-id",
-                       "name the machine this microphone listens to, e.g. --machine-type fan --machine-id id_00")  # fmt: skip
+        raise BadInput(
+            "--source mic needs --machine-type and --machine-id",
+            "name the machine this microphone listens to, e.g. --machine-type fan --machine-id id_00",
+        )
     return MicSource(machine_type, machine_id, sr, chunk, device=device, channel=channel)
 
 
@@ -118,25 +209,35 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="print only the JSON result on stdout"),
     seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="how long to send")] = 10.0,
     machines: Annotated[int, typer.Option("--machines", min=1, help="distinct machine keys")] = 1000,
-    reference: Annotated[bool, typer.Option("--reference/--no-reference",
-                                            help="also time a bare producer in the same run")] = True,  # fmt: skip
-    compression: Annotated[str | None, typer.Option("--compression", help="override ingest.compression for this "
-                                                    "run: none, gzip, snappy, lz4, zstd")] = None,  # fmt: skip
+    reference: Annotated[
+        bool, typer.Option("--reference/--no-reference", help="also time a bare producer in the same run")
+    ] = True,
+    compression: Annotated[
+        str | None,
+        typer.Option(
+            "--compression", help="override ingest.compression for this run: none, gzip, snappy, lz4, zstd"
+        ),
+    ] = None,
 ) -> None:
-    """Measure chunks/s and MB/s one gateway process delivers to the broker, and how many real-time machines that is."""
+    """Measure chunks/s and MB/s one gateway process delivers, and how many real-time machines that is."""
     from ingest.bench import run_bench
 
     settings = get_settings()
     if compression is not None:
         settings = _with_compression(settings, compression)
     if not as_json:
-        err_console.print(f"benchmarking one gateway against {settings.kafka.bootstrap_servers} for {seconds:g} s ...")
+        err_console.print(
+            f"benchmarking one gateway against {settings.kafka.bootstrap_servers} for {seconds:g} s ..."
+        )
     result = run_bench(settings, seconds=seconds, machines=machines, reference=reference)
     typer.echo(json.dumps(result))
     if not as_json:
         verdict = "meets" if result["machines_realtime"] >= 500 else "MISSES"
-        err_console.print(f"one gateway carries {result['machines_realtime']:.0f} real-time 16 kHz machines "
-                          f"({verdict} the 500 target)", highlight=False)  # fmt: skip
+        err_console.print(
+            f"one gateway carries {result['machines_realtime']:.0f} real-time 16 kHz machines "
+            f"({verdict} the 500 target)",
+            highlight=False,
+        )
 
 
 def _with_compression(settings, compression: str):
@@ -147,8 +248,10 @@ def _with_compression(settings, compression: str):
     try:
         ingest = IngestSettings(**{**settings.ingest.model_dump(), "compression": compression})
     except ValidationError as exc:
-        raise BadInput(f"--compression {compression!r} is not one of none, gzip, snappy, lz4, zstd",
-                       "pick one of those (snappy/lz4/zstd need their Python packages)") from exc  # fmt: skip
+        raise BadInput(
+            f"--compression {compression!r} is not one of none, gzip, snappy, lz4, zstd",
+            "pick one of those (snappy/lz4/zstd need their Python packages)",
+        ) from exc
     return settings.model_copy(update={"ingest": ingest})
 
 

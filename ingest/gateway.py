@@ -54,7 +54,7 @@ def gateway_dirs(settings: Settings, gateway_id: str) -> tuple[Path, Path]:
 
 
 class StatusLine:
-    """A one-line live status on stderr: rewritten in place on a terminal, a plain line every ``every_s`` otherwise."""
+    """Live status on stderr: one line rewritten in place on a terminal, else a line every ``every_s``."""
 
     def __init__(self, stream: TextIO | None = None, every_s: float = 10.0) -> None:
         self.stream = stream or sys.stderr
@@ -80,7 +80,9 @@ class StatusLine:
             self.stream.flush()
 
 
-def format_status(gateway_id: str, rate_in: float, bytes_in_s: float, rate_sent: float, st: ShipperStats) -> str:
+def format_status(
+    gateway_id: str, rate_in: float, bytes_in_s: float, rate_sent: float, st: ShipperStats
+) -> str:
     sp = st.spool
     if st.online:
         link = "online"
@@ -126,11 +128,20 @@ def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
     return restore
 
 
-def run_gateway(settings: Settings, source: Source, *, topic: str | None = None, gateway_id: str | None = None,
-                duration_s: float | None = None, stop: threading.Event | None = None, idempotent: bool = True,
-                backpressure: bool = False, status: StatusLine | None = None,
-                flush_timeout_s: float = 10.0) -> GatewayReport:  # fmt: skip
-    """Stream ``source`` to ``topic`` (default ``audio.raw``) until it ends, ``duration_s`` passes or ``stop`` is set.
+def run_gateway(
+    settings: Settings,
+    source: Source,
+    *,
+    topic: str | None = None,
+    gateway_id: str | None = None,
+    duration_s: float | None = None,
+    stop: threading.Event | None = None,
+    idempotent: bool = True,
+    backpressure: bool = False,
+    status: StatusLine | None = None,
+    flush_timeout_s: float = 10.0,
+) -> GatewayReport:
+    """Stream ``source`` to ``topic`` (default audio.raw) until it ends, ``duration_s`` passes or ``stop``.
 
     ``backpressure``: pause the source while the backlog is large instead of spooling
     without bound (for sources that are not live, e.g. files replayed as fast as possible).
@@ -155,7 +166,9 @@ def run_gateway(settings: Settings, source: Source, *, topic: str | None = None,
     timer = threading.Timer(duration_s, stop.set) if duration_s else None
     status_thread = None
     if status is not None:
-        status_thread = threading.Thread(target=_status_loop, args=(status, gw, shipper, counts, stop), daemon=True)
+        status_thread = threading.Thread(
+            target=_status_loop, args=(status, gw, shipper, counts, stop), daemon=True
+        )
         status_thread.start()
     blocks = source.blocks(stop)
     try:
@@ -165,8 +178,11 @@ def run_gateway(settings: Settings, source: Source, *, topic: str | None = None,
             try:
                 chunk = builder.build(block)
             except ContractError as exc:
-                raise BadInput(f"the source produced an invalid chunk for {block.machine_type}/{block.machine_id}: "
-                               f"{exc}", "fix --machine-type/--machine-id or the file names") from exc  # fmt: skip
+                raise BadInput(
+                    f"the source produced an invalid chunk for {block.machine_type}/{block.machine_id}: "
+                    f"{exc}",
+                    "fix --machine-type/--machine-id or the file names",
+                ) from exc
             key, value = record_for(chunk)
             shipper.submit(key, value)
             counts["chunks"] += 1
@@ -185,24 +201,53 @@ def run_gateway(settings: Settings, source: Source, *, topic: str | None = None,
             final = shipper.close(flush_timeout_s)
         finally:
             sequences.close()
-        if status_thread is not None:
+        if status is not None and status_thread is not None:
             status_thread.join(timeout=2)
-            status.show(format_status(gw, counts["chunks"] / max(elapsed, 1e-9),
-                                      counts["bytes"] / max(elapsed, 1e-9), final.sent_chunks / max(elapsed, 1e-9),
-                                      final), force=True)  # fmt: skip
+            status.show(
+                format_status(
+                    gw,
+                    counts["chunks"] / max(elapsed, 1e-9),
+                    counts["bytes"] / max(elapsed, 1e-9),
+                    final.sent_chunks / max(elapsed, 1e-9),
+                    final,
+                ),
+                force=True,
+            )
             status.done()
     sp = final.spool
-    return GatewayReport(gw, topic, source.describe(), elapsed, counts["chunks"], counts["bytes"], final.sent_chunks,
-                         final.sent_bytes, sp.pending_chunks, sp.dropped_chunks, sp.dropped_bytes,
-                         sp.dropped_by_machine, final.outages, final.last_error)  # fmt: skip
+    return GatewayReport(
+        gw,
+        topic,
+        source.describe(),
+        elapsed,
+        counts["chunks"],
+        counts["bytes"],
+        final.sent_chunks,
+        final.sent_bytes,
+        sp.pending_chunks,
+        sp.dropped_chunks,
+        sp.dropped_bytes,
+        sp.dropped_by_machine,
+        final.outages,
+        final.last_error,
+    )
 
 
-def _status_loop(status: StatusLine, gw: str, shipper: Shipper, counts: dict[str, int], stop: threading.Event) -> None:
+def _status_loop(
+    status: StatusLine, gw: str, shipper: Shipper, counts: dict[str, int], stop: threading.Event
+) -> None:
     prev_t, prev_in, prev_bytes, prev_sent = time.monotonic(), 0, 0, 0
     while not stop.wait(1.0):
         st = shipper.stats()
         now = time.monotonic()
         dt = max(now - prev_t, 1e-9)
-        status.show(format_status(gw, (counts["chunks"] - prev_in) / dt, (counts["bytes"] - prev_bytes) / dt,
-                                  (st.sent_chunks - prev_sent) / dt, st))  # fmt: skip
+        status.show(
+            format_status(
+                gw,
+                (counts["chunks"] - prev_in) / dt,
+                (counts["bytes"] - prev_bytes) / dt,
+                (st.sent_chunks - prev_sent) / dt,
+                st,
+            )
+        )
         prev_t, prev_in, prev_bytes, prev_sent = now, counts["chunks"], counts["bytes"], st.sent_chunks

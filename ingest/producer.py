@@ -12,7 +12,11 @@ resolve, then probes the broker every ~1-5 s by sending the oldest unsent chunk 
 the backlog drains in order, then new chunks follow.
 
 Delivery is at-least-once: a record whose acknowledgement was lost in an outage is sent
-again; the ``(machine, sequence)`` pair identifies such duplicates downstream.
+again; the ``(machine, sequence)`` pair identifies such duplicates downstream. Per-machine
+order holds across outages because nothing new is sent until every in-flight record has
+resolved and failed ones always go first. (Were a broker to fail one record while accepting
+later ones of the same partition — kafka-python's idempotent producer prevents that — the
+resent record would arrive late, visibly so by its sequence number.)
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 from ingest.sequences import SequenceStore
 from ingest.spool import Spool, SpoolStats
 from soundwatch.contracts import AudioChunk, machine_key
-from soundwatch.errors import MissingDependency, SoundwatchError
+from soundwatch.errors import MissingDependency
 from soundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,7 +84,7 @@ class ChunkBuilder:
 
 
 def record_for(chunk: AudioChunk) -> tuple[bytes, bytes]:
-    """Kafka key and value of a chunk: all of a machine's chunks share the key, hence a partition and order."""
+    """Kafka key and value of a chunk: a machine's chunks share the key, hence a partition and order."""
     return machine_key(chunk.machine_type, chunk.machine_id), chunk.encode()
 
 
@@ -88,16 +92,17 @@ _CODEC_PACKAGES = {"snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard"}
 
 
 def check_compression(settings: Settings) -> None:
-    """Fail fast (MissingDependency) when the configured codec's library is missing, instead of spooling forever."""
+    """MissingDependency now if the configured codec's library is missing (instead of spooling forever)."""
     from kafka import codec
 
     name = settings.ingest.compression
     if name in ("none", "gzip"):
         return
     if not getattr(codec, f"has_{name}")():
-        raise MissingDependency(f"ingest.compression={name} needs the {_CODEC_PACKAGES[name]} package",
-                                f"pip install {_CODEC_PACKAGES[name]}, or set SOUNDWATCH_INGEST__COMPRESSION "
-                                "to none or gzip")  # fmt: skip
+        raise MissingDependency(
+            f"ingest.compression={name} needs the {_CODEC_PACKAGES[name]} package",
+            f"pip install {_CODEC_PACKAGES[name]}, or set SOUNDWATCH_INGEST__COMPRESSION to none or gzip",
+        )
 
 
 def producer_options(settings: Settings, idempotent: bool = True) -> dict[str, Any]:
@@ -137,16 +142,29 @@ class ShipperStats:
     spool: SpoolStats
 
 
-_PERMANENT_ERRORS = ("MessageSizeTooLargeError", "RecordListTooLargeError", "InvalidRecordError",
-                     "CorruptRecordError")  # fmt: skip
+_PERMANENT_ERRORS = (
+    "MessageSizeTooLargeError",
+    "RecordListTooLargeError",
+    "InvalidRecordError",
+    "CorruptRecordError",
+)
 
 
 class Shipper:
     """Sends spooled records to ``topic`` in order from a background thread; see the module docstring."""
 
-    def __init__(self, settings: Settings, topic: str, spool: Spool, *, idempotent: bool = True,
-                 window: int = 512, sync_interval_s: float = 0.2, probe_interval_s: float = 1.0,
-                 max_probe_interval_s: float = 5.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        spool: Spool,
+        *,
+        idempotent: bool = True,
+        window: int = 512,
+        sync_interval_s: float = 0.2,
+        probe_interval_s: float = 1.0,
+        max_probe_interval_s: float = 5.0,
+    ) -> None:
         self.settings = settings
         self.topic = topic
         self.spool = spool
@@ -167,6 +185,7 @@ class Shipper:
         self._outage_started: float | None = time.monotonic()
         self._outages = 0
         self._had_success = False
+        self._warned_unreachable = False
         self._last_error = ""
         self._sent_chunks = 0
         self._sent_bytes = 0
@@ -228,9 +247,20 @@ class Shipper:
     def stats(self) -> ShipperStats:
         with self._lock:
             spool = self.spool.stats()
-        outage = 0.0 if self._online or self._outage_started is None else time.monotonic() - self._outage_started
-        return ShipperStats(self._online, self._had_success, self._sent_chunks, self._sent_bytes, self._outages, outage,
-                            self._last_error, self._rejected, spool)  # fmt: skip
+        outage = (
+            0.0 if self._online or self._outage_started is None else time.monotonic() - self._outage_started
+        )
+        return ShipperStats(
+            self._online,
+            self._had_success,
+            self._sent_chunks,
+            self._sent_bytes,
+            self._outages,
+            outage,
+            self._last_error,
+            self._rejected,
+            spool,
+        )
 
     # ------------------------------------------------------------------ sender thread
     def _run(self) -> None:
@@ -294,8 +324,12 @@ class Shipper:
                 elif type(err).__name__ in _PERMANENT_ERRORS:
                     self.spool.ack(position)  # resending cannot help: count and report it
                     self._rejected += 1
-                    log.error("broker rejected spool record %d permanently (%s: %s); it is not resent",
-                              position, type(err).__name__, err)  # fmt: skip
+                    log.error(
+                        "broker rejected spool record %d permanently (%s: %s); it is not resent",
+                        position,
+                        type(err).__name__,
+                        err,
+                    )
                 else:
                     self.spool.nack(position)
             if err is None:
@@ -317,8 +351,12 @@ class Shipper:
             self._outage_started = time.monotonic()
             self._probe_backoff = self.probe_interval_s
             self._probe_at = time.monotonic() + self.probe_interval_s
-            log.warning("Kafka at %s unreachable (%s); spooling chunks to %s until it returns",
-                        self.settings.kafka.bootstrap_servers, self._last_error, self.spool.directory)  # fmt: skip
+            log.warning(
+                "Kafka at %s unreachable (%s); spooling chunks to %s until it returns",
+                self.settings.kafka.bootstrap_servers,
+                self._last_error,
+                self.spool.directory,
+            )
 
     def _back_online(self) -> None:
         took = time.monotonic() - self._outage_started if self._outage_started else 0.0
@@ -327,7 +365,9 @@ class Shipper:
         with self._lock:
             backlog = self.spool.pending_chunks
         if self._had_success:
-            log.warning("Kafka is reachable again after %.1f s; sending %d spooled chunks in order", took, backlog)
+            log.warning(
+                "Kafka is reachable again after %.1f s; sending %d spooled chunks in order", took, backlog
+            )
         elif backlog > 1:
             log.info("connected to Kafka; sending %d spooled chunks in order", backlog)
         self._had_success = True
@@ -345,9 +385,8 @@ class Shipper:
             return
         self._probe_backoff = min(self._probe_backoff * 2, self.max_probe_interval_s)
         self._probe_at = time.monotonic() + self._probe_backoff
-        if self._fresh_producer_needed or self._producer is None:
-            if not self._new_producer():
-                return
+        if (self._fresh_producer_needed or self._producer is None) and not self._new_producer():
+            return
         with self._lock:
             rec = self.spool.next_to_send()
         if rec is not None:
@@ -360,15 +399,22 @@ class Shipper:
         if old is not None:
             try:
                 old.close(timeout=0)
-            except Exception as exc:  # an old producer of a dead broker may fail to close; it is dropped anyway
+            except (
+                Exception
+            ) as exc:  # an old producer of a dead broker may fail to close; it is dropped anyway
                 log.debug("closing the old producer failed: %s", exc)
         try:
             self._producer = make_producer(self.settings, **producer_options(self.settings, self.idempotent))
-        except SoundwatchError as exc:
+        except Exception as exc:  # ServiceUnavailable, or kafka-python's assorted bootstrap errors
             self._note_error(exc)
-            return False
-        except Exception as exc:  # kafka-python raises assorted errors for an unreachable bootstrap
-            self._note_error(exc)
+            if not self._had_success and not self._warned_unreachable:
+                self._warned_unreachable = True
+                log.warning(
+                    "cannot reach Kafka at %s (%s); spooling chunks to %s and retrying every few seconds",
+                    self.settings.kafka.bootstrap_servers,
+                    self._last_error,
+                    self.spool.directory,
+                )
             return False
         self._fresh_producer_needed = False
         return True

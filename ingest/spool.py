@@ -30,6 +30,7 @@ sequence numbers make the hole visible downstream. Nothing is dropped silently.
 from __future__ import annotations
 
 import heapq
+import io
 import logging
 import os
 import struct
@@ -91,8 +92,13 @@ class _Segment:
 class Spool:
     """Durable FIFO with per-position status. Not thread-safe: the caller holds one lock around it."""
 
-    def __init__(self, directory: Path, max_bytes: int, segment_bytes: int | None = None,
-                 cache_bytes: int = 32 * 1024 * 1024) -> None:  # fmt: skip
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        segment_bytes: int | None = None,
+        cache_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         if max_bytes < 1024:
             raise ValueError(f"max_bytes={max_bytes} is below the 1024-byte minimum")
         self.directory = Path(directory)
@@ -101,7 +107,7 @@ class Spool:
         self.segment_bytes = segment_bytes or min(_MAX_SEGMENT, max(_MIN_SEGMENT, max_bytes // 8))
         self._segments: list[_Segment] = []
         self._fds: dict[int, int] = {}  # segment first -> read fd
-        self._active_fh = None
+        self._active_fh: io.BufferedWriter | None = None
         self._committed = 0  # every position below is done or dropped
         self._end = 0  # next position to append
         self._send_cursor = 0  # next never-sent position
@@ -128,9 +134,13 @@ class Spool:
         for i, path in enumerate(paths):
             seg = _Segment(first=int(path.stem), path=path)
             if self._segments and seg.first != self._segments[-1].end:
-                log.error("spool segment %s does not follow %s (expected first position %d); "
-                          "positions in between are lost", path.name, self._segments[-1].path.name,
-                          self._segments[-1].end)  # fmt: skip
+                log.error(
+                    "spool segment %s does not follow %s (expected first position %d); "
+                    "positions in between are lost",
+                    path.name,
+                    self._segments[-1].path.name,
+                    self._segments[-1].end,
+                )
             self._scan(seg, is_last=i == len(paths) - 1)
             self._segments.append(seg)
         if self._segments:
@@ -146,8 +156,12 @@ class Spool:
                     self._pending_bytes += size
         self._delete_committed_segments()
         if self.pending_chunks:
-            log.warning("spool %s holds %d unsent chunks (%.1f MB) from a previous run; they are sent first",
-                        self.directory, self.pending_chunks, self._pending_bytes / 1e6)  # fmt: skip
+            log.warning(
+                "spool %s holds %d unsent chunks (%.1f MB) from a previous run; they are sent first",
+                self.directory,
+                self.pending_chunks,
+                self._pending_bytes / 1e6,
+            )
 
     def _scan(self, seg: _Segment, is_last: bool) -> None:
         data = seg.path.read_bytes()
@@ -171,8 +185,14 @@ class Spool:
                 cut = len(data) - pos
                 self._corrupt_bytes += cut
                 level = logging.WARNING if is_last else logging.ERROR
-                log.log(level, "spool segment %s: %d bytes at offset %d are torn or corrupt (crash during a write?); "
-                        "cutting them off", seg.path.name, cut, pos)  # fmt: skip
+                log.log(
+                    level,
+                    "spool segment %s: %d bytes at offset %d are torn or corrupt (crash during a write?); "
+                    "cutting them off",
+                    seg.path.name,
+                    cut,
+                    pos,
+                )
                 with open(seg.path, "r+b") as fh:
                     fh.truncate(pos)
                     fh.flush()
@@ -182,14 +202,18 @@ class Spool:
 
     # ------------------------------------------------------------------ writing
     def append(self, key: bytes, value: bytes, now_ns: int | None = None) -> int | None:
-        """Append one record; return its position, or None if it alone exceeds the whole limit (counted dropped)."""
+        """Append one record; return its position, or None if it alone exceeds the limit (counted dropped)."""
         now_ns = time.time_ns() if now_ns is None else now_ns
         body = _META.pack(now_ns, len(key)) + key + value
         size = _HEADER.size + len(body)
         if size > self.max_bytes:
             self._count_drop(key, size)
-            log.error("spool: a %d-byte chunk of %s is larger than the whole spool limit (%d bytes); dropped it",
-                      size, key.decode(errors="replace"), self.max_bytes)  # fmt: skip
+            log.error(
+                "spool: a %d-byte chunk of %s is larger than the whole spool limit (%d bytes); dropped it",
+                size,
+                key.decode(errors="replace"),
+                self.max_bytes,
+            )
             return None
         self._make_room(size)
         seg = self._active_segment()
@@ -262,10 +286,15 @@ class Spool:
         self._advance()
         if chunks:
             who = ", ".join(f"{m} x{n}" for m, n in machines.most_common(8))
-            log.error("SPOOL FULL (%d bytes limit): dropped the %d oldest unsent chunks (%.2f MB): %s%s; "
-                      "raise SOUNDWATCH_INGEST__SPOOL_MAX_BYTES or restore the broker",
-                      self.max_bytes, chunks, nbytes / 1e6, who,
-                      " ..." if len(machines) > 8 else "")  # fmt: skip
+            log.error(
+                "SPOOL FULL (%d bytes limit): dropped the %d oldest unsent chunks (%.2f MB): %s%s; "
+                "raise SOUNDWATCH_INGEST__SPOOL_MAX_BYTES or restore the broker",
+                self.max_bytes,
+                chunks,
+                nbytes / 1e6,
+                who,
+                " ..." if len(machines) > 8 else "",
+            )
 
     def _count_drop(self, key: bytes, size: int) -> None:
         self._dropped_chunks += 1
@@ -317,13 +346,16 @@ class Spool:
         self._advance()
 
     def nack(self, position: int) -> None:
-        """Sending failed: the record goes back to the front of the queue (or is counted lost if dropped meanwhile)."""
+        """Sending failed: back to the front of the queue (or counted lost if its segment was dropped)."""
         entry = self._in_flight.pop(position, None)
         if position < self._committed:
             if entry is not None:  # its segment was dropped for space while it was in flight
                 self._count_drop(*entry)
-                log.error("spool: chunk %d of %s failed to send after its segment was dropped for space; lost",
-                          position, entry[0].decode(errors="replace"))  # fmt: skip
+                log.error(
+                    "spool: chunk %d of %s failed to send after its segment was dropped for space; lost",
+                    position,
+                    entry[0].decode(errors="replace"),
+                )
             return
         if position not in self._done:
             heapq.heappush(self._retry, position)
@@ -341,8 +373,11 @@ class Spool:
     def _delete_committed_segments(self) -> None:
         while len(self._segments) > 1 and self._segments[0].end <= self._committed:
             self._remove_segment(self._segments[0])
-        if (len(self._segments) == 1 and self._segments[0].end <= self._committed
-                and self._segments[0].nbytes >= self.segment_bytes):  # fmt: skip
+        if (
+            len(self._segments) == 1
+            and self._segments[0].end <= self._committed
+            and self._segments[0].nbytes >= self.segment_bytes
+        ):
             self._remove_segment(self._segments[0])
 
     def _segment_of(self, pos: int) -> _Segment | None:

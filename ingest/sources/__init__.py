@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Protocol
 
 from ingest.producer import Block
@@ -19,13 +19,13 @@ from ingest.producer import Block
 class Source(Protocol):
     sample_rate: int
 
-    def blocks(self, stop: threading.Event) -> Iterator[Block]: ...
+    def blocks(self, stop: threading.Event) -> Generator[Block, None, None]: ...
 
     def describe(self) -> str: ...
 
 
 class AudioClock:
-    """Audio time of a machine's stream: an anchor (epoch ns) plus samples so far, so chunk times never drift."""
+    """Audio time of a stream: an anchor (epoch ns) plus samples so far, so chunk times never drift."""
 
     def __init__(self, sample_rate: int, anchor_ns: int | None = None) -> None:
         self.sample_rate = sample_rate

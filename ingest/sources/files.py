@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,17 @@ log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".wav", ".flac")
 _ID_RE = re.compile(r"(?:^|_)(id_\d+)(?=_|$)")
 _SECTION_RE = re.compile(r"(?:^|_)(section_\d+)(?=_|$)")
-_SPLIT_DIRS = {"train", "test", "source_test", "target_test", "supplemental", "eval", "dev", "source", "target"}
+_SPLIT_DIRS = {
+    "train",
+    "test",
+    "source_test",
+    "target_test",
+    "supplemental",
+    "eval",
+    "dev",
+    "source",
+    "target",
+}
 
 
 @dataclass(frozen=True)
@@ -53,9 +63,11 @@ def machine_of(path: Path, machine_type: str | None = None, machine_id: str | No
     if mid is None:
         m = _ID_RE.search(path.stem) or _SECTION_RE.search(path.stem)
         if m is None:
-            raise BadInput(f"cannot tell the machine id from the file name {path.name} (expected DCASE names "
-                           "like normal_id_00_00000000.wav or section_00_...)",
-                           "pass --machine-id (and --machine-type)")  # fmt: skip
+            raise BadInput(
+                f"cannot tell the machine id from the file name {path.name} (expected DCASE names "
+                "like normal_id_00_00000000.wav or section_00_...)",
+                "pass --machine-id (and --machine-type)",
+            )
         mid = m.group(1)
     mtype = machine_type
     if mtype is None:
@@ -68,7 +80,9 @@ def machine_of(path: Path, machine_type: str | None = None, machine_id: str | No
     return mtype, mid
 
 
-def discover(path: Path, machine_type: str | None = None, machine_id: str | None = None) -> list[MachineFiles]:
+def discover(
+    path: Path, machine_type: str | None = None, machine_id: str | None = None
+) -> list[MachineFiles]:
     """Group the audio files under ``path`` (a file or a folder, searched recursively) by machine."""
     path = Path(path)
     if not path.exists():
@@ -78,7 +92,9 @@ def discover(path: Path, machine_type: str | None = None, machine_id: str | None
     else:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
-        raise BadInput(f"no {'/'.join(AUDIO_SUFFIXES)} files under {path}", "point --path at a folder of recordings")
+        raise BadInput(
+            f"no {'/'.join(AUDIO_SUFFIXES)} files under {path}", "point --path at a folder of recordings"
+        )
     groups: dict[tuple[str, str], list[Path]] = {}
     for f in files:
         groups.setdefault(machine_of(f, machine_type, machine_id), []).append(f)
@@ -93,8 +109,12 @@ def _load(path: Path, sample_rate: int, warned: set[int]) -> np.ndarray | None:
         _sr, _n, channels = audio_info(path)
         if channels != 1 and channels not in warned:
             warned.add(channels)
-            log.warning("%s has %d channels: replaying channel 0, as training reads it "
-                        "(further files like it are not reported)", path, channels)  # fmt: skip
+            log.warning(
+                "%s has %d channels: replaying channel 0, as training reads it "
+                "(further files like it are not reported)",
+                path,
+                channels,
+            )
         audio = read_audio(path, sample_rate)  # warns when it resamples
     except Exception as exc:  # a bad file must not stop a long replay; say which and go on
         log.error("skipping %s: cannot read it (%s: %s)", path, type(exc).__name__, exc)
@@ -108,8 +128,9 @@ def _load(path: Path, sample_rate: int, warned: set[int]) -> np.ndarray | None:
 class _MachineStream:
     """One machine's files as a stream of fixed-size chunks (the last may be short unless looping)."""
 
-    def __init__(self, machine: MachineFiles, sample_rate: int, chunk: int, loop: bool,
-                 warned: set[int]) -> None:  # fmt: skip
+    def __init__(
+        self, machine: MachineFiles, sample_rate: int, chunk: int, loop: bool, warned: set[int]
+    ) -> None:
         self.machine = machine
         self.sample_rate = sample_rate
         self.chunk = chunk
@@ -149,9 +170,17 @@ class _MachineStream:
 class FileReplaySource:
     """Replays files per machine, ``speed`` x real time (0 = as fast as possible), optionally looping."""
 
-    def __init__(self, path: Path, sample_rate: int, chunk_samples: int, *, loop: bool = False,
-                 speed: float | None = 1.0, machine_type: str | None = None,
-                 machine_id: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        sample_rate: int,
+        chunk_samples: int,
+        *,
+        loop: bool = False,
+        speed: float | None = 1.0,
+        machine_type: str | None = None,
+        machine_id: str | None = None,
+    ) -> None:
         if chunk_samples < 1:
             raise ValueError(f"chunk_samples={chunk_samples} must be >= 1")
         self.path = Path(path)
@@ -164,12 +193,16 @@ class FileReplaySource:
     def describe(self) -> str:
         n_files = sum(len(m.files) for m in self.machines)
         pace = "as fast as possible" if not self.speed else f"{self.speed:g}x real time"
-        return (f"file replay of {n_files} files / {len(self.machines)} machines from {self.path}, {pace}"
-                f"{', looping' if self.loop else ''}")  # fmt: skip
+        return (
+            f"file replay of {n_files} files / {len(self.machines)} machines from {self.path}, {pace}"
+            f"{', looping' if self.loop else ''}"
+        )
 
-    def blocks(self, stop: threading.Event) -> Iterator[Block]:
+    def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
         warned: set[int] = set()
-        streams = [_MachineStream(m, self.sample_rate, self.chunk_samples, self.loop, warned) for m in self.machines]
+        streams = [
+            _MachineStream(m, self.sample_rate, self.chunk_samples, self.loop, warned) for m in self.machines
+        ]
         clocks = {s.machine.key: AudioClock(self.sample_rate) for s in streams}
         anchor = min(c.anchor_ns for c in clocks.values())
         for c in clocks.values():

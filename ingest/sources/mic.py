@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -31,11 +31,14 @@ def import_sounddevice() -> Any:
     try:
         import sounddevice
     except ImportError as exc:
-        raise MissingDependency("microphone input needs the sounddevice package, which is not installed",
-                                INSTALL_HINT) from exc  # fmt: skip
+        raise MissingDependency(
+            "microphone input needs the sounddevice package, which is not installed", INSTALL_HINT
+        ) from exc
     except OSError as exc:  # sounddevice raises OSError("PortAudio library not found") at import
-        raise MissingDependency(f"microphone input needs the PortAudio library: {exc}",
-                                "apt-get install libportaudio2   (macOS: brew install portaudio)") from exc  # fmt: skip
+        raise MissingDependency(
+            f"microphone input needs the PortAudio library: {exc}",
+            "apt-get install libportaudio2   (macOS: brew install portaudio)",
+        ) from exc
     return sounddevice
 
 
@@ -44,7 +47,9 @@ def list_input_devices(sd: Any) -> list[str]:
     lines = []
     for idx, dev in enumerate(sd.query_devices()):
         if dev.get("max_input_channels", 0) > 0:
-            lines.append(f"{idx}: {dev['name']} ({dev['max_input_channels']} ch, {dev['default_samplerate']:.0f} Hz)")
+            lines.append(
+                f"{idx}: {dev['name']} ({dev['max_input_channels']} ch, {dev['default_samplerate']:.0f} Hz)"
+            )
     return lines
 
 
@@ -61,15 +66,24 @@ def resolve_device(sd: Any, device: str | None) -> int | None:
         return matches[0]
     listing = "\n    ".join(list_input_devices(sd)) or "(none: is a microphone connected and allowed?)"
     what = "matches several" if matches else "matches no"
-    raise BadInput(f"--device {device!r} {what} capture device; capture devices:\n    {listing}",
-                   "pass --device with an index or a unique part of a name from the list")  # fmt: skip
+    raise BadInput(
+        f"--device {device!r} {what} capture device; capture devices:\n    {listing}",
+        "pass --device with an index or a unique part of a name from the list",
+    )
 
 
 class MicSource:
     """One microphone as machine ``machine_type/machine_id``."""
 
-    def __init__(self, machine_type: str, machine_id: str, sample_rate: int, chunk_samples: int,
-                 device: str | None = None, channel: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        machine_type: str,
+        machine_id: str,
+        sample_rate: int,
+        chunk_samples: int,
+        device: str | None = None,
+        channel: int = 0,
+    ) -> None:
         self.sd = import_sounddevice()
         self.machine_type = machine_type
         self.machine_id = machine_id
@@ -92,24 +106,34 @@ class MicSource:
             try:
                 if rate is None:
                     rate = int(self.sd.query_devices(self.device, "input")["default_samplerate"])
-                    log.warning("the microphone cannot record at %d Hz; recording at %d Hz and resampling",
-                                self.sample_rate, rate)  # fmt: skip
-                stream = self.sd.InputStream(samplerate=rate, device=self.device, channels=channels,
-                                             dtype="float32", callback=callback)  # fmt: skip
+                    log.warning(
+                        "the microphone cannot record at %d Hz; recording at %d Hz and resampling",
+                        self.sample_rate,
+                        rate,
+                    )
+                stream = self.sd.InputStream(
+                    samplerate=rate, device=self.device, channels=channels, dtype="float32", callback=callback
+                )
                 stream.start()
                 return stream, int(rate)
             except self.sd.PortAudioError as exc:
                 if rate != self.sample_rate:
-                    raise BadInput(f"cannot open the microphone: {exc}",
-                                   "check --device/--channel; list devices with python -m sounddevice") from exc  # fmt: skip
+                    raise BadInput(
+                        f"cannot open the microphone: {exc}",
+                        "check --device/--channel; list devices with python -m sounddevice",
+                    ) from exc
         raise AssertionError("unreachable")
 
-    def blocks(self, stop: threading.Event) -> Iterator[Block]:
+    def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
         import soxr
 
         q: queue.Queue = queue.Queue()
         stream, rate = self._open(q)
-        resampler = soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32") if rate != self.sample_rate else None
+        resampler = (
+            soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32")
+            if rate != self.sample_rate
+            else None
+        )
         buf = np.zeros(0, dtype=np.float32)
         anchor_ns: int | None = None
         emitted = 0
@@ -121,7 +145,9 @@ class MicSource:
                     continue
                 if overflow:
                     self.overflows += 1
-                    log.warning("microphone overflow #%d: PortAudio dropped samples (CPU too busy?)", self.overflows)
+                    log.warning(
+                        "microphone overflow #%d: PortAudio dropped samples (CPU too busy?)", self.overflows
+                    )
                     anchor_ns = None  # re-anchor: the lost samples would otherwise shift every later time
                 if resampler is not None:
                     data = resampler.resample_chunk(data)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,7 @@ NORMAL_WORDS = {"normal", "none", "clear", "ok"}
 
 @dataclass(frozen=True)
 class FaultCommand:
-    """Set ``fault`` (None = normal) with ``severity`` on one machine at ``at_s`` seconds of simulated time."""
+    """Set ``fault`` (None = normal) with ``severity`` on one machine at ``at_s`` s of simulated time."""
 
     machine_type: str
     machine_id: str
@@ -59,8 +59,10 @@ def parse_fault_command(text: str) -> FaultCommand:
 
     m = _COMMAND_RE.match(text)
     if m is None:
-        raise BadInput(f"cannot parse the fault command {text!r}",
-                       "write <type>/<id>:<fault>[=<severity>][@<seconds>s], e.g. fan/id_01:bearing_ticks@60s")  # fmt: skip
+        raise BadInput(
+            f"cannot parse the fault command {text!r}",
+            "write <type>/<id>:<fault>[=<severity>][@<seconds>s], e.g. fan/id_01:bearing_ticks@60s",
+        )
     name = m.group("fault").lower()
     fault: str | None = None
     if name not in NORMAL_WORDS:
@@ -81,15 +83,19 @@ def parse_machines(spec: str) -> list[tuple[str, str]]:
     if spec.isdigit():
         n = int(spec)
         if n < 1:
-            raise BadInput("--machines must name at least one machine", "e.g. --machines 4 or fan/id_00,pump/id_00")
+            raise BadInput(
+                "--machines must name at least one machine", "e.g. --machines 4 or fan/id_00,pump/id_00"
+            )
         types = list(MACHINE_FAMILIES)
         return [(types[i % len(types)], f"id_{2 * (i // len(types)):02d}") for i in range(n)]
     out = []
     for part in spec.split(","):
         t, sep, i = part.strip().partition("/")
         if not sep or not t or not i:
-            raise BadInput(f"cannot read machine {part!r} in --machines {spec!r}",
-                           "write type/id pairs separated by commas, e.g. fan/id_00,pump/id_02, or a count")  # fmt: skip
+            raise BadInput(
+                f"cannot read machine {part!r} in --machines {spec!r}",
+                "write type/id pairs separated by commas, e.g. fan/id_00,pump/id_02, or a count",
+            )
         out.append((t, i))
     if len(set(out)) != len(out):
         raise BadInput(f"--machines {spec!r} names a machine twice", "list each machine once")
@@ -121,11 +127,19 @@ class _ControlFile:
 
 
 class SimulatorSource:
-    """Renders ``machines`` chunk by chunk at ``speed`` x real time, applying fault commands as they fall due."""
+    """Renders ``machines`` chunk by chunk at ``speed`` x real time, applying fault commands when due."""
 
-    def __init__(self, machines: Sequence[tuple[str, str]], sample_rate: int, chunk_samples: int, *,
-                 schedule: Sequence[FaultCommand] = (), control_file: Path | None = None,
-                 speed: float | None = 1.0, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        machines: Sequence[tuple[str, str]],
+        sample_rate: int,
+        chunk_samples: int,
+        *,
+        schedule: Sequence[FaultCommand] = (),
+        control_file: Path | None = None,
+        speed: float | None = 1.0,
+        seed: int = 0,
+    ) -> None:
         from training.synthetic import MachineSound, signature_for
 
         if not machines:
@@ -134,25 +148,34 @@ class SimulatorSource:
         self.chunk_samples = chunk_samples
         self.speed = speed
         self.machines = list(machines)
-        self.sounds = {f"{t}/{i}": MachineSound(signature_for(t, i, seed), sample_rate, seed=seed)
-                       for t, i in self.machines}  # fmt: skip
+        self.sounds = {
+            f"{t}/{i}": MachineSound(signature_for(t, i, seed), sample_rate, seed=seed)
+            for t, i in self.machines
+        }
         for cmd in schedule:
             self._check_known(cmd)
         self._pending = sorted(schedule, key=lambda c: c.at_s)
+        self._scheduled = len(self._pending)
         self._control = _ControlFile(Path(control_file)) if control_file else None
         self.applied: list[FaultCommand] = []
 
     def describe(self) -> str:
         pace = "as fast as possible" if not self.speed else f"{self.speed:g}x real time"
-        return (f"simulator with {len(self.machines)} machines, {len(self._pending)} scheduled fault commands, "
-                f"{pace}{f', commands from {self._control.path}' if self._control else ''}")  # fmt: skip
+        return (
+            f"simulator with {len(self.machines)} machines, {self._scheduled} scheduled fault commands, "
+            f"{pace}{f', commands from {self._control.path}' if self._control else ''}"
+        )
 
     def _check_known(self, cmd: FaultCommand) -> None:
         if cmd.key not in self.sounds:
-            raise BadInput(f"fault command for {cmd.key}, which the simulator does not run",
-                           f"simulated machines: {', '.join(self.sounds)}")  # fmt: skip
+            raise BadInput(
+                f"fault command for {cmd.key}, which the simulator does not run",
+                f"simulated machines: {', '.join(self.sounds)}",
+            )
 
     def _apply_due(self, now_s: float) -> None:
+        from training.synthetic import Fault
+
         if self._control is not None:
             for line in self._control.new_lines():
                 try:
@@ -165,12 +188,17 @@ class SimulatorSource:
                 self._pending.sort(key=lambda c: c.at_s)
         while self._pending and self._pending[0].at_s <= now_s:
             cmd = self._pending.pop(0)
-            self.sounds[cmd.key].set_fault(cmd.fault, cmd.severity)
+            self.sounds[cmd.key].set_fault(Fault(cmd.fault) if cmd.fault else None, cmd.severity)
             self.applied.append(cmd)
-            log.info("simulator: %s is now %s%s at %.1f s", cmd.key, cmd.fault or "normal",
-                     f" (severity {cmd.severity:g})" if cmd.fault else "", now_s)  # fmt: skip
+            log.info(
+                "simulator: %s is now %s%s at %.1f s",
+                cmd.key,
+                cmd.fault or "normal",
+                f" (severity {cmd.severity:g})" if cmd.fault else "",
+                now_s,
+            )
 
-    def blocks(self, stop: threading.Event) -> Iterator[Block]:
+    def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
         clock = AudioClock(self.sample_rate)
         pacer = Pacer(self.speed)
         n = self.chunk_samples

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 from ingest.producer import Block
@@ -15,7 +15,7 @@ from soundwatch.settings import Settings
 
 
 def read_chunks(settings: Settings, topic: str, expected: int, timeout_s: float = 30.0) -> list[AudioChunk]:
-    """Every chunk on ``topic`` (all partitions, from the start), in partition order; stops at ``expected``."""
+    """Every chunk on ``topic`` (all partitions, from the start) in partition order; stops at ``expected``."""
     from kafka import TopicPartition
 
     from soundwatch.kafka import make_consumer
@@ -69,7 +69,7 @@ def wait_for_records(settings: Settings, topic: str, at_least: int, timeout_s: f
 
 
 def by_machine(chunks: list[AudioChunk]) -> dict[str, list[AudioChunk]]:
-    """Chunks grouped per machine in arrival order (one partition per machine, so arrival order is log order)."""
+    """Chunks per machine in arrival order (a machine has one partition: arrival order is log order)."""
     out: dict[str, list[AudioChunk]] = {}
     for c in chunks:
         out.setdefault(f"{c.machine_type}/{c.machine_id}", []).append(c)
@@ -100,8 +100,20 @@ class PrivateBroker:
     def start(self) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_dir / f"tansu-{self.port}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen([self.binary, "broker", "--storage-engine", "memory://tansu/", "--listener-url",
-                                      url, "--advertised-listener-url", url], stdout=log, stderr=log)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
+            stdout=log,
+            stderr=log,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             with socket.socket() as s:
@@ -117,7 +129,9 @@ class PrivateBroker:
             self.proc = None
 
     def settings(self, base: Settings) -> Settings:
-        return base.model_copy(update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": self.bootstrap})})
+        return base.model_copy(
+            update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": self.bootstrap})}
+        )
 
 
 class FirstBlocks:
@@ -131,7 +145,7 @@ class FirstBlocks:
     def describe(self) -> str:
         return f"first {self.n} blocks of {self.source.describe()}"
 
-    def blocks(self, stop: threading.Event) -> Iterator[Block]:
+    def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
         gen = self.source.blocks(stop)
         try:
             for i, block in enumerate(gen):
@@ -153,11 +167,13 @@ class Recorded:
     def describe(self) -> str:
         return self.source.describe()
 
-    def blocks(self, stop: threading.Event) -> Iterator[Block]:
+    def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
         gen = self.source.blocks(stop)
         try:
             for block in gen:
-                self.handed_ns.setdefault(f"{block.machine_type}/{block.machine_id}", []).append(time.time_ns())
+                self.handed_ns.setdefault(f"{block.machine_type}/{block.machine_id}", []).append(
+                    time.time_ns()
+                )
                 yield block
         finally:
             gen.close()

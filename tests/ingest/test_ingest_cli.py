@@ -37,10 +37,24 @@ def cli_env(isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dic
 
 
 @pytest.mark.integration
-def test_gateway_replays_files_and_prints_a_json_report(cli_env: dict[str, str], isolated_settings: Settings,
-                                                        real_mini: Path) -> None:  # fmt: skip
-    result = CliRunner().invoke(app, ["gateway", "--source", "files", "--path", str(real_mini / "ToyConveyor"),
-                                      "--speed", "0", "--gateway-id", "gw-cli", "--json"])  # fmt: skip
+def test_gateway_replays_files_and_prints_a_json_report(
+    cli_env: dict[str, str], isolated_settings: Settings, real_mini: Path
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "gateway",
+            "--source",
+            "files",
+            "--path",
+            str(real_mini / "ToyConveyor"),
+            "--speed",
+            "0",
+            "--gateway-id",
+            "gw-cli",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["chunks_in"] == report["chunks_sent"] == 60  # 6 clips x 10 s, 1 s chunks
@@ -56,7 +70,9 @@ def test_mic_without_sounddevice_names_the_install_command() -> None:
         pass
     else:
         pytest.skip("sounddevice and PortAudio are installed here")
-    result = CliRunner().invoke(app, ["gateway", "--source", "mic", "--machine-type", "fan", "--machine-id", "id_00"])
+    result = CliRunner().invoke(
+        app, ["gateway", "--source", "mic", "--machine-type", "fan", "--machine-id", "id_00"]
+    )
     assert isinstance(result.exception, MissingDependency)
     assert "pip install 'soundwatch[mic]'" in str(result.exception)
     assert "libportaudio2" in str(result.exception)
@@ -68,20 +84,39 @@ def test_bad_options_are_user_errors(tmp_path: Path) -> None:
     assert isinstance(result.exception, BadInput) and "--path" in str(result.exception)
     result = runner.invoke(app, ["gateway", "--source", "files", "--path", str(tmp_path)])
     assert isinstance(result.exception, BadInput) and "no .wav/.flac files" in str(result.exception)
-    result = runner.invoke(app, ["gateway", "--source", "sim", "--machines", "fan/id_00",
-                                 "--fault", "fan/id_00:meltdown@1s"])  # fmt: skip
+    result = runner.invoke(
+        app, ["gateway", "--source", "sim", "--machines", "fan/id_00", "--fault", "fan/id_00:meltdown@1s"]
+    )
     assert isinstance(result.exception, BadInput) and "bearing_ticks" in str(result.exception)
 
 
 @pytest.mark.integration
-def test_sigterm_stops_the_gateway_gracefully_and_delivers_everything(cli_env: dict[str, str],
-                                                                      isolated_settings: Settings) -> None:  # fmt: skip
+def test_sigterm_stops_the_gateway_gracefully_and_delivers_everything(
+    cli_env: dict[str, str], isolated_settings: Settings
+) -> None:
     topic = cli_env["SOUNDWATCH_KAFKA__TOPICS__AUDIO_RAW"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest.cli", "gateway", "--source", "sim", "--machines", "fan/id_00,pump/id_00",
-         "--speed", "4", "--gateway-id", "gw-sig", "--json"],
-        cwd=REPO, env={**os.environ, **cli_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "gateway",
+            "--source",
+            "sim",
+            "--machines",
+            "fan/id_00,pump/id_00",
+            "--speed",
+            "4",
+            "--gateway-id",
+            "gw-sig",
+            "--json",
+        ],
+        cwd=REPO,
+        env={**os.environ, **cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_records(isolated_settings, topic, 6, timeout_s=60)
         time.sleep(0.5)
@@ -98,14 +133,18 @@ def test_sigterm_stops_the_gateway_gracefully_and_delivers_everything(cli_env: d
     assert len(chunks) == report["chunks_in"]
     state = json.loads((isolated_settings.ingest.state_dir / "gw-sig" / "sequences.json").read_text())
     per_machine = by_machine(chunks)
-    assert state["next"] == {k: len(v) for k, v in per_machine.items()}  # exact: a restart continues seamlessly
+    assert state["next"] == {
+        k: len(v) for k, v in per_machine.items()
+    }  # exact: a restart continues seamlessly
 
 
 @pytest.mark.integration
 def test_bench_prints_one_json_object(stack: Settings) -> None:
     get_settings.cache_clear()
-    result = CliRunner().invoke(app, ["bench", "--json", "--seconds", "1", "--machines", "20", "--compression", "none",
-                                      "--no-reference"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        ["bench", "--json", "--seconds", "1", "--machines", "20", "--compression", "none", "--no-reference"],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["chunks_per_s"] > 0 and data["mb_per_s"] > 0

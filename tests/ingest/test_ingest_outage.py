@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from ingest_helpers import FirstBlocks, PrivateBroker, Recorded, by_machine, free_port, read_chunks, wait_for_records
+from ingest_helpers import (
+    FirstBlocks,
+    PrivateBroker,
+    Recorded,
+    by_machine,
+    free_port,
+    read_chunks,
+    wait_for_records,
+)
 
 from ingest.gateway import StatusLine, run_gateway
 from ingest.sources.simulator import SimulatorSource, parse_machines
@@ -31,12 +39,14 @@ def _sim(machines: str = "fan/id_00,pump/id_02,valve/id_04", speed: float = 0) -
 
 def _dead_broker(settings: Settings) -> Settings:
     """Settings whose broker address has nothing listening (a broker that is down)."""
-    return settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})})  # fmt: skip
+    return settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})}
+    )
 
 
-def test_broker_killed_mid_stream_every_later_chunk_arrives_in_order(isolated_settings: Settings,
-                                                                     tmp_path: Path) -> None:  # fmt: skip
+def test_broker_killed_mid_stream_every_later_chunk_arrives_in_order(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
     broker = PrivateBroker(tmp_path)
     broker.start()
     settings = broker.settings(isolated_settings)
@@ -46,8 +56,11 @@ def test_broker_killed_mid_stream_every_later_chunk_arrives_in_order(isolated_se
         stop = threading.Event()
         result: dict = {}
         source = Recorded(_sim(speed=8.0))  # 3 machines x 32 chunks/s of audio time
-        worker = threading.Thread(target=lambda: result.update(report=run_gateway(
-            settings, source, gateway_id="gw-outage", stop=stop, flush_timeout_s=40.0)))  # fmt: skip
+        worker = threading.Thread(
+            target=lambda: result.update(
+                report=run_gateway(settings, source, gateway_id="gw-outage", stop=stop, flush_timeout_s=40.0)
+            )
+        )
         worker.start()
         wait_for_records(settings, topic, 30)  # the gateway is streaming to the broker
         outage_started_ns = time.time_ns()
@@ -74,13 +87,16 @@ def test_broker_killed_mid_stream_every_later_chunk_arrives_in_order(isolated_se
             # every chunk produced once the outage began is there (earlier ones may have died with the broker)
             first_after_kill = next(i for i, ns in enumerate(handed) if ns >= outage_started_ns)
             assert seqs[0] <= first_after_kill, f"{machine}: chunks {seqs[0]}..{first_after_kill} were lost"
-            assert len(handed) - first_after_kill >= 4 * 32 * 0.5  # the outage really spanned seconds of chunks
+            assert (
+                len(handed) - first_after_kill >= 4 * 32 * 0.5
+            )  # the outage really spanned seconds of chunks
     finally:
         broker.kill()
 
 
-def test_sequence_numbers_and_spooled_chunks_survive_a_gateway_restart(isolated_settings: Settings,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_sequence_numbers_and_spooled_chunks_survive_a_gateway_restart(
+    isolated_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     topic = isolated_settings.kafka.topics.audio_raw
     # run 1: the broker is down the whole time: 12 chunks wait in the spool when the gateway stops
     down = _dead_broker(isolated_settings)
@@ -99,14 +115,23 @@ def test_sequence_numbers_and_spooled_chunks_survive_a_gateway_restart(isolated_
         assert len({c.origin_ns for c in chunks}) == 9
 
 
-def test_spool_limit_drops_oldest_and_says_so(isolated_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+def test_spool_limit_drops_oldest_and_says_so(
+    isolated_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     limit = 64 * 1024  # room for about seven 8 KB chunks
     settings = _dead_broker(isolated_settings)
-    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"spool_max_bytes": limit})})
+    settings = settings.model_copy(
+        update={"ingest": settings.ingest.model_copy(update={"spool_max_bytes": limit})}
+    )
     out = io.StringIO()
     with caplog.at_level(logging.ERROR, logger="ingest.spool"):
-        report = run_gateway(settings, FirstBlocks(_sim("fan/id_00,pump/id_00"), 40), gateway_id="gw-full",
-                             status=StatusLine(out), flush_timeout_s=0.2)  # fmt: skip
+        report = run_gateway(
+            settings,
+            FirstBlocks(_sim("fan/id_00,pump/id_00"), 40),
+            gateway_id="gw-full",
+            status=StatusLine(out),
+            flush_timeout_s=0.2,
+        )
     assert report.dropped_chunks > 0
     assert report.dropped_chunks + report.undelivered_chunks == 40
     assert set(report.dropped_by_machine) == {"fan/id_00", "pump/id_00"}

@@ -38,7 +38,9 @@ def _check_stream(chunks, files: tuple[Path, ...], gateway_id: str) -> None:
     assert all(c.n_samples == SR for c in chunks[:-1])
 
 
-def test_replaying_real_recordings_publishes_exactly_their_samples(isolated_settings: Settings, real_mini: Path) -> None:
+def test_replaying_real_recordings_publishes_exactly_their_samples(
+    isolated_settings: Settings, real_mini: Path
+) -> None:
     source = FileReplaySource(real_mini / "pump", SR, SR, speed=0)
     assert {m.key for m in source.machines} == {"pump/id_00", "pump/id_02", "pump/id_04", "pump/id_06"}
     report = run_gateway(isolated_settings, source, gateway_id="gw-test", backpressure=True)
@@ -50,8 +52,9 @@ def test_replaying_real_recordings_publishes_exactly_their_samples(isolated_sett
         _check_stream(per_machine[machine.key], machine.files, "gw-test")
 
 
-def test_a_file_at_another_rate_is_resampled_like_training_reads_it(isolated_settings: Settings, real_mini: Path,
-                                                                    tmp_path: Path) -> None:  # fmt: skip
+def test_a_file_at_another_rate_is_resampled_like_training_reads_it(
+    isolated_settings: Settings, real_mini: Path, tmp_path: Path
+) -> None:
     import soxr
 
     clip = sorted((real_mini / "valve" / "test").glob("normal_id_04_*.wav"))[0]
@@ -73,8 +76,10 @@ def test_a_file_at_another_rate_is_resampled_like_training_reads_it(isolated_set
 def test_dcase_names_give_machine_type_and_id(real_mini: Path, tmp_path: Path) -> None:
     f = real_mini / "fan" / "test" / "anomaly_id_06_00000000.wav"
     assert machine_of(f) == ("fan", "id_06")
-    assert machine_of(Path("/d/gearbox/source_test/section_02_source_test_normal_0001.wav")) == ("gearbox",
-                                                                                                 "section_02")
+    assert machine_of(Path("/d/gearbox/source_test/section_02_source_test_normal_0001.wav")) == (
+        "gearbox",
+        "section_02",
+    )
     assert machine_of(f, "blower", "b7") == ("blower", "b7")
     odd = tmp_path / "recording.wav"
     sf.write(odd, np.zeros(100, dtype=np.float32), SR)

@@ -1,4 +1,4 @@
-"""The simulator source: distinct machines, stationary normal sound, faults that change the signal measurably."""
+"""The simulator source: distinct machines, stationary normal sound, faults that measurably change it."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def test_normal_output_is_stationary_second_to_second() -> None:
         rms = np.array([np.sqrt(np.mean(c.astype(np.float64) ** 2)) for c in chunks])
         assert rms.min() > 0.01, key
         assert rms.max() / rms.min() < 1.25, f"{key}: RMS of successive seconds {rms}"
-        dists = [np.abs(_bands_db(chunks[i]) - _bands_db(chunks[i + 1])).mean() for i in range(len(chunks) - 1)]
+        dists = [
+            np.abs(_bands_db(chunks[i]) - _bands_db(chunks[i + 1])).mean() for i in range(len(chunks) - 1)
+        ]
         assert max(dists) < 1.0, f"{key}: successive seconds differ by {dists} dB"
 
 
@@ -51,12 +53,16 @@ def _bands_db(x: np.ndarray, n_bands: int = 32) -> np.ndarray:
     """Log power in log-spaced bands (averaging bins keeps the estimate steady)."""
     _, p = welch(x, fs=SR, nperseg=1024)
     edges = np.unique(np.geomspace(2, p.size, n_bands + 1).astype(int))
-    return 10 * np.log10(np.array([p[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]) + 1e-12)
+    return 10 * np.log10(
+        np.array([p[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]) + 1e-12
+    )
 
 
 def _twin_runs(machine: str, command: str, seconds: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The same machine rendered twice, once with ``command`` scheduled: any difference is the fault."""
-    faulty = SimulatorSource(parse_machines(machine), SR, SR, schedule=[parse_fault_command(command)], speed=0)
+    faulty = SimulatorSource(
+        parse_machines(machine), SR, SR, schedule=[parse_fault_command(command)], speed=0
+    )
     normal = SimulatorSource(parse_machines(machine), SR, SR, speed=0)
     return _run(faulty, seconds)[machine], _run(normal, seconds)[machine]
 
@@ -91,8 +97,13 @@ def test_imbalance_raises_the_shaft_harmonic() -> None:
 
 
 def test_clearing_a_fault_restores_the_normal_spectrum() -> None:
-    src = SimulatorSource([("fan", "id_00")], SR, SR, schedule=[parse_fault_command("fan/id_00:rub@1"),
-                                                              parse_fault_command("fan/id_00:normal@3")], speed=0)
+    src = SimulatorSource(
+        [("fan", "id_00")],
+        SR,
+        SR,
+        schedule=[parse_fault_command("fan/id_00:rub@1"), parse_fault_command("fan/id_00:normal@3")],
+        speed=0,
+    )
     chunks = _run(src, 5)["fan/id_00"]
     assert np.abs(_bands_db(chunks[0]) - _bands_db(chunks[4])).mean() < 1.0
     assert np.abs(_bands_db(chunks[0]) - _bands_db(chunks[1])).max() > 1.5
@@ -119,10 +130,12 @@ def test_commands_appended_to_the_control_file_apply_on_the_next_chunk(tmp_path:
 
 
 def test_fault_command_syntax() -> None:
-    assert parse_fault_command("fan/id_01:bearing_ticks@60s") == FaultCommand("fan", "id_01", "bearing_ticks", 1.0,
-                                                                               60.0)
-    assert parse_fault_command(" pump/id_00 : imbalance=1.5 @ 30 ") == FaultCommand("pump", "id_00", "imbalance",
-                                                                                  1.5, 30.0)
+    assert parse_fault_command("fan/id_01:bearing_ticks@60s") == FaultCommand(
+        "fan", "id_01", "bearing_ticks", 1.0, 60.0
+    )
+    assert parse_fault_command(" pump/id_00 : imbalance=1.5 @ 30 ") == FaultCommand(
+        "pump", "id_00", "imbalance", 1.5, 30.0
+    )
     assert parse_fault_command("fan/id_01:normal").fault is None
     with pytest.raises(BadInput, match="valid faults"):
         parse_fault_command("fan/id_01:explosion@3s")
