@@ -7,6 +7,7 @@ left alone. Health checks talk the service's own protocol, not just TCP.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -322,10 +323,8 @@ def _terminate(pid: int, timeout_s: float = 10.0) -> None:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     if _alive(pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _tail(path: Path, lines: int = 15) -> str:

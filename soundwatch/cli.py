@@ -31,6 +31,8 @@ _STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("training.cli", "train", "Train a model per machine type and register it."),
     "evaluate": ("training.cli", "evaluate", "Score test clips the way the stream does: AUC/pAUC, CSVs, plots."),
     "dashboards": ("dashboards.cli", "app", "Grafana dashboards and alerting as code: export, push, render."),
+    "run": ("deploy.cli", "run_app", "Run the whole pipeline as separate, supervised processes (run all)."),
+    "demo": ("deploy.cli", "demo", "The whole product on one machine: live view, then an HTML report."),
 }
 _BENCH_COMMANDS: dict[str, tuple[str, str, str]] = {
     "features": ("features.cli", "bench", "Log-mel speed vs librosa and a bare FFT floor; stream real-time factor."),
@@ -55,7 +57,7 @@ def _lazy_group(table: dict[str, tuple[str, str, str]]) -> type[TyperGroup]:
             target = getattr(importlib.import_module(module_name), attribute)
             if not isinstance(target, typer.Typer):
                 single = typer.Typer(add_completion=False)
-                single.command(name, help=help_text)(target)
+                single.command(name)(target)
                 target = single
             command = typer.main.get_command(target)
             command.name = name
@@ -106,7 +108,7 @@ def _root(
     level = logging.DEBUG if debug else getattr(logging, os.environ.get("SOUNDWATCH_LOG_LEVEL", "INFO"), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("kafka", "aiokafka", "faust", "mode", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 @config_app.command("show")

@@ -8,6 +8,7 @@ then the defaults below, which point at the local stack on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -184,6 +185,25 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``SOUNDWATCH_*`` environment variables, for child processes.
+
+        Contains secrets in clear text: pass it to ``subprocess`` only, never log it.
+        """
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, sub in value.items():
+                    walk(f"{prefix}__{key.upper()}" if prefix else key.upper(), sub)
+            elif value is not None:
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                out[f"SOUNDWATCH_{prefix}"] = json.dumps(value) if isinstance(value, list) else str(value)
+
+        walk("", self.model_dump(mode="python"))
+        return out
 
     def masked(self) -> dict[str, Any]:
         """Effective settings as plain data, secrets shown as ``'**********'``."""

@@ -78,3 +78,18 @@ def test_console_script_help_and_bad_config_exit_code(tmp_path):
     bad = subprocess.run([*exe, "config", "show"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert bad.returncode == 3, bad.stderr
     assert "SOUNDWATCH_SCORING__MAX_BATCH" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_to_env_round_trips_through_the_environment(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    original = load_settings(
+        kafka={"bootstrap_servers": "k1:9092,k2:9092", "sasl_password": "pw", "topics": {"audio_raw": "a.raw"}},
+        grafana={"email_addresses": ["ops@plant.example", "night@plant.example"]},
+        scoring={"median_k": 7},
+        registry_root=tmp_path / "models",
+    )
+    env = original.to_env()
+    assert env["SOUNDWATCH_KAFKA__TOPICS__AUDIO_RAW"] == "a.raw"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings() == original

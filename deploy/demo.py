@@ -1,0 +1,199 @@
+"""The demo: the real pipeline on one machine, a live terminal view, and an HTML report at the end.
+
+1. start the local services that are not running (and remember which, to stop them afterwards);
+2. train a model per machine type when none is registered (simulator normal audio, or the
+   normal clips of the replayed folder);
+3. run gateway -> Faust feature worker -> scoring worker as separate processes (``soundwatch run all``);
+4. show machines, score vs threshold, alert state and throughput live;
+5. on Ctrl-C or after ``--duration``: export the Grafana provisioning, render the dashboards' data
+   to PNG, write ``report.html``, stop the pipeline and the services the demo started.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from deploy.local_stack import LocalStack
+from deploy.observer import MachineView, PipelineObserver, percentile
+from deploy.pipeline import Pipeline
+from deploy.stages import PlantSource, pipeline_stages
+from soundwatch.console import err_console
+from soundwatch.errors import BadInput
+from soundwatch.settings import Settings
+
+DEFAULT_MACHINES = "fan/id_00,fan/id_02,fan/id_04,pump/id_00,pump/id_02"
+DEFAULT_FAULT = "fan/id_02:bearing_ticks@60s"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    source: PlantSource
+    out_dir: Path
+    duration_s: float | None = None
+    train_epochs: int = 8
+    keep_services: bool = False
+
+
+# ---------------------------------------------------------------------------------------------- models
+def machine_types_of(source: PlantSource) -> list[str]:
+    if source.kind == "sim":
+        return sorted({m.split("/")[0] for m in source.machines.split(",")})
+    assert source.data is not None
+    return sorted(p.name for p in source.data.iterdir() if p.is_dir() and any(p.rglob("*.wav")))
+
+
+def ensure_models(settings: Settings, source: PlantSource, work_dir: Path, epochs: int) -> dict[str, str]:
+    """The current model version per machine type, training one (through `soundwatch train`) where none exists."""
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.registry_root, settings.redis)
+    types = machine_types_of(source)
+    missing = [t for t in types if registry.current_version(t) is None and registry.latest_version(t) is None]
+    if missing:
+        data = _training_data(source, missing, work_dir)
+        err_console.print(f"no model registered for {', '.join(missing)}: training one on {data} "
+                          f"({epochs} epochs per stage; a few minutes on 2 CPU cores) ...")  # fmt: skip
+        for mtype in missing:
+            cmd = [sys.executable, "-m", "soundwatch.cli", "train", "--data", str(data), "--machine-type", mtype,
+                   "--epochs", str(epochs), "--registry", str(settings.registry_root)]  # fmt: skip
+            if subprocess.run(cmd, env=os.environ.copy()).returncode != 0:
+                raise BadInput(f"training the {mtype} model failed (see the messages above)",
+                               "fix the cause, or train yourself: soundwatch train --data DIR")  # fmt: skip
+    versions = {}
+    for mtype in types:
+        version = registry.current_version(mtype)
+        if version is None:  # registered on disk but not current (e.g. Redis was restarted): make latest current
+            version = registry.latest_version(mtype)
+            registry.set_current(mtype, version)
+        versions[mtype] = version
+    return versions
+
+
+def _training_data(source: PlantSource, types: list[str], work_dir: Path) -> Path:
+    if source.kind == "sim":
+        from training.synthetic import write_dcase_dataset
+
+        root = work_dir / "sim-train"
+        ids = {m.split("/")[1] for m in source.machines.split(",")}
+        per_type = max(2, max(int(i.split("_")[-1]) // 2 + 1 for i in ids))
+        if not root.is_dir():
+            write_dcase_dataset(root, types, ids_per_type=per_type, n_train=12, n_test_normal=0, n_test_anomaly=0)
+        return root
+    # recorded files: train on the folder's normal clips (a demo model, not a quality claim)
+    assert source.data is not None
+    root = work_dir / "files-train"
+    for mtype in types:
+        target = root / mtype / "train"
+        target.mkdir(parents=True, exist_ok=True)
+        for clip in sorted((source.data / mtype).rglob("normal_*.wav")):
+            link = target / clip.name
+            if not link.exists():
+                link.symlink_to(clip.resolve())
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- live view
+def live_table(observer: PipelineObserver, started: float, note: str) -> Group:
+    table = Table(title="soundwatch — live", title_justify="left", expand=False)
+    for col in ("machine", "model", "windows", "median score", "threshold", "score / threshold", "state"):
+        table.add_column(col, justify="right" if col in ("windows", "median score", "threshold") else "left")
+    latencies: list[float] = []
+    for v in observer.snapshot():
+        latencies += v.latencies_s[-200:]
+        ratio = v.ratio
+        bar = "" if math.isnan(ratio) else ("█" * min(10, int(ratio * 5))).ljust(10, "·")
+        state = Text("ALERTING", style="bold white on red") if v.state.value == "alerting" else Text("normal", "green")
+        table.add_row(v.key, v.model_version, str(len(v.scores)),
+                      f"{v.medians[-1]:.3f}" if v.medians else "-", f"{v.thresholds[-1]:.3f}" if v.thresholds else "-",
+                      Text(f"{bar} {ratio:4.2f}", style="red" if ratio >= 1 else "cyan") if bar else "-", state)  # fmt: skip
+    elapsed = time.monotonic() - started
+    footer = Text(f"{elapsed:6.0f} s elapsed · {observer.windows_per_s():5.1f} windows/s scored · "
+                  f"latency chunk→score p50 {percentile(latencies, 50):.2f} s · {note}")  # fmt: skip
+    return Group(table, footer)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def run_demo(settings: Settings, options: DemoOptions) -> Path:
+    out = options.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(settings)
+    started_services = [s.name for s in stack.status() if not s.answering]
+    stack.up(progress=lambda m: err_console.print(m))
+    try:
+        versions = ensure_models(settings, options.source, out / "work", options.train_epochs)
+        err_console.print("models: " + ", ".join(f"{t} {v}" for t, v in versions.items()))
+        report = _run_pipeline(settings, options)
+    finally:
+        if started_services and not options.keep_services:
+            stack.down(started_services, progress=lambda m: err_console.print(m))
+    return report
+
+
+def _run_pipeline(settings: Settings, options: DemoOptions) -> Path:
+    out = options.out_dir
+    stages = pipeline_stages(settings, options.source, log_dir=out / "logs")
+    observer = PipelineObserver(settings).start()
+    pipeline = Pipeline(stages, say=lambda m: err_console.print(m))
+    started = time.monotonic()
+    note = "Ctrl-C to stop" + (f" (stops by itself after {options.duration_s:.0f} s)" if options.duration_s else "")
+    if err_console.is_terminal:
+        with Live(live_table(observer, started, note), console=err_console, refresh_per_second=2) as live:
+            pipeline.run(options.duration_s, tick=lambda: live.update(live_table(observer, started, note)))
+    else:  # logs and CI: a plain table every 30 s instead of a redrawn screen
+        last = [time.monotonic()]
+
+        def tick() -> None:
+            if time.monotonic() - last[0] >= 30:
+                err_console.print(live_table(observer, started, note))
+                last[0] = time.monotonic()
+
+        pipeline.run(options.duration_s, tick=tick)
+        err_console.print(live_table(observer, started, note))
+    time.sleep(1.0)  # let the observer read the last scores/alerts the workers sent while stopping
+    observer.stop()
+    return finish(settings, observer.snapshot(), out, started)
+
+
+def finish(settings: Settings, views: list[MachineView], out: Path, started: float) -> Path:
+    """Grafana provisioning, dashboard renderings and the HTML report."""
+    from dashboards.export import export
+    from dashboards.machines import Machine
+    from deploy.report import write_report
+
+    machines = [Machine(v.machine_type, v.machine_id) for v in views]
+    images: list[tuple[str, Path]] = []
+    if machines:
+        export(settings, out / "grafana-provisioning", machines)
+        err_console.print(f"Grafana provisioning written to {out / 'grafana-provisioning'}")
+        from dashboards.render import render
+
+        end_ms = int(time.time() * 1000)
+        start_ms = end_ms - int((time.monotonic() - started + 30) * 1000)
+        try:
+            paths = render(settings, out / "dashboards", machines, start_ms=start_ms, end_ms=end_ms)
+            images = [(p.stem.replace("_", " "), p) for p in paths]
+        except Exception as exc:  # a rendering problem must not cost the report; say what happened
+            err_console.print(f"[yellow]dashboard rendering failed ({type(exc).__name__}: {exc}); "
+                              "the report has the score timelines only[/yellow]")
+    alerts = sum(len(v.alert_spans()) for v in views)
+    summary = {
+        "machines": str(len(views)),
+        "windows scored": str(sum(len(v.scores) for v in views)),
+        "alerts raised": str(alerts),
+        "ran for": f"{time.monotonic() - started:.0f} s",
+        "Grafana provisioning": str(out / "grafana-provisioning"),
+    }
+    path = write_report(out / "report.html", views, title="soundwatch demo report", summary=summary, images=images)
+    err_console.print(f"[green]report written to {path}[/green]")
+    return path
