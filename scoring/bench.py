@@ -80,9 +80,12 @@ def _window_pool(machine_type: str, machine_ids: list[str], params: FeatureParam
     from features.windows import offline_windows
     from training.synthetic import render_clip
 
+    ids = machine_ids or ["id_00"]
+    per_id = -(-n // len(ids))  # windows needed from each machine's clip
+    seconds = min(10.0, params.window_seconds + per_id * params.hop_seconds + 0.5)
     out = []
-    for i, mid in enumerate(machine_ids or ["id_00"]):
-        audio = render_clip(machine_type, mid, 10.0, params.sample_rate, seed=0, instance=1000 + i)
+    for i, mid in enumerate(ids):
+        audio = render_clip(machine_type, mid, seconds, params.sample_rate, seed=0, instance=1000 + i)
         windows, _ = offline_windows(audio, params=params)
         out.append(windows)
     pool = np.concatenate(out).astype(np.float32)
