@@ -47,15 +47,20 @@ def list_input_devices(sd: Any) -> list[str]:
     lines = []
     for idx, dev in enumerate(sd.query_devices()):
         if dev.get("max_input_channels", 0) > 0:
-            lines.append(
-                f"{idx}: {dev['name']} ({dev['max_input_channels']} ch, {dev['default_samplerate']:.0f} Hz)"
-            )
+            lines.append(f"{idx}: {dev['name']} ({dev['max_input_channels']} ch, {dev['default_samplerate']:.0f} Hz)")
     return lines
 
 
 def resolve_device(sd: Any, device: str | None) -> int | None:
     """A device index from an index or a (part of a) name; BadInput lists the capture devices."""
     if device is None or device == "":
+        try:
+            sd.query_devices(kind="input")
+        except sd.PortAudioError as exc:
+            raise BadInput(
+                f"there is no default capture device ({exc})",
+                "connect a microphone, or pass --device; python -m sounddevice lists devices",
+            ) from exc
         return None
     devices = list(sd.query_devices())
     inputs = [(i, d) for i, d in enumerate(devices) if d.get("max_input_channels", 0) > 0]
@@ -101,28 +106,27 @@ class MicSource:
         def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
             q.put((indata[:, self.channel].copy(), time.time_ns(), bool(status and status.input_overflow)))
 
-        channels = self.channel + 1
-        for rate in (self.sample_rate, None):
-            try:
-                if rate is None:
-                    rate = int(self.sd.query_devices(self.device, "input")["default_samplerate"])
-                    log.warning(
-                        "the microphone cannot record at %d Hz; recording at %d Hz and resampling",
-                        self.sample_rate,
-                        rate,
-                    )
-                stream = self.sd.InputStream(
-                    samplerate=rate, device=self.device, channels=channels, dtype="float32", callback=callback
-                )
-                stream.start()
-                return stream, int(rate)
-            except self.sd.PortAudioError as exc:
-                if rate != self.sample_rate:
-                    raise BadInput(
-                        f"cannot open the microphone: {exc}",
-                        "check --device/--channel; list devices with python -m sounddevice",
-                    ) from exc
-        raise AssertionError("unreachable")
+        def start(rate: int) -> Any:
+            stream = self.sd.InputStream(
+                samplerate=rate, device=self.device, channels=self.channel + 1, dtype="float32", callback=callback
+            )
+            stream.start()
+            return stream
+
+        hint = "check --device/--channel; list the devices with: python -m sounddevice"
+        try:
+            return start(self.sample_rate), self.sample_rate
+        except self.sd.PortAudioError as exc:
+            native = int(self.sd.query_devices(self.device, "input")["default_samplerate"])
+            if native == self.sample_rate:
+                raise BadInput(f"cannot open the microphone: {exc}", hint) from exc
+        log.warning(
+            "the microphone cannot record at %d Hz; recording at %d Hz and resampling", self.sample_rate, native
+        )
+        try:
+            return start(native), native
+        except self.sd.PortAudioError as exc:
+            raise BadInput(f"cannot open the microphone at {self.sample_rate} or {native} Hz: {exc}", hint) from exc
 
     def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
         import soxr
@@ -130,9 +134,7 @@ class MicSource:
         q: queue.Queue = queue.Queue()
         stream, rate = self._open(q)
         resampler = (
-            soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32")
-            if rate != self.sample_rate
-            else None
+            soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32") if rate != self.sample_rate else None
         )
         buf = np.zeros(0, dtype=np.float32)
         anchor_ns: int | None = None
@@ -145,9 +147,7 @@ class MicSource:
                     continue
                 if overflow:
                     self.overflows += 1
-                    log.warning(
-                        "microphone overflow #%d: PortAudio dropped samples (CPU too busy?)", self.overflows
-                    )
+                    log.warning("microphone overflow #%d: PortAudio dropped samples (CPU too busy?)", self.overflows)
                     anchor_ns = None  # re-anchor: the lost samples would otherwise shift every later time
                 if resampler is not None:
                     data = resampler.resample_chunk(data)
