@@ -96,8 +96,9 @@ class ScoringWorker:
     """Consumer-group member scoring ``settings.kafka.topics.features``. ``run()`` blocks until ``stop()``."""
 
     def __init__(self, settings: Settings, *, source: ModelSource | None = None, sink: BufferedSink | None = None,
-                 worker_id: str | None = None) -> None:  # fmt: skip
+                 worker_id: str | None = None, report_every_s: float = _REPORT_EVERY_S) -> None:  # fmt: skip
         self.settings = settings
+        self.report_every_s = report_every_s  # windows/s + lag gauges and the InfluxDB `pipeline` point
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self._source = source
         self._sink = sink
@@ -381,7 +382,7 @@ class ScoringWorker:
         if stats.rejected > self._seen_rejected:
             self.metrics.rejected_points.inc(stats.rejected - self._seen_rejected)
             self._seen_rejected = stats.rejected
-        if now - self._last_report >= _REPORT_EVERY_S:
+        if now - self._last_report >= self.report_every_s:
             self._report(now)
 
     def _report(self, now: float) -> None:

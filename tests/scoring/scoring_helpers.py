@@ -136,11 +136,11 @@ def count_points(settings: Settings, url: str | None = None) -> int:
 
 
 @contextlib.contextmanager
-def running_worker(settings: Settings, join_timeout_s: float = 60.0) -> Iterator:
+def running_worker(settings: Settings, join_timeout_s: float = 60.0, **kwargs: object) -> Iterator:
     """An in-process ScoringWorker in a thread; stopped (flush + commit) on exit."""
     from scoring.worker import ScoringWorker
 
-    worker = ScoringWorker(settings)
+    worker = ScoringWorker(settings, **kwargs)
     errors: list[BaseException] = []
 
     def target() -> None:

@@ -35,11 +35,14 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
     mismatch = make_window("fan", "id_00", 100, params=other_params)
     unknown = make_window("valve", "id_00", 0)
     garbage = (b"fan/id_09", b"this is not a feature window")
-    with running_worker(s) as worker:
+    with running_worker(s, report_every_s=0.5) as worker:
         produce(s, good[: len(good) // 2])
         produce(s, [mismatch, unknown], extra=[garbage])
         produce(s, good[len(good) // 2 :])
         wait_for(lambda: count_points(s) >= len(good), 60, "all score points in InfluxDB")
+        wait_for(lambda: influx_query(s.influx.url, s.influx.database,
+                                      "SELECT last(windows_per_s) FROM pipeline WHERE stage='scoring'"), 20,
+                 "a pipeline health point")  # fmt: skip
         metrics = requests.get(f"http://127.0.0.1:{worker.metrics.port}/metrics", timeout=5).text
         wait_for(lambda: not worker._pending, 20, "all offsets committed")
 
@@ -83,6 +86,11 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
     assert 'soundwatch_scoring_dead_letters_total{reason="feature_params_mismatch"} 1.0' in metrics
     assert "soundwatch_scoring_inference_ms_bucket" in metrics
     assert "soundwatch_scoring_buffer_points" in metrics
+    assert 'soundwatch_scoring_consumer_lag{partition="0"} 0.0' in metrics
+    health = influx_query(s.influx.url, s.influx.database,
+                          "SELECT windows_per_s, consumer_lag, write_errors, buffer_points FROM pipeline GROUP BY *")
+    assert {h["stage"] for h in health} == {"scoring"} and {h["worker"] for h in health} == {worker.worker_id}
+    assert all(h["write_errors"] == 0 for h in health) and any(h["windows_per_s"] > 0 for h in health)
 
 
 def test_hot_reload_switches_model_version_without_restart(scoring_settings):
