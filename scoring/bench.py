@@ -43,7 +43,7 @@ def _ensure_model(settings: Settings, registry: Path | None, machine_type: str |
     """A registry root and machine type with a model: the given/default registry, else train a small one."""
     from training.registry import ModelRegistry
 
-    for root in ([registry] if registry is not None else [settings.registry_root, BENCH_REGISTRY]):
+    for root in [registry] if registry is not None else [settings.registry_root, BENCH_REGISTRY]:
         types = ModelRegistry(root).machine_types()
         if machine_type is not None and machine_type in types:
             return root, machine_type
@@ -138,7 +138,8 @@ def run_bench(settings: Settings, *, registry: Path | None, machine_type: str | 
 
     def fresh_core() -> ScoringCore:
         cache = ModelCache(reg, dev)
-        states = StateTable(None, alert_after=settings.scoring.alert_after, resolve_after=settings.scoring.resolve_after)
+        sc = settings.scoring
+        states = StateTable(None, alert_after=sc.alert_after, resolve_after=sc.resolve_after)
         return ScoringCore(cache, states, max_batch=max_batch, default_k=settings.scoring.median_k)
 
     core = fresh_core()

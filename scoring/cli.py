@@ -23,9 +23,11 @@ app = typer.Typer(help="Score feature windows: batched inference, median filter,
 log = logging.getLogger(__name__)
 
 
-THREADS_HELP = ("torch CPU threads per worker (0 = torch's default). 1 by default: on a shared or busy host, "
-                "intra-op threads wait on each other (the bench measured ~4x more windows/s with 1 than with 2 "
-                "on a loaded 2-core machine); scale out with more workers instead")
+THREADS_HELP = (
+    "torch CPU threads per worker (0 = torch's default). 1 by default: on a shared or busy host, "
+    "intra-op threads wait on each other (the bench measured ~4x more windows/s with 1 than with 2 "
+    "on a loaded 2-core machine); scale out with more workers instead"
+)
 
 
 def _set_threads(threads: int) -> None:
@@ -52,14 +54,17 @@ def _with_overrides(settings: Settings, registry: Path | None, **scoring: Any) -
 
 @app.command("run")
 def run(
-    registry: Annotated[Path | None, typer.Option("--registry", help="model registry root (default: "
-                                                  "settings registry_root)")] = None,  # fmt: skip
+    registry: Annotated[
+        Path | None, typer.Option("--registry", help="model registry root (default: settings registry_root)")
+    ] = None,  # fmt: skip
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", min=1, help="windows per forward pass")] = None,
-    max_wait_ms: Annotated[int | None, typer.Option("--max-wait-ms", min=0, help="longest a window waits "
-                                                    "for its batch")] = None,  # fmt: skip
-    metrics_port: Annotated[int | None, typer.Option("--metrics-port", min=0, max=65535,
-                                                     help="Prometheus port (0 = any free port)")] = None,
+    max_wait_ms: Annotated[
+        int | None, typer.Option("--max-wait-ms", min=0, help="longest a window waits for its batch")
+    ] = None,  # fmt: skip
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", min=0, max=65535, help="Prometheus port (0 = any free port)")
+    ] = None,
     threads: Annotated[int, typer.Option("--threads", min=0, help=THREADS_HELP)] = 1,
 ) -> None:
     """Run a scoring worker in the consumer group until SIGINT/SIGTERM (then flush and commit)."""
@@ -88,9 +93,13 @@ def run(
 
 def bench(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    registry: Path | None = typer.Option(None, "--registry", help="registry with the model to benchmark "
-                                         "(default: settings registry_root; a small synthetic model is "
-                                         "trained when it is empty)"),  # fmt: skip
+    registry: Path | None = typer.Option(
+        None,
+        "--registry",
+        help="registry with the model to benchmark "
+        "(default: settings registry_root; a small synthetic model is "
+        "trained when it is empty)",
+    ),  # fmt: skip
     machine_type: str | None = typer.Option(None, "--machine-type", help="model to use (default: first type)"),
     windows: int = typer.Option(2048, "--windows", min=64, help="windows scored in the batched run"),
     machines: int = typer.Option(64, "--machines", min=1, help="distinct machines the windows come from"),

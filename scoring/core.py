@@ -140,9 +140,7 @@ class ScoringCore(Generic[C]):
                                  f"[n_mels={fp.n_mels}, window_frames={fp.window_frames}]")  # fmt: skip
         return None
 
-    def _score_group(
-        self, model: ScoringModel, group: list[tuple[FeatureWindow, C]], out: BatchResult[C]
-    ) -> None:
+    def _score_group(self, model: ScoringModel, group: list[tuple[FeatureWindow, C]], out: BatchResult[C]) -> None:
         scores: list[float] = []
         started = time.perf_counter()
         try:
@@ -152,16 +150,10 @@ class ScoringCore(Generic[C]):
                     ids = [w.machine_id for w, _ in part]
                     part_scores = np.asarray(model.score_windows(x, ids), dtype=np.float64).reshape(-1)
                     if part_scores.size != len(part):
-                        raise ValueError(
-                            f"score_windows returned {part_scores.size} scores for {len(part)} windows"
-                        )
+                        raise ValueError(f"score_windows returned {part_scores.size} scores for {len(part)} windows")
                     scores.extend(float(s) for s in part_scores)
-        except (
-            Exception
-        ) as exc:  # a failing model must not stop the worker; the records stay replayable in the DLQ
-            log.exception(
-                "model %s/%s failed on a batch of %d windows", model.machine_type, model.version, len(group)
-            )
+        except Exception as exc:  # a failing model must not stop the worker; the records stay replayable in the DLQ
+            log.exception("model %s/%s failed on a batch of %d windows", model.machine_type, model.version, len(group))
             err = ContractError(Reason.INVALID_FIELD,
                                 f"model {model.machine_type}/{model.version} failed on this window: "
                                 f"{type(exc).__name__}: {exc}")  # fmt: skip
@@ -188,9 +180,7 @@ class ScoringCore(Generic[C]):
         state = self.states.get(key, model.version, int(getattr(model, "median_k", 0) or self.default_k))
         median = state.filter(window.end_ns, raw)
         threshold = float(model.threshold_for(window.machine_id))
-        obs = Observation(
-            window.machine_type, window.machine_id, model.version, window.end_ns, median, threshold
-        )
+        obs = Observation(window.machine_type, window.machine_id, model.version, window.end_ns, median, threshold)
         alert = state.alert_step(obs)
         score = Score(machine_type=window.machine_type, machine_id=window.machine_id, model_version=model.version,
                       timestamp_ns=window.end_ns, score=raw, score_median=median, threshold=threshold,

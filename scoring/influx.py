@@ -212,9 +212,7 @@ class V2ClientWriter:
         from influxdb_client.rest import ApiException
 
         try:
-            self._api.write(
-                bucket=self._bucket, org=self._org, record=list(lines), write_precision=WritePrecision.NS
-            )
+            self._api.write(bucket=self._bucket, org=self._org, record=list(lines), write_precision=WritePrecision.NS)
         except ApiException as exc:
             raise _classify(int(exc.status or 0), str(exc.body or exc.reason), self._where) from exc
         except Exception as exc:  # urllib3/socket errors surface under several types: all mean "unreachable"
@@ -337,9 +335,7 @@ class BufferedSink:
                     self._pop(len(batch))
                     continue
                 self.stats.consecutive_failures += 1
-                delay = min(
-                    self.backoff_max_s, self.backoff_base_s * 2 ** (self.stats.consecutive_failures - 1)
-                )
+                delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (self.stats.consecutive_failures - 1))
                 self._next_try_at = self.clock() + delay
                 log.warning("InfluxDB write failed (attempt %d, next in %.1fs, %d points buffered): %s",
                             self.stats.consecutive_failures, delay, len(self._lines), exc)  # fmt: skip
@@ -347,9 +343,7 @@ class BufferedSink:
                     return False
                 continue
             if self.stats.consecutive_failures:
-                log.info(
-                    "InfluxDB writes recovered after %d failed attempts", self.stats.consecutive_failures
-                )
+                log.info("InfluxDB writes recovered after %d failed attempts", self.stats.consecutive_failures)
             self.stats.consecutive_failures = 0
             self._next_try_at = 0.0
             self.stats.written += len(batch)

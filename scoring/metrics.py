@@ -44,14 +44,10 @@ class ScoringMetrics:
             "points InfluxDB refused as malformed (dropped)",
             registry=r,
         )
-        self.buffer_points = Gauge(
-            "soundwatch_scoring_buffer_points", "points waiting for InfluxDB", registry=r
-        )
+        self.buffer_points = Gauge("soundwatch_scoring_buffer_points", "points waiting for InfluxDB", registry=r)
         self.dead_letters = Counter("soundwatch_scoring_dead_letters", "records sent to the dead-letter topic",
                                     ["reason"], registry=r)  # fmt: skip
-        self.alerts = Counter(
-            "soundwatch_scoring_alert_events", "alert state changes", ["current"], registry=r
-        )
+        self.alerts = Counter("soundwatch_scoring_alert_events", "alert state changes", ["current"], registry=r)
         self.paused = Gauge("soundwatch_scoring_paused", "1 while consumption is paused by back-pressure",
                             registry=r)  # fmt: skip
         self.model_reloads = Counter("soundwatch_scoring_model_reloads", "hot model swaps", registry=r)

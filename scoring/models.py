@@ -10,6 +10,7 @@ is always scored by one version and the next points carry the new
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -103,11 +104,7 @@ class ModelCache:
                                   f"(known: {sorted(known)}); train one with `soundwatch train`")  # fmt: skip
             model = self._source.load(machine_type, version, device=self.device)
         except Exception as exc:  # a broken artifact must not stop the worker: the windows are dead-lettered
-            reason = (
-                str(exc)
-                if isinstance(exc, LookupError)
-                else f"model for {machine_type!r} cannot be loaded: {exc}"
-            )
+            reason = str(exc) if isinstance(exc, LookupError) else f"model for {machine_type!r} cannot be loaded: {exc}"
             log.warning("%s", reason)
             self._misses[machine_type] = (self._clock() + self._negative_ttl_s, reason)
             return None
@@ -132,9 +129,7 @@ class ModelCache:
         if model is None and current is not None:
             self._models[machine_type] = current
             self._misses.pop(machine_type, None)
-            log.error(
-                "hot reload of %s to %s failed; still scoring with %s", machine_type, version, current.version
-            )
+            log.error("hot reload of %s to %s failed; still scoring with %s", machine_type, version, current.version)
             return False
         return model is not None
 
@@ -250,8 +245,6 @@ class ReloadListener:
 
     def close(self) -> None:
         if self._pubsub is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail again
                 self._pubsub.close()
-            except Exception:  # closing a broken connection may fail again; nothing to do
-                pass
             self._pubsub = None

@@ -128,9 +128,7 @@ class StateStore:
         try:
             values = self._client.hmget(self.key, keys)
         except Exception as exc:  # redis raises several connection error types; all mean "no saved state"
-            log.warning(
-                "cannot load scoring state from Redis (%s); %d machine(s) start fresh", exc, len(keys)
-            )
+            log.warning("cannot load scoring state from Redis (%s); %d machine(s) start fresh", exc, len(keys))
             return {}
         return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
 

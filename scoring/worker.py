@@ -86,9 +86,7 @@ def decode(record: Any) -> _Item:
     except ContractError as exc:
         item.error = exc
     except Exception as exc:  # anything else from a hostile payload is still the payload's fault
-        item.error = ContractError(
-            Reason.INVALID_FIELD, f"undecodable feature window: {type(exc).__name__}: {exc}"
-        )
+        item.error = ContractError(Reason.INVALID_FIELD, f"undecodable feature window: {type(exc).__name__}: {exc}")
     return item
 
 
@@ -200,7 +198,8 @@ class ScoringWorker:
             # Paused, but poll anyway: it keeps the group membership alive, and records fetched just
             # before the pause can still be returned -- their positions have advanced, so they must be
             # kept (in the batcher, processed once the buffer has room), never dropped.
-            self._take(self._consumer.poll(timeout_ms=int(_IDLE_POLL_S * 1000), max_records=self.settings.scoring.max_batch))
+            limit = self.settings.scoring.max_batch
+            self._take(self._consumer.poll(timeout_ms=int(_IDLE_POLL_S * 1000), max_records=limit))
         else:
             now = time.monotonic()
             wait = self.batcher.time_left(now) if len(self.batcher) else _IDLE_POLL_S
@@ -220,9 +219,7 @@ class ScoringWorker:
     def _process(self, batch: Batch[_Item]) -> None:
         assert self._held is None, "a batch is processed only when the previous one's points are buffered"
         items = batch.items
-        result: BatchResult[_Item] = self.core.process(
-            [(it.window, it) for it in items if it.window is not None]
-        )
+        result: BatchResult[_Item] = self.core.process([(it.window, it) for it in items if it.window is not None])
         pending = _Pending(self._offsets(items))
         t = self.settings.kafka.topics
         dead = [(it, it.error) for it in items if it.error is not None]
@@ -316,9 +313,7 @@ class ScoringWorker:
         try:
             self._producer.flush(timeout=self.settings.influx.timeout_s)
         except KafkaError as exc:
-            log.warning(
-                "Kafka did not acknowledge scores/alerts/dead letters yet (%s); commit postponed", exc
-            )
+            log.warning("Kafka did not acknowledge scores/alerts/dead letters yet (%s); commit postponed", exc)
             return False
         for p in ready:
             for i, (fut, topic, key, value, headers) in enumerate(p.sends):

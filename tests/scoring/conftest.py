@@ -12,10 +12,18 @@ def scoring_settings(isolated_settings: Settings) -> Settings:
     """Isolated settings tuned for quick tests: small batches, short waits, alert after 3 windows."""
     s = isolated_settings
     return load_settings(
-        **{k: getattr(s, k).model_dump() for k in ("kafka", "redis", "influx", "grafana", "ingest", "stream",
-                                                   "services")},  # fmt: skip
+        **{
+            k: getattr(s, k).model_dump()
+            for k in ("kafka", "redis", "influx", "grafana", "ingest", "stream", "services")
+        },  # fmt: skip
         features=s.features.model_dump(),
-        scoring={**s.scoring.model_dump(), "max_batch": 16, "max_wait_ms": 20, "alert_after": 3,
-                 "resolve_after": 3, "device": "cpu"},  # fmt: skip
+        scoring={
+            **s.scoring.model_dump(),
+            "max_batch": 16,
+            "max_wait_ms": 20,
+            "alert_after": 3,
+            "resolve_after": 3,
+            "device": "cpu",
+        },  # fmt: skip
         registry_root=s.registry_root,
     )

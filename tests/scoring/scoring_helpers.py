@@ -1,4 +1,7 @@
-"""Helpers for the scoring tests (imported by name; conftest.py only holds fixtures): real model artifacts, feature windows, Kafka/InfluxDB read-back."""
+"""Helpers for the scoring tests: real model artifacts, feature windows, Kafka/InfluxDB read-back.
+
+Imported by name (conftest.py only holds fixtures).
+"""
 
 from __future__ import annotations
 

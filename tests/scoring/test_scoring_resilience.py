@@ -47,10 +47,10 @@ class PrivateInfluxd:
         self.config.write_text(f"""reporting-disabled = true
 bind-address = "127.0.0.1:{rpc}"
 [meta]
-  dir = "{root / 'meta'}"
+  dir = "{root / "meta"}"
 [data]
-  dir = "{root / 'data'}"
-  wal-dir = "{root / 'wal'}"
+  dir = "{root / "data"}"
+  wal-dir = "{root / "wal"}"
   query-log-enabled = false
 [http]
   enabled = true
@@ -192,10 +192,12 @@ def test_worker_killed_and_restarted_loses_no_window_and_duplicates_no_point(sco
         if first.poll() is None:
             first.kill()
     assert written_before_restart < len(windows)
-    rows = influx_query(s.influx.url, s.influx.database, "SELECT score, score_median FROM asd_score GROUP BY machine_id")
+    q = "SELECT score, score_median FROM asd_score GROUP BY machine_id"
+    rows = influx_query(s.influx.url, s.influx.database, q)
     assert len(rows) == len(windows)  # no window lost, no point duplicated
     for m in machines:
         mine = sorted((r for r in rows if r["machine_id"] == m), key=lambda r: r["time"])
         assert [r["time"] for r in mine] == [w.end_ns for w in windows if w.machine_id == m]
         # the median filter state survived the kill: every median is the causal median of the raw scores
-        np.testing.assert_allclose([r["score_median"] for r in mine], causal_median(np.array([r["score"] for r in mine]), 3))
+        raw = np.array([r["score"] for r in mine])
+        np.testing.assert_allclose([r["score_median"] for r in mine], causal_median(raw, 3))

@@ -87,8 +87,11 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
     assert "soundwatch_scoring_inference_ms_bucket" in metrics
     assert "soundwatch_scoring_buffer_points" in metrics
     assert 'soundwatch_scoring_consumer_lag{partition="0"} 0.0' in metrics
-    health = influx_query(s.influx.url, s.influx.database,
-                          "SELECT windows_per_s, consumer_lag, write_errors, buffer_points FROM pipeline GROUP BY *")
+    health = influx_query(
+        s.influx.url,
+        s.influx.database,
+        "SELECT windows_per_s, consumer_lag, write_errors, buffer_points FROM pipeline GROUP BY *",
+    )
     assert {h["stage"] for h in health} == {"scoring"} and {h["worker"] for h in health} == {worker.worker_id}
     assert all(h["write_errors"] == 0 for h in health) and any(h["windows_per_s"] > 0 for h in health)
 
