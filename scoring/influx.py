@@ -212,7 +212,12 @@ class V2ClientWriter:
         from influxdb_client.rest import ApiException
 
         try:
-            self._api.write(bucket=self._bucket, org=self._org, record=list(lines), write_precision=WritePrecision.NS)
+            self._api.write(
+                bucket=self._bucket,
+                org=self._org,
+                record=list(lines),
+                write_precision=WritePrecision.NS,  # type: ignore[arg-type]  # the client types it as str
+            )
         except ApiException as exc:
             raise _classify(int(exc.status or 0), str(exc.body or exc.reason), self._where) from exc
         except Exception as exc:  # urllib3/socket errors surface under several types: all mean "unreachable"

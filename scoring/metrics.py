@@ -10,6 +10,7 @@ worker nobody can trust.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -52,7 +53,7 @@ class ScoringMetrics:
                             registry=r)  # fmt: skip
         self.model_reloads = Counter("soundwatch_scoring_model_reloads", "hot model swaps", registry=r)
         self.port: int | None = None
-        self._server = None
+        self._server: Any = None
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; return the bound port."""

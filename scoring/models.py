@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -163,7 +163,7 @@ def freeze_encoder(model: object, probe_batch: int = 8, tolerance: float = 1e-4)
     if not isinstance(encoder, torch.nn.Module) or isinstance(encoder, torch.jit.ScriptModule):
         return False
     try:
-        cfg = encoder.cfg
+        cfg: Any = encoder.cfg
         gen = torch.Generator().manual_seed(0)
         probe = torch.randn(probe_batch, cfg.n_mels, cfg.window_frames, generator=gen) * 10 - 50
         encoder.eval()
@@ -177,7 +177,7 @@ def freeze_encoder(model: object, probe_batch: int = 8, tolerance: float = 1e-4)
         log.info("encoder not frozen (%s: %s); scoring eagerly", type(exc).__name__, exc)
         return False
     frozen.cfg = cfg  # type: ignore[attr-defined]  # the scorer reads cfg.embedding_dim for empty input
-    scorer.encoder = frozen
+    cast(Any, scorer).encoder = frozen
     return True
 
 
@@ -204,7 +204,7 @@ class ReloadListener:
     def __init__(self, redis_client, prefix: str, retry_s: float = 5.0) -> None:
         self._client = redis_client
         self.channel = f"{prefix}:model:reload"
-        self._pubsub = None
+        self._pubsub: Any = None
         self._retry_s = retry_s
         self._next_try = 0.0
 
@@ -229,7 +229,7 @@ class ReloadListener:
         out = []
         try:
             while True:
-                msg = self._pubsub.get_message(timeout=0.0)  # type: ignore[union-attr]
+                msg = self._pubsub.get_message(timeout=0.0)
                 if msg is None:
                     break
                 if msg.get("type") != "message":

@@ -105,7 +105,7 @@ class ScoringWorker:
         self.metrics = ScoringMetrics()
         self._pending: list[_Pending] = []
         self._held: tuple[list[Point], _Pending] | None = None
-        self._redis = None
+        self._redis: Any = None
         self._consumer: Any = None
         self._producer: Any = None
         self.windows_scored = 0
@@ -292,7 +292,9 @@ class ScoringWorker:
     def _commit_ready(self) -> None:
         done = self.sink.done_upto
         n = 0
-        while n < len(self._pending) and self._pending[n].seq is not None and self._pending[n].seq <= done:
+        for pending in self._pending:  # FIFO: the buffer writes in order, so ready batches are a prefix
+            if pending.seq is None or pending.seq > done:
+                break
             n += 1
         if n == 0:
             return
