@@ -93,3 +93,23 @@ def demo(
     options = DemoOptions(source=_source(source, data, machines, faults, 1.0), out_dir=out, duration_s=duration,
                           train_epochs=train_epochs, keep_services=keep_services)  # fmt: skip
     run_demo(get_settings(), options)
+
+
+def bench_e2e(
+    as_json: bool = typer.Option(False, "--json", help="print only the JSON result on stdout"),
+    machines: Annotated[int, typer.Option("--machines", min=1, help="simulated machines for the latency run")] = 20,
+    seconds: Annotated[float, typer.Option("--seconds", min=20.0, help="length of each step")] = 60.0,
+    max_machines: Annotated[int, typer.Option("--max-machines", min=1, help="stop doubling N here")] = 160,
+    log_dir: Annotated[Path, typer.Option("--log-dir")] = Path("var/bench-e2e"),
+) -> None:
+    """Latency chunk produced -> point in InfluxDB (p50/p99) with N machines, and the largest N sustained."""
+    import json
+
+    from deploy.bench_e2e import run_bench
+    from deploy.local_stack import LocalStack
+
+    settings = get_settings()
+    LocalStack(settings).require("kafka", "redis", "influxdb")
+    say = (lambda m: None) if as_json else (lambda m: err_console.print(m))
+    result = run_bench(settings, machines, seconds, max_machines, log_dir, say=say)
+    typer.echo(json.dumps(result))

@@ -35,6 +35,7 @@ class MachineView:
     recent_windows: deque[FeatureWindow] = field(default_factory=lambda: deque(maxlen=32))
     alert_windows: list[FeatureWindow] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
+    origins: dict[tuple[str, int], int] = field(default_factory=dict)  # (key, window end ns) -> origin ns
 
     @property
     def key(self) -> str:
@@ -144,6 +145,7 @@ class PipelineObserver:
                     v.model_version = s.model_version
                     if s.origin_ns:
                         v.latencies_s.append((now_ns - s.origin_ns) / 1e9)
+                        v.origins[(v.key, s.timestamp_ns)] = s.origin_ns
                     self.windows_seen += 1
                 elif topic == t.alerts:
                     a = AlertEvent.decode(value)
