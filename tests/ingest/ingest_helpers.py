@@ -129,9 +129,7 @@ class PrivateBroker:
             self.proc = None
 
     def settings(self, base: Settings) -> Settings:
-        return base.model_copy(
-            update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": self.bootstrap})}
-        )
+        return base.model_copy(update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": self.bootstrap})})
 
 
 class FirstBlocks:
@@ -171,9 +169,7 @@ class Recorded:
         gen = self.source.blocks(stop)
         try:
             for block in gen:
-                self.handed_ns.setdefault(f"{block.machine_type}/{block.machine_id}", []).append(
-                    time.time_ns()
-                )
+                self.handed_ns.setdefault(f"{block.machine_type}/{block.machine_id}", []).append(time.time_ns())
                 yield block
         finally:
             gen.close()

@@ -70,9 +70,7 @@ def test_mic_without_sounddevice_names_the_install_command() -> None:
         pass
     else:
         pytest.skip("sounddevice and PortAudio are installed here")
-    result = CliRunner().invoke(
-        app, ["gateway", "--source", "mic", "--machine-type", "fan", "--machine-id", "id_00"]
-    )
+    result = CliRunner().invoke(app, ["gateway", "--source", "mic", "--machine-type", "fan", "--machine-id", "id_00"])
     assert isinstance(result.exception, MissingDependency)
     assert "pip install 'soundwatch[mic]'" in str(result.exception)
     assert "libportaudio2" in str(result.exception)
@@ -133,9 +131,7 @@ def test_sigterm_stops_the_gateway_gracefully_and_delivers_everything(
     assert len(chunks) == report["chunks_in"]
     state = json.loads((isolated_settings.ingest.state_dir / "gw-sig" / "sequences.json").read_text())
     per_machine = by_machine(chunks)
-    assert state["next"] == {
-        k: len(v) for k, v in per_machine.items()
-    }  # exact: a restart continues seamlessly
+    assert state["next"] == {k: len(v) for k, v in per_machine.items()}  # exact: a restart continues seamlessly
 
 
 @pytest.mark.integration

@@ -25,6 +25,7 @@ from ingest_helpers import (
 
 from ingest.gateway import StatusLine, run_gateway
 from ingest.sources.simulator import SimulatorSource, parse_machines
+from ingest.spool import Spool
 from soundwatch.kafka import ensure_topics
 from soundwatch.settings import Settings
 
@@ -87,9 +88,7 @@ def test_broker_killed_mid_stream_every_later_chunk_arrives_in_order(
             # every chunk produced once the outage began is there (earlier ones may have died with the broker)
             first_after_kill = next(i for i, ns in enumerate(handed) if ns >= outage_started_ns)
             assert seqs[0] <= first_after_kill, f"{machine}: chunks {seqs[0]}..{first_after_kill} were lost"
-            assert (
-                len(handed) - first_after_kill >= 4 * 32 * 0.5
-            )  # the outage really spanned seconds of chunks
+            assert len(handed) - first_after_kill >= 4 * 32 * 0.5  # the outage really spanned seconds of chunks
     finally:
         broker.kill()
 
@@ -115,14 +114,10 @@ def test_sequence_numbers_and_spooled_chunks_survive_a_gateway_restart(
         assert len({c.origin_ns for c in chunks}) == 9
 
 
-def test_spool_limit_drops_oldest_and_says_so(
-    isolated_settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_spool_limit_drops_oldest_and_says_so(isolated_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     limit = 64 * 1024  # room for about seven 8 KB chunks
     settings = _dead_broker(isolated_settings)
-    settings = settings.model_copy(
-        update={"ingest": settings.ingest.model_copy(update={"spool_max_bytes": limit})}
-    )
+    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"spool_max_bytes": limit})})
     out = io.StringIO()
     with caplog.at_level(logging.ERROR, logger="ingest.spool"):
         report = run_gateway(
@@ -139,3 +134,50 @@ def test_spool_limit_drops_oldest_and_says_so(
     assert any("SPOOL FULL" in r.message and "dropped" in r.message for r in caplog.records)
     assert "SPOOL FULL: DROPPED" in out.getvalue()
     assert "connecting" in out.getvalue() or "OFFLINE" in out.getvalue()
+
+
+def test_a_killed_gateway_loses_nothing_it_spooled_and_never_reuses_a_number(isolated_settings: Settings) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    dead = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        "SOUNDWATCH_KAFKA__BOOTSTRAP_SERVERS": dead,
+        "SOUNDWATCH_INGEST__STATE_DIR": str(isolated_settings.ingest.state_dir),
+        "SOUNDWATCH_INGEST__SPOOL_DIR": str(isolated_settings.ingest.spool_dir),
+    }
+    # run 1: broker down, chunks go to the spool; then kill -9 (no flush, no clean close)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest.cli", "gateway", "--source", "sim", "--machines", "fan/id_00,pump/id_00",
+         "--speed", "8", "--gateway-id", "gw-crash", "--topic", isolated_settings.kafka.topics.audio_raw],
+        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    spool_dir = isolated_settings.ingest.spool_dir / "gw-crash"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(p.stat().st_size for p in spool_dir.glob("*.seg")) < 400_000:
+        time.sleep(0.1)
+    time.sleep(0.5)  # > one spool fsync interval
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    state = json.loads((isolated_settings.ingest.state_dir / "gw-crash" / "sequences.json").read_text())
+    on_disk = Spool(spool_dir, isolated_settings.ingest.spool_max_bytes)
+    left_behind = on_disk.pending_chunks  # what the killed process had written
+    on_disk.close()
+    assert left_behind >= 400_000 // 32_200  # 1 s chunks (the CLI's chunk length) of ~32 KB
+    # run 2: broker up, same gateway: the spooled chunks go first, then new ones with fresh numbers
+    report = run_gateway(isolated_settings, FirstBlocks(_sim("fan/id_00,pump/id_00"), 4), gateway_id="gw-crash")
+    assert report.undelivered_chunks == 0, report
+    assert report.chunks_sent - report.chunks_in == left_behind  # all of it was delivered
+    arrived = by_machine(read_chunks(isolated_settings, isolated_settings.kafka.topics.audio_raw, report.chunks_sent))
+    assert sum(len(v) for v in arrived.values()) == report.chunks_sent
+    for machine, chunks in arrived.items():
+        seqs = [c.sequence for c in chunks]
+        old = [s for s in seqs if s < state["floor"]]
+        new = [s for s in seqs if s >= state["floor"]]
+        assert old == list(range(len(old))), f"{machine}: spooled chunks lost or reordered"
+        assert len(new) == 2 and new[1] == new[0] + 1 and seqs == old + new  # in order, numbers never reused

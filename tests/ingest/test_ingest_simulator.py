@@ -35,9 +35,7 @@ def test_normal_output_is_stationary_second_to_second() -> None:
         rms = np.array([np.sqrt(np.mean(c.astype(np.float64) ** 2)) for c in chunks])
         assert rms.min() > 0.01, key
         assert rms.max() / rms.min() < 1.25, f"{key}: RMS of successive seconds {rms}"
-        dists = [
-            np.abs(_bands_db(chunks[i]) - _bands_db(chunks[i + 1])).mean() for i in range(len(chunks) - 1)
-        ]
+        dists = [np.abs(_bands_db(chunks[i]) - _bands_db(chunks[i + 1])).mean() for i in range(len(chunks) - 1)]
         assert max(dists) < 1.0, f"{key}: successive seconds differ by {dists} dB"
 
 
@@ -53,16 +51,12 @@ def _bands_db(x: np.ndarray, n_bands: int = 32) -> np.ndarray:
     """Log power in log-spaced bands (averaging bins keeps the estimate steady)."""
     _, p = welch(x, fs=SR, nperseg=1024)
     edges = np.unique(np.geomspace(2, p.size, n_bands + 1).astype(int))
-    return 10 * np.log10(
-        np.array([p[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]) + 1e-12
-    )
+    return 10 * np.log10(np.array([p[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]) + 1e-12)
 
 
 def _twin_runs(machine: str, command: str, seconds: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The same machine rendered twice, once with ``command`` scheduled: any difference is the fault."""
-    faulty = SimulatorSource(
-        parse_machines(machine), SR, SR, schedule=[parse_fault_command(command)], speed=0
-    )
+    faulty = SimulatorSource(parse_machines(machine), SR, SR, schedule=[parse_fault_command(command)], speed=0)
     normal = SimulatorSource(parse_machines(machine), SR, SR, speed=0)
     return _run(faulty, seconds)[machine], _run(normal, seconds)[machine]
 
