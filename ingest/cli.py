@@ -41,8 +41,7 @@ def gateway(
         typer.Option(
             "--speed",
             min=0.0,
-            help="files/sim: x real time; 0 = as fast as "
-            "possible (pauses instead of dropping when the broker lags)",
+            help="files/sim: x real time; 0 = as fast as possible (pauses instead of dropping when the broker lags)",
         ),
     ] = 1.0,
     machine_type: Annotated[
@@ -60,31 +59,19 @@ def gateway(
         list[str] | None,
         typer.Option(
             "--fault",
-            help="sim: fault schedule, repeatable: "
-            "type/id:fault[=severity]@SECONDSs, e.g. "
-            "fan/id_00:bearing_ticks@60s",
+            help="sim: fault schedule, repeatable: type/id:fault[=severity]@SECONDSs, e.g. fan/id_00:bearing_ticks@60s",
         ),
     ] = None,
     control_file: Annotated[
         Path | None,
-        typer.Option(
-            "--control-file", help="sim: follow this file for fault commands (echo 'fan/id_00:rub' >> FILE)"
-        ),
+        typer.Option("--control-file", help="sim: follow this file for fault commands (echo 'fan/id_00:rub' >> FILE)"),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="sim: signature seed")] = 0,
-    device: Annotated[
-        str | None, typer.Option("--device", help="mic: device index or part of its name")
-    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="mic: device index or part of its name")] = None,
     channel: Annotated[int, typer.Option("--channel", min=0, help="mic: input channel to use")] = 0,
-    duration: Annotated[
-        float | None, typer.Option("--duration", min=0.0, help="stop after this many seconds")
-    ] = None,
-    topic: Annotated[
-        str | None, typer.Option("--topic", help="default: settings kafka.topics.audio_raw")
-    ] = None,
-    gateway_id: Annotated[
-        str | None, typer.Option("--gateway-id", help="default: settings ingest.gateway_id")
-    ] = None,
+    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="stop after this many seconds")] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="default: settings kafka.topics.audio_raw")] = None,
+    gateway_id: Annotated[str | None, typer.Option("--gateway-id", help="default: settings ingest.gateway_id")] = None,
     no_idempotence: Annotated[
         bool,
         typer.Option(
@@ -177,9 +164,7 @@ def _make_source(
         from ingest.sources.files import FileReplaySource
 
         if path is None:
-            raise BadInput(
-                "--source files needs --path", "pass a WAV/FLAC file or a folder, e.g. --path data/fan"
-            )
+            raise BadInput("--source files needs --path", "pass a WAV/FLAC file or a folder, e.g. --path data/fan")
         return FileReplaySource(
             path, sr, chunk, loop=loop, speed=speed, machine_type=machine_type, machine_id=machine_id
         )
@@ -214,9 +199,7 @@ def bench(
     ] = True,
     compression: Annotated[
         str | None,
-        typer.Option(
-            "--compression", help="override ingest.compression for this run: none, gzip, snappy, lz4, zstd"
-        ),
+        typer.Option("--compression", help="override ingest.compression for this run: none, gzip, snappy, lz4, zstd"),
     ] = None,
 ) -> None:
     """Measure chunks/s and MB/s one gateway process delivers, and how many real-time machines that is."""
@@ -226,9 +209,7 @@ def bench(
     if compression is not None:
         settings = _with_compression(settings, compression)
     if not as_json:
-        err_console.print(
-            f"benchmarking one gateway against {settings.kafka.bootstrap_servers} for {seconds:g} s ..."
-        )
+        err_console.print(f"benchmarking one gateway against {settings.kafka.bootstrap_servers} for {seconds:g} s ...")
     result = run_bench(settings, seconds=seconds, machines=machines, reference=reference)
     typer.echo(json.dumps(result))
     if not as_json:

@@ -80,9 +80,7 @@ class StatusLine:
             self.stream.flush()
 
 
-def format_status(
-    gateway_id: str, rate_in: float, bytes_in_s: float, rate_sent: float, st: ShipperStats
-) -> str:
+def format_status(gateway_id: str, rate_in: float, bytes_in_s: float, rate_sent: float, st: ShipperStats) -> str:
     sp = st.spool
     if st.online:
         link = "online"
@@ -166,9 +164,7 @@ def run_gateway(
     timer = threading.Timer(duration_s, stop.set) if duration_s else None
     status_thread = None
     if status is not None:
-        status_thread = threading.Thread(
-            target=_status_loop, args=(status, gw, shipper, counts, stop), daemon=True
-        )
+        status_thread = threading.Thread(target=_status_loop, args=(status, gw, shipper, counts, stop), daemon=True)
         status_thread.start()
     blocks = source.blocks(stop)
     try:
@@ -179,8 +175,7 @@ def run_gateway(
                 chunk = builder.build(block)
             except ContractError as exc:
                 raise BadInput(
-                    f"the source produced an invalid chunk for {block.machine_type}/{block.machine_id}: "
-                    f"{exc}",
+                    f"the source produced an invalid chunk for {block.machine_type}/{block.machine_id}: {exc}",
                     "fix --machine-type/--machine-id or the file names",
                 ) from exc
             key, value = record_for(chunk)
@@ -233,9 +228,7 @@ def run_gateway(
     )
 
 
-def _status_loop(
-    status: StatusLine, gw: str, shipper: Shipper, counts: dict[str, int], stop: threading.Event
-) -> None:
+def _status_loop(status: StatusLine, gw: str, shipper: Shipper, counts: dict[str, int], stop: threading.Event) -> None:
     prev_t, prev_in, prev_bytes, prev_sent = time.monotonic(), 0, 0, 0
     while not stop.wait(1.0):
         st = shipper.stats()

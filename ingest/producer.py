@@ -247,9 +247,7 @@ class Shipper:
     def stats(self) -> ShipperStats:
         with self._lock:
             spool = self.spool.stats()
-        outage = (
-            0.0 if self._online or self._outage_started is None else time.monotonic() - self._outage_started
-        )
+        outage = 0.0 if self._online or self._outage_started is None else time.monotonic() - self._outage_started
         return ShipperStats(
             self._online,
             self._had_success,
@@ -365,9 +363,7 @@ class Shipper:
         with self._lock:
             backlog = self.spool.pending_chunks
         if self._had_success:
-            log.warning(
-                "Kafka is reachable again after %.1f s; sending %d spooled chunks in order", took, backlog
-            )
+            log.warning("Kafka is reachable again after %.1f s; sending %d spooled chunks in order", took, backlog)
         elif backlog > 1:
             log.info("connected to Kafka; sending %d spooled chunks in order", backlog)
         self._had_success = True
@@ -399,9 +395,7 @@ class Shipper:
         if old is not None:
             try:
                 old.close(timeout=0)
-            except (
-                Exception
-            ) as exc:  # an old producer of a dead broker may fail to close; it is dropped anyway
+            except Exception as exc:  # an old producer of a dead broker may fail to close; it is dropped anyway
                 log.debug("closing the old producer failed: %s", exc)
         try:
             self._producer = make_producer(self.settings, **producer_options(self.settings, self.idempotent))

@@ -135,8 +135,7 @@ class Spool:
             seg = _Segment(first=int(path.stem), path=path)
             if self._segments and seg.first != self._segments[-1].end:
                 log.error(
-                    "spool segment %s does not follow %s (expected first position %d); "
-                    "positions in between are lost",
+                    "spool segment %s does not follow %s (expected first position %d); positions in between are lost",
                     path.name,
                     self._segments[-1].path.name,
                     self._segments[-1].end,

@@ -80,9 +80,7 @@ def machine_of(path: Path, machine_type: str | None = None, machine_id: str | No
     return mtype, mid
 
 
-def discover(
-    path: Path, machine_type: str | None = None, machine_id: str | None = None
-) -> list[MachineFiles]:
+def discover(path: Path, machine_type: str | None = None, machine_id: str | None = None) -> list[MachineFiles]:
     """Group the audio files under ``path`` (a file or a folder, searched recursively) by machine."""
     path = Path(path)
     if not path.exists():
@@ -92,9 +90,7 @@ def discover(
     else:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
-        raise BadInput(
-            f"no {'/'.join(AUDIO_SUFFIXES)} files under {path}", "point --path at a folder of recordings"
-        )
+        raise BadInput(f"no {'/'.join(AUDIO_SUFFIXES)} files under {path}", "point --path at a folder of recordings")
     groups: dict[tuple[str, str], list[Path]] = {}
     for f in files:
         groups.setdefault(machine_of(f, machine_type, machine_id), []).append(f)
@@ -128,9 +124,7 @@ def _load(path: Path, sample_rate: int, warned: set[int]) -> np.ndarray | None:
 class _MachineStream:
     """One machine's files as a stream of fixed-size chunks (the last may be short unless looping)."""
 
-    def __init__(
-        self, machine: MachineFiles, sample_rate: int, chunk: int, loop: bool, warned: set[int]
-    ) -> None:
+    def __init__(self, machine: MachineFiles, sample_rate: int, chunk: int, loop: bool, warned: set[int]) -> None:
         self.machine = machine
         self.sample_rate = sample_rate
         self.chunk = chunk
@@ -200,9 +194,7 @@ class FileReplaySource:
 
     def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
         warned: set[int] = set()
-        streams = [
-            _MachineStream(m, self.sample_rate, self.chunk_samples, self.loop, warned) for m in self.machines
-        ]
+        streams = [_MachineStream(m, self.sample_rate, self.chunk_samples, self.loop, warned) for m in self.machines]
         clocks = {s.machine.key: AudioClock(self.sample_rate) for s in streams}
         anchor = min(c.anchor_ns for c in clocks.values())
         for c in clocks.values():

@@ -83,9 +83,7 @@ def parse_machines(spec: str) -> list[tuple[str, str]]:
     if spec.isdigit():
         n = int(spec)
         if n < 1:
-            raise BadInput(
-                "--machines must name at least one machine", "e.g. --machines 4 or fan/id_00,pump/id_00"
-            )
+            raise BadInput("--machines must name at least one machine", "e.g. --machines 4 or fan/id_00,pump/id_00")
         types = list(MACHINE_FAMILIES)
         return [(types[i % len(types)], f"id_{2 * (i // len(types)):02d}") for i in range(n)]
     out = []
@@ -149,8 +147,7 @@ class SimulatorSource:
         self.speed = speed
         self.machines = list(machines)
         self.sounds = {
-            f"{t}/{i}": MachineSound(signature_for(t, i, seed), sample_rate, seed=seed)
-            for t, i in self.machines
+            f"{t}/{i}": MachineSound(signature_for(t, i, seed), sample_rate, seed=seed) for t, i in self.machines
         }
         for cmd in schedule:
             self._check_known(cmd)
