@@ -16,7 +16,6 @@ from ingest.sources.files import FileReplaySource, discover, machine_of
 from soundwatch.errors import BadInput
 from soundwatch.settings import Settings
 
-pytestmark = pytest.mark.integration
 SR = 16_000
 
 
@@ -38,6 +37,7 @@ def _check_stream(chunks, files: tuple[Path, ...], gateway_id: str) -> None:
     assert all(c.n_samples == SR for c in chunks[:-1])
 
 
+@pytest.mark.integration
 def test_replaying_real_recordings_publishes_exactly_their_samples(
     isolated_settings: Settings, real_mini: Path
 ) -> None:
@@ -52,6 +52,7 @@ def test_replaying_real_recordings_publishes_exactly_their_samples(
         _check_stream(per_machine[machine.key], machine.files, "gw-test")
 
 
+@pytest.mark.integration
 def test_a_file_at_another_rate_is_resampled_like_training_reads_it(
     isolated_settings: Settings, real_mini: Path, tmp_path: Path
 ) -> None:
