@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -109,8 +110,10 @@ def normal_confirm(
 
     settings = _settings()
     mtype, mid = _resolve_machine(machine, machine_type, settings, archive_root)
-    iv = ConfirmationStore(settings.redis).confirm(mtype, mid, parse_time(t_from), parse_time(t_to), by=by, note=note,
-                                                   force=force, alerts=AlertHistory(settings))  # fmt: skip
+    now = time.time_ns()  # one "now" for both ends, so "-2h".."-1h" is exactly one hour
+    iv = ConfirmationStore(settings.redis).confirm(mtype, mid, parse_time(t_from, now), parse_time(t_to, now), by=by,
+                                                   note=note, force=force, alerts=AlertHistory(settings),
+                                                   now_ns=now)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(iv.as_json()))
         return
