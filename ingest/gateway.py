@@ -98,7 +98,10 @@ def format_status(gateway_id: str, rate_in: float, bytes_in_s: float, rate_sent:
         parts.append(f"SPOOL FULL: DROPPED {sp.dropped_chunks} ch {sp.dropped_bytes / 1e6:.1f} MB")
     if st.rejected_chunks:
         parts.append(f"REJECTED {st.rejected_chunks} ch")
-    parts.append(f"last error: {st.last_error[:120] or '-'}")
+    if st.last_error:
+        parts.append(f"last error ({st.last_error_age_s:.0f}s ago): {st.last_error[:120]}")
+    else:
+        parts.append("last error: -")
     return " | ".join(parts)
 
 

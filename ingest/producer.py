@@ -138,6 +138,7 @@ class ShipperStats:
     outages: int
     outage_s: float  # length of the current outage, 0 when online
     last_error: str
+    last_error_age_s: float  # how long ago it happened (the status line shows it)
     rejected_chunks: int
     spool: SpoolStats
 
@@ -187,6 +188,7 @@ class Shipper:
         self._had_success = False
         self._warned_unreachable = False
         self._last_error = ""
+        self._last_error_at = 0.0
         self._sent_chunks = 0
         self._sent_bytes = 0
         self._rejected = 0
@@ -256,6 +258,7 @@ class Shipper:
             self._outages,
             outage,
             self._last_error,
+            time.monotonic() - self._last_error_at if self._last_error else 0.0,
             self._rejected,
             spool,
         )
@@ -370,6 +373,7 @@ class Shipper:
 
     def _note_error(self, err: BaseException) -> None:
         self._last_error = f"{type(err).__name__}: {err}"[:300]
+        self._last_error_at = time.monotonic()
 
     def _maybe_probe(self) -> None:
         with self._lock:
