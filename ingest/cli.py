@@ -111,6 +111,7 @@ def gateway(
         f"gateway {gateway_id or settings.ingest.gateway_id}: {src.describe()} -> "
         f"{settings.kafka.bootstrap_servers} topic {topic or settings.kafka.topics.audio_raw}",
         highlight=False,
+        markup=False,  # paths and ids may hold [brackets]
     )
     stop = threading.Event()
     restore = install_signal_handlers(stop)
@@ -132,12 +133,15 @@ def gateway(
         f"sent {report.chunks_sent} of {report.chunks_in} chunks in {report.elapsed_s:.1f} s; "
         f"{report.undelivered_chunks} wait in the spool; outages: {report.outages}",
         highlight=False,
+        markup=False,  # paths and ids may hold [brackets]
     )
     if report.dropped_chunks:
         err_console.print(
-            f"[red]SPOOL LIMIT HIT: dropped {report.dropped_chunks} chunks "
-            f"({report.dropped_bytes / 1e6:.1f} MB): {report.dropped_by_machine}[/red]",
+            f"SPOOL LIMIT HIT: dropped {report.dropped_chunks} chunks "
+            f"({report.dropped_bytes / 1e6:.1f} MB): {report.dropped_by_machine}",
+            style="bold red",
             highlight=False,
+            markup=False,
         )
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
@@ -209,7 +213,9 @@ def bench(
     if compression is not None:
         settings = _with_compression(settings, compression)
     if not as_json:
-        err_console.print(f"benchmarking one gateway against {settings.kafka.bootstrap_servers} for {seconds:g} s ...")
+        err_console.print(
+            f"benchmarking one gateway against {settings.kafka.bootstrap_servers} for {seconds:g} s ...", markup=False
+        )
     result = run_bench(settings, seconds=seconds, machines=machines, reference=reference)
     typer.echo(json.dumps(result))
     if not as_json:
@@ -218,6 +224,7 @@ def bench(
             f"one gateway carries {result['machines_realtime']:.0f} real-time 16 kHz machines "
             f"({verdict} the 500 target)",
             highlight=False,
+            markup=False,
         )
 
 
