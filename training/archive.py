@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +94,9 @@ CREATE TABLE IF NOT EXISTS segments (
 CREATE INDEX IF NOT EXISTS segments_machine_time ON segments (machine_type, machine_id, start_ns);
 CREATE INDEX IF NOT EXISTS segments_end ON segments (end_ns);
 """
-_COLUMNS = "machine_type, machine_id, start_ns, end_ns, first_sequence, last_sequence, sample_rate, n_samples, path, n_bytes"
+_COLUMNS = (
+    "machine_type, machine_id, start_ns, end_ns, first_sequence, last_sequence, sample_rate, n_samples, path, n_bytes"
+)
 
 
 class ArchiveIndex:
@@ -318,10 +320,8 @@ class ArchiveWriter:
         cutoff = time.time_ns() - int(self.config.max_age_s * NS)
         removed = self.index.expire(older_than_ns=cutoff, max_bytes=self.config.max_bytes)
         for seg in removed:
-            try:
+            with suppress(FileNotFoundError):
                 (self.root / seg.path).unlink()
-            except FileNotFoundError:
-                pass
         if removed:
             log.info("retention removed %d archived segment(s)", len(removed))
         return len(removed)
@@ -503,8 +503,10 @@ class ArchiveConsumer:
                     self.chunks += 1
             except OSError as exc:  # disk full / permissions: do not commit past it; stop loudly
                 self._stop.set()
-                raise ServiceUnavailable(f"cannot write the archive under {self.config.root}: {exc}",
-                                         "free disk space or fix permissions; the chunk will be replayed") from exc
+                raise ServiceUnavailable(
+                    f"cannot write the archive under {self.config.root}: {exc}",
+                    "free disk space or fix permissions; the chunk will be replayed",
+                ) from exc
         self._consumed[tp] = rec.offset + 1
 
     def _dead_letter(self, rec, letter: DeadLetter) -> None:  # noqa: ANN001

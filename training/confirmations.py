@@ -294,8 +294,10 @@ class ConfirmationStore:
         try:
             return fn(*args, **kwargs)
         except redis.RedisError as exc:
-            raise ServiceUnavailable(f"Redis at {self._url} failed while {what}: {exc}",
-                                     "start it with `soundwatch services up` or set SOUNDWATCH_REDIS__URL") from exc
+            raise ServiceUnavailable(
+                f"Redis at {self._url} failed while {what}: {exc}",
+                "start it with `soundwatch services up` or set SOUNDWATCH_REDIS__URL",
+            ) from exc
 
     # -- writes -----------------------------------------------------------------------------
     def confirm(self, machine_type: str, machine_id: str, from_ns: int, to_ns: int, *, by: str | None = None,

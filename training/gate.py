@@ -43,8 +43,9 @@ class GateConfig(BaseModel):
     far_tolerance: float = Field(0.02, ge=0, description="candidate FAR may exceed the current model's by this")
     auc_tolerance: float = Field(0.02, ge=0, description="candidate AUC may be lower by this")
     pauc_tolerance: float = Field(0.03, ge=0, description="candidate pAUC may be lower by this")
-    far_target: float | None = Field(None, ge=0, le=1,
-                                     description="if set, the candidate FAR on confirmed audio must also be <= this")
+    far_target: float | None = Field(
+        None, ge=0, le=1, description="if set, the candidate FAR on confirmed audio must also be <= this"
+    )
 
 
 class ScoringModel(Protocol):
@@ -177,9 +178,10 @@ def decide(candidate: ModelReport, current: ModelReport | None, config: GateConf
             limit = p - tol
             ok = c >= limit - 1e-12
             what = "fell to" if c < p else "is"
-            checks.append(Check(name, c, p, limit, ok,
-                                f"{name.upper()} on labelled test clips {what} {c:.3f} vs current {p:.3f} "
-                                f"({'within' if ok else 'below'} the limit {limit:.3f} = current - {tol})"))  # fmt: skip
+            verdict = "within" if ok else "below"
+            text = (f"{name.upper()} on labelled test clips {what} {c:.3f} vs current {p:.3f} "
+                    f"({verdict} the limit {limit:.3f} = current - {tol})")  # fmt: skip
+            checks.append(Check(name, c, p, limit, ok, text))
     if config.far_target is not None and candidate.far.get("confirmed") is not None:
         c = float(candidate.far["confirmed"])  # type: ignore[arg-type]
         ok = c <= config.far_target

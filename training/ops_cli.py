@@ -93,14 +93,16 @@ def _resolve_machine(machine: str, machine_type: str | None, settings: Settings,
 # ---------------------------------------------------------------------------- normal
 @normal_app.command("confirm")
 def normal_confirm(
-    machine: Annotated[str, typer.Option("--machine", "-m", help="TYPE/ID, or ID (with --machine-type or when "
-                                         "only one type has it)")],  # fmt: skip
+    machine: Annotated[
+        str, typer.Option("--machine", "-m", help="TYPE/ID, or ID (with --machine-type or when only one type has it)")
+    ],  # fmt: skip
     t_from: Annotated[str, typer.Option("--from", help="start: ISO-8601, -2h, now, epoch seconds")],
     t_to: Annotated[str, typer.Option("--to", help="end: ISO-8601, -10m, now, epoch seconds")],
     by: Annotated[str | None, typer.Option("--by", help="who confirms (default: $SOUNDWATCH_USER or login)")] = None,
     note: Annotated[str, typer.Option("--note", help="why this audio is normal")] = "",
-    force: Annotated[bool, typer.Option("--force", help="confirm even though the range overlaps alerts "
-                                        "(recorded as forced)")] = False,  # fmt: skip
+    force: Annotated[
+        bool, typer.Option("--force", help="confirm even though the range overlaps alerts (recorded as forced)")
+    ] = False,  # fmt: skip
     machine_type: Annotated[str | None, typer.Option("--machine-type", help="type of a bare --machine ID")] = None,
     archive_root: ArchiveRoot = None,
     as_json: AsJson = False,
@@ -238,7 +240,8 @@ def models_list(
         err_console.print(f"no models under {reg.root}")
     for r in rows:
         mark = "*" if r["current"] else " "
-        typer.echo(f"{mark} {r['machine_type']:<14} {r['version']:<7} {r['method'] or '':<4} parent={r['parent'] or '-':<7} "
+        parent = r["parent"] or "-"
+        typer.echo(f"{mark} {r['machine_type']:<14} {r['version']:<7} {r['method'] or '':<4} parent={parent:<7} "
                    f"gate={r['gate']:<8} created={r['created_at']}  cutoff={r['data_cutoff']}")  # fmt: skip
 
 
@@ -253,7 +256,9 @@ def models_show(
     version = version or reg.resolve_version(machine_type)
     meta = _metadata(reg, machine_type, version)
     if not meta:
-        raise BadInput(f"{machine_type} has no version {version!r}", f"versions: {', '.join(reg.versions(machine_type))}")
+        raise BadInput(
+            f"{machine_type} has no version {version!r}", f"versions: {', '.join(reg.versions(machine_type))}"
+        )
     meta = {**meta, "current": _current_or_none(reg, machine_type) == version}
     typer.echo(json.dumps(meta, indent=2, default=str))
 
@@ -282,8 +287,9 @@ def models_promote(
 @models_app.command("rollback")
 def models_rollback(
     machine_type: Annotated[str, typer.Argument(help="machine type")],
-    to: Annotated[str | None, typer.Option("--to", help="version to return to (default: the current "
-                                           "version's parent)")] = None,  # fmt: skip
+    to: Annotated[
+        str | None, typer.Option("--to", help="version to return to (default: the current version's parent)")
+    ] = None,  # fmt: skip
     registry: RegistryRoot = None,
 ) -> None:
     """Return to an earlier version (default: the parent of the current one)."""
@@ -294,25 +300,34 @@ def models_rollback(
         raise BadInput(f"{machine_type} {current} has no parent version to roll back to",
                        "name one with --to VERSION (see `soundwatch models list`)")  # fmt: skip
     if target not in reg.versions(machine_type):
-        raise BadInput(f"{machine_type} has no version {target!r}", f"versions: {', '.join(reg.versions(machine_type))}")
+        raise BadInput(
+            f"{machine_type} has no version {target!r}", f"versions: {', '.join(reg.versions(machine_type))}"
+        )
     reg.set_current(machine_type, target)
     err_console.print(f"{machine_type}: rolled back {current} -> {target}; scoring workers reload it")
 
 
 # ---------------------------------------------------------------------------- retrain
 def retrain(
-    machine_type: Annotated[str | None, typer.Option("--machine-type", help="one machine type (default: every "
-                                                     "type with a model)")] = None,  # fmt: skip
+    machine_type: Annotated[
+        str | None, typer.Option("--machine-type", help="one machine type (default: every type with a model)")
+    ] = None,  # fmt: skip
     once: Annotated[bool, typer.Option("--once", help="run one round and exit")] = False,
-    schedule: Annotated[str | None, typer.Option("--schedule", help="cron expression, e.g. '0 3 * * *'; "
-                                                 "runs until stopped")] = None,  # fmt: skip
-    data: Annotated[Path | None, typer.Option("--data", help="original training data (DCASE layout): replay, "
-                                              "earlier validation set, labelled test clips")] = None,  # fmt: skip
+    schedule: Annotated[
+        str | None, typer.Option("--schedule", help="cron expression, e.g. '0 3 * * *'; runs until stopped")
+    ] = None,  # fmt: skip
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="original training data (DCASE layout): replay, earlier validation set, labelled test clips"
+        ),
+    ] = None,  # fmt: skip
     archive_root: ArchiveRoot = None,
     registry: RegistryRoot = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="fine-tuning epochs")] = None,
-    min_seconds: Annotated[float | None, typer.Option("--min-seconds", min=0, help="least new confirmed audio "
-                                                      "for a round")] = None,  # fmt: skip
+    min_seconds: Annotated[
+        float | None, typer.Option("--min-seconds", min=0, help="least new confirmed audio for a round")
+    ] = None,  # fmt: skip
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -359,8 +374,9 @@ def retrain(
 @archive_app.command("run")
 def archive_run(
     archive_root: ArchiveRoot = None,
-    segment_seconds: Annotated[float | None, typer.Option("--segment-seconds", min=1, help="audio per FLAC "
-                                                          "segment")] = None,  # fmt: skip
+    segment_seconds: Annotated[
+        float | None, typer.Option("--segment-seconds", min=1, help="audio per FLAC segment")
+    ] = None,  # fmt: skip
     group: Annotated[str | None, typer.Option("--group", help="consumer group id")] = None,
     max_age_days: Annotated[float | None, typer.Option("--max-age-days", min=0.01, help="retention by age")] = None,
     max_gb: Annotated[float | None, typer.Option("--max-gb", min=0.001, help="retention by size")] = None,

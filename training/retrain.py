@@ -65,8 +65,11 @@ class RetrainConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOUNDWATCH_RETRAIN_", env_nested_delimiter="__", extra="forbid",
                                       frozen=True)  # fmt: skip
 
-    data_root: Path | None = Field(None, description="original training data (DCASE layout) for replay, the "
-                                   "earlier validation set and labelled test clips; default: the model's data_root")
+    data_root: Path | None = Field(
+        None,
+        description="original training data (DCASE layout) for replay, the "
+        "earlier validation set and labelled test clips; default: the model's data_root",
+    )
     epochs: int = Field(6, ge=1)
     lr: float = Field(2e-4, gt=0, description="fine-tuning learning rate (lower than training from scratch)")
     batch_size: int = Field(64, ge=2)
@@ -144,7 +147,8 @@ def blocks_from_pieces(pieces: Sequence[AudioPiece], params: FeatureParams, bloc
 
 def gather_confirmed(store: ConfirmationStore, reader: ArchiveReader, machine_type: str, since_ns: int,
                      params: FeatureParams, block_seconds: float,
-                     intervals: Sequence[ConfirmedInterval] | None = None) -> tuple[list[Block], list[dict]]:  # fmt: skip
+                     intervals: Sequence[ConfirmedInterval] | None = None,
+                     ) -> tuple[list[Block], list[dict]]:  # fmt: skip
     """Blocks of confirmed-normal archived audio after ``since_ns`` and what was used, per interval."""
     if intervals is None:
         intervals = store.list(machine_type=machine_type, since_ns=since_ns)
@@ -253,8 +257,14 @@ def _freeze_batchnorm(module: nn.Module) -> None:
             m.eval()
 
 
-def fine_tune(parent: Any, windows: np.ndarray, machine_ids: Sequence[str], cfg: RetrainConfig,
-              bank_windows: np.ndarray | None = None, bank_ids: Sequence[str] = ()) -> Candidate:
+def fine_tune(
+    parent: Any,
+    windows: np.ndarray,
+    machine_ids: Sequence[str],
+    cfg: RetrainConfig,
+    bank_windows: np.ndarray | None = None,
+    bank_ids: Sequence[str] = (),
+) -> Candidate:
     """Continue training ``parent`` (a LoadedModel) on ``windows`` of ``machine_ids``; see the module docstring.
 
     The kNN bank is built from ``windows`` plus ``bank_windows`` (more earlier data than is replayed
@@ -317,8 +327,11 @@ def fine_tune(parent: Any, windows: np.ndarray, machine_ids: Sequence[str], cfg:
         if head is not None:
             state["head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
         scorer = WindowScorer("clp", parent.score_kind, encoder, head, None, id_classes, {}, int(meta["knn_k"]), device)
-        all_w = x_all if bank_windows is None or not len(bank_windows) else torch.cat(
-            [x_all, torch.from_numpy(np.asarray(bank_windows, dtype=np.float32))])
+        all_w = (
+            x_all
+            if bank_windows is None or not len(bank_windows)
+            else torch.cat([x_all, torch.from_numpy(np.asarray(bank_windows, dtype=np.float32))])
+        )
         emb = scorer.embed(all_w).cpu().numpy()
         id_arr = np.array(ids + list(bank_ids))
         for mid in sorted(set(id_arr)):
@@ -459,7 +472,9 @@ def retrain_once(settings: Settings, machine_type: str, cfg: RetrainConfig | Non
     thresholds, default_thr, rule = calibrate(cand.scorer, calib_clips, parent.median_k, machine_ids)
 
     # 6. gate
-    eval_clips = [EvalClip(b.machine_id, b.windows, "confirmed") for b in gate_blocks] + earlier.validation + earlier.test
+    eval_clips = (
+        [EvalClip(b.machine_id, b.windows, "confirmed") for b in gate_blocks] + earlier.validation + earlier.test
+    )
     candidate_model = _InMemoryModel(cand.scorer, parent.median_k, thresholds, default_thr)
     decision = run_gate(candidate_model, parent, eval_clips, cfg.gate)
 
@@ -467,7 +482,8 @@ def retrain_once(settings: Settings, machine_type: str, cfg: RetrainConfig | Non
     stats = {
         "new_seconds": round(new_seconds, 2), "intervals": [u["interval"] for u in used],
         "blocks": {"fit": len(fit), "calib": len(calib), "gate": len(gate_blocks)},
-        "new_windows": n_new, "replay_windows": int(len(replay_w)), "bank_pool_windows": int(len(pool_w)), "epochs": cfg.epochs, "lr": cfg.lr,
+        "new_windows": n_new, "replay_windows": int(len(replay_w)), "bank_pool_windows": int(len(pool_w)),
+        "epochs": cfg.epochs, "lr": cfg.lr,
         "fine_tune_loss": cand.losses, "seconds": round(time.perf_counter() - t_start, 2),
     }  # fmt: skip
     data_summary = {
@@ -543,5 +559,18 @@ def run_schedule(cron: str, job: Callable[[], object], stop: threading.Event | N
             log.exception("retraining round crashed")
 
 
-__all__ = ["Block", "Candidate", "RetrainConfig", "RetrainOutcome", "blocks_from_pieces", "calibrate", "fine_tune",
-           "gather_confirmed", "load_earlier_data", "retrain_once", "retrain_round", "run_schedule", "split_blocks"]
+__all__ = [
+    "Block",
+    "Candidate",
+    "RetrainConfig",
+    "RetrainOutcome",
+    "blocks_from_pieces",
+    "calibrate",
+    "fine_tune",
+    "gather_confirmed",
+    "load_earlier_data",
+    "retrain_once",
+    "retrain_round",
+    "run_schedule",
+    "split_blocks",
+]

@@ -15,6 +15,7 @@ from soundwatch.params import FeatureParams
 from training.archive import ArchiveWriter
 from training.synthetic import Fault, MachineSound, signature_for
 
+
 @dataclass(frozen=True)
 class BaseModel:
     data_root: Path  # DCASE layout: fan/{train,test}, ids id_00 and id_02

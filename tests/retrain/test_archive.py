@@ -84,8 +84,12 @@ def test_archive_consumer_writes_flac_equal_to_pcm_sent(isolated_settings, tmp_p
     producer.send(topic, key=b"fan/bad", value=b"not a chunk")
     producer.flush()
 
-    config = ArchiveConfig(root=tmp_path / "archive", segment_seconds=2.0, idle_flush_s=0.5,
-                           group_id=f"archive-{settings.redis.key_prefix}")
+    config = ArchiveConfig(
+        root=tmp_path / "archive",
+        segment_seconds=2.0,
+        idle_flush_s=0.5,
+        group_id=f"archive-{settings.redis.key_prefix}",
+    )
     with running_archive(settings, config) as consumer:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and consumer.chunks + consumer.writer.duplicates < 12:

@@ -182,8 +182,20 @@ def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_set
         _wait(lambda: _points_by_version(s).get("v0002", 0) >= n_second, 90, "points of v0002")
     producer.close()
     counts = _points_by_version(s)
-    print(json.dumps({"points_by_model_version": counts, "chunks": len(chunks), "windows_first": n_first,
-                      "windows_second": n_second, "retrain": out.stats}, default=str))
+    print(
+        json.dumps(
+            {
+                "points_by_model_version": counts,
+                "chunks": len(chunks),
+                "windows_first": n_first,
+                "windows_second": n_second,
+                "retrain": out.stats,
+            },
+            default=str,
+        )
+    )
     meta = json.loads((s.registry_root / "fan" / "v0002" / "metadata.json").read_text())
     assert meta["parent_version"] == "v0001" and meta["metrics"]["gate"]["passed"] is True
-    assert sorted(meta["data_summary"]["intervals"]) == sorted(iv["interval"] for iv in meta["data_summary"]["confirmed"])
+    assert sorted(meta["data_summary"]["intervals"]) == sorted(
+        iv["interval"] for iv in meta["data_summary"]["confirmed"]
+    )

@@ -99,12 +99,25 @@ def test_drift_false_alarms_fixed_by_retraining_and_faults_still_detected(isolat
     alerted_before = sorted(f"{k[0]}:{k[1]}" for k, w in faults.items() if raises_alert(before, k[0], w))
     alerted_after = sorted(f"{k[0]}:{k[1]}" for k, w in faults.items() if raises_alert(after, k[0], w))
     rep = out.decision.to_dict()
-    print(json.dumps({"method": "ae", "speed": speed, "far_pre_drift": far_pre_drift, "far_before": far_before,
-                      "far_after": far_after, "faults_alerted_before": f"{len(alerted_before)}/{len(faults)}",
-                      "faults_alerted_after": f"{len(alerted_after)}/{len(faults)}", "missed_after":
-                      sorted(set(f"{k[0]}:{k[1]}" for k in faults) - set(alerted_after)),
-                      "auc_before": rep["current"]["auc"], "auc_after": rep["candidate"]["auc"],
-                      "pauc_before": rep["current"]["pauc"], "pauc_after": rep["candidate"]["pauc"]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "method": "ae",
+                "speed": speed,
+                "far_pre_drift": far_pre_drift,
+                "far_before": far_before,
+                "far_after": far_after,
+                "faults_alerted_before": f"{len(alerted_before)}/{len(faults)}",
+                "faults_alerted_after": f"{len(alerted_after)}/{len(faults)}",
+                "missed_after": sorted(set(f"{k[0]}:{k[1]}" for k in faults) - set(alerted_after)),
+                "auc_before": rep["current"]["auc"],
+                "auc_after": rep["candidate"]["auc"],
+                "pauc_before": rep["current"]["pauc"],
+                "pauc_after": rep["candidate"]["pauc"],
+            },
+            indent=1,
+        )
+    )
     assert max(far_before.values()) > 0.3, "the drift must cause false alarms, or the scenario shows nothing"
     assert out.promoted and registry.current_version("fan") == out.version == "v0002"
     assert max(far_after.values()) <= 0.05

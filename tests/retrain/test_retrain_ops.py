@@ -85,7 +85,7 @@ def _deploy_commands() -> list[list[str]]:
 
 def test_deploy_files_run_real_commands() -> None:
     cmds = _deploy_commands()
-    assert ["retrain", "--once"] == cmds[[c[0] for c in cmds].index("retrain")][:2]
+    assert cmds[[c[0] for c in cmds].index("retrain")][:2] == ["retrain", "--once"]
     assert {c[0] for c in cmds} == {"retrain", "archive"} and len(cmds) == 4
     for args in cmds:
         r = CliRunner().invoke(_cli(), [*args, "--help"])
@@ -93,7 +93,9 @@ def test_deploy_files_run_real_commands() -> None:
     cron = next(yaml.safe_load_all((DEPLOY / "k8s" / "base" / "retrain-cronjob.yaml").read_text()))
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     env = pod["containers"][0]["envFrom"]
-    assert {"configMapRef": {"name": "soundwatch-config"}} in env and {"secretRef": {"name": "soundwatch-secrets"}} in env
+    assert {"configMapRef": {"name": "soundwatch-config"}} in env and {
+        "secretRef": {"name": "soundwatch-secrets"}
+    } in env
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "soundwatch-models"}} in pod["volumes"]
     timer = (DEPLOY / "systemd" / "soundwatch-retrain.timer").read_text()
     assert "Unit=soundwatch-retrain.service" in timer and "OnCalendar=" in timer
@@ -143,7 +145,10 @@ def test_cli_confirm_list_revoke_audit_and_models_promote_rollback(isolated_sett
     assert [(e["action"], e["by"]) for e in trail] == [("confirm", "ann"), ("revoke", "bo")]
 
     rows = json.loads(run.invoke(app, ["models", "list", "--json"]).stdout)
-    assert [(x["version"], x["current"], x["gate"]) for x in rows] == [("v0001", True, "-"), ("v0002", False, "REFUSED")]
+    assert [(x["version"], x["current"], x["gate"]) for x in rows] == [
+        ("v0001", True, "-"),
+        ("v0002", False, "REFUSED"),
+    ]
     r = run.invoke(app, ["models", "promote", "fan", "v0002"])
     assert r.exit_code != 0 and "refused by the promotion gate" in str(r.exception)
     assert run.invoke(app, ["models", "promote", "fan", "v0002", "--force"]).exit_code == 0
