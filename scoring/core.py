@@ -173,7 +173,10 @@ class ScoringCore(Generic[C]):
                     )
                 )
                 continue
-            out.scored.append(self._finish(model, window, ctx, raw))
+            try:
+                out.scored.append(self._finish(model, window, ctx, raw))
+            except ContractError as exc:  # e.g. a non-finite threshold in the artifact: refuse, do not crash
+                out.rejected.append(Rejected(ctx, exc))
 
     def _finish(self, model: ScoringModel, window: FeatureWindow, ctx: C, raw: float) -> Scored[C]:
         key = f"{window.machine_type}/{window.machine_id}"

@@ -72,7 +72,7 @@ class _Pending:
     """A processed batch waiting for its points (``seq``) and Kafka sends before its offsets commit."""
 
     offsets: dict[tuple[str, int], int]
-    sends: list[Any] = field(default_factory=list)  # (future, topic, key, value, headers)
+    sends: list[list[Any]] = field(default_factory=list)  # [future, topic, key, value, dead letter or None]
     seq: int | None = None  # None while its points are held back by back-pressure
 
 
@@ -88,6 +88,16 @@ def decode(record: Any) -> _Item:
     except Exception as exc:  # anything else from a hostile payload is still the payload's fault
         item.error = ContractError(Reason.INVALID_FIELD, f"undecodable feature window: {type(exc).__name__}: {exc}")
     return item
+
+
+class _FailedSend:
+    """Stands in for a producer future when ``send`` itself raised; ``_sends_delivered`` resends it."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exception = exc
+
+    def failed(self) -> bool:
+        return True
 
 
 class ScoringWorker:
@@ -119,9 +129,15 @@ class ScoringWorker:
         self._open()
         if on_started is not None:
             on_started(self)
+        from kafka.errors import KafkaError
+
         try:
             while not self._stop.is_set():
-                self._step()
+                try:
+                    self._step()
+                except KafkaError as exc:  # broker trouble: nothing was committed past what is written; retry
+                    log.warning("Kafka error in the scoring loop (%s: %s); retrying in 1 s", type(exc).__name__, exc)
+                    self._stop.wait(1.0)
         finally:
             self._shutdown()
 
@@ -227,8 +243,7 @@ class ScoringWorker:
         for it, err in dead:
             assert err is not None
             letter = DeadLetter.from_error(err, STAGE, it.topic, it.partition, it.offset)
-            fut = send_dead_letter(self._producer, self.settings, it.key, it.value, letter)
-            pending.sends.append((fut, t.deadletter, it.key, it.value or b"", letter.headers()))
+            pending.sends.append(self._send(t.deadletter, it.key, it.value or b"", letter))
             self.metrics.dead_letters.labels(err.reason.value).inc()
         points: list[Point] = []
         for s in result.scored:
@@ -260,8 +275,23 @@ class ScoringWorker:
             self._held = (points, pending)
             self._pause()
 
-    def _send(self, topic: str, key: bytes, value: bytes) -> tuple[Any, str, bytes, bytes, None]:
-        return (self._producer.send(topic, key=key, value=value), topic, key, value, None)
+    def _send(self, topic: str, key: bytes | None, value: bytes, letter: DeadLetter | None = None) -> list[Any]:
+        """Send and remember what was sent, so a failed send is retried before the batch commits.
+
+        A send that raises (broker unreachable, metadata timeout) is recorded as failed instead of
+        propagating: the batch then stays uncommitted until the resend succeeds.
+        """
+        from kafka.errors import KafkaError
+
+        try:
+            if letter is not None:
+                fut: Any = send_dead_letter(self._producer, self.settings, key, value, letter)
+            else:
+                fut = self._producer.send(topic, key=key, value=value)
+        except KafkaError as exc:
+            log.warning("cannot send to %s now (%s); retried before the commit", topic, exc)
+            fut = _FailedSend(exc)
+        return [fut, topic, key, value, letter]
 
     @staticmethod
     def _offsets(items: list[_Item]) -> dict[tuple[str, int], int]:
@@ -317,14 +347,14 @@ class ScoringWorker:
         except KafkaError as exc:
             log.warning("Kafka did not acknowledge scores/alerts/dead letters yet (%s); commit postponed", exc)
             return False
+        delivered = True
         for p in ready:
-            for i, (fut, topic, key, value, headers) in enumerate(p.sends):
+            for i, (fut, topic, key, value, letter) in enumerate(p.sends):
                 if fut.failed():
                     log.warning("resending a record to %s after: %s", topic, fut.exception)
-                    p.sends[i] = (self._producer.send(topic, key=key, value=value, headers=headers), topic, key,
-                                  value, headers)  # fmt: skip
-                    return False  # checked again on the next loop turn
-        return True
+                    p.sends[i] = self._send(topic, key, value, letter)
+                    delivered = False  # checked again on the next loop turn
+        return delivered
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         from kafka import TopicPartition

@@ -30,7 +30,7 @@ class RampModel:
         return np.where([m == self.nan_for for m in machine_ids], np.nan, out)
 
     def threshold_for(self, machine_id):
-        return 10.0
+        return float("inf") if machine_id == "broken-threshold" else 10.0
 
 
 class Source:
@@ -74,7 +74,7 @@ def test_core_refuses_unknown_type_mismatched_params_wrong_shape_nan_and_survive
     core = _core(RampModel(nan_for="b"))
     small = FeatureParams(n_mels=64)
     items = [(make_window("valve", "a", 0), "unknown"), (_w("a", 0, -60, params=small), "params"),
-             (_w("a", 1, -60), "ok"), (_w("b", 0, -60), "nan")]  # fmt: skip
+             (_w("a", 1, -60), "ok"), (_w("b", 0, -60), "nan"), (_w("broken-threshold", 0, -60), "thr")]  # fmt: skip
     result = core.process(items)
     assert [s.context for s in result.scored] == ["ok"]
     got = {r.context: r.error for r in result.rejected}
@@ -82,6 +82,7 @@ def test_core_refuses_unknown_type_mismatched_params_wrong_shape_nan_and_survive
     assert got["params"].reason is Reason.FEATURE_PARAMS_MISMATCH and "n_mels: window 64 vs model 128" in got[
         "params"].detail  # fmt: skip
     assert got["nan"].reason is Reason.NON_FINITE
+    assert got["thr"].reason is Reason.NON_FINITE and "threshold" in got["thr"].detail
     broken = _core(RampModel(fail=True)).process([(_w("a", 0, -60), "x")])
     assert broken.scored == [] and broken.rejected[0].error.reason is Reason.INVALID_FIELD
     assert "CUDA out of memory" in broken.rejected[0].error.detail
