@@ -138,6 +138,8 @@ class SimulatorSource:
         speed: float | None = 1.0,
         seed: int = 0,
     ) -> None:
+        import scipy.signal  # noqa: F401 - MachineSound needs it; a slow first import would stall the first chunk
+
         from training.synthetic import MachineSound, signature_for
 
         if not machines:
