@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -432,8 +433,8 @@ class ArchiveConsumer:
         self.config = config or ArchiveConfig()
         self.writer = ArchiveWriter(self.config)
         self._stop = threading.Event()
-        self._consumer = None
-        self._producer = None
+        self._consumer: Any = None  # kafka.KafkaConsumer once run() starts
+        self._producer: Any = None
         self._consumed: dict[tuple[str, int], int] = {}  # next offset after the last record handed to the writer
         self._committed: dict[tuple[str, int], int] = {}
         self.chunks = 0

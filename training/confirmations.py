@@ -365,7 +365,7 @@ class ConfirmationStore:
             raise BadInput(f"no confirmed-normal interval #{interval_id}", "see `soundwatch normal list`")
         return ConfirmedInterval.from_hash(h)
 
-    def list(self, machine_type: str | None = None, machine_id: str | None = None, *,
+    def intervals(self, machine_type: str | None = None, machine_id: str | None = None, *,
              include_revoked: bool = False, since_ns: int | None = None) -> list[ConfirmedInterval]:  # fmt: skip
         """Intervals, oldest first; ``since_ns`` keeps those whose range ends after it."""
         if machine_type and machine_id:

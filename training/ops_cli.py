@@ -141,7 +141,7 @@ def normal_list(
         mtype, mid = _resolve_machine(machine, machine_type, settings, archive_root)
     elif machine_type:
         mtype = machine_type
-    items = ConfirmationStore(settings.redis).list(mtype, mid, include_revoked=include_revoked)
+    items = ConfirmationStore(settings.redis).intervals(mtype, mid, include_revoked=include_revoked)
     if as_json:
         typer.echo(json.dumps([iv.as_json() for iv in items]))
         return
@@ -339,8 +339,8 @@ def retrain(
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r} is not one of auto, cpu, cuda", "pass --device auto|cpu|cuda")
     settings = _settings(registry)
-    overrides = {k: v for k, v in {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds,
-                                   "device": device}.items() if v is not None}  # fmt: skip
+    given = {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds, "device": device}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     cfg = RetrainConfig(**overrides)
     archive = _archive_config(archive_root)
 
@@ -404,7 +404,7 @@ def archive_list(archive_root: ArchiveRoot = None, as_json: AsJson = False) -> N
 
     reader = ArchiveReader(_archive_config(archive_root).root)
     try:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for mtype, mid in reader.machines():
             segs = reader.index.segments(mtype, mid)
             rows.append({"machine": f"{mtype}/{mid}", "segments": len(segs), "from_ns": segs[0].start_ns,

@@ -151,7 +151,7 @@ def gather_confirmed(store: ConfirmationStore, reader: ArchiveReader, machine_ty
                      ) -> tuple[list[Block], list[dict]]:  # fmt: skip
     """Blocks of confirmed-normal archived audio after ``since_ns`` and what was used, per interval."""
     if intervals is None:
-        intervals = store.list(machine_type=machine_type, since_ns=since_ns)
+        intervals = store.intervals(machine_type=machine_type, since_ns=since_ns)
     blocks: list[Block] = []
     used: list[dict] = []
     for iv in intervals:

@@ -70,11 +70,11 @@ def test_confirm_list_revoke_with_audit_and_force_over_alerts(isolated_settings)
     with pytest.raises(BadInput, match="must be after"):
         store.confirm("fan", "id_00", NOW - 10 * NS, NOW - 20 * NS, now_ns=NOW)
 
-    assert [iv.id for iv in store.list("fan", "id_00")] == [ok.id, forced.id]
+    assert [iv.id for iv in store.intervals("fan", "id_00")] == [ok.id, forced.id]
     revoked = store.revoke(forced.id, by="carol", note="it was a fault after all", now_ns=NOW + NS)
     assert revoked.revoked and revoked.revoked_by == "carol"
-    assert [iv.id for iv in store.list("fan", "id_00")] == [ok.id]
-    assert len(store.list(include_revoked=True)) == 2
+    assert [iv.id for iv in store.intervals("fan", "id_00")] == [ok.id]
+    assert len(store.intervals(include_revoked=True)) == 2
     with pytest.raises(BadInput, match="already revoked"):
         store.revoke(forced.id, by="carol")
 
