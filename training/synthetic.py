@@ -154,6 +154,7 @@ class _State:
     rub_gate: float = 0.0
     rub_countdown: float = 0.0
     rub_last: float = 0.0
+    res_zi: np.ndarray = field(default_factory=lambda: np.zeros(2))
 
 
 class MachineSound:
@@ -265,7 +266,7 @@ class MachineSound:
         st.fm_phase = float(np.mod(st.fm_phase + two_pi * sig.fm_rate_hz * t[-1], two_pi))
         st.shaft_phase = float(np.mod(st.shaft_phase + two_pi * cum[-1] / 2.0, two_pi))
 
-        noise = self._coloured_noise(n_samples) * self._noise_level
+        noise = self._coloured_noise(n_samples, centre) * self._noise_level
         out = self._level * (tonal * am + noise)
         if self._fault is Fault.BEARING_TICKS:
             out += self._level * self._ticks(n_samples)
@@ -273,16 +274,28 @@ class MachineSound:
             out += self._level * self._rub(n_samples)
         return np.clip(out, -1.0, 1.0).astype(np.float32)
 
-    def _coloured_noise(self, n: int) -> np.ndarray:
+    def _coloured_noise(self, n: int, centre_hz: float) -> np.ndarray:
+        """Broadband noise of the signature's colour plus the structure's resonance ringing in it.
+
+        The structural resonance shapes the noise floor as well as the harmonics (a hump of
+        roughly +8 dB around ``centre_hz``), so a moved resonance is visible even when no
+        harmonic sits near it — as on real machines.
+        """
         from scipy.signal import lfilter
 
         a = self.signature.noise_colour
         white = self._noise_rng.standard_normal(n)
         # one-pole low-pass y[n] = a*y[n-1] + (1-a)*x[n], gain-normalised to unit variance-ish
-        y, zf = lfilter([1.0 - a], [1.0, -a], white, zi=[a * self._state.noise_y])
+        y, _ = lfilter([1.0 - a], [1.0, -a], white, zi=[a * self._state.noise_y])
         self._state.noise_y = float(y[-1])
-        del zf
-        return y / math.sqrt((1.0 - a) / (1.0 + a))
+        # RBJ band-pass (0 dB peak) at the resonance, Q 4, state carried across calls
+        fc = min(max(centre_hz, 50.0), 0.45 * self.sample_rate)
+        w0 = 2 * math.pi * fc / self.sample_rate
+        alpha = math.sin(w0) / (2 * 4.0)
+        b_res = np.array([alpha, 0.0, -alpha]) / (1 + alpha)
+        a_res = np.array([1.0, -2 * math.cos(w0) / (1 + alpha), (1 - alpha) / (1 + alpha)])
+        ring, self._state.res_zi = lfilter(b_res, a_res, white, zi=self._state.res_zi)
+        return y / math.sqrt((1.0 - a) / (1.0 + a)) + 5.0 * ring
 
     def _ticks(self, n: int) -> np.ndarray:
         """Bearing impacts: decaying resonant bursts at the defect rate, continued across calls."""

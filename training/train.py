@@ -6,6 +6,8 @@ clp
   1. stage 1, supervised contrastive (SupCon, temperature 0.1) on the encoder + a projection
      head; positives = windows of the same class (machine ID; see :func:`choose_classes`);
   2. stage 2, ArcFace fine-tuning of the encoder with an ID classifier (s=30, m=0.7);
+     in both stages a quarter of each batch is appended again, shifted by 4-12 mel bins, as
+     extra "shifted machine" classes (:func:`with_position_negatives`);
   3. embedding bank of the training windows per machine for the kNN density;
   4. score kind chosen between ``neglogp`` and ``knn`` on held-out normal clips only
      (:mod:`training.calibration`).
@@ -64,6 +66,7 @@ class TrainConfig:
     holdout_fraction: float = 0.15
     median_k: int = 5
     knn_k: int = 5
+    negative_fraction: float = 0.25  # share of each batch appended as mel-shifted negative classes
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -118,6 +121,35 @@ def choose_classes(records: Sequence[ClipRecord]) -> tuple[str, list[str], Calla
     return "none", [], lambda r: ""
 
 
+def with_position_negatives(x: torch.Tensor, y: torch.Tensor, n_labels: int, fraction: float,
+                            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Append frequency-shifted copies of part of a batch as *extra classes* (label + ``n_labels``).
+
+    Why: CNNs are nearly shift-invariant, but on a spectrogram a pattern's mel position is its
+    physics (a resonance that moved is a fault). Teaching the encoder that a window shifted by
+    4-12 mel bins is *another* machine (seed paper 4, "adversarial negatives") makes the
+    embedding sensitive to where energy sits, which ID classes alone (often separable by pitch)
+    do not require. Held-out selection uses a 2-bin shift, a magnitude training never sees.
+    """
+    n = int(round(fraction * x.shape[0]))
+    if n == 0:
+        return x, y
+    src = x[:n]
+    shifts = torch.randint(4, 13, (n,), generator=gen) * (torch.randint(0, 2, (n,), generator=gen) * 2 - 1)
+    neg = torch.stack([_shift_mel(w, int(s)) for w, s in zip(src, shifts, strict=True)])
+    return torch.cat([x, neg.to(x.device)]), torch.cat([y, y[:n] + n_labels])
+
+
+def _shift_mel(w: torch.Tensor, s: int) -> torch.Tensor:
+    """Shift a [n_mels, W] window by ``s`` mel bins, repeating the edge bin into the gap."""
+    out = torch.roll(w, s, dims=0)
+    if s > 0:
+        out[:s] = w[:1]
+    elif s < 0:
+        out[s:] = w[-1:]
+    return out
+
+
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     perm = torch.randperm(n, generator=gen)
     return [perm[i : i + batch_size] for i in range(0, n, batch_size) if i + batch_size <= n or i == 0]
@@ -135,6 +167,7 @@ def _train_clp(ws: WindowSet, labels: np.ndarray, n_classes: int, cfg: TrainConf
     y_all = torch.from_numpy(labels)
     epochs = cfg.stage_epochs()
     scaler = grad_scaler(device)
+    n_labels = int(labels.max()) + 1  # real classes (or clips); shifted copies get label + n_labels
 
     # Stage 1: SupCon, positives = same class (or same clip when there are no classes).
     proj = ProjectionHead(p_enc.embedding_dim).to(device)
@@ -144,7 +177,8 @@ def _train_clp(ws: WindowSet, labels: np.ndarray, n_classes: int, cfg: TrainConf
         encoder.train()
         total = 0.0
         for idx in _batches(len(x_all), cfg.batch_size, gen):
-            xb, yb = x_all[idx].float().to(device), y_all[idx].to(device)
+            xb, yb = with_position_negatives(x_all[idx].float(), y_all[idx], n_labels, cfg.negative_fraction, gen)
+            xb, yb = xb.to(device), yb.to(device)
             with autocast(device):
                 loss = supcon_loss(proj(encoder(xb)), yb, cfg.temperature)
             opt.zero_grad(set_to_none=True)
@@ -159,7 +193,7 @@ def _train_clp(ws: WindowSet, labels: np.ndarray, n_classes: int, cfg: TrainConf
         return encoder, None
 
     # Stage 2: ArcFace ID classifier, fine-tuning the encoder.
-    head = ArcMarginHead(p_enc.embedding_dim, n_classes, cfg.arc_scale, cfg.arc_margin).to(device)
+    head = ArcMarginHead(p_enc.embedding_dim, 2 * n_classes, cfg.arc_scale, cfg.arc_margin).to(device)
     opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=cfg.arc_lr)
     ce = nn.CrossEntropyLoss()
     losses, accs = [], []
@@ -167,7 +201,8 @@ def _train_clp(ws: WindowSet, labels: np.ndarray, n_classes: int, cfg: TrainConf
         encoder.train()
         total, correct = 0.0, 0
         for idx in _batches(len(x_all), cfg.batch_size, gen):
-            xb, yb = x_all[idx].float().to(device), y_all[idx].to(device)
+            xb, yb = with_position_negatives(x_all[idx].float(), y_all[idx], n_classes, cfg.negative_fraction, gen)
+            xb, yb = xb.to(device), yb.to(device)
             with autocast(device):
                 emb = encoder(xb)
                 loss = ce(head(emb, yb), yb)
@@ -176,7 +211,7 @@ def _train_clp(ws: WindowSet, labels: np.ndarray, n_classes: int, cfg: TrainConf
             scaler.step(opt)
             scaler.update()
             total += float(loss.detach()) * len(idx)
-            correct += int((head(emb.detach()).argmax(1) == yb).sum())
+            correct += int((head(emb.detach()).argmax(1) == yb)[: len(idx)].sum())
         losses.append(total / len(x_all))
         accs.append(correct / len(x_all))
     metrics["arcface_loss"] = [round(v, 4) for v in losses]
@@ -246,6 +281,9 @@ def train_machine_type(
     if len(fit.records) == 0:
         raise BadInput(f"every training clip of {mtype!r} was unusable",
                        hint="; ".join(s.reason for s in fit.skipped[:3]))  # fmt: skip
+    if len(fit.windows) < 2:
+        raise BadInput(f"{mtype!r} has {len(fit.windows)} usable training window(s); training needs at least 2",
+                       hint=f"add normal training clips of at least {params.window_seconds:.1f} s")  # fmt: skip
     metrics: dict[str, Any] = {}
     machine_ids = sorted({r.machine_id for r in fit.records} | {r.machine_id for r in hold.records})
 
@@ -269,8 +307,10 @@ def train_machine_type(
         model_config: dict[str, Any] = {"encoder": encoder.cfg.to_dict()}
         if head is not None:
             state["head"] = {k: v.cpu() for k, v in head.state_dict().items()}
-            model_config["head"] = {"n_classes": len(class_names), "scale": cfg.arc_scale, "margin": cfg.arc_margin}
-        scorer = WindowScorer("clp", "knn", encoder, head, None, id_classes, {}, cfg.knn_k, device)
+            model_config["head"] = {"n_classes": 2 * len(class_names), "n_real_classes": len(class_names),
+                                    "scale": cfg.arc_scale, "margin": cfg.arc_margin}  # fmt: skip
+        scorer = WindowScorer("clp", "knn", encoder, head, None, id_classes, {}, cfg.knn_k, device,
+                              n_real_classes=len(class_names))
         emb = scorer.embed(fit.windows).cpu().numpy()
         fit_ids = np.array(fit.machine_ids())
         for mid in sorted(set(fit_ids)):
