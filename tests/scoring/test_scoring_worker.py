@@ -43,7 +43,13 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
         wait_for(lambda: influx_query(s.influx.url, s.influx.database,
                                       "SELECT last(windows_per_s) FROM pipeline WHERE stage='scoring'"), 20,
                  "a pipeline health point")  # fmt: skip
-        metrics = requests.get(f"http://127.0.0.1:{worker.metrics.port}/metrics", timeout=5).text
+
+        def scrape() -> str | None:  # the lag gauges refresh every report interval: wait for a caught-up one
+            text = requests.get(f"http://127.0.0.1:{worker.metrics.port}/metrics", timeout=5).text
+            caught_up = all(f'soundwatch_scoring_consumer_lag{{partition="{p}"}} 0.0' in text for p in range(4))
+            return text if caught_up else None
+
+        metrics = wait_for(scrape, 20, "consumer lag 0 on every partition")
         wait_for(lambda: not worker._pending, 20, "all offsets committed")
 
     # every good window became exactly one point, tagged with the model version
@@ -86,7 +92,6 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
     assert 'soundwatch_scoring_dead_letters_total{reason="feature_params_mismatch"} 1.0' in metrics
     assert "soundwatch_scoring_inference_ms_bucket" in metrics
     assert "soundwatch_scoring_buffer_points" in metrics
-    assert 'soundwatch_scoring_consumer_lag{partition="0"} 0.0' in metrics
     health = influx_query(
         s.influx.url,
         s.influx.database,
