@@ -31,6 +31,10 @@ _STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("training.cli", "train", "Train a model per machine type and register it."),
     "evaluate": ("training.cli", "evaluate", "Score test clips the way the stream does: AUC/pAUC, CSVs, plots."),
     "dashboards": ("dashboards.cli", "app", "Grafana dashboards and alerting as code: export, push, render."),
+    "normal": ("training.ops_cli", "normal_app", "Confirm audio ranges as normal for retraining; list, revoke."),
+    "models": ("training.ops_cli", "models_app", "Model versions: list, show, promote, roll back."),
+    "retrain": ("training.ops_cli", "retrain", "Fine-tune on confirmed-normal audio; promote through the gate."),
+    "archive": ("training.ops_cli", "archive_app", "The raw-audio archive (rolling FLAC segments) retraining reads."),
     "run": ("deploy.cli", "run_app", "Run the whole pipeline as separate, supervised processes (run all)."),
     "demo": ("deploy.cli", "demo", "The whole product on one machine: live view, then an HTML report."),
 }
