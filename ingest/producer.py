@@ -187,6 +187,7 @@ class Shipper:
         self._outages = 0
         self._had_success = False
         self._warned_unreachable = False
+        self._tried_early_connect = False
         self._last_error = ""
         self._last_error_at = 0.0
         self._sent_chunks = 0
@@ -336,8 +337,8 @@ class Shipper:
             if err is None:
                 self._sent_chunks += 1
                 self._sent_bytes += size
-                if not self._online:
-                    self._back_online()
+                if not self._online and self.spool.in_flight == 0:
+                    self._back_online()  # the probe landed (or the last of an old batch): resume in order
             elif type(err).__name__ not in _PERMANENT_ERRORS:
                 self._went_offline(err)
 
@@ -379,8 +380,9 @@ class Shipper:
         with self._lock:
             busy = self.spool.in_flight > 0
             waiting = self.spool.has_pending()
-        if self._producer is None and not self._had_success and not busy:
-            self._new_producer()  # connect early so the first chunk does not wait for the handshake
+        if not self._tried_early_connect:
+            self._tried_early_connect = True
+            self._new_producer()  # connect at start so the first chunk does not wait for the handshake
         if busy or not waiting or time.monotonic() < self._probe_at:
             return
         self._probe_backoff = min(self._probe_backoff * 2, self.max_probe_interval_s)
