@@ -319,6 +319,7 @@ class Spool:
                 if rec is not None:
                     self._in_flight[pos] = (rec.key, self._size_of(pos))
                     return rec
+                self._skip_missing(pos)
         while self._send_cursor < self._end:
             pos = self._send_cursor
             self._send_cursor += 1
@@ -328,7 +329,13 @@ class Spool:
             if rec is not None:
                 self._in_flight[pos] = (rec.key, self._size_of(pos))
                 return rec
+            self._skip_missing(pos)
         return None
+
+    def _skip_missing(self, pos: int) -> None:
+        """A position no segment holds (cut off as corrupt during recovery): nothing to send, move past it."""
+        self._done.add(pos)
+        self._advance()
 
     def has_pending(self) -> bool:
         """True when a record waits to be handed out (not counting those in flight)."""

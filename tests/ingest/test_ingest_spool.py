@@ -147,3 +147,19 @@ def test_acknowledged_segments_are_deleted(tmp_path: Path) -> None:
     spool.sync()
     assert len(list(tmp_path.glob("*.seg"))) <= 1
     assert spool.stats().pending_bytes == 0
+
+
+def test_corruption_inside_an_older_segment_loses_only_the_damaged_records(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 10_000_000, segment_bytes=64 * 1024)
+    _fill(spool, 2000, size=100)
+    spool.close()
+    first = sorted(tmp_path.glob("*.seg"))[0]
+    data = bytearray(first.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a bad sector in the middle of the oldest segment
+    first.write_bytes(bytes(data))
+    again = Spool(tmp_path, 10_000_000, segment_bytes=64 * 1024)
+    assert again.stats().corrupt_bytes > 0
+    delivered = _drain(again)
+    assert delivered == sorted(delivered) and delivered[-1] == 1999
+    assert 1000 < len(delivered) < 2000  # the second half of the damaged segment is gone, the rest is not
+    assert again.pending_chunks == 0 and again.committed == 2000
