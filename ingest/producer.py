@@ -270,15 +270,15 @@ class Shipper:
         while not self._stop.is_set():
             try:
                 self._step()
+                now = time.monotonic()
+                if now - last_sync >= self.sync_interval_s:
+                    last_sync = now
+                    with self._lock:
+                        self.spool.sync()
             except Exception as exc:  # the sender must outlive any single failure; data stays in the spool
                 log.exception("shipper step failed; retrying")
                 self._note_error(exc)
                 time.sleep(0.5)
-            now = time.monotonic()
-            if now - last_sync >= self.sync_interval_s:
-                with self._lock:
-                    self.spool.sync()
-                last_sync = now
             self._wake.wait(0.05)
             self._wake.clear()
         self._drain_results()

@@ -107,7 +107,9 @@ class Spool:
         self.segment_bytes = segment_bytes or min(_MAX_SEGMENT, max(_MIN_SEGMENT, max_bytes // 8))
         self._segments: list[_Segment] = []
         self._fds: dict[int, int] = {}  # segment first -> read fd
-        self._active_fh: io.BufferedWriter | None = None
+        self._active_fh: io.FileIO | None = None  # unbuffered: a failed write fails here, not at a later flush
+        self._sealed = False  # after a write error the active segment takes no more records
+        self._write_errors = 0
         self._committed = 0  # every position below is done or dropped
         self._end = 0  # next position to append
         self._send_cursor = 0  # next never-sent position
@@ -215,11 +217,17 @@ class Spool:
             )
             return None
         self._make_room(size)
-        seg = self._active_segment()
-        fh = self._active_fh
-        assert fh is not None
-        fh.write(_HEADER.pack(len(body), crc32c.crc32c(body)))
-        fh.write(body)
+        seg: _Segment | None = None
+        try:
+            seg = self._active_segment()
+            fh = self._active_fh
+            assert fh is not None
+            written = fh.write(_HEADER.pack(len(body), crc32c.crc32c(body)) + body)
+            if written != size:
+                raise OSError(f"short write: {written} of {size} bytes")
+        except OSError as exc:
+            self._write_failed(seg, key, size, exc)
+            return None
         seg.offsets.append(seg.nbytes)
         seg.sizes.append(size)
         seg.keys.append(key)
@@ -234,16 +242,47 @@ class Spool:
             self._cache_bytes += size
         return position
 
+    def _write_failed(self, seg: _Segment | None, key: bytes, size: int, exc: OSError) -> None:
+        """Disk full or failing: count the chunk as dropped, say so, and undo any partial record.
+
+        A torn record must never be followed by good ones (recovery cuts everything after it),
+        so the segment is cut back to its last whole record, or sealed if even that fails.
+        """
+        self._count_drop(key, size)
+        self._write_errors += 1
+        if self._write_errors == 1 or self._write_errors % 100 == 0:
+            log.error(
+                "spool %s: cannot write (%s); %d chunk(s) dropped so far; free disk space or move "
+                "SOUNDWATCH_INGEST__SPOOL_DIR",
+                self.directory,
+                exc,
+                self._write_errors,
+            )
+        if seg is None or self._active_fh is None:
+            return
+        try:
+            os.ftruncate(self._active_fh.fileno(), seg.nbytes)
+        except OSError:
+            self._sealed = True  # the next record starts a new segment
+            try:
+                self._close_active()
+            except OSError:
+                self._active_fh = None
+            if not seg.offsets:  # an empty sealed segment would share its name with the next one
+                self._remove_segment(seg)
+
     def _active_segment(self) -> _Segment:
-        if self._segments and self._active_fh is not None and self._segments[-1].nbytes < self.segment_bytes:
+        room = bool(self._segments) and self._segments[-1].nbytes < self.segment_bytes and not self._sealed
+        if room and self._active_fh is not None:
             return self._segments[-1]
-        if self._segments and self._active_fh is None and self._segments[-1].nbytes < self.segment_bytes:
+        if room:
             seg = self._segments[-1]  # reopen the last recovered segment for appending
         else:
             self._close_active()
             seg = _Segment(first=self._end, path=self.directory / f"{self._end:020d}{_SUFFIX}")
             self._segments.append(seg)
-        self._active_fh = open(seg.path, "ab")  # noqa: SIM115 - kept open while active
+            self._sealed = False
+        self._active_fh = open(seg.path, "ab", buffering=0)  # noqa: SIM115 - kept open while active
         if seg.nbytes == 0:
             fsync_dir(self.directory)
         return seg

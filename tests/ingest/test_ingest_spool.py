@@ -163,3 +163,28 @@ def test_corruption_inside_an_older_segment_loses_only_the_damaged_records(tmp_p
     assert delivered == sorted(delivered) and delivered[-1] == 1999
     assert 1000 < len(delivered) < 2000  # the second half of the damaged segment is gone, the rest is not
     assert again.pending_chunks == 0 and again.committed == 2000
+
+
+def test_a_failing_disk_drops_loudly_and_leaves_no_torn_record(tmp_path: Path) -> None:
+    # the OS refuses to grow files past 100 KB (RLIMIT_FSIZE): a real write error, like a full disk
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, signal\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        "from ingest.spool import Spool\n"
+        f"spool = Spool({str(tmp_path)!r}, 10_000_000, segment_bytes=1_000_000)\n"
+        "got = [spool.append(b'fan/id_00', bytes(30_000)) for _ in range(6)]\n"
+        "spool.close()\n"
+        "print(got, spool.stats().dropped_chunks)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[0,", "1,", "2,", "None,", "None,", "None]", "3"]
+    assert "cannot write" in out.stderr
+    again = Spool(tmp_path, 10_000_000)
+    assert again.pending_chunks == 3 and again.stats().corrupt_bytes == 0
+    assert _drain(again) == [0, 1, 2]
