@@ -111,7 +111,10 @@ def pseudo_anomaly_auc(
     normal = [clip_score(score_fn(w, [m] * len(w)), k) for w, m in zip(clip_windows, clip_ids, strict=True)]
     result: dict[str, float] = {}
     for name, perturb in PERTURBATIONS.items():
-        pseudo = [clip_score(score_fn(perturb(w, rng), [m] * len(w)), k) for w, m in zip(clip_windows, clip_ids, strict=True)]
+        pseudo = [
+            clip_score(score_fn(perturb(w, rng), [m] * len(w)), k)
+            for w, m in zip(clip_windows, clip_ids, strict=True)
+        ]
         result[name] = _auc(normal, pseudo)
     ids = sorted(set(clip_ids))
     if len(ids) >= 2:

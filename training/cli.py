@@ -24,9 +24,13 @@ from training.train import METHODS, TrainConfig, train_machine_type
 
 DataOpt = Annotated[Path, typer.Option("--data", help="DCASE-layout folder: <type>/{train,test}/*.wav",
                                        exists=True, file_okay=False)]  # fmt: skip
-RegistryOpt = Annotated[Path | None, typer.Option("--registry", help="model registry root (default: settings registry_root)")]
+RegistryOpt = Annotated[
+    Path | None, typer.Option("--registry", help="model registry root (default: settings registry_root)")
+]
 TypeOpt = Annotated[str | None, typer.Option("--machine-type", help="only this machine type (default: all found)")]
-MethodOpt = Annotated[str, typer.Option("--method", help="clp (contrastive + ArcFace, default) or ae (DCASE 2020 baseline)")]
+MethodOpt = Annotated[
+    str, typer.Option("--method", help="clp (contrastive + ArcFace, default) or ae (DCASE 2020 baseline)")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu or cuda")]
 
 
@@ -45,7 +49,9 @@ def train(
     registry: RegistryOpt = None,
     machine_type: TypeOpt = None,
     method: MethodOpt = "clp",
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="clp: epochs per stage (default 20); ae: epochs (default 50)")] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="clp: epochs per stage (default 20); ae: epochs (default 50)")
+    ] = None,
     device: DeviceOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="random seed (training is deterministic on CPU)")] = 0,
 ) -> None:
@@ -89,10 +95,16 @@ def evaluate(
     data: DataOpt,
     registry: RegistryOpt = None,
     machine_type: TypeOpt = None,
-    method: Annotated[str | None, typer.Option("--method", help="evaluate the newest model of this method (clp|ae)")] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="evaluate the newest model of this method (clp|ae)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
-    plots: Annotated[Path | None, typer.Option("--plots", help="write ROC curves and score histograms (PNG) here")] = None,
-    results: Annotated[Path | None, typer.Option("--results", help="DCASE score/decision CSVs (default: --plots or var/evaluate)")] = None,
+    plots: Annotated[
+        Path | None, typer.Option("--plots", help="write ROC curves and score histograms (PNG) here")
+    ] = None,
+    results: Annotated[
+        Path | None, typer.Option("--results", help="DCASE score/decision CSVs (default: --plots or var/evaluate)")
+    ] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """AUC / pAUC (max_fpr 0.1) per machine ID on <type>/test clips, scored exactly like the stream."""

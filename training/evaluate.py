@@ -68,7 +68,9 @@ def pick_model(registry: ModelRegistry, machine_type: str, method: str | None, d
     )
 
 
-def score_clips(model: LoadedModel, records: Sequence[ClipRecord], progress: bool = True) -> tuple[list[ClipResult], list[tuple[str, str]]]:
+def score_clips(
+    model: LoadedModel, records: Sequence[ClipRecord], progress: bool = True
+) -> tuple[list[ClipResult], list[tuple[str, str]]]:
     """Clip scores of ``records`` (bad files skipped and returned as (path, reason))."""
     ws = load_windows(records, model.feature_params, desc=f"{model.machine_type} test features", progress=progress)
     window_scores = model.score_windows(ws.windows, ws.machine_ids()) if len(ws.windows) else np.zeros(0)
@@ -129,7 +131,8 @@ def evaluate(
         if aucs:
             per_type[mtype] = {
                 "auc_mean": float(np.mean(aucs)), "pauc_mean": float(np.mean(paucs)),
-                "auc_hmean": float(hmean(np.maximum(aucs, 1e-12))), "pauc_hmean": float(hmean(np.maximum(paucs, 1e-12))),
+                "auc_hmean": float(hmean(np.maximum(aucs, 1e-12))),
+                "pauc_hmean": float(hmean(np.maximum(paucs, 1e-12))),
                 "mauc": float(np.min(aucs)),
             }  # fmt: skip
         if results_dir is not None:

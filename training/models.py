@@ -82,7 +82,9 @@ class Encoder(nn.Module):
         self.convs = nn.Sequential(*[_block(chans[i], chans[i + 1], pool=i < n - 1) for i in range(n)])
         freq_out = cfg.n_mels // 2 ** (n - 1)
         self.proj = nn.Sequential(
-            nn.Dropout(0.1), nn.Linear(cfg.channels[-1] * freq_out, cfg.embedding_dim), nn.BatchNorm1d(cfg.embedding_dim)
+            nn.Dropout(0.1),
+            nn.Linear(cfg.channels[-1] * freq_out, cfg.embedding_dim),
+            nn.BatchNorm1d(cfg.embedding_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +119,8 @@ class ArcMarginHead(nn.Module):
         self.margin = margin
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cos = F.linear(F.normalize(emb.float(), dim=1), F.normalize(self.weight.float(), dim=1)).clamp(-1 + 1e-7, 1 - 1e-7)
+        cos = F.linear(F.normalize(emb.float(), dim=1), F.normalize(self.weight.float(), dim=1))
+        cos = cos.clamp(-1 + 1e-7, 1 - 1e-7)
         if labels is None:
             return self.scale * cos
         theta = torch.acos(cos)

@@ -223,7 +223,8 @@ class ModelRegistry:
         try:
             torch.save(artifact.state, tmp / WEIGHTS)
             bank_ids = sorted(artifact.bank)
-            np.savez(tmp / BANK, **{f"b{i}": np.asarray(artifact.bank[m], dtype=np.float32) for i, m in enumerate(bank_ids)})
+            arrays = {f"b{i}": np.asarray(artifact.bank[m], dtype=np.float32) for i, m in enumerate(bank_ids)}
+            np.savez(tmp / BANK, **arrays)
             meta: dict[str, Any] = {
                 "format_version": FORMAT_VERSION,
                 "machine_type": artifact.machine_type,
@@ -287,13 +288,16 @@ class ModelRegistry:
             path = d / name
             if not path.is_file() or _sha256(path) != digest:
                 raise ArtifactError(
-                    f"{path} is missing or does not match the checksum in {meta_path}: the artifact is corrupt or tampered",
+                    f"{path} is missing or does not match the checksum in {meta_path}: "
+                    "the artifact is corrupt or tampered",
                     hint="retrain, or restore the directory from backup",
                 )
         try:
             FeatureParams.model_validate(meta["feature_params"])
         except (KeyError, ValidationError) as exc:
-            raise ArtifactError(f"{meta_path} has invalid feature parameters: {exc}", hint="retrain this model") from exc
+            raise ArtifactError(
+                f"{meta_path} has invalid feature parameters: {exc}", hint="retrain this model"
+            ) from exc
         return d, meta
 
     def resolve_version(self, machine_type: str, version: str | None = None) -> str:

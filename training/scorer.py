@@ -4,9 +4,7 @@
 Score kinds (high = anomalous, float64):
 
 * ``neglogp`` (clp): ``-log sum_{c in classes(id)} p(c | window)`` with ``p`` the softmax of the
-  margin-free ArcFace logits (the softmax also covers the training-only "shifted machine"
-  classes, see :func:`training.train.with_position_negatives`, so a window that looks like a
-  spectrally shifted version of a machine loses probability). With machine IDs as classes this is ``-log p(ID)``; when a type's
+  margin-free ArcFace logits. With machine IDs as classes this is ``-log p(ID)``; when a type's
   classes are section/domain/attribute labels, a machine owns several classes and the score is
   the probability of belonging to *any* of them.
 * ``knn`` (clp): mean cosine distance of the window embedding to its ``k`` nearest embeddings
@@ -45,7 +43,6 @@ class WindowScorer:
     knn_k: int = 5
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 512
-    n_real_classes: int = 0  # head outputs beyond these are training-only "shifted" classes
 
     def __post_init__(self) -> None:
         if self.score_kind not in SCORE_KINDS:
@@ -74,8 +71,7 @@ class WindowScorer:
         else:
             raise ValueError(f"unknown method {method!r}")
         tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in bank.items()}
-        n_real = int(model_config.get("head", {}).get("n_real_classes", model_config.get("head", {}).get("n_classes", 0)))
-        return cls(method, score_kind, enc, head, ae, dict(id_classes), tensors, knn_k, n_real_classes=n_real)
+        return cls(method, score_kind, enc, head, ae, dict(id_classes), tensors, knn_k)
 
     def to(self, device: torch.device) -> WindowScorer:
         self.device = device
@@ -138,8 +134,8 @@ class WindowScorer:
             classes = self.id_classes.get(mid)
             if classes:
                 out[rows] = -torch.logsumexp(logp[rows][:, classes], dim=1)
-            else:  # unknown machine: distance to the closest known (real, not shifted) class
-                out[rows] = -logp[rows][:, : self.n_real_classes].max(dim=1).values
+            else:  # unknown machine: distance to the closest known class
+                out[rows] = -logp[rows].max(dim=1).values
         return out.cpu().numpy()
 
     @torch.inference_mode()

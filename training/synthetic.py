@@ -247,7 +247,8 @@ class MachineSound:
             centre *= 1.0 + self._severity
         n_harm = len(sig.harmonic_amps)
         k = np.arange(1, n_harm + 1)
-        gains = np.asarray(sig.harmonic_amps) * self._harm_jitter * _resonance_gain(k * self._f0, centre, sig.resonance_q)
+        envelope = _resonance_gain(k * self._f0, centre, sig.resonance_q)
+        gains = np.asarray(sig.harmonic_amps) * self._harm_jitter * envelope
         if self._fault is Fault.IMBALANCE:
             gains = gains.copy()
             gains[0] *= 1.0 + 1.5 * self._severity

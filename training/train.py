@@ -86,7 +86,9 @@ class TrainResult:
 
 
 # -- data preparation ---------------------------------------------------------------------------
-def split_holdout(records: Sequence[ClipRecord], fraction: float, seed: int) -> tuple[list[ClipRecord], list[ClipRecord]]:
+def split_holdout(
+    records: Sequence[ClipRecord], fraction: float, seed: int
+) -> tuple[list[ClipRecord], list[ClipRecord]]:
     """(fit, holdout) per machine: ``round(fraction*n)`` clips (>= 1 when n >= 2) held out."""
     rng = np.random.default_rng(seed)
     fit: list[ClipRecord] = []
@@ -217,8 +219,14 @@ def _train_clp(ws: WindowSet, labels: np.ndarray, n_classes: int, cfg: TrainConf
     metrics["arcface_loss"] = [round(v, 4) for v in losses]
     metrics["train_id_accuracy"] = round(accs[-1], 4)
     encoder.eval()
-    head.eval()
-    return encoder, head
+    # The shifted-machine classes were a training device only: the saved classifier holds the
+    # real classes, so p(ID) at inference is a softmax over machines (and the head's layout,
+    # one row per class_map entry, stays simple for fine-tuning).
+    real = ArcMarginHead(p_enc.embedding_dim, n_classes, cfg.arc_scale, cfg.arc_margin).to(device)
+    with torch.no_grad():
+        real.weight.copy_(head.weight[:n_classes])
+    real.eval()
+    return encoder, real
 
 
 # -- ae --------------------------------------------------------------------------------------------
@@ -307,10 +315,8 @@ def train_machine_type(
         model_config: dict[str, Any] = {"encoder": encoder.cfg.to_dict()}
         if head is not None:
             state["head"] = {k: v.cpu() for k, v in head.state_dict().items()}
-            model_config["head"] = {"n_classes": 2 * len(class_names), "n_real_classes": len(class_names),
-                                    "scale": cfg.arc_scale, "margin": cfg.arc_margin}  # fmt: skip
-        scorer = WindowScorer("clp", "knn", encoder, head, None, id_classes, {}, cfg.knn_k, device,
-                              n_real_classes=len(class_names))
+            model_config["head"] = {"n_classes": len(class_names), "scale": cfg.arc_scale, "margin": cfg.arc_margin}
+        scorer = WindowScorer("clp", "knn", encoder, head, None, id_classes, {}, cfg.knn_k, device)
         emb = scorer.embed(fit.windows).cpu().numpy()
         fit_ids = np.array(fit.machine_ids())
         for mid in sorted(set(fit_ids)):
@@ -348,7 +354,8 @@ def train_machine_type(
         vals = filtered[calib_win_ids == mid]
         if vals.size == 0:  # machine with a single clip used for fitting: use its training windows
             own = fit.windows[np.array(fit.machine_ids()) == mid]
-            vals = filtered_scores(scorer.score(own, [mid] * len(own)), np.zeros(len(own), dtype=np.int64), cfg.median_k)
+            own_scores = scorer.score(own, [mid] * len(own))
+            vals = filtered_scores(own_scores, np.zeros(len(own), dtype=np.int64), cfg.median_k)
         thresholds[mid], _ = fit_threshold(vals)
     default_threshold, rule = fit_threshold(filtered)
     metrics["heldout_normal_score"] = {"mean": float(filtered.mean()), "std": float(filtered.std())}

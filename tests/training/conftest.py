@@ -9,8 +9,8 @@ import torch
 
 from soundwatch.params import FeatureParams
 from training.datasets import scan_dataset
-from training.train import TrainConfig, TrainResult, train_machine_type
 from training.synthetic import write_dcase_dataset
+from training.train import TrainConfig, TrainResult, train_machine_type
 
 
 @pytest.fixture(autouse=True)
