@@ -80,6 +80,9 @@ def gateway(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the final report as JSON on stdout")] = False,
+    health: Annotated[
+        bool, typer.Option("--health/--no-health", help="write the gateway's health to InfluxDB every 10 s")
+    ] = True,
 ) -> None:
     """Stream audio (microphone, files or the simulator) to Kafka; spool to disk while the broker is away.
 
@@ -87,6 +90,7 @@ def gateway(
     flushed for up to 10 s and what remains stays in the spool for the next start.
     """
     from ingest.gateway import StatusLine, install_signal_handlers, run_gateway
+    from ingest.health import HealthReporter
 
     settings = get_settings()
     sr = settings.features.sample_rate
@@ -126,6 +130,7 @@ def gateway(
             idempotent=not no_idempotence,
             backpressure=source != SourceKind.mic and speed == 0,
             status=StatusLine(),
+            health=HealthReporter(settings, gateway_id or settings.ingest.gateway_id) if health else None,
         )
     finally:
         restore()

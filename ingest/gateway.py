@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ingest.health import HealthReporter
 from ingest.producer import ChunkBuilder, Shipper, ShipperStats, check_compression, record_for
 from ingest.sequences import SequenceStore
 from ingest.sources import Source
@@ -140,6 +141,8 @@ def run_gateway(
     idempotent: bool = True,
     backpressure: bool = False,
     status: StatusLine | None = None,
+    health: HealthReporter | None = None,
+    health_every_s: float = 10.0,
     flush_timeout_s: float = 10.0,
 ) -> GatewayReport:
     """Stream ``source`` to ``topic`` (default audio.raw) until it ends, ``duration_s`` passes or ``stop``.
@@ -147,7 +150,8 @@ def run_gateway(
     ``backpressure``: pause the source while the backlog is large instead of spooling
     without bound (for sources that are not live, e.g. files replayed as fast as possible).
     On exit the producer is flushed for up to ``flush_timeout_s``; what is still undelivered
-    stays in the fsync'd spool and goes first on the next run.
+    stays in the fsync'd spool and goes first on the next run. ``status`` gets a line every
+    second; ``health`` (InfluxDB) a point every ``health_every_s`` and one at the end.
     """
     gw = gateway_id or settings.ingest.gateway_id
     topic = topic or settings.kafka.topics.audio_raw
@@ -165,10 +169,10 @@ def run_gateway(
     counts = {"chunks": 0, "bytes": 0}
     t0 = time.monotonic()
     timer = threading.Timer(duration_s, stop.set) if duration_s else None
-    status_thread = None
-    if status is not None:
-        status_thread = threading.Thread(target=_status_loop, args=(status, gw, shipper, counts, stop), daemon=True)
-        status_thread.start()
+    monitor = threading.Thread(
+        target=_monitor, args=(gw, shipper, counts, stop, status, health, health_every_s), daemon=True
+    )
+    monitor.start()
     blocks = source.blocks(stop)
     try:
         if timer is not None:
@@ -199,19 +203,14 @@ def run_gateway(
             final = shipper.close(flush_timeout_s)
         finally:
             sequences.close()
-        if status is not None and status_thread is not None:
-            status_thread.join(timeout=2)
-            status.show(
-                format_status(
-                    gw,
-                    counts["chunks"] / max(elapsed, 1e-9),
-                    counts["bytes"] / max(elapsed, 1e-9),
-                    final.sent_chunks / max(elapsed, 1e-9),
-                    final,
-                ),
-                force=True,
-            )
+        monitor.join(timeout=15)
+        rate_in, rate_sent = counts["chunks"] / max(elapsed, 1e-9), final.sent_chunks / max(elapsed, 1e-9)
+        if status is not None:
+            status.show(format_status(gw, rate_in, counts["bytes"] / max(elapsed, 1e-9), rate_sent, final), force=True)
             status.done()
+        if health is not None:
+            health.report(rate_in, rate_sent, final)  # the run's averages: short runs leave a point too
+            health.close()
     sp = final.spool
     return GatewayReport(
         gw,
@@ -231,19 +230,27 @@ def run_gateway(
     )
 
 
-def _status_loop(status: StatusLine, gw: str, shipper: Shipper, counts: dict[str, int], stop: threading.Event) -> None:
+def _monitor(
+    gw: str,
+    shipper: Shipper,
+    counts: dict[str, int],
+    stop: threading.Event,
+    status: StatusLine | None,
+    health: HealthReporter | None,
+    health_every_s: float,
+) -> None:
+    """Once a second: rates over the last second to the status line; every ``health_every_s`` to InfluxDB."""
     prev_t, prev_in, prev_bytes, prev_sent = time.monotonic(), 0, 0, 0
+    last_health, health_in, health_sent = prev_t, 0, 0
     while not stop.wait(1.0):
         st = shipper.stats()
         now = time.monotonic()
         dt = max(now - prev_t, 1e-9)
-        status.show(
-            format_status(
-                gw,
-                (counts["chunks"] - prev_in) / dt,
-                (counts["bytes"] - prev_bytes) / dt,
-                (st.sent_chunks - prev_sent) / dt,
-                st,
-            )
-        )
+        if status is not None:
+            rate_in, rate_bytes = (counts["chunks"] - prev_in) / dt, (counts["bytes"] - prev_bytes) / dt
+            status.show(format_status(gw, rate_in, rate_bytes, (st.sent_chunks - prev_sent) / dt, st))
         prev_t, prev_in, prev_bytes, prev_sent = now, counts["chunks"], counts["bytes"], st.sent_chunks
+        if health is not None and now - last_health >= health_every_s:
+            span = now - last_health
+            health.report((counts["chunks"] - health_in) / span, (st.sent_chunks - health_sent) / span, st)
+            last_health, health_in, health_sent = now, counts["chunks"], st.sent_chunks

@@ -181,3 +181,47 @@ def test_a_killed_gateway_loses_nothing_it_spooled_and_never_reuses_a_number(iso
         new = [s for s in seqs if s >= state["floor"]]
         assert old == list(range(len(old))), f"{machine}: spooled chunks lost or reordered"
         assert len(new) == 2 and new[1] == new[0] + 1 and seqs == old + new  # in order, numbers never reused
+
+
+def test_gateway_health_lands_in_influxdb_for_the_pipeline_dashboard(isolated_settings: Settings) -> None:
+    import requests
+
+    from ingest.health import HealthReporter
+
+    health = HealthReporter(isolated_settings, "gw-health")
+    report = run_gateway(
+        isolated_settings,
+        FirstBlocks(_sim(speed=8.0), 3 * 40),  # ~1.3 s of paced audio
+        gateway_id="gw-health",
+        health=health,
+        health_every_s=0.5,
+    )
+    assert report.undelivered_chunks == 0
+    assert health.written >= 2  # periodic points and the final one
+    resp = requests.get(
+        f"{isolated_settings.influx.url}/query",
+        params={
+            "db": isolated_settings.influx.database,
+            "q": "SELECT chunks_per_s, buffer_points, dropped_chunks, online FROM pipeline "
+            "WHERE stage = 'ingest' AND worker = 'gw-health'",
+        },
+        timeout=10,
+    )
+    series = resp.json()["results"][0]["series"][0]
+    rows = [dict(zip(series["columns"], v, strict=True)) for v in series["values"]]
+    assert len(rows) == health.written
+    assert all(r["dropped_chunks"] == 0 for r in rows)
+    assert max(r["chunks_per_s"] for r in rows) > 10  # 3 machines x 32 chunks/s of audio time
+    assert rows[-1]["online"] is True and rows[-1]["buffer_points"] == 0
+
+
+def test_an_unreachable_influxdb_does_not_disturb_the_gateway(isolated_settings: Settings) -> None:
+    from ingest.health import HealthReporter
+
+    broken = isolated_settings.model_copy(
+        update={"influx": isolated_settings.influx.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})}
+    )
+    health = HealthReporter(broken, "gw-nohealth")
+    report = run_gateway(broken, FirstBlocks(_sim(), 9), gateway_id="gw-nohealth", health=health, health_every_s=0.2)
+    assert report.chunks_sent == 9 and report.undelivered_chunks == 0
+    assert health.written == 0
