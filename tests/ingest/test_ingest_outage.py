@@ -225,3 +225,13 @@ def test_an_unreachable_influxdb_does_not_disturb_the_gateway(isolated_settings:
     report = run_gateway(broken, FirstBlocks(_sim(), 9), gateway_id="gw-nohealth", health=health, health_every_s=0.2)
     assert report.chunks_sent == 9 and report.undelivered_chunks == 0
     assert health.written == 0
+
+
+def test_without_idempotence_order_still_holds(isolated_settings: Settings) -> None:
+    # for brokers that refuse idempotent producers: one request in flight per connection keeps order
+    report = run_gateway(isolated_settings, FirstBlocks(_sim(), 30), gateway_id="gw-noidem", idempotent=False)
+    assert report.chunks_sent == 30 and report.undelivered_chunks == 0
+    arrived = by_machine(read_chunks(isolated_settings, isolated_settings.kafka.topics.audio_raw, 30))
+    assert {m: [c.sequence for c in v] for m, v in arrived.items()} == {
+        m: list(range(10)) for m in ("fan/id_00", "pump/id_02", "valve/id_04")
+    }
