@@ -15,7 +15,9 @@
    has never seen gets a new class row); a density-only ``clp`` model keeps its encoder and only
    re-builds the embedding bank; ``ae`` continues the reconstruction objective. The kNN bank is
    rebuilt from the fine-tuned encoder on new + replayed windows. The score kind stays the
-   parent's.
+   parent's. ``epochs=0`` keeps every weight and only rebuilds the bank and the thresholds: for a
+   kNN-scored model that is a density update that cannot forget (old and new normal share one
+   embedding space).
 5. **Recalibrate** per-machine thresholds on the calibration blocks plus the earlier validation
    clips (:func:`training.calibration.fit_threshold` on median-filtered window scores).
 6. **Gate** (:mod:`training.gate`) candidate vs current on the gate blocks, the earlier validation
@@ -70,7 +72,8 @@ class RetrainConfig(BaseSettings):
         description="original training data (DCASE layout) for replay, the "
         "earlier validation set and labelled test clips; default: the model's data_root",
     )
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(6, ge=0, description="fine-tuning epochs; 0 = keep the weights, only rebuild the kNN bank "
+                        "and thresholds (no forgetting possible)")
     lr: float = Field(2e-4, gt=0, description="fine-tuning learning rate (lower than training from scratch)")
     batch_size: int = Field(64, ge=2)
     replay_ratio: float = Field(1.0, ge=0, description="replayed earlier windows per new window")
