@@ -72,8 +72,12 @@ class RetrainConfig(BaseSettings):
         description="original training data (DCASE layout) for replay, the "
         "earlier validation set and labelled test clips; default: the model's data_root",
     )
-    epochs: int = Field(6, ge=0, description="fine-tuning epochs; 0 = keep the weights, only rebuild the kNN bank "
-                        "and thresholds (no forgetting possible)")
+    epochs: int = Field(
+        6,
+        ge=0,
+        description="fine-tuning epochs; 0 = keep the weights, only rebuild the kNN bank "
+        "and thresholds (no forgetting possible)",
+    )
     lr: float = Field(2e-4, gt=0, description="fine-tuning learning rate (lower than training from scratch)")
     batch_size: int = Field(64, ge=2)
     replay_ratio: float = Field(1.0, ge=0, description="replayed earlier windows per new window")
