@@ -15,9 +15,12 @@ Per record of ``audio.raw`` (key = ``machine_key``, value = an encoded :class:`A
 Delivery (no exactly-once: the local broker has no transactions): a worker killed and restarted,
 or a partition moved to another worker, must give no missing and no duplicate windows.
 
-* Faust flushes the producer (our changelog records included) before it commits input offsets, so
-  a restored state is never *behind* the committed input: replayed chunks it already holds are
-  duplicates by sequence number and are ignored — nothing is emitted twice from them.
+* The table also keeps each input partition's next offset. Faust flushes the producer (changelog
+  included) before it commits input offsets, so a restored state is never *behind* the committed
+  input: replayed records below the stored offset are skipped. A record *above* it means the
+  consumer skipped some — Faust drops records fetched while a partition is paused for recovery and
+  does not seek back where nothing was committed yet (seen against the local broker after kill -9) —
+  so the consumer is sent back to the stored offset.
 * Windows are acked before the state that records them is written, so a crash can leave the output
   *ahead* of the stored state, never behind it: no window is lost. The re-processed chunk then
   recomputes windows that are already published. To drop exactly those, a worker reads the tail of
@@ -26,6 +29,7 @@ or a partition moved to another worker, must give no missing and no duplicate wi
   the newest ``(segment, start_frame)`` per machine; re-emissions up to it are suppressed. The gap
   between output and state is at most the chunk in flight at the crash, so a tail of
   ``_TAIL_DEPTH`` records is ample.
+* Chunks a gateway sent twice (same sequence number) are ignored by the windower itself.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +54,13 @@ log = logging.getLogger(__name__)
 STAGE = "features"
 TABLE_NAME = "windower-state"
 _TAIL_DEPTH = 512  # output records read back per partition after an assignment (see module docstring)
+_TAIL_TIMEOUT_S = 60.0
+_REWIND_GRACE_S = 10.0  # after seeking back, how long records past the expected offset are treated as stale
+
+
+def _offset_key(topic: str, partition: int) -> bytes:
+    """Table key of an input partition's next offset (``\\x00`` cannot start a machine key)."""
+    return f"\x00next-offset/{topic}/{partition}".encode()
 
 
 @dataclass
@@ -57,6 +69,7 @@ class StreamStats:
     audio_s: float = 0.0
     windows: int = 0
     suppressed: int = 0
+    replayed: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     gaps: int = 0
     duplicates: int = 0
@@ -65,18 +78,23 @@ class StreamStats:
         dl = sum(self.dead_letters.values())
         return (f"{self.chunks} chunks ({self.audio_s:.0f} s audio), {self.windows} windows, "
                 f"{self.gaps} gaps, {self.duplicates} duplicates, {dl} dead letters {self.dead_letters or ''}, "
-                f"{self.suppressed} re-emissions suppressed")  # fmt: skip
+                f"{self.suppressed} re-emissions suppressed, {self.replayed} replayed records skipped")  # fmt: skip
 
 
 class WindowingProcessor:
     """The agent's per-record logic, kept apart from the Faust wiring in :func:`create_app`."""
 
-    def __init__(self, settings: Settings, table: Any, features_topic: Any, deadletter_topic: Any) -> None:
+    def __init__(self, settings: Settings, table: Any, features_topic: Any, deadletter_topic: Any, *,
+                 seek: Callable[[str, int, int], Awaitable[None]],
+                 earliest: Callable[[str, int], Awaitable[int]]) -> None:  # fmt: skip
         self.settings = settings
         self.params = settings.features
         self.table = table
         self.features_topic = features_topic
         self.deadletter_topic = deadletter_topic
+        self._seek = seek  # move the input consumer of (topic, partition) to an offset
+        self._earliest = earliest  # first offset still held by (topic, partition)
+        self._rewinds: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) -> (offset, when)
         self.stats = StreamStats()
         self._scanned: set[int] = set()  # input partitions whose output tail has been read since assignment
         self._emitted: dict[bytes, tuple[int, int]] = {}  # machine key -> newest published (segment, start_frame)
@@ -91,7 +109,12 @@ class WindowingProcessor:
         if partition in self._scanned:
             return
         topic = self.settings.kafka.topics.features
-        n_out, emitted = await asyncio.to_thread(read_emitted_tail, self.settings, topic, partition, _TAIL_DEPTH)
+        log.debug("input partition %d: reading back the tail of %s", partition, topic)
+        try:
+            n_out, emitted = await asyncio.wait_for(read_emitted_tail(self.settings, topic, partition, _TAIL_DEPTH),
+                                                    _TAIL_TIMEOUT_S)  # fmt: skip
+        except (TimeoutError, OSError) as exc:  # no safe way on without it: let Faust restart the agent
+            raise RuntimeError(f"cannot read back {topic} for input partition {partition}: {exc!r}") from exc
         self._n_out = n_out
         for key, last in emitted.items():
             if last > self._emitted.get(key, (-1, -1)):
@@ -104,8 +127,12 @@ class WindowingProcessor:
     async def handle(self, message: Any) -> None:
         """Process one ``audio.raw`` record (``message`` has topic, partition, offset, key, value)."""
         await self._ensure_scanned(message.partition)
+        if not await self._next_in_partition(message):
+            return
         try:
             chunk = AudioChunk.decode(message.value)
+            log.debug("%s[%d]@%d: %s/%s chunk %d", message.topic, message.partition, message.offset,
+                      chunk.machine_type, chunk.machine_id, chunk.sequence)  # fmt: skip
             key = machine_key(chunk.machine_type, chunk.machine_id)
             if message.key != key:
                 raise ContractError(Reason.INVALID_FIELD, f"record key {message.key!r} is not the chunk's machine "
@@ -114,6 +141,7 @@ class WindowingProcessor:
             result = windower.push(chunk)
         except ContractError as exc:
             await self._dead_letter(message, exc)
+            self._done(message)
             return
         for event in result.events:
             log.warning("%s", event)
@@ -122,7 +150,8 @@ class WindowingProcessor:
             else:
                 self.stats.duplicates += 1
         if any(e.kind is EventKind.DUPLICATE for e in result.events):
-            return  # a duplicate or replayed chunk: the state did not change
+            self._done(message)
+            return  # a chunk sent twice upstream: the state did not change
         self.stats.chunks += 1
         self.stats.audio_s += chunk.duration_s
         out_partition = message.partition % (self._n_out or 1)
@@ -141,6 +170,45 @@ class WindowingProcessor:
         if key in self._emitted and (windower.segment, windower.next_window) > self._emitted[key]:
             del self._emitted[key]  # caught up with what was published before the restart
         self.table[key] = windower.to_bytes()
+        self._done(message)
+
+    # -------------------------------------------------------------- input offsets
+    async def _next_in_partition(self, message: Any) -> bool:
+        """True when ``message`` is the next unprocessed record of its partition.
+
+        The table keeps each input partition's next offset (changelogged like the machine states).
+        Earlier offsets are replays after a restart: skipped. A later offset means the consumer skipped
+        records — Faust drops records it fetched while a partition was paused for recovery and, where
+        no offset was committed yet, does not seek back — so the consumer is sent back to the expected
+        offset and records are ignored until it arrives. If it never does (records deleted by retention,
+        or transaction markers), the jump is accepted after ``_REWIND_GRACE_S``.
+        """
+        tp = (message.topic, message.partition)
+        raw = self.table.get(_offset_key(*tp))
+        expected = int(raw) if raw is not None else await self._earliest(*tp)
+        if message.offset == expected:
+            self._rewinds.pop(tp, None)
+            return True
+        if message.offset < expected:
+            self.stats.replayed += 1
+            return False
+        now = time.monotonic()
+        rewind = self._rewinds.get(tp)
+        if rewind is None or rewind[0] != expected:
+            log.warning("%s[%d]: got offset %d but %d is next: the consumer skipped records; seeking back",
+                        *tp, message.offset, expected)  # fmt: skip
+            self._rewinds[tp] = (expected, now)
+            await self._seek(*tp, expected)
+            return False
+        if now - rewind[1] < _REWIND_GRACE_S:
+            return False  # fetched before the seek; the re-read follows
+        log.warning("%s[%d]: offsets %d..%d never arrived after seeking back; continuing at %d", *tp, expected,
+                    message.offset - 1, message.offset)  # fmt: skip
+        self._rewinds.pop(tp, None)
+        return True
+
+    def _done(self, message: Any) -> None:
+        self.table[_offset_key(message.topic, message.partition)] = str(message.offset + 1).encode()
 
     def _load(self, key: bytes) -> StreamWindower:
         data = self.table.get(key)
@@ -168,29 +236,30 @@ class WindowingProcessor:
         self.stats.dead_letters[exc.reason.value] = self.stats.dead_letters.get(exc.reason.value, 0) + 1
 
 
-def read_emitted_tail(settings: Settings, topic: str, input_partition: int,
-                      depth: int) -> tuple[int, dict[bytes, tuple[int, int]]]:  # fmt: skip
+async def read_emitted_tail(settings: Settings, topic: str, input_partition: int,
+                            depth: int) -> tuple[int, dict[bytes, tuple[int, int]]]:  # fmt: skip
     """``(n_partitions, {machine key: newest (segment, start_frame)})`` from the last ``depth`` records of
-    the output partition that input partition ``input_partition`` writes to. Blocking (kafka-python)."""
-    from kafka import TopicPartition
+    the output partition that input partition ``input_partition`` writes to (aiokafka, on Faust's loop)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from soundwatch.kafka import make_consumer
-
-    consumer = make_consumer(settings, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **_aiokafka_kwargs(settings.kafka))
+    await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
         if not parts:
             raise ContractError(Reason.INVALID_FIELD, f"output topic {topic} does not exist")
         n_out = len(parts)
         tp = TopicPartition(topic, input_partition % n_out)
         consumer.assign([tp])
-        end = consumer.end_offsets([tp])[tp]
-        begin = consumer.beginning_offsets([tp])[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        begin = (await consumer.beginning_offsets([tp]))[tp]
         consumer.seek(tp, max(begin, end - depth))
         newest: dict[bytes, tuple[int, int]] = {}
-        deadline = time.monotonic() + 30.0
-        while consumer.position(tp) < end and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
+        while await consumer.position(tp) < end:
+            for records in (await consumer.getmany(tp, timeout_ms=500)).values():
                 for rec in records:
                     try:
                         w = FeatureWindow.decode(rec.value)
@@ -198,11 +267,32 @@ def read_emitted_tail(settings: Settings, topic: str, input_partition: int,
                         continue
                     k = machine_key(w.machine_type, w.machine_id)
                     newest[k] = max(newest.get(k, (-1, -1)), (w.segment, w.start_frame))
-        if consumer.position(tp) < end:
-            raise TimeoutError(f"reading back {tp.topic}[{tp.partition}] did not reach offset {end} in 30 s")
         return n_out, newest
     finally:
-        consumer.close()
+        await consumer.stop()
+
+
+def _ssl_context(kafka: KafkaSettings) -> Any:
+    import ssl
+
+    if kafka.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+    if kafka.ssl_certfile:
+        context.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
+    return context
+
+
+def _aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
+    kw: dict[str, Any] = {"bootstrap_servers": kafka.bootstrap_servers.split(","),
+                          "security_protocol": kafka.security_protocol, "ssl_context": _ssl_context(kafka)}  # fmt: skip
+    if kafka.security_protocol.startswith("SASL"):
+        kw.update(
+            sasl_mechanism=kafka.sasl_mechanism or "PLAIN",
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        )
+    return kw
 
 
 def broker_url(kafka: KafkaSettings) -> str:
@@ -211,23 +301,15 @@ def broker_url(kafka: KafkaSettings) -> str:
 
 
 def _credentials(kafka: KafkaSettings) -> Any:
-    import ssl
-
     import faust
 
     if kafka.security_protocol == "PLAINTEXT":
         return None
-    context = None
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
-        if kafka.ssl_certfile:
-            context.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None)
     if kafka.security_protocol == "SSL":
-        return faust.SSLCredentials(context)
-    mechanism = kafka.sasl_mechanism or "PLAIN"
+        return faust.SSLCredentials(_ssl_context(kafka))
     password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-    return faust.SASLCredentials(username=kafka.sasl_username, password=password, ssl_context=context,
-                                 mechanism=mechanism)  # fmt: skip
+    return faust.SASLCredentials(username=kafka.sasl_username, password=password, ssl_context=_ssl_context(kafka),
+                                 mechanism=kafka.sasl_mechanism or "PLAIN")  # fmt: skip
 
 
 def create_app(settings: Settings, *, web_port: int | None = None, stats_interval_s: float = 30.0) -> faust.App:
@@ -237,6 +319,7 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
     ``0`` disables the web server (tests, several workers on one host).
     """
     import faust
+    from faust.types import TP
 
     s, t = settings.stream, settings.kafka.topics
     port = s.workers_web_port if web_port is None else web_port
@@ -271,7 +354,15 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
                                  value_serializer="raw")  # fmt: skip
     # keys and values are raw bytes (the app's serializers): a machine key -> StreamWindower.to_bytes()
     table = app.Table(TABLE_NAME, default=None, key_type=bytes, value_type=bytes, partitions=t.partitions)
-    processor = WindowingProcessor(settings, table, features_topic, deadletter_topic)
+
+    async def seek(topic: str, partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(topic, partition), offset)
+
+    async def earliest(topic: str, partition: int) -> int:
+        tp = TP(topic, partition)
+        return int((await app.consumer.earliest_offsets(tp))[tp])
+
+    processor = WindowingProcessor(settings, table, features_topic, deadletter_topic, seek=seek, earliest=earliest)
     app.windowing = processor  # type: ignore[attr-defined]  # for tests and the stats timer
 
     @app.agent(audio_topic, name="windows")

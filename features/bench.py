@@ -161,7 +161,9 @@ def stream_bench(settings: Settings, audio_seconds: float = 480.0, machines: int
             _, err = worker.communicate()
     if len(stamps) < 2:
         tail = (err or b"").decode(errors="replace")[-800:]
-        raise RuntimeError(f"the worker published {len(stamps)} of {expected} windows within {timeout_s:.0f} s:\n{tail}")
+        raise RuntimeError(
+            f"the worker published {len(stamps)} of {expected} windows within {timeout_s:.0f} s:\n{tail}"
+        )
     wall = (max(stamps) - min(stamps)) / 1000.0
     advanced = (len(stamps) - machines) * p.hop_seconds  # each machine's first window is the starting line
     return {

@@ -27,8 +27,12 @@ def _features() -> None:
 
 @app.command("run")
 def run(
-    web_port: Annotated[int | None, typer.Option("--web-port", help="worker web server port on 127.0.0.1; 0 disables "
-                                                 "it (default: stream.workers_web_port)")] = None,  # fmt: skip
+    web_port: Annotated[
+        int | None,
+        typer.Option(
+            "--web-port", help="worker web server port on 127.0.0.1; 0 disables it (default: stream.workers_web_port)"
+        ),
+    ] = None,  # fmt: skip
 ) -> None:
     """Start one Faust worker (audio.raw -> features.logmel). Stop with Ctrl-C or SIGTERM.
 
@@ -38,12 +42,15 @@ def run(
     from features.app import run_worker
     from soundwatch.settings import get_settings
 
+    settings = get_settings()
     root = logging.getLogger()
     if not root.handlers:  # run as `python -m features.cli`: the soundwatch CLI did not set logging up
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         for noisy in ("kafka", "aiokafka", "faust", "mode"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    run_worker(get_settings(), web_port=web_port, loglevel=logging.getLevelName(root.level).lower())
+    # kafka-python's selector warns about slow tasks whenever the CPU is busy (it is: computing features)
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+    run_worker(settings, web_port=web_port, loglevel=logging.getLevelName(root.level).lower())
 
 
 def audio_files(source: Path) -> list[Path]:
@@ -76,11 +83,19 @@ def extract_file(path: Path, out: Path, params_json: str) -> int:
 
 @app.command("extract")
 def extract(
-    source: Annotated[Path, typer.Argument(help="an audio file, or a folder searched recursively for "
-                                           "WAV/FLAC/OGG", show_default=False)],  # fmt: skip
+    source: Annotated[
+        Path,
+        typer.Argument(help="an audio file, or a folder searched recursively for WAV/FLAC/OGG", show_default=False),
+    ],  # fmt: skip
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder (mirrors the input tree)")],
-    fmt: Annotated[str, typer.Option("--format", help="output format; npz holds windows [N, n_mels, W] "
-                                     "float32, start_frames [N] int64, params (JSON), source, n_samples")] = "npz",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="output format; npz holds windows [N, n_mels, W] "
+            "float32, start_frames [N] int64, params (JSON), source, n_samples",
+        ),
+    ] = "npz",
 ) -> None:
     """Write each file's feature windows, exactly as the stream would emit them, under --out."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -117,10 +132,12 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
     seconds: Annotated[float, typer.Option("--seconds", help="audio seconds for the log-mel comparison")] = 320.0,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="best of this many runs each")] = 5,
-    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="also measure one Faust worker through "
-                                         "the local broker")] = True,  # fmt: skip
-    stream_seconds: Annotated[float, typer.Option("--stream-seconds", help="audio seconds sent through the "
-                                                  "stream")] = 480.0,  # fmt: skip
+    stream: Annotated[
+        bool, typer.Option("--stream/--no-stream", help="also measure one Faust worker through the local broker")
+    ] = True,  # fmt: skip
+    stream_seconds: Annotated[
+        float, typer.Option("--stream-seconds", help="audio seconds sent through the stream")
+    ] = 480.0,  # fmt: skip
 ) -> None:
     """Log-mel speed against librosa and a bare rfft+matmul floor, and the stream's real-time factor."""
     from features.bench import logmel_bench, stream_bench

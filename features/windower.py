@@ -230,7 +230,8 @@ class StreamWindower:
         w = cls(params, h["machine_type"], h["machine_id"])
         w.gateway_id = h["gateway_id"]
         w.segment, w.last_sequence = int(h["segment"]), int(h["last_sequence"])
-        w.frames_done, w.next_window, w.samples_seen = int(h["frames_done"]), int(h["next_window"]), int(h["samples_seen"])
+        w.frames_done, w.next_window = int(h["frames_done"]), int(h["next_window"])
+        w.samples_seen = int(h["samples_seen"])
         w._anchor_sample, w._anchor_ns = int(h["anchor_sample"]), int(h["anchor_ns"])
         w._tail = np.frombuffer(data, "<f4", n_tail, off).astype(np.float32)
         w._pending = np.frombuffer(data, "<f4", params.n_mels * n_pending, off + 4 * n_tail).astype(np.float32)
