@@ -16,6 +16,7 @@ from typing import Annotated
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from soundwatch.console import err_console
@@ -191,9 +192,9 @@ def main() -> None:
     except SoundwatchError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            err_console.print(f"  [yellow]hint:[/yellow] {exc.hint}", highlight=False)
+            err_console.print(f"  [yellow]hint:[/yellow] {escape(exc.hint)}", highlight=False)
         sys.exit(int(exc.exit_code))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -210,7 +211,7 @@ def main() -> None:
             sys.exit(int(ExitCode.USAGE))
         if _state["debug"]:
             raise
-        err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
         err_console.print("  rerun with --debug for the traceback, and report it if it persists")
         sys.exit(int(ExitCode.ERROR))
 

@@ -124,7 +124,9 @@ class IngestSettings(_Section):
     spool_dir: Path = Path("var/spool")
     spool_max_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     state_dir: Path = Path("var/gateway")
-    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "gzip"
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4", description="lz4: cheap on CPU; gzip costs ~3x the gateway throughput for ~5-25% smaller PCM"
+    )
 
 
 class ScoringSettings(_Section):

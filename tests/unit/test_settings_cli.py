@@ -93,3 +93,15 @@ def test_to_env_round_trips_through_the_environment(monkeypatch, tmp_path):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert load_settings() == original
+
+
+def test_error_hints_keep_bracketed_text(tmp_path):
+    """Rich markup must not eat `[mic]` in `pip install 'soundwatch[mic]'`."""
+    import importlib.util
+
+    if importlib.util.find_spec("sounddevice") is not None:
+        pytest.skip("sounddevice is installed here: the missing-extra error cannot happen")
+    out = subprocess.run([sys.executable, "-m", "soundwatch.cli", "gateway", "--source", "mic", "--machine-type",
+                          "fan", "--machine-id", "id_00"], capture_output=True, text=True, cwd=tmp_path, timeout=60)  # fmt: skip
+    assert out.returncode == 5, out.stderr
+    assert "soundwatch[mic]" in out.stderr
