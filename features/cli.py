@@ -14,7 +14,7 @@ from soundwatch.console import err_console
 from soundwatch.errors import BadInput, SoundwatchError
 
 app = typer.Typer(help="Log-mel features: the Faust stream worker and offline extraction.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)  # fmt: skip
+                  pretty_exceptions_enable=False, add_completion=False)  # fmt: skip
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}

@@ -167,9 +167,10 @@ def _windowed_power(x, k, n_bins, lo_src, lo_conj, hi_src, hi_conj):  # pragma: 
 
 
 @numba.njit(cache=True, nogil=True)
-def _mel_kernel(spec, n_bins, lo_src, lo_conj, hi_src, hi_conj, lo, hi, off, weight, half_power, out,
+def _mel_kernel(spec, n_bins, lo_src, lo_conj, hi_src, hi_conj, lo, hi, off, weight, half_power, amin, out,
                 out_col):  # pragma: no cover - jitted  # fmt: skip
-    """Unwindowed frame spectra -> ``out[b, :, out_col + f]`` = Hann-windowed mel power (float32, not dB).
+    """Unwindowed frame spectra -> ``out[b, :, out_col + f]`` = Hann-windowed mel power, floored at ``amin``
+    (float32, not yet in dB).
 
     ``spec`` is the rfft output viewed as float64 ``[B, F, 2*n_bins]`` (interleaved re, im).
     The periodic Hann window is applied in the frequency domain: ``w[n] = 0.5 - 0.25 e^{+2 pi i n/N}
@@ -223,13 +224,13 @@ def _mel_kernel(spec, n_bins, lo_src, lo_conj, hi_src, hi_conj, lo, hi, off, wei
                     a1 += w * p[k, 1]
                     a2 += w * p[k, 2]
                     a3 += w * p[k, 3]
-                out[b, m, out_col + f0] = a0
+                out[b, m, out_col + f0] = max(a0, amin)
                 if g > 1:
-                    out[b, m, out_col + f0 + 1] = a1
+                    out[b, m, out_col + f0 + 1] = max(a1, amin)
                 if g > 2:
-                    out[b, m, out_col + f0 + 2] = a2
+                    out[b, m, out_col + f0 + 2] = max(a2, amin)
                 if g > 3:
-                    out[b, m, out_col + f0 + 3] = a3
+                    out[b, m, out_col + f0 + 3] = max(a3, amin)
 
 
 def _edge_sources(n_fft: int) -> tuple[int, bool, int, bool]:
@@ -255,20 +256,20 @@ def _blocks(n_batch: int, n_frames: int) -> Iterator[tuple[slice, slice]]:
             yield slice(b0, min(b0 + rows, n_batch)), slice(0, n_frames)
 
 
-def frames_db(padded: np.ndarray, n_frames: int, *, params: FeatureParams) -> np.ndarray:
-    """Log-mel of ``n_frames`` frames read from already-padded audio: frame ``t`` is
-    ``padded[..., t*hop : t*hop + n_fft]``. ``[..., L] -> [..., n_mels, n_frames]`` float32 dB.
+def frames_db(audio: np.ndarray, n_frames: int, *, params: FeatureParams, pad_left: int = 0) -> np.ndarray:
+    """Log-mel of ``n_frames`` frames of ``audio`` preceded by ``pad_left`` zeros: frame ``t`` covers
+    padded samples ``[t*hop, t*hop + n_fft)``. ``[..., L] -> [..., n_mels, n_frames]`` float32 dB.
 
-    The building block of :func:`log_mel` (which pads ``n_fft//2`` zeros on the left) and of the
-    streaming windower (which keeps the padded tail between chunks).
+    The building block of :func:`log_mel` (``pad_left = n_fft//2``) and of the streaming windower
+    (which keeps the already-padded tail between chunks, ``pad_left = 0``).
     """
-    x = np.asarray(padded)
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"audio must be float32 or float64 in [-1, 1], got {x.dtype}")
+    x = np.asarray(audio)
+    if x.dtype not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"audio must be float in [-1, 1], got {x.dtype} (PCM16: divide by 32768)")
     n_fft, hop = params.n_fft, params.hop_length
     need = 0 if n_frames == 0 else (n_frames - 1) * hop + n_fft
-    if n_frames < 0 or x.shape[-1] < need:
-        raise ValueError(f"{n_frames} frames need {need} padded samples, got {x.shape[-1]}")
+    if n_frames < 0 or pad_left < 0 or pad_left + x.shape[-1] < need:
+        raise ValueError(f"{n_frames} frames need {need} padded samples, got {pad_left} + {x.shape[-1]}")
     lead = x.shape[:-1]
     out = np.empty((*lead, params.n_mels, n_frames), np.float32)
     if n_frames == 0 or out.size == 0:
@@ -279,17 +280,19 @@ def frames_db(padded: np.ndarray, n_frames: int, *, params: FeatureParams) -> np
     edges = _edge_sources(n_fft)
     bank = _bank(params)
     half_power = float(params.power) / 2.0
+    amin = float(np.float32(params.amin))
     for rows, cols in _blocks(x2.shape[0], n_frames):
-        # float64 once per sample of the block (frames overlap, so not per frame); the FFT reads the
-        # overlapping frames straight from it through a strided view
-        seg = np.ascontiguousarray(x2[rows, cols.start * hop : (cols.stop - 1) * hop + n_fft], dtype=np.float64)
+        # The block's samples in float64, once per sample (frames overlap 2x, so not per frame), zero
+        # padding included; the FFT then reads the overlapping frames through a strided view.
+        a, b = cols.start * hop - pad_left, (cols.stop - 1) * hop + n_fft - pad_left  # unpadded sample range
+        seg = np.zeros((rows.stop - rows.start, b - a), np.float64)
+        seg[:, max(0, -a) :] = x2[rows, max(0, a) : b]
         frames = np.lib.stride_tricks.as_strided(seg, shape=(seg.shape[0], cols.stop - cols.start, n_fft),
                                                  strides=(seg.strides[0], hop * 8, 8), writeable=False)  # fmt: skip
         spec = scipy.fft.rfft(frames, axis=-1).view(np.float64)
-        _mel_kernel(spec, n_bins, *edges, *bank, half_power, out2[rows], cols.start)
+        _mel_kernel(spec, n_bins, *edges, *bank, half_power, amin, out2[rows], cols.start)
     # dB in one vectorised pass: 10*log10(x) as ln(x) * 10/ln(10); numpy's float32 log is SIMD and
     # ~3x faster than its log10, and a scalar log inside the kernel would cost more than the FFT.
-    np.maximum(out, np.float32(params.amin), out=out)
     np.log(out, out=out)
     out *= np.float32(10.0 / np.log(10.0))
     return out
@@ -305,10 +308,4 @@ def log_mel(audio: np.ndarray, *, params: FeatureParams) -> np.ndarray:
     x = np.asarray(audio)
     if x.ndim == 0:
         raise ValueError("audio must have a time axis: [..., n_samples]")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"audio must be float in [-1, 1], got {x.dtype} (PCM16: divide by 32768)")
-    n = complete_frames(x.shape[-1], params)
-    pad = params.n_fft // 2
-    padded = np.zeros((*x.shape[:-1], pad + x.shape[-1]), dtype=x.dtype if x.dtype == np.float64 else np.float32)
-    padded[..., pad:] = x
-    return frames_db(padded, n, params=params)
+    return frames_db(x, complete_frames(x.shape[-1], params), params=params, pad_left=params.n_fft // 2)
