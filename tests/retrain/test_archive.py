@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundwatch.contracts import AudioChunk, machine_key
+from soundwatch.contracts import AudioChunk, DeadLetter, Reason, machine_key
 from training.archive import ArchiveConfig, ArchiveReader, ArchiveWriter, running_archive
 
 SR = 16_000
@@ -69,6 +69,25 @@ def test_retention_drops_oldest_segments_by_bytes(tmp_path: Path) -> None:
     writer.close()
 
 
+def _read_all(settings, topic: str) -> list:  # noqa: ANN001
+    from kafka import TopicPartition
+
+    from soundwatch.kafka import make_consumer
+
+    consumer = make_consumer(settings, group_id=None)
+    tps = [TopicPartition(topic, p) for p in range(settings.kafka.topics.partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(tps)
+    out: list = []
+    deadline = time.monotonic() + 20
+    while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+        for recs in consumer.poll(timeout_ms=300).values():
+            out += recs
+    consumer.close()
+    return out
+
+
 @pytest.mark.integration
 def test_archive_consumer_writes_flac_equal_to_pcm_sent(isolated_settings, tmp_path: Path) -> None:
     from soundwatch.kafka import make_producer
@@ -95,6 +114,9 @@ def test_archive_consumer_writes_flac_equal_to_pcm_sent(isolated_settings, tmp_p
         while time.monotonic() < deadline and consumer.chunks + consumer.writer.duplicates < 12:
             time.sleep(0.3)
     assert consumer.dead_letters == 1
+    letters = _read_all(settings, settings.kafka.topics.deadletter)
+    assert [DeadLetter.from_headers(r.headers).reason for r in letters] == [Reason.BAD_MAGIC]
+    assert letters[0].value == b"not a chunk" and DeadLetter.from_headers(letters[0].headers).stage == "archive"
     reader = ArchiveReader(config.root)
     for mid, chunks in sent.items():
         pieces = reader.read_range("fan", mid, T0, T0 + 10 * 10**9)
