@@ -329,9 +329,30 @@ def retrain(
         float | None, typer.Option("--min-seconds", min=0, help="least new confirmed audio for a round")
     ] = None,  # fmt: skip
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
+    far_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--far-tolerance", min=0, help="gate: candidate false-alarm rate may exceed the current model's by this"
+        ),
+    ] = None,
+    auc_tolerance: Annotated[
+        float | None, typer.Option("--auc-tolerance", min=0, help="gate: candidate AUC may be lower by this")
+    ] = None,
+    pauc_tolerance: Annotated[
+        float | None, typer.Option("--pauc-tolerance", min=0, help="gate: candidate pAUC may be lower by this")
+    ] = None,
+    far_target: Annotated[
+        float | None,
+        typer.Option(
+            "--far-target", min=0, max=1, help="gate: candidate false-alarm rate on confirmed audio must be <= this"
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Fine-tune on confirmed-normal audio since the model's data cutoff; promote only past the gate."""
+    """Fine-tune on confirmed-normal audio since the model's data cutoff; promote only past the gate.
+
+    Defaults come from SOUNDWATCH_RETRAIN_<FIELD> (e.g. SOUNDWATCH_RETRAIN_GATE__FAR_TOLERANCE); flags win.
+    """  # fmt: skip
     from training.retrain import RetrainConfig, retrain_round, run_schedule
 
     if once == (schedule is not None):
@@ -341,7 +362,11 @@ def retrain(
     settings = _settings(registry)
     given = {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds, "device": device}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    cfg = RetrainConfig(**overrides)
+    base = RetrainConfig()
+    tolerances = {"far_tolerance": far_tolerance, "auc_tolerance": auc_tolerance, "pauc_tolerance": pauc_tolerance,
+                  "far_target": far_target}  # fmt: skip
+    gate = base.gate.model_copy(update={k: v for k, v in tolerances.items() if v is not None})
+    cfg = base.model_copy(update={**overrides, "gate": gate})
     archive = _archive_config(archive_root)
 
     def round_() -> list:
