@@ -152,6 +152,14 @@ def _shift_mel(w: torch.Tensor, s: int) -> torch.Tensor:
     return out
 
 
+def _norm_sample(windows: np.ndarray, seed: int, limit: int = 20_000) -> torch.Tensor:
+    """A random subset of windows (all machines, not the first files) for the input statistics."""
+    idx = np.arange(len(windows))
+    if len(idx) > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(len(idx), size=limit, replace=False))
+    return torch.from_numpy(np.asarray(windows[idx], dtype=np.float32))
+
+
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     perm = torch.randperm(n, generator=gen)
     return [perm[i : i + batch_size] for i in range(0, n, batch_size) if i + batch_size <= n or i == 0]
@@ -163,7 +171,7 @@ def _train_clp(ws: WindowSet, labels: np.ndarray, n_classes: int, cfg: TrainConf
     p_enc = EncoderConfig(**{**cfg.encoder.to_dict(), "n_mels": ws.windows.shape[1],
                              "window_frames": ws.windows.shape[2], "channels": cfg.encoder.channels})  # fmt: skip
     encoder = Encoder(p_enc)
-    encoder.norm.fit(torch.from_numpy(np.asarray(ws.windows[: 20000], dtype=np.float32)))
+    encoder.norm.fit(_norm_sample(ws.windows, cfg.seed))
     encoder.to(device)
     x_all = torch.from_numpy(np.asarray(ws.windows))
     y_all = torch.from_numpy(labels)
@@ -234,7 +242,7 @@ def _train_ae(ws: WindowSet, cfg: TrainConfig, device: torch.device, gen: torch.
               metrics: dict[str, Any]) -> FrameAE:  # fmt: skip
     ae = FrameAE(AEConfig(n_mels=ws.windows.shape[1]))
     # One scalar mean/std: keeps the baseline's equal weighting of all mel bins in the MSE.
-    ae.norm.fit(torch.from_numpy(np.asarray(ws.windows[:20000], dtype=np.float32)), per_bin=False)
+    ae.norm.fit(_norm_sample(ws.windows, cfg.seed), per_bin=False)
     ae.to(device)
     x_all = torch.from_numpy(np.asarray(ws.windows))
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr)
