@@ -2,8 +2,8 @@
 
 * :class:`Encoder` — the ``clp`` encoder: 4 conv blocks, pooled over *time only* (frequency
   position carries meaning on a spectrogram, so it is kept until the final linear layer), then a
-  linear projection to an L2-normalised embedding. ~8 M multiply-adds per 128x64 window (channels 8-16-32-64), so a
-  2-core CPU scores hundreds of windows per second.
+  linear projection to an L2-normalised embedding. ~8 M multiply-adds per 128x64 window
+  (channels 8-16-32-64), so a 2-core CPU scores hundreds of windows per second.
 * :class:`ArcMarginHead` — additive angular margin (ArcFace) classifier over machine IDs.
 * :class:`FrameAE` — the DCASE 2020 baseline: a dense autoencoder on 5-frame x n_mels contexts.
 
