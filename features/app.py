@@ -374,6 +374,11 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
     async def _revoked(_app: Any, revoked: set, **kwargs: Any) -> None:
         processor.forget_partitions({tp.partition for tp in revoked if tp.topic == t.audio_raw})
 
+    @app.on_partitions_assigned.connect
+    async def _assigned(_app: Any, assigned: set, **kwargs: Any) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == t.audio_raw)
+        log.info("features: this worker now has %s partitions %s", t.audio_raw, mine)
+
     @app.timer(interval=stats_interval_s)
     async def _report() -> None:
         log.info("features: %s", processor.stats.line())

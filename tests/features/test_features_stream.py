@@ -17,6 +17,12 @@ from soundwatch.kafka import make_producer
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+def _partition_of(key: bytes, n: int) -> int:
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % n
+
+
 def send(settings, records: list[tuple[bytes | None, bytes]]) -> None:
     producer = make_producer(settings)
     try:
@@ -127,3 +133,38 @@ def test_killed_and_restarted_worker_neither_loses_nor_repeats_windows(isolated_
         assert len(out) == n_total
     finally:
         assert restarted.stop() == 0, restarted.log_tail()
+
+
+def test_two_workers_split_the_partitions_and_a_rebalance_loses_nothing(isolated_settings, tmp_path):
+    s = isolated_settings
+    clips = real_clips()
+    # machine ids whose keys hash (murmur2, as every Kafka client) to partitions 3, 2, 0 and 1: both workers get work
+    ids = ["w0", "w1", "w5", "w9"]
+    assert sorted(_partition_of(machine_key("fan", m), 4) for m in ids) == [0, 1, 2, 3]
+    machines = {m: np.concatenate([pcm16(clips[40 + 2 * i + j])[:160_000] for j in range(2)])
+                for i, m in enumerate(ids)}  # fmt: skip
+    chunks = {m: chunks_of(pcm, list(range(16_000, pcm.size, 16_000)), machine_id=m) for m, pcm in machines.items()}
+    interleaved = [c for i in range(20) for cs in chunks.values() for c in cs[i : i + 1]]
+    n_total = 4 * len(offline_windows(machines["w0"].astype(np.float32) / 32768, params=s.features)[1])
+    first = FeaturesWorker(s, tmp_path / "worker-a.log").start()
+    second = FeaturesWorker(s, tmp_path / "worker-b.log")
+    try:
+        send(s, encoded(interleaved[:40]))
+        read_all(s, s.kafka.topics.features, lambda r: len(r) >= 4, 90)
+        second.start()  # joins mid-stream: the partitions are split between the two
+        deadline = time.monotonic() + 90
+        while "now has" not in second.log_tail(100_000) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "now has" in second.log_tail(100_000), second.log_tail()
+        send(s, encoded(interleaved[40:]))
+        out = read_all(s, s.kafka.topics.features, lambda r: len(r) >= n_total, 120)
+        time.sleep(2.0)
+        out = read_all(s, s.kafka.topics.features, lambda r: len(r) > n_total, 3)
+        got = windows_by_machine(out)
+        for m, pcm in machines.items():
+            assert_exactly_offline(got[machine_key("fan", m)], pcm, s.features)
+        assert len(out) == n_total
+        assert "input partition" in second.log_tail(100_000), "the second worker processed nothing"
+    finally:
+        codes = [second.stop(), first.stop()]
+        assert codes == [0, 0], first.log_tail() + second.log_tail()
