@@ -147,6 +147,57 @@ class FeatureStreamSettings(_Section):
     data_dir: Path = Path("var/faust")
 
 
+class ArchiveSettings(_Section):
+    """The raw-audio archive retraining reads (``soundwatch archive run``)."""
+
+    root: Path = Path("var/archive")
+    group_id: str = "soundwatch-archive"
+    segment_seconds: float = Field(60.0, gt=0, description="audio seconds per FLAC segment")
+    idle_flush_s: float = Field(10.0, gt=0, description="flush a machine's open segment after this much silence")
+    max_age_s: float = Field(30 * 86400.0, gt=0, description="delete segments whose audio ended longer ago")
+    max_bytes: int = Field(20 * 1024**3, ge=1, description="delete the oldest segments above this total size")
+
+
+class GateSettings(_Section):
+    """Tolerances of the retraining promotion gate (absolute differences)."""
+
+    far_tolerance: float = Field(0.02, ge=0, description="candidate FAR may exceed the current model's by this")
+    auc_tolerance: float = Field(0.02, ge=0, description="candidate AUC may be lower by this")
+    pauc_tolerance: float = Field(0.03, ge=0, description="candidate pAUC may be lower by this")
+    far_target: float | None = Field(
+        None, ge=0, le=1, description="if set, the candidate FAR on confirmed audio must also be <= this"
+    )
+
+
+class RetrainSettings(_Section):
+    """Retraining from confirmed-normal audio (``soundwatch retrain``)."""
+
+    data_root: Path | None = Field(
+        None,
+        description="original training data (DCASE layout) for replay, the "
+        "earlier validation set and labelled test clips; default: the model's data_root",
+    )
+    epochs: int = Field(
+        6,
+        ge=0,
+        description="fine-tuning epochs; 0 = keep the weights, only rebuild the kNN bank "
+        "and thresholds (no forgetting possible)",
+    )
+    lr: float = Field(2e-4, gt=0, description="fine-tuning learning rate (lower than training from scratch)")
+    batch_size: int = Field(64, ge=2)
+    replay_ratio: float = Field(1.0, ge=0, description="replayed earlier windows per new window")
+    replay_max_windows: int = Field(4000, ge=0)
+    block_seconds: float = Field(10.0, gt=0, description="confirmed audio is split into blocks of this length")
+    calib_fraction: float = Field(0.2, ge=0, lt=0.5)
+    gate_fraction: float = Field(0.2, ge=0, lt=0.5)
+    min_confirmed_seconds: float = Field(30.0, ge=0, description="skip a round with less new confirmed audio")
+    holdout_fraction: float = Field(0.15, gt=0, lt=1, description="the original training's held-out fraction")
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+    gate: GateSettings = GateSettings()
+
+
 class ServicesSettings(_Section):
     state_dir: Path = Path("var/services")
     kafka_port: int = 9092
@@ -170,6 +221,8 @@ class Settings(BaseSettings):
     stream: FeatureStreamSettings = FeatureStreamSettings()
     scoring: ScoringSettings = ScoringSettings()
     services: ServicesSettings = ServicesSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    retrain: RetrainSettings = RetrainSettings()
     registry_root: Path = Path("var/registry")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -41,29 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soundwatch.contracts import AudioChunk, ContractError, DeadLetter
 from soundwatch.errors import BadInput, ServiceUnavailable
-from soundwatch.settings import Settings
+from soundwatch.settings import ArchiveSettings, Settings
 
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
-
-
-class ArchiveConfig(BaseSettings):
-    """Archive settings; environment ``SOUNDWATCH_ARCHIVE_<FIELD>`` (e.g. ``SOUNDWATCH_ARCHIVE_ROOT``)."""
-
-    model_config = SettingsConfigDict(env_prefix="SOUNDWATCH_ARCHIVE_", extra="forbid", frozen=True)
-
-    root: Path = Path("var/archive")
-    group_id: str = "soundwatch-archive"
-    segment_seconds: float = Field(60.0, gt=0, description="audio seconds per FLAC segment")
-    idle_flush_s: float = Field(10.0, gt=0, description="flush a machine's open segment after this much silence")
-    max_age_s: float = Field(30 * 86400.0, gt=0, description="delete segments whose audio ended longer ago")
-    max_bytes: int = Field(20 * 1024**3, ge=1, description="delete the oldest segments above this total size")
 
 
 # ---------------------------------------------------------------------------- index
@@ -218,7 +203,7 @@ class ArchiveWriter:
     ``add`` returns False for a duplicate (already archived or already held) chunk.
     """
 
-    def __init__(self, config: ArchiveConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: ArchiveSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.root = Path(config.root)
         self.index = ArchiveIndex(self.root)
@@ -356,7 +341,7 @@ class ArchiveReader:
         if not (self.root / "index.sqlite3").is_file():
             raise BadInput(f"no audio archive at {self.root} (index.sqlite3 missing)",
                            "run `soundwatch archive run` so the archive consumer records audio.raw, "
-                           "or point SOUNDWATCH_ARCHIVE_ROOT at the archive")  # fmt: skip
+                           "or point SOUNDWATCH_ARCHIVE__ROOT at the archive")  # fmt: skip
         self.index = ArchiveIndex(self.root)
 
     def close(self) -> None:
@@ -428,9 +413,9 @@ class ArchiveConsumer:
 
     STAGE = "archive"
 
-    def __init__(self, settings: Settings, config: ArchiveConfig | None = None) -> None:
+    def __init__(self, settings: Settings, config: ArchiveSettings | None = None) -> None:
         self.settings = settings
-        self.config = config or ArchiveConfig()
+        self.config = config or settings.archive
         self.writer = ArchiveWriter(self.config)
         self._stop = threading.Event()
         self._consumer: Any = None  # kafka.KafkaConsumer once run() starts
@@ -545,7 +530,7 @@ class ArchiveConsumer:
 
 
 @contextmanager
-def running_archive(settings: Settings, config: ArchiveConfig) -> Iterator[ArchiveConsumer]:
+def running_archive(settings: Settings, config: ArchiveSettings) -> Iterator[ArchiveConsumer]:
     """Run an :class:`ArchiveConsumer` in a background thread for the duration of a ``with`` block."""
     consumer = ArchiveConsumer(settings, config)
     errors: list[BaseException] = []
@@ -567,5 +552,5 @@ def running_archive(settings: Settings, config: ArchiveConfig) -> Iterator[Archi
             raise errors[0]
 
 
-__all__ = ["ArchiveConfig", "ArchiveConsumer", "ArchiveIndex", "ArchiveReader", "ArchiveWriter", "AudioPiece",
+__all__ = ["ArchiveSettings", "ArchiveConsumer", "ArchiveIndex", "ArchiveReader", "ArchiveWriter", "AudioPiece",
            "Segment", "running_archive"]  # fmt: skip

@@ -27,25 +27,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
 
 from scoring.filters import causal_median, clip_score
+from soundwatch.settings import GateSettings
 
 SOURCES = ("confirmed", "validation", "test")
-
-
-class GateConfig(BaseModel):
-    """Tolerances of the promotion gate (absolute differences)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    far_tolerance: float = Field(0.02, ge=0, description="candidate FAR may exceed the current model's by this")
-    auc_tolerance: float = Field(0.02, ge=0, description="candidate AUC may be lower by this")
-    pauc_tolerance: float = Field(0.03, ge=0, description="candidate pAUC may be lower by this")
-    far_target: float | None = Field(
-        None, ge=0, le=1, description="if set, the candidate FAR on confirmed audio must also be <= this"
-    )
 
 
 class ScoringModel(Protocol):
@@ -95,7 +82,7 @@ class GateDecision:
     checks: list[Check]
     candidate: ModelReport
     current: ModelReport | None
-    config: GateConfig
+    config: GateSettings
 
     @property
     def reasons(self) -> list[str]:
@@ -157,7 +144,7 @@ def evaluate(model: ScoringModel, clips: Sequence[EvalClip]) -> ModelReport:
     return report
 
 
-def decide(candidate: ModelReport, current: ModelReport | None, config: GateConfig) -> GateDecision:
+def decide(candidate: ModelReport, current: ModelReport | None, config: GateSettings) -> GateDecision:
     """Compare the reports measure by measure (see the module docstring for the rule)."""
     checks: list[Check] = []
     if current is not None:
@@ -192,12 +179,12 @@ def decide(candidate: ModelReport, current: ModelReport | None, config: GateConf
 
 
 def run_gate(candidate: ScoringModel, current: ScoringModel | None, clips: Sequence[EvalClip],
-             config: GateConfig | None = None) -> GateDecision:  # fmt: skip
+             config: GateSettings | None = None) -> GateDecision:  # fmt: skip
     """Evaluate both models on ``clips`` and decide."""
-    config = config or GateConfig()
+    config = config or GateSettings()
     cand = evaluate(candidate, clips)
     cur = evaluate(current, clips) if current is not None else None
     return decide(cand, cur, config)
 
 
-__all__ = ["Check", "EvalClip", "GateConfig", "GateDecision", "ModelReport", "decide", "evaluate", "run_gate"]
+__all__ = ["Check", "EvalClip", "GateSettings", "GateDecision", "ModelReport", "decide", "evaluate", "run_gate"]

@@ -22,7 +22,7 @@ import typer
 
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput, ConfigError
-from soundwatch.settings import Settings, get_settings
+from soundwatch.settings import ArchiveSettings, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ archive_app = typer.Typer(help="The raw-audio archive that retraining reads.", n
                           add_completion=False)  # fmt: skip
 
 ArchiveRoot = Annotated[Path | None, typer.Option("--archive-root", help="archive folder (default: "
-                                                  "SOUNDWATCH_ARCHIVE_ROOT or var/archive)")]  # fmt: skip
+                                                  "SOUNDWATCH_ARCHIVE__ROOT or var/archive)")]  # fmt: skip
 RegistryRoot = Annotated[Path | None, typer.Option("--registry", help="model registry root (default: settings "
                                                    "registry_root)")]  # fmt: skip
 AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
@@ -45,11 +45,9 @@ def _settings(registry: Path | None = None) -> Settings:
     return s.model_copy(update={"registry_root": registry}) if registry is not None else s
 
 
-def _archive_config(root: Path | None, **extra: Any):  # -> ArchiveConfig
-    from training.archive import ArchiveConfig
-
+def _archive_config(root: Path | None, **extra: Any) -> ArchiveSettings:
     update = {k: v for k, v in {"root": root, **extra}.items() if v is not None}
-    return ArchiveConfig(**update) if update else ArchiveConfig()
+    return get_settings().archive.model_copy(update=update)
 
 
 def _registry(settings: Settings):  # -> ModelRegistry
@@ -351,9 +349,9 @@ def retrain(
 ) -> None:
     """Fine-tune on confirmed-normal audio since the model's data cutoff; promote only past the gate.
 
-    Defaults come from SOUNDWATCH_RETRAIN_<FIELD> (e.g. SOUNDWATCH_RETRAIN_GATE__FAR_TOLERANCE); flags win.
+    Defaults come from settings [retrain] (env SOUNDWATCH_RETRAIN__<FIELD>, e.g. SOUNDWATCH_RETRAIN__GATE__FAR_TOLERANCE); flags win.
     """  # fmt: skip
-    from training.retrain import RetrainConfig, retrain_round, run_schedule
+    from training.retrain import retrain_round, run_schedule
 
     if once == (schedule is not None):
         raise ConfigError("pass exactly one of --once or --schedule CRON", "e.g. `soundwatch retrain --once`")
@@ -362,7 +360,7 @@ def retrain(
     settings = _settings(registry)
     given = {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds, "device": device}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    base = RetrainConfig()
+    base = settings.retrain
     tolerances = {"far_tolerance": far_tolerance, "auc_tolerance": auc_tolerance, "pauc_tolerance": pauc_tolerance,
                   "far_target": far_target}  # fmt: skip
     gate = base.gate.model_copy(update={k: v for k, v in tolerances.items() if v is not None})

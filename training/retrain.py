@@ -43,54 +43,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from torch import nn
 from tqdm import tqdm
 
 from soundwatch.errors import BadInput, SoundwatchError
 from soundwatch.params import FeatureParams
-from soundwatch.settings import Settings
-from training.archive import ArchiveConfig, ArchiveReader, AudioPiece
+from soundwatch.settings import ArchiveSettings, RetrainSettings, Settings
+from training.archive import ArchiveReader, AudioPiece
 from training.confirmations import ConfirmationStore, ConfirmedInterval, format_time
-from training.gate import EvalClip, GateConfig, GateDecision, run_gate
+from training.gate import EvalClip, GateDecision, run_gate
 
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
 CLIP_WINDOWS = 8  # windows of a 10 s clip: sizes how many earlier clips to load for replay
-
-
-class RetrainConfig(BaseSettings):
-    """Retraining settings; environment ``SOUNDWATCH_RETRAIN_<FIELD>`` (gate: ``SOUNDWATCH_RETRAIN_GATE__...``)."""
-
-    model_config = SettingsConfigDict(env_prefix="SOUNDWATCH_RETRAIN_", env_nested_delimiter="__", extra="forbid",
-                                      frozen=True)  # fmt: skip
-
-    data_root: Path | None = Field(
-        None,
-        description="original training data (DCASE layout) for replay, the "
-        "earlier validation set and labelled test clips; default: the model's data_root",
-    )
-    epochs: int = Field(
-        6,
-        ge=0,
-        description="fine-tuning epochs; 0 = keep the weights, only rebuild the kNN bank "
-        "and thresholds (no forgetting possible)",
-    )
-    lr: float = Field(2e-4, gt=0, description="fine-tuning learning rate (lower than training from scratch)")
-    batch_size: int = Field(64, ge=2)
-    replay_ratio: float = Field(1.0, ge=0, description="replayed earlier windows per new window")
-    replay_max_windows: int = Field(4000, ge=0)
-    block_seconds: float = Field(10.0, gt=0, description="confirmed audio is split into blocks of this length")
-    calib_fraction: float = Field(0.2, ge=0, lt=0.5)
-    gate_fraction: float = Field(0.2, ge=0, lt=0.5)
-    min_confirmed_seconds: float = Field(30.0, ge=0, description="skip a round with less new confirmed audio")
-    holdout_fraction: float = Field(0.15, gt=0, lt=1, description="the original training's held-out fraction")
-    device: str = "auto"
-    seed: int = 0
-    progress: bool = True
-    gate: GateConfig = GateConfig()
 
 
 @dataclass
@@ -268,7 +234,7 @@ def fine_tune(
     parent: Any,
     windows: np.ndarray,
     machine_ids: Sequence[str],
-    cfg: RetrainConfig,
+    cfg: RetrainSettings,
     bank_windows: np.ndarray | None = None,
     bank_ids: Sequence[str] = (),
 ) -> Candidate:
@@ -406,14 +372,14 @@ class _InMemoryModel:
 
 
 # ---------------------------------------------------------------------------- one round
-def retrain_once(settings: Settings, machine_type: str, cfg: RetrainConfig | None = None, *,
-                 archive: ArchiveConfig | None = None, registry: Any = None,
+def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | None = None, *,
+                 archive: ArchiveSettings | None = None, registry: Any = None,
                  store: ConfirmationStore | None = None) -> RetrainOutcome:  # fmt: skip
     """One retraining round for ``machine_type`` (see the module docstring)."""
     from training.registry import Artifact, ModelRegistry
 
-    cfg = cfg or RetrainConfig()
-    archive = archive or ArchiveConfig()
+    cfg = cfg or settings.retrain
+    archive = archive or settings.archive
     registry = registry or ModelRegistry(settings.registry_root, settings.redis)
     store = store or ConfirmationStore(settings.redis)
     t_start = time.perf_counter()
@@ -528,8 +494,8 @@ def machine_types_to_retrain(settings: Settings, registry: Any = None) -> list[s
     return types
 
 
-def retrain_round(settings: Settings, machine_type: str | None, cfg: RetrainConfig,
-                  archive: ArchiveConfig) -> list[RetrainOutcome]:  # fmt: skip
+def retrain_round(settings: Settings, machine_type: str | None, cfg: RetrainSettings,
+                  archive: ArchiveSettings) -> list[RetrainOutcome]:  # fmt: skip
     """One round over one or all machine types; one type failing does not stop the others."""
     types = [machine_type] if machine_type else machine_types_to_retrain(settings)
     outcomes = []
@@ -569,7 +535,7 @@ def run_schedule(cron: str, job: Callable[[], object], stop: threading.Event | N
 __all__ = [
     "Block",
     "Candidate",
-    "RetrainConfig",
+    "RetrainSettings",
     "RetrainOutcome",
     "blocks_from_pieces",
     "calibrate",

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from soundwatch.contracts import AudioChunk, DeadLetter, Reason, machine_key
-from training.archive import ArchiveConfig, ArchiveReader, ArchiveWriter, running_archive
+from soundwatch.settings import ArchiveSettings
+from training.archive import ArchiveReader, ArchiveWriter, running_archive
 
 SR = 16_000
 T0 = (time.time_ns() // 10**9 - 3600) * 10**9  # recent: retention keeps 30 days
@@ -28,7 +29,7 @@ def _pcm(pieces) -> np.ndarray:
 
 
 def test_segments_roll_gaps_split_and_duplicates_are_ignored(tmp_path: Path) -> None:
-    writer = ArchiveWriter(ArchiveConfig(root=tmp_path, segment_seconds=3.0))
+    writer = ArchiveWriter(ArchiveSettings(root=tmp_path, segment_seconds=3.0))
     sent = list(_chunks("id_00", 8))
     for c in sent:
         assert writer.add(c)
@@ -56,7 +57,7 @@ def test_segments_roll_gaps_split_and_duplicates_are_ignored(tmp_path: Path) -> 
 
 
 def test_retention_drops_oldest_segments_by_bytes(tmp_path: Path) -> None:
-    writer = ArchiveWriter(ArchiveConfig(root=tmp_path, segment_seconds=1.0, max_bytes=3 * 40_000))
+    writer = ArchiveWriter(ArchiveSettings(root=tmp_path, segment_seconds=1.0, max_bytes=3 * 40_000))
     now = time.time_ns()
     for c in _chunks("id_01", 6, t0=now - 10 * 10**9):
         writer.add(c)
@@ -103,7 +104,7 @@ def test_archive_consumer_writes_flac_equal_to_pcm_sent(isolated_settings, tmp_p
     producer.send(topic, key=b"fan/bad", value=b"not a chunk")
     producer.flush()
 
-    config = ArchiveConfig(
+    config = ArchiveSettings(
         root=tmp_path / "archive",
         segment_seconds=2.0,
         idle_flush_s=0.5,

@@ -14,12 +14,11 @@ import pytest
 import requests
 
 from soundwatch.contracts import AudioChunk, machine_key
-from soundwatch.settings import Settings, load_settings
-from training.archive import ArchiveConfig, ArchiveReader, running_archive
+from soundwatch.settings import ArchiveSettings, GateSettings, RetrainSettings, Settings, load_settings
+from training.archive import ArchiveReader, running_archive
 from training.confirmations import AlertHistory, ConfirmationStore
-from training.gate import GateConfig
 from training.registry import ModelRegistry
-from training.retrain import RetrainConfig, retrain_once
+from training.retrain import retrain_once
 
 from .retrain_helpers import MACHINES, copy_registry
 
@@ -133,7 +132,7 @@ def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_set
     copy_registry(base_model_ae, s.registry_root)
     registry = ModelRegistry(s.registry_root, s.redis)
     registry.set_current("fan", "v0001")
-    archive = ArchiveConfig(root=tmp_path / "archive", segment_seconds=10, idle_flush_s=1.0,
+    archive = ArchiveSettings(root=tmp_path / "archive", segment_seconds=10, idle_flush_s=1.0,
                             group_id=f"archive-{s.redis.key_prefix}")  # fmt: skip
 
     # 1. simulator -> broker (as fast as possible, 60 s per machine) while the archive records audio.raw
@@ -186,8 +185,8 @@ def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_set
         pubsub = registry._client().pubsub()
         pubsub.subscribe(registry.reload_channel)
         _wait(lambda: pubsub.get_message(timeout=0.2), 10, "the subscription")
-        gate = GateConfig(far_tolerance=0.05, auc_tolerance=0.05, pauc_tolerance=0.1)  # small evaluation sets
-        cfg = RetrainConfig(data_root=base_model_ae.data_root, device="cpu", progress=False, min_confirmed_seconds=20,
+        gate = GateSettings(far_tolerance=0.05, auc_tolerance=0.05, pauc_tolerance=0.1)  # small evaluation sets
+        cfg = RetrainSettings(data_root=base_model_ae.data_root, device="cpu", progress=False, min_confirmed_seconds=20,
                             gate=gate)  # fmt: skip
         out = retrain_once(s, "fan", cfg, archive=archive, registry=registry, store=store)
         print("\n" + out.message)

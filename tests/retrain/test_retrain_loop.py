@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from training.archive import ArchiveConfig, ArchiveWriter
+from soundwatch.settings import ArchiveSettings, GateSettings, RetrainSettings
+from training.archive import ArchiveWriter
 from training.confirmations import ConfirmationStore
-from training.gate import GateConfig
 from training.registry import ModelRegistry
-from training.retrain import RetrainConfig, retrain_once
+from training.retrain import retrain_once
 from training.synthetic import Fault
 
 from .retrain_helpers import (
@@ -32,7 +32,7 @@ def _current_v0001(settings, base, tmp_path):  # noqa: ANN001, ANN202
     copy_registry(base, settings.registry_root)
     registry = ModelRegistry(settings.registry_root, settings.redis)
     registry.set_current("fan", "v0001")
-    return registry, ArchiveConfig(root=tmp_path / "archive", segment_seconds=30), ConfirmationStore(settings.redis)
+    return registry, ArchiveSettings(root=tmp_path / "archive", segment_seconds=30), ConfirmationStore(settings.redis)
 
 
 def test_gate_refuses_a_candidate_trained_on_anomalous_audio(isolated_settings, base_model, tmp_path) -> None:
@@ -46,7 +46,7 @@ def test_gate_refuses_a_candidate_trained_on_anomalous_audio(isolated_settings, 
         archive_machine_audio(writer, mid, t0, 120, faults=tuple(Fault), severity=1.5)
         store.confirm("fan", mid, t0, t0 + 120 * NS, by="test", note="(wrongly) confirmed by the test")
     writer.close()
-    cfg = RetrainConfig(data_root=base_model.data_root, replay_ratio=0.0, lr=1e-3, epochs=8, device="cpu",
+    cfg = RetrainSettings(data_root=base_model.data_root, replay_ratio=0.0, lr=1e-3, epochs=8, device="cpu",
                         progress=False, min_confirmed_seconds=30)  # fmt: skip
     out = retrain_once(s, "fan", cfg, archive=archive, registry=registry, store=store)
     print("\n" + out.message)
@@ -89,8 +89,8 @@ def test_drift_false_alarms_fixed_by_retraining_and_faults_still_detected(isolat
 
     # Small evaluation sets (8 test clips = 64 windows per machine): one clip flipping moves AUC by
     # ~0.016 and FAR by ~0.016, so the tolerances are wider than the production defaults.
-    gate = GateConfig(far_tolerance=0.05, auc_tolerance=0.05, pauc_tolerance=0.1, far_target=0.05)
-    cfg = RetrainConfig(data_root=base_model_ae.data_root, device="cpu", progress=False, min_confirmed_seconds=30,
+    gate = GateSettings(far_tolerance=0.05, auc_tolerance=0.05, pauc_tolerance=0.1, far_target=0.05)
+    cfg = RetrainSettings(data_root=base_model_ae.data_root, device="cpu", progress=False, min_confirmed_seconds=30,
                         gate=gate)  # fmt: skip
     out = retrain_once(s, "fan", cfg, archive=archive, registry=registry, store=store)
     print("\n" + out.message)

@@ -12,7 +12,8 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from training.gate import GateConfig, ModelReport, decide
+from soundwatch.settings import GateSettings
+from training.gate import ModelReport, decide
 from training.retrain import run_schedule
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -33,17 +34,17 @@ def _cli() -> typer.Typer:
 def test_gate_rules_name_the_measure_and_the_numbers() -> None:
     current = ModelReport(far={"confirmed": 0.6, "validation": 0.01, "test": 0.02}, auc=0.90, pauc=0.80)
     good = ModelReport(far={"confirmed": 0.01, "validation": 0.02, "test": 0.03}, auc=0.89, pauc=0.79)
-    ok = decide(good, current, GateConfig())
+    ok = decide(good, current, GateSettings())
     assert ok.passed and not ok.reasons
     bad = ModelReport(far={"confirmed": 0.0, "validation": 0.08, "test": 0.02}, auc=0.70, pauc=0.78)
-    no = decide(bad, current, GateConfig())
+    no = decide(bad, current, GateSettings())
     assert not no.passed
     assert [c.name for c in no.checks if not c.passed] == ["far_validation", "auc"]
     assert "false-alarm rate on validation normal audio 0.080 vs current 0.010" in no.reasons[0]
     assert "AUC on labelled test clips fell to 0.700 vs current 0.900" in no.reasons[1]
-    target = decide(good, None, GateConfig(far_target=0.005))
+    target = decide(good, None, GateSettings(far_target=0.005))
     assert not target.passed and "misses the target" in target.reasons[0]
-    assert decide(good, None, GateConfig()).passed, "no current model: nothing to be worse than"
+    assert decide(good, None, GateSettings()).passed, "no current model: nothing to be worse than"
 
 
 def test_schedule_runs_rounds_and_survives_a_failing_one() -> None:
