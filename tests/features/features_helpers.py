@@ -14,7 +14,9 @@ REAL_MINI = (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "r
 
 
 def real_clips() -> list[Path]:
-    return sorted(REAL_MINI.rglob("*.wav"))
+    clips = sorted(REAL_MINI.rglob("*.wav"))
+    assert len(clips) >= 80, f"real-mini clips not found at {REAL_MINI}: the repo must sit beside ../shared"
+    return clips
 
 
 @cache
