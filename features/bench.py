@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from features.logmel import log_mel, mel_filterbank
+from features.logmel import complete_frames, log_mel, mel_filterbank
+from features.windows import n_windows
 from soundwatch.params import FeatureParams
 from soundwatch.settings import Settings
 
@@ -139,11 +141,8 @@ def stream_bench(settings: Settings, audio_seconds: float = 480.0, machines: int
             producer.send(names["audio_raw"], key=machine_key("bench", f"m{m:02d}"), value=c.encode())
     producer.flush()
     producer.close()
-    n_frames = (pcm.shape[1] // chunk) * chunk
-    from features.logmel import complete_frames
-    from features.windows import n_windows
-
-    expected = machines * n_windows(complete_frames(n_frames, p), p)
+    n_samples = (pcm.shape[1] // chunk) * chunk  # per machine
+    expected = machines * n_windows(complete_frames(n_samples, p), p)
     env = dict(os.environ)
     env.update({"SOUNDWATCH_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
                 "SOUNDWATCH_KAFKA__TOPICS__AUDIO_RAW": names["audio_raw"],
@@ -151,8 +150,9 @@ def stream_bench(settings: Settings, audio_seconds: float = 480.0, machines: int
                 "SOUNDWATCH_KAFKA__TOPICS__DEADLETTER": names["deadletter"],
                 "SOUNDWATCH_STREAM__APP_ID": f"bench-{u}",
                 "SOUNDWATCH_STREAM__DATA_DIR": str(Path(settings.stream.data_dir) / f"bench-{u}")})  # fmt: skip
+    log_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; not a pipe: a chatty worker would block on a full one
     worker = subprocess.Popen([sys.executable, "-m", "features.cli", "run", "--web-port", "0"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                              stdout=subprocess.DEVNULL, stderr=log_file)  # fmt: skip
     stamps: list[int] = []
     consumer = make_consumer(s, names["features"], group_id=None)
     try:
@@ -166,12 +166,16 @@ def stream_bench(settings: Settings, audio_seconds: float = 480.0, machines: int
         consumer.close()
         worker.terminate()
         try:
-            _, err = worker.communicate(timeout=30)
+            worker.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker.kill()
-            _, err = worker.communicate()
+            worker.wait()
+        log_file.seek(0)
+        err = log_file.read()
+        log_file.close()
+        _delete_topics(s, [*names.values(), f"bench-{u}-windower-state-changelog"])
     if len(stamps) < 2:
-        tail = (err or b"").decode(errors="replace")[-800:]
+        tail = err.decode(errors="replace")[-800:]
         raise RuntimeError(
             f"the worker published {len(stamps)} of {expected} windows within {timeout_s:.0f} s:\n{tail}"
         )
@@ -181,6 +185,23 @@ def stream_bench(settings: Settings, audio_seconds: float = 480.0, machines: int
         "stream_realtime_factor": round(advanced / wall, 1) if wall > 0 else None,
         "stream_windows": len(stamps),
         "stream_windows_expected": expected,
-        "stream_audio_seconds": round(machines * n_frames / p.sample_rate, 1),
+        "stream_audio_seconds": round(machines * n_samples / p.sample_rate, 1),
         "stream_wall_s": round(wall, 2),
     }
+
+
+def _delete_topics(settings: Settings, names: list[str]) -> None:
+    """Best effort: the local broker keeps everything in memory."""
+    from soundwatch.kafka import make_admin
+
+    try:
+        admin = make_admin(settings)
+    except Exception:  # noqa: BLE001 - cleanup must not hide the measurement
+        return
+    try:
+        existing = set(admin.list_topics())
+        admin.delete_topics([n for n in names if n in existing])
+    except Exception:  # noqa: BLE001
+        pass
+    finally:
+        admin.close()
