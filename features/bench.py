@@ -12,6 +12,7 @@ which alone costs about half of librosa's batched time on this kind of CPU.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,6 +175,7 @@ def stream_bench(settings: Settings, audio_seconds: float = 480.0, machines: int
         err = log_file.read()
         log_file.close()
         _delete_topics(s, [*names.values(), f"bench-{u}-windower-state-changelog"])
+        shutil.rmtree(Path(settings.stream.data_dir) / f"bench-{u}", ignore_errors=True)
     if len(stamps) < 2:
         tail = err.decode(errors="replace")[-800:]
         raise RuntimeError(
