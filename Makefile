@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # torch is pinned for reproducible CPU installs; set TORCH_SPEC='torch' (or a CUDA index) to choose your own.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# the demo stops by itself after 5 minutes (Ctrl-C stops it earlier); DEMO_ARGS="" runs until Ctrl-C
+DEMO_ARGS ?= --duration 300
 
 .PHONY: help setup system-deps services services-down test lint demo clean
 
@@ -36,6 +38,10 @@ services-down:
 
 test: services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: system-deps setup
+	$(BIN)/soundwatch demo $(DEMO_ARGS)
+	@echo "open var/demo/report.html; Grafana provisioning in var/demo/grafana-provisioning"
 
 lint: setup
 	$(BIN)/ruff check .

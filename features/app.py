@@ -312,7 +312,8 @@ def _credentials(kafka: KafkaSettings) -> Any:
                                  mechanism=kafka.sasl_mechanism or "PLAIN")  # fmt: skip
 
 
-def create_app(settings: Settings, *, web_port: int | None = None, stats_interval_s: float = 30.0) -> faust.App:
+def create_app(settings: Settings, *, web_port: int | None = None, stats_interval_s: float = 30.0,
+               health_interval_s: float = 10.0) -> faust.App:
     """The Faust app for ``settings`` (no network until a worker starts it).
 
     ``web_port``: the worker's web server port on 127.0.0.1; ``None`` takes ``stream.workers_web_port``,
@@ -383,7 +384,58 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
     async def _report() -> None:
         log.info("features: %s", processor.stats.line())
 
+    health = _HealthTicker(settings, processor.stats)
+
+    @app.timer(interval=health_interval_s)
+    async def _health() -> None:  # the pipeline-health dashboard's `features` rows
+        await asyncio.to_thread(health.tick, _consumer_lag(app, t.audio_raw))
+
     return app
+
+
+class _HealthTicker:
+    """Rates since the previous tick, written as a ``pipeline`` point (best effort, never raises)."""
+
+    def __init__(self, settings: Settings, stats: StreamStats) -> None:
+        import os
+        import socket
+
+        from scoring.influx import HealthReporter
+
+        self.stats = stats
+        self.reporter = HealthReporter(settings.influx, "features", f"{socket.gethostname()}-{os.getpid()}")
+        self.last = (time.monotonic(), stats.windows, stats.chunks, stats.audio_s)
+
+    def tick(self, consumer_lag: int | None) -> None:
+        now = time.monotonic()
+        t0, windows, chunks, audio_s = self.last
+        dt = max(1e-6, now - t0)
+        fields: dict[str, float] = {
+            "windows_per_s": (self.stats.windows - windows) / dt,
+            "chunks_per_s": (self.stats.chunks - chunks) / dt,
+            "audio_realtime_factor": (self.stats.audio_s - audio_s) / dt,
+            "dead_letters": float(sum(self.stats.dead_letters.values())),
+        }
+        if consumer_lag is not None:
+            fields["consumer_lag"] = float(consumer_lag)
+        self.last = (now, self.stats.windows, self.stats.chunks, self.stats.audio_s)
+        self.reporter.report(fields)
+
+
+def _consumer_lag(app: Any, topic: str) -> int | None:
+    """Records of ``topic`` not yet read by this worker (high-water mark minus position), if known."""
+    try:
+        consumer = app.consumer
+        total = 0
+        for tp in consumer.assignment():
+            if tp.topic == topic:
+                high = consumer.highwater(tp)
+                position = consumer._read_offset.get(tp)  # faust keeps the last read offset per partition
+                if high is not None and position is not None:
+                    total += max(0, int(high) - int(position) - 1)
+        return total
+    except Exception:  # lag is informative only; a faust internals change must not stop the worker
+        return None
 
 
 def run_worker(settings: Settings, *, web_port: int | None = None, loglevel: str = "info") -> None:

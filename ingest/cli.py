@@ -90,7 +90,7 @@ def gateway(
     flushed for up to 10 s and what remains stays in the spool for the next start.
     """
     from ingest.gateway import StatusLine, install_signal_handlers, run_gateway
-    from ingest.health import HealthReporter
+    from ingest.health import GatewayHealth
 
     settings = get_settings()
     sr = settings.features.sample_rate
@@ -130,7 +130,7 @@ def gateway(
             idempotent=not no_idempotence,
             backpressure=source != SourceKind.mic and speed == 0,
             status=StatusLine(),
-            health=HealthReporter(settings, gateway_id or settings.ingest.gateway_id) if health else None,
+            health=GatewayHealth(settings, gateway_id or settings.ingest.gateway_id) if health else None,
         )
     finally:
         restore()

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ingest.health import HealthReporter
+from ingest.health import GatewayHealth
 from ingest.producer import ChunkBuilder, Shipper, ShipperStats, check_compression, record_for
 from ingest.sequences import SequenceStore
 from ingest.sources import Source
@@ -141,7 +141,7 @@ def run_gateway(
     idempotent: bool = True,
     backpressure: bool = False,
     status: StatusLine | None = None,
-    health: HealthReporter | None = None,
+    health: GatewayHealth | None = None,
     health_every_s: float = 10.0,
     flush_timeout_s: float = 10.0,
 ) -> GatewayReport:
@@ -236,7 +236,7 @@ def _monitor(
     counts: dict[str, int],
     stop: threading.Event,
     status: StatusLine | None,
-    health: HealthReporter | None,
+    health: GatewayHealth | None,
     health_every_s: float,
 ) -> None:
     """Once a second: rates over the last second to the status line; every ``health_every_s`` to InfluxDB."""

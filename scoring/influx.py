@@ -361,3 +361,46 @@ class BufferedSink:
 
     def close(self) -> None:
         self.writer.close()
+
+
+# ---------------------------------------------------------------------------- stage health
+class HealthReporter:
+    """Best-effort ``pipeline`` points (tags ``stage``, ``worker``) for the pipeline-health dashboard.
+
+    Used by the gateway and the feature workers, whose data path must never wait for InfluxDB:
+    :meth:`report` never raises; a failed write is logged once per outage and the next report
+    simply tries again.
+    """
+
+    def __init__(self, settings: InfluxSettings, stage: str, worker: str) -> None:
+        self.settings = settings
+        self.tags = {"stage": stage, "worker": worker}
+        self._writer: LineWriter | None = None
+        self._failing = False
+        self.written = 0
+
+    def report(self, fields: Mapping[str, float | int | bool]) -> bool:
+        """Write one point with ``fields`` now; True when InfluxDB took it."""
+        point = Point(PIPELINE_MEASUREMENT, self.tags, dict(fields), time.time_ns())
+        try:
+            if self._writer is None:
+                self._writer = make_writer(self.settings)
+            self._writer.write([point.to_line()])
+        except Exception as exc:  # health is best effort: never let InfluxDB stop the data path
+            if not self._failing:
+                log.warning("cannot write %s health to InfluxDB (%s); the data path is unaffected",
+                            self.tags["stage"], exc)  # fmt: skip
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("%s health reaches InfluxDB again", self.tags["stage"])
+        self._failing = False
+        self.written += 1
+        return True
+
+    def close(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception as exc:  # closing an HTTP session cannot matter to the caller
+                log.debug("closing the InfluxDB writer failed: %s", exc)

@@ -75,4 +75,8 @@ def test_fault_in_one_of_five_machines_alerts_there_only(plant_settings: Setting
     assert set(counts) == set(MACHINES)
     for machine in MACHINES:
         assert counts[machine] >= end_audio_s - 5, (machine, counts[machine])  # ~1 window per second of audio
+    q = 'SELECT count(*) FROM "pipeline" GROUP BY "stage"'
+    res = requests.get(f"{s.influx.url}/query", params={"db": s.influx.database, "q": q}, timeout=10).json()
+    stages = {sr["tags"]["stage"] for sr in res["results"][0].get("series", [])}
+    assert stages == {"ingest", "features", "scoring"}, "every stage reports its health for the dashboard"
     print(f"alert {delay_s:.1f} s (audio) after onset; point latency p50 {result.p(50):.2f} s, p99 {result.p(99):.2f} s")

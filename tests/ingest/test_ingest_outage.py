@@ -186,9 +186,9 @@ def test_a_killed_gateway_loses_nothing_it_spooled_and_never_reuses_a_number(iso
 def test_gateway_health_lands_in_influxdb_for_the_pipeline_dashboard(isolated_settings: Settings) -> None:
     import requests
 
-    from ingest.health import HealthReporter
+    from ingest.health import GatewayHealth
 
-    health = HealthReporter(isolated_settings, "gw-health")
+    health = GatewayHealth(isolated_settings, "gw-health")
     report = run_gateway(
         isolated_settings,
         FirstBlocks(_sim(speed=8.0), 3 * 40),  # ~1.3 s of paced audio
@@ -216,12 +216,12 @@ def test_gateway_health_lands_in_influxdb_for_the_pipeline_dashboard(isolated_se
 
 
 def test_an_unreachable_influxdb_does_not_disturb_the_gateway(isolated_settings: Settings) -> None:
-    from ingest.health import HealthReporter
+    from ingest.health import GatewayHealth
 
     broken = isolated_settings.model_copy(
         update={"influx": isolated_settings.influx.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})}
     )
-    health = HealthReporter(broken, "gw-nohealth")
+    health = GatewayHealth(broken, "gw-nohealth")
     report = run_gateway(broken, FirstBlocks(_sim(), 9), gateway_id="gw-nohealth", health=health, health_every_s=0.2)
     assert report.chunks_sent == 9 and report.undelivered_chunks == 0
     assert health.written == 0
