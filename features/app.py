@@ -410,14 +410,15 @@ class _HealthTicker:
         now = time.monotonic()
         t0, windows, chunks, audio_s = self.last
         dt = max(1e-6, now - t0)
-        fields: dict[str, float] = {
+        # rates are floats, counts ints: the same field types as the other stages' pipeline points
+        fields: dict[str, float | int] = {
             "windows_per_s": (self.stats.windows - windows) / dt,
             "chunks_per_s": (self.stats.chunks - chunks) / dt,
             "audio_realtime_factor": (self.stats.audio_s - audio_s) / dt,
-            "dead_letters": float(sum(self.stats.dead_letters.values())),
+            "dead_letters": int(sum(self.stats.dead_letters.values())),
         }
         if consumer_lag is not None:
-            fields["consumer_lag"] = float(consumer_lag)
+            fields["consumer_lag"] = int(consumer_lag)
         self.last = (now, self.stats.windows, self.stats.chunks, self.stats.audio_s)
         self.reporter.report(fields)
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from scoring.filters import causal_median
 from soundwatch.errors import BadInput
 from soundwatch.params import FeatureParams
 from training.calibration import (
@@ -86,6 +87,31 @@ class TrainResult:
 
 
 # -- data preparation ---------------------------------------------------------------------------
+def leave_one_clip_out_knn(scorer: WindowScorer, fit: WindowSet, emb: np.ndarray, median_k: int, seed: int,
+                           device: torch.device) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Median-filtered kNN scores of every fit clip against its machine's bank without that clip's windows."""
+    full_bank = scorer.bank
+    fit_ids = np.array(fit.machine_ids())
+    values: list[np.ndarray] = []
+    ids: list[np.ndarray] = []
+    try:
+        for c, record in enumerate(fit.records):
+            rows = fit.clip == c
+            others = (fit_ids == record.machine_id) & ~rows
+            if not rows.any() or not others.any():
+                continue
+            bank = torch.from_numpy(subsample_bank(emb[others], seed=seed)).to(device)
+            scorer.bank = {**full_bank, record.machine_id: bank}
+            raw = scorer.score(fit.windows[rows], [record.machine_id] * int(rows.sum()), "knn")
+            values.append(causal_median(raw, median_k))
+            ids.append(np.full(int(rows.sum()), record.machine_id))
+    finally:
+        scorer.bank = full_bank
+    if not values:
+        return np.empty(0), np.empty(0, dtype=object)
+    return np.concatenate(values), np.concatenate(ids)
+
+
 def split_holdout(
     records: Sequence[ClipRecord], fraction: float, seed: int
 ) -> tuple[list[ClipRecord], list[ClipRecord]]:
@@ -357,6 +383,14 @@ def train_machine_type(
     win_scores = scorer.score(calib.windows, calib.machine_ids())
     filtered = filtered_scores(win_scores, calib.clip, cfg.median_k)
     calib_win_ids = np.array(calib.machine_ids())
+    if score_kind == "knn" and len(hold.records):
+        # A threshold from a machine's one or two held-out clips is at the mercy of one odd recording.
+        # kNN scores of *fit* clips are honest held-out scores too when the clip's own windows are left
+        # out of the bank (leave-one-clip-out), so every normal clip can inform the threshold.
+        loco, loco_ids = leave_one_clip_out_knn(scorer, fit, emb, cfg.median_k, cfg.seed, device)
+        filtered = np.concatenate([filtered, loco])
+        calib_win_ids = np.concatenate([calib_win_ids, loco_ids])
+        metrics["calibration_source"] = "held-out normal clips + leave-one-clip-out kNN scores of the fit clips"
     thresholds: dict[str, float] = {}
     for mid in machine_ids:
         vals = filtered[calib_win_ids == mid]

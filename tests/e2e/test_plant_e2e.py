@@ -21,7 +21,7 @@ from soundwatch.settings import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MACHINES = ["fan/id_00", "fan/id_02", "fan/id_04", "fan/id_06", "fan/id_08"]  # the trained fan IDs
-FAULTY = "fan/id_04"
+FAULTY = "fan/id_02"
 FAULT_AT_S = 40.0
 ALERT_BOUND_S = 15.0
 SPEED = 2.0
