@@ -79,7 +79,8 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="report, Grafana provisioning, logs")] = Path("var/demo"),
     train_epochs: Annotated[int, typer.Option("--train-epochs", min=1, help="epochs per stage when a model "
                                               "must be trained first")] = 8,  # fmt: skip
-    keep_services: Annotated[bool, typer.Option("--keep-services", help="leave the services running at the end")] = False,
+    keep_services: Annotated[bool, typer.Option("--keep-services",
+                                                help="leave the services running at the end")] = False,
 ) -> None:
     """The whole product on one machine: services, a model, gateway -> features -> scoring, a live view,
     and an HTML report (score timelines, alert spectrograms, dashboards) when it stops.

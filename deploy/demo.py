@@ -116,7 +116,8 @@ def live_table(observer: PipelineObserver, started: float, note: str) -> Group:
         state = Text("ALERTING", style="bold white on red") if v.state.value == "alerting" else Text("normal", "green")
         table.add_row(v.key, v.model_version, str(len(v.scores)),
                       f"{v.medians[-1]:.3f}" if v.medians else "-", f"{v.thresholds[-1]:.3f}" if v.thresholds else "-",
-                      Text(f"{bar} {ratio:4.2f}", style="red" if ratio >= 1 else "cyan") if bar else "-", state)  # fmt: skip
+                      Text(f"{bar} {ratio:4.2f}", style="red" if ratio >= 1 else "cyan") if bar else "-",
+                      state)  # fmt: skip
     elapsed = time.monotonic() - started
     footer = Text(f"{elapsed:6.0f} s elapsed · {observer.windows_per_s():5.1f} windows/s scored · "
                   f"latency chunk→score p50 {percentile(latencies, 50):.2f} s · {note}")  # fmt: skip

@@ -94,7 +94,8 @@ class LocalStack:
                 detail, hint = "answering", ""
             elif pid is not None:
                 detail = f"process {pid} is running but {problem}"
-                hint = f"see the log {self._dir(svc) / 'service.log'}; restart with: soundwatch services down && soundwatch services up"
+                hint = (f"see the log {self._dir(svc) / 'service.log'}; restart with: "
+                        "soundwatch services down && soundwatch services up")
             else:
                 detail = problem
                 hint = "start it with: soundwatch services up   (or: make services)"

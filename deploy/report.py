@@ -89,7 +89,8 @@ def write_report(path: Path, views: Sequence[MachineView], *, title: str, summar
         for a in v.alerts:
             when = _times([a.timestamp_ns])[0].strftime("%H:%M:%S")
             parts.append(f"<p class='event'>{when} UTC: {a.previous.value} &rarr; <b>{a.current.value}</b> "
-                         f"(median {a.score_median:.3f} vs threshold {a.threshold:.3f}) {html.escape(a.message)}</p>")  # fmt: skip
+                         f"(median {a.score_median:.3f} vs threshold {a.threshold:.3f}) "
+                         f"{html.escape(a.message)}</p>")  # fmt: skip
         for w in v.alert_windows[:3]:
             parts.append(f"<img src='data:image/png;base64,{spectrogram_png(w)}'>")
         sections.append("\n".join(parts))

@@ -30,12 +30,20 @@ class ScenarioResult:
     points_by_machine: dict[str, int]
     elapsed_s: float
     latency_by_time: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, latency)
+    warmup_s: float = 20.0
 
     def alerted(self) -> list[str]:
         return sorted(v.key for v in self.machines if v.alert_spans())
 
+    def steady_latencies(self) -> list[float]:
+        """Latencies of points seen ``warmup_s`` after the first point (group joins, model loads, JIT are over)."""
+        if not self.latency_by_time:
+            return []
+        start = self.latency_by_time[0][0] + self.warmup_s
+        return [lat for t, lat in self.latency_by_time if t >= start]
+
     def p(self, q: float) -> float:
-        return percentile(self.point_latencies_s, q)
+        return percentile(self.steady_latencies(), q)
 
 
 class InfluxPointWatcher:

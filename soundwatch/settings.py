@@ -297,7 +297,8 @@ def load_settings(**overrides: Any) -> Settings:
             loc = ".".join(str(p) for p in err["loc"])
             env = "SOUNDWATCH_" + "__".join(str(p).upper() for p in err["loc"])
             lines.append(f"  {loc}: {err['msg']} (env {env})")
-        raise ConfigError("invalid settings:\n" + "\n".join(lines), "fix the value in your environment or TOML file") from exc
+        raise ConfigError("invalid settings:\n" + "\n".join(lines),
+                          "fix the value in your environment or TOML file") from exc
     except ValueError as exc:  # TOML syntax errors
         raise ConfigError(f"cannot read settings: {exc}", "check the TOML file named by SOUNDWATCH_CONFIG") from exc
 

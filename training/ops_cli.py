@@ -349,7 +349,8 @@ def retrain(
 ) -> None:
     """Fine-tune on confirmed-normal audio since the model's data cutoff; promote only past the gate.
 
-    Defaults come from settings [retrain] (env SOUNDWATCH_RETRAIN__<FIELD>, e.g. SOUNDWATCH_RETRAIN__GATE__FAR_TOLERANCE); flags win.
+    Defaults come from settings [retrain] (env SOUNDWATCH_RETRAIN__<FIELD>, e.g.
+    SOUNDWATCH_RETRAIN__GATE__FAR_TOLERANCE); flags win.
     """  # fmt: skip
     from training.retrain import retrain_round, run_schedule
 

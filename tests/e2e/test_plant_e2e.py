@@ -79,4 +79,5 @@ def test_fault_in_one_of_five_machines_alerts_there_only(plant_settings: Setting
     res = requests.get(f"{s.influx.url}/query", params={"db": s.influx.database, "q": q}, timeout=10).json()
     stages = {sr["tags"]["stage"] for sr in res["results"][0].get("series", [])}
     assert stages == {"ingest", "features", "scoring"}, "every stage reports its health for the dashboard"
-    print(f"alert {delay_s:.1f} s (audio) after onset; point latency p50 {result.p(50):.2f} s, p99 {result.p(99):.2f} s")
+    print(f"alert {delay_s:.1f} s (audio) after onset; "
+          f"point latency p50 {result.p(50):.2f} s, p99 {result.p(99):.2f} s")

@@ -95,7 +95,8 @@ def test_influx_write_and_influxql_read_back(isolated_settings: Settings):
     s = isolated_settings.influx
     lines = "\n".join(
         f"asd_score,machine_type=fan,machine_id=id_0{i % 2},model_version=v1 score={i * 0.5},"
-        f"score_median={i * 0.25},threshold=2.0,anomalous={'true' if i > 4 else 'false'} {1_700_000_000_000_000_000 + i * 10**9}"
+        f"score_median={i * 0.25},threshold=2.0,anomalous={'true' if i > 4 else 'false'} "
+        f"{1_700_000_000_000_000_000 + i * 10**9}"
         for i in range(10)
     )
     r = requests.post(f"{s.url}/write", params={"db": s.database, "precision": "ns"}, data=lines, timeout=10)

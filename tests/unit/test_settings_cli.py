@@ -101,7 +101,8 @@ def test_error_hints_keep_bracketed_text(tmp_path):
 
     if importlib.util.find_spec("sounddevice") is not None:
         pytest.skip("sounddevice is installed here: the missing-extra error cannot happen")
-    out = subprocess.run([sys.executable, "-m", "soundwatch.cli", "gateway", "--source", "mic", "--machine-type",
-                          "fan", "--machine-id", "id_00"], capture_output=True, text=True, cwd=tmp_path, timeout=60)  # fmt: skip
+    cmd = [sys.executable, "-m", "soundwatch.cli", "gateway", "--source", "mic", "--machine-type", "fan",
+           "--machine-id", "id_00"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 5, out.stderr
     assert "soundwatch[mic]" in out.stderr
