@@ -95,6 +95,7 @@ class WindowingProcessor:
         self._seek = seek  # move the input consumer of (topic, partition) to an offset
         self._earliest = earliest  # first offset still held by (topic, partition)
         self._rewinds: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) -> (offset, when)
+        self._last_seen: dict[tuple[str, int], float] = {}  # (topic, partition) -> monotonic time of last record
         self.stats = StreamStats()
         self._scanned: set[int] = set()  # input partitions whose output tail has been read since assignment
         self._emitted: dict[bytes, tuple[int, int]] = {}  # machine key -> newest published (segment, start_frame)
@@ -173,6 +174,29 @@ class WindowingProcessor:
         self._done(message)
 
     # -------------------------------------------------------------- input offsets
+    async def resync_idle_partitions(self, topic: str, partitions: list[int], highwater: Callable[[int], int | None],
+                                     idle_s: float = 5.0) -> None:  # fmt: skip
+        """Seek back idle partitions whose unprocessed records the consumer dropped.
+
+        :meth:`_next_in_partition` repairs a skip when a *later* record arrives. When Faust dropped the
+        last records of a partition (fetched during recovery right after a restart) nothing later may
+        ever come: a partition with records past the stored next offset and no record delivered for
+        ``idle_s`` is sent back to that offset.
+        """
+        now = time.monotonic()
+        for partition in partitions:
+            tp = (topic, partition)
+            raw = self.table.get(_offset_key(*tp))
+            high = highwater(partition)
+            if raw is None or high is None or int(high) <= int(raw):
+                continue
+            if now - self._last_seen.setdefault(tp, now) < idle_s:  # first sight: give it ``idle_s``
+                continue
+            log.warning("%s[%d]: records %d..%d wait but none arrived for %.0f s; seeking back to %d",
+                        topic, partition, int(raw), int(high) - 1, idle_s, int(raw))  # fmt: skip
+            self._last_seen[tp] = now
+            await self._seek(topic, partition, int(raw))
+
     async def _next_in_partition(self, message: Any) -> bool:
         """True when ``message`` is the next unprocessed record of its partition.
 
@@ -184,6 +208,7 @@ class WindowingProcessor:
         or transaction markers), the jump is accepted after ``_REWIND_GRACE_S``.
         """
         tp = (message.topic, message.partition)
+        self._last_seen[tp] = time.monotonic()
         raw = self.table.get(_offset_key(*tp))
         expected = int(raw) if raw is not None else await self._earliest(*tp)
         if message.offset == expected:
@@ -383,6 +408,11 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
     @app.timer(interval=stats_interval_s)
     async def _report() -> None:
         log.info("features: %s", processor.stats.line())
+
+    @app.timer(interval=2.0)
+    async def _resync() -> None:  # see WindowingProcessor.resync_idle_partitions
+        mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == t.audio_raw)
+        await processor.resync_idle_partitions(t.audio_raw, mine, lambda p: app.consumer.highwater(TP(t.audio_raw, p)))
 
     health = _HealthTicker(settings, processor.stats)
 
