@@ -58,6 +58,15 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
 
 
+def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor) -> float:
+    """One (possibly loss-scaled) optimisation step; returns the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return float(loss.detach())
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; returns a CPU generator for data shuffling."""
     random.seed(seed)

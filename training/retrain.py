@@ -242,7 +242,7 @@ def fine_tune(
 
     The kNN bank is built from ``windows`` plus ``bank_windows`` (more earlier data than is replayed
     in training: a density estimate needs more samples than a gradient step)."""
-    from training.device import autocast, grad_scaler, resolve_device, seed_everything
+    from training.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
     from training.scorer import WindowScorer, subsample_bank
 
     device = resolve_device(cfg.device)
@@ -288,11 +288,7 @@ def fine_tune(
                     xb, yb = x_lab[idx].to(device), labels[idx].to(device)
                     with autocast(device):
                         loss = ce(head(encoder(xb), yb), yb)
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                    total += float(loss.detach()) * len(idx)
+                    total += optimizer_step(opt, scaler, loss) * len(idx)
                 losses.append(round(total / max(1, len(x_lab)), 4))
             head.eval()
         encoder.eval()
@@ -322,11 +318,7 @@ def fine_tune(
             for idx in _batches(len(x_all), 8, gen):
                 with autocast(device):
                     loss = ae.window_errors(x_all[idx].to(device)).mean()
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                total += float(loss.detach()) * len(idx)
+                total += optimizer_step(opt, scaler, loss) * len(idx)
             losses.append(round(total / max(1, len(x_all)), 4))
         ae.eval()
         state = {"ae": {k: v.detach().cpu() for k, v in ae.state_dict().items()}}

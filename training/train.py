@@ -43,7 +43,7 @@ from training.calibration import (
     pseudo_anomaly_auc,
 )
 from training.datasets import ClipRecord, WindowSet, load_windows, summarize
-from training.device import autocast, grad_scaler, resolve_device, seed_everything
+from training.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
 from training.models import AEConfig, ArcMarginHead, Encoder, EncoderConfig, FrameAE, ProjectionHead, supcon_loss
 from training.registry import Artifact
 from training.scorer import WindowScorer, subsample_bank
@@ -217,11 +217,7 @@ def _train_clp(ws: WindowSet, labels: np.ndarray, n_classes: int, cfg: TrainConf
             xb, yb = xb.to(device), yb.to(device)
             with autocast(device):
                 loss = supcon_loss(proj(encoder(xb)), yb, cfg.temperature)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            total += float(loss.detach()) * len(idx)
+            total += optimizer_step(opt, scaler, loss) * len(idx)
         losses.append(total / len(x_all))
     metrics["supcon_loss"] = [round(v, 4) for v in losses]
     if n_classes < 2:
@@ -242,11 +238,7 @@ def _train_clp(ws: WindowSet, labels: np.ndarray, n_classes: int, cfg: TrainConf
             with autocast(device):
                 emb = encoder(xb)
                 loss = ce(head(emb, yb), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            total += float(loss.detach()) * len(idx)
+            total += optimizer_step(opt, scaler, loss) * len(idx)
             correct += int((head(emb.detach()).argmax(1) == yb)[: len(idx)].sum())
         losses.append(total / len(x_all))
         accs.append(correct / len(x_all))
@@ -282,11 +274,7 @@ def _train_ae(ws: WindowSet, cfg: TrainConfig, device: torch.device, gen: torch.
         for idx in _batches(len(x_all), 8, gen):
             with autocast(device):
                 loss = ae.window_errors(x_all[idx].float().to(device)).mean()
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            total += float(loss.detach()) * len(idx)
+            total += optimizer_step(opt, scaler, loss) * len(idx)
         losses.append(total / len(x_all))
     metrics["ae_loss"] = [round(v, 4) for v in losses]
     ae.eval()
