@@ -223,30 +223,7 @@ class LocalStack:
     # ------------------------------------------------------------------ influxdb 1.x
     def _influx_prepare(self, state: Path) -> None:
         port = self.settings.services.influx_port
-        for sub in ("meta", "data", "wal"):
-            (state / sub).mkdir(exist_ok=True)
-        (state / "influxdb.conf").write_text(
-            f"""reporting-disabled = true
-bind-address = "127.0.0.1:{port + 2}"
-[meta]
-  dir = "{state / 'meta'}"
-[data]
-  dir = "{state / 'data'}"
-  wal-dir = "{state / 'wal'}"
-  query-log-enabled = false
-[http]
-  enabled = true
-  bind-address = "127.0.0.1:{port}"
-  log-enabled = false
-  auth-enabled = false
-[monitor]
-  store-enabled = false
-[subscriber]
-  enabled = false
-[continuous_queries]
-  enabled = false
-"""
-        )
+        (state / "influxdb.conf").write_text(influx_config(state, http_port=port, rpc_port=port + 2))
 
     def _influx_command(self, state: Path) -> list[str]:
         binary = _require_binary("influxd", "apt-get install -y influxdb")
@@ -270,6 +247,32 @@ bind-address = "127.0.0.1:{port + 2}"
         resp = requests.post(f"http://127.0.0.1:{port}/query", data={"q": f'CREATE DATABASE "{db}"'}, timeout=10)
         if resp.status_code != 200:
             raise ServiceUnavailable(f"InfluxDB refused CREATE DATABASE {db}: HTTP {resp.status_code} {resp.text}")
+
+
+def influx_config(state: Path, *, http_port: int, rpc_port: int) -> str:
+    """An influxd 1.x config on loopback with meta/data/wal under ``state`` (directories made here)."""
+    for sub in ("meta", "data", "wal"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    return f"""reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{state / 'meta'}"
+[data]
+  dir = "{state / 'data'}"
+  wal-dir = "{state / 'wal'}"
+  query-log-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{http_port}"
+  log-enabled = false
+  auth-enabled = false
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+"""
 
 
 def tansu_binary() -> str:

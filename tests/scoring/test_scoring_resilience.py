@@ -29,6 +29,7 @@ from scoring_helpers import (
     wait_for,
 )
 
+from deploy.local_stack import influx_config
 from scoring.filters import causal_median
 from soundwatch.contracts import AlertEvent, AlertState
 from soundwatch.settings import Settings, load_settings
@@ -46,33 +47,13 @@ def _free_port() -> int:
 
 
 class PrivateInfluxd:
-    """An influxd 1.x of our own (same config shape as deploy/local_stack.py), restartable on its data."""
+    """An influxd 1.x of our own (the local stack's config, other ports), restartable on its data."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.port, rpc = _free_port(), _free_port()
-        for sub in ("meta", "data", "wal"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
         self.config = root / "influxdb.conf"
-        self.config.write_text(f"""reporting-disabled = true
-bind-address = "127.0.0.1:{rpc}"
-[meta]
-  dir = "{root / "meta"}"
-[data]
-  dir = "{root / "data"}"
-  wal-dir = "{root / "wal"}"
-  query-log-enabled = false
-[http]
-  enabled = true
-  bind-address = "127.0.0.1:{self.port}"
-  log-enabled = false
-[monitor]
-  store-enabled = false
-[subscriber]
-  enabled = false
-[continuous_queries]
-  enabled = false
-""")
+        self.config.write_text(influx_config(root, http_port=self.port, rpc_port=rpc))
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
