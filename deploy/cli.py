@@ -60,7 +60,8 @@ def run_all(
     from deploy.stages import pipeline_stages
 
     settings = get_settings()
-    LocalStack(settings).require("kafka", "redis", "influxdb") if _is_local(settings) else None
+    if _is_local(settings):
+        LocalStack(settings).require("kafka", "redis", "influxdb")
     stages = pipeline_stages(settings, _source(source, data, machines, fault or [], speed), log_dir=log_dir,
                              feature_workers=feature_workers, scoring_workers=scoring_workers)  # fmt: skip
     Pipeline(stages, say=lambda m: err_console.print(m)).run(duration)
