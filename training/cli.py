@@ -19,8 +19,9 @@ from soundwatch.errors import BadInput, ServiceUnavailable
 from soundwatch.settings import get_settings
 from training.datasets import scan_dataset
 from training.device import DEVICE_CHOICES, resolve_device
+from training.methods import METHOD_HELP, METHODS
 from training.registry import ModelRegistry
-from training.train import METHODS, TrainConfig, train_machine_type
+from training.train import TrainConfig, train_machine_type
 
 DataOpt = Annotated[Path, typer.Option("--data", help="DCASE-layout folder: <type>/{train,test}/*.wav",
                                        exists=True, file_okay=False)]  # fmt: skip
@@ -29,7 +30,7 @@ RegistryOpt = Annotated[
 ]
 TypeOpt = Annotated[str | None, typer.Option("--machine-type", help="only this machine type (default: all found)")]
 MethodOpt = Annotated[
-    str, typer.Option("--method", help="clp (contrastive + ArcFace, default) or ae (DCASE 2020 baseline)")
+    str, typer.Option("--method", help="; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()))
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu or cuda")]
 
@@ -96,7 +97,7 @@ def evaluate(
     registry: RegistryOpt = None,
     machine_type: TypeOpt = None,
     method: Annotated[
-        str | None, typer.Option("--method", help="evaluate the newest model of this method (clp|ae)")
+        str | None, typer.Option("--method", help=f"evaluate the newest model of this method ({'|'.join(METHODS)})")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
     plots: Annotated[

@@ -259,7 +259,7 @@ def fine_tune(
     model_config = copy.deepcopy(meta["model_config"])
     bank: dict[str, np.ndarray] = {}
 
-    if parent.method == "clp":
+    if parent.method != "ae":  # encoder methods: encoder + ID classifier
         encoder = copy.deepcopy(src.encoder).to(device)
         head = copy.deepcopy(src.head).to(device) if src.head is not None else None
         if head is not None:
@@ -295,7 +295,8 @@ def fine_tune(
         state = {"encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}}
         if head is not None:
             state["head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-        scorer = WindowScorer("clp", parent.score_kind, encoder, head, None, id_classes, {}, int(meta["knn_k"]), device)
+        scorer = WindowScorer(parent.method, parent.score_kind, encoder, head, None, id_classes, {},
+                              int(meta["knn_k"]), device)  # fmt: skip
         all_w = (
             x_all
             if bank_windows is None or not len(bank_windows)
@@ -308,7 +309,7 @@ def fine_tune(
         for mid in sorted(set(src.bank) - set(bank)):  # old embeddings live in the old space: not reusable
             log.warning("machine %s has no windows this round; its kNN score falls back to the union bank", mid)
         scorer.bank = {k: torch.from_numpy(v).to(device) for k, v in bank.items()}
-    elif parent.method == "ae":
+    else:
         ae = copy.deepcopy(src.ae).to(device)
         opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
         for _ in tqdm(range(cfg.epochs), desc="fine-tune (AE)", unit="epoch", disable=not cfg.progress, leave=False):
@@ -323,8 +324,6 @@ def fine_tune(
         ae.eval()
         state = {"ae": {k: v.detach().cpu() for k, v in ae.state_dict().items()}}
         scorer = WindowScorer("ae", "recon", None, None, ae, {}, {}, int(meta["knn_k"]), device)
-    else:
-        raise BadInput(f"cannot fine-tune method {parent.method!r}", "retrain supports the clp and ae methods")
     return Candidate(parent.method, scorer.score_kind, model_config, state, class_map, id_classes, class_source,
                      bank, int(meta["knn_k"]), scorer, losses)  # fmt: skip
 

@@ -33,7 +33,7 @@ BANK_LIMIT = 4096  # embeddings kept per machine: bounds artifact size and kNN c
 
 @dataclass
 class WindowScorer:
-    method: str  # "clp" | "ae"
+    method: str  # an encoder method (training.methods) or "ae"
     score_kind: str
     encoder: Encoder | None = None
     head: ArcMarginHead | None = None
@@ -58,18 +58,16 @@ class WindowScorer:
               id_classes: dict[str, list[int]], bank: dict[str, np.ndarray], knn_k: int) -> WindowScorer:  # fmt: skip
         """Rebuild from an artifact's config, state dicts and bank (see registry)."""
         enc = head = ae = None
-        if method == "clp":
+        if method != "ae":  # every other method's artifact is an encoder + optional ID classifier
             enc = Encoder(EncoderConfig.from_dict(model_config["encoder"]))
             enc.load_state_dict(state["encoder"])
             if "head" in state:
                 h = model_config["head"]
                 head = ArcMarginHead(enc.cfg.embedding_dim, int(h["n_classes"]), float(h["scale"]), float(h["margin"]))
                 head.load_state_dict(state["head"])
-        elif method == "ae":
+        else:
             ae = FrameAE(AEConfig.from_dict(model_config["ae"]))
             ae.load_state_dict(state["ae"])
-        else:
-            raise ValueError(f"unknown method {method!r}")
         tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in bank.items()}
         return cls(method, score_kind, enc, head, ae, dict(id_classes), tensors, knn_k)
 

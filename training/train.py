@@ -1,20 +1,17 @@
 """Training, read top to bottom: records -> windows -> model -> score choice -> thresholds -> artifact.
 
-``train_machine_type`` trains ONE machine type with method ``clp`` (default) or ``ae``:
+``train_machine_type`` trains ONE machine type with one method (:mod:`training.methods`):
 
-clp
-  1. stage 1, supervised contrastive (SupCon, temperature 0.1) on the encoder + a projection
-     head; positives = windows of the same class (machine ID; see :func:`choose_classes`);
-  2. stage 2, ArcFace fine-tuning of the encoder with an ID classifier (s=30, m=0.7);
-     in both stages a quarter of each batch is appended again, shifted by 4-12 mel bins, as
-     extra "shifted machine" classes (:func:`with_position_negatives`);
-  3. embedding bank of the training windows per machine for the kNN density;
-  4. score kind chosen between ``neglogp`` and ``knn`` on held-out normal clips only
+encoder methods (``clp``, the default, and the other seed methods)
+  1. the method trains an encoder (+ an ID classifier when the type has two or more classes, see
+     :func:`choose_classes`; else instance discrimination) — :mod:`training.methods.clp` etc.;
+  2. embedding bank of the training windows per machine for the kNN density;
+  3. score kind chosen between ``neglogp`` and ``knn`` on held-out normal clips only
      (:mod:`training.calibration`).
 ae
   The DCASE 2020 dense AE on 5-frame contexts of the same windows (MSE, Adam 1e-3).
 
-Both: per-machine thresholds on held-out normal clips, metrics, one artifact via the registry.
+All: per-machine thresholds on held-out normal clips, metrics, one artifact via the registry.
 Held-out clips: 15 % of each machine's training clips (at least one when it has two or more).
 """
 
@@ -30,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from scoring.filters import causal_median
@@ -44,19 +40,19 @@ from training.calibration import (
 )
 from training.datasets import ClipRecord, WindowSet, load_windows, summarize
 from training.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
-from training.models import AEConfig, ArcMarginHead, Encoder, EncoderConfig, FrameAE, ProjectionHead, supcon_loss
+from training.methods import METHODS, fit_encoder, is_encoder_method
+from training.methods.common import EncoderJob, batches, norm_sample
+from training.models import AEConfig, EncoderConfig, FrameAE
 from training.registry import Artifact
 from training.scorer import WindowScorer, subsample_bank
 
 log = logging.getLogger(__name__)
 
-METHODS = ("clp", "ae")
-
 
 @dataclass(frozen=True)
 class TrainConfig:
     method: str = "clp"
-    epochs: int | None = None  # clp: per stage (default 20); ae: total (default 50)
+    epochs: int | None = None  # encoder methods: per stage (default 20); ae: total (default 50)
     batch_size: int = 128
     supcon_lr: float = 1e-3
     arc_lr: float = 5e-4
@@ -76,7 +72,7 @@ class TrainConfig:
     def stage_epochs(self) -> int:
         if self.epochs is not None:
             return max(1, self.epochs)
-        return 20 if self.method == "clp" else 50
+        return 50 if self.method == "ae" else 20
 
 
 @dataclass
@@ -149,118 +145,12 @@ def choose_classes(records: Sequence[ClipRecord]) -> tuple[str, list[str], Calla
     return "none", [], lambda r: ""
 
 
-def with_position_negatives(x: torch.Tensor, y: torch.Tensor, n_labels: int, fraction: float,
-                            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Append frequency-shifted copies of part of a batch as *extra classes* (label + ``n_labels``).
-
-    Why: CNNs are nearly shift-invariant, but on a spectrogram a pattern's mel position is its
-    physics (a resonance that moved is a fault). Teaching the encoder that a window shifted by
-    4-12 mel bins is *another* machine (seed paper 4, "adversarial negatives") makes the
-    embedding sensitive to where energy sits, which ID classes alone (often separable by pitch)
-    do not require. Held-out selection uses a 2-bin shift, a magnitude training never sees.
-    """
-    n = int(round(fraction * x.shape[0]))
-    if n == 0:
-        return x, y
-    src = x[:n]
-    shifts = torch.randint(4, 13, (n,), generator=gen) * (torch.randint(0, 2, (n,), generator=gen) * 2 - 1)
-    neg = torch.stack([_shift_mel(w, int(s)) for w, s in zip(src, shifts, strict=True)])
-    return torch.cat([x, neg.to(x.device)]), torch.cat([y, y[:n] + n_labels])
-
-
-def _shift_mel(w: torch.Tensor, s: int) -> torch.Tensor:
-    """Shift a [n_mels, W] window by ``s`` mel bins, repeating the edge bin into the gap."""
-    out = torch.roll(w, s, dims=0)
-    if s > 0:
-        out[:s] = w[:1]
-    elif s < 0:
-        out[s:] = w[-1:]
-    return out
-
-
-def _norm_sample(windows: np.ndarray, seed: int, limit: int = 20_000) -> torch.Tensor:
-    """A random subset of windows (all machines, not the first files) for the input statistics."""
-    idx = np.arange(len(windows))
-    if len(idx) > limit:
-        idx = np.sort(np.random.default_rng(seed).choice(len(idx), size=limit, replace=False))
-    return torch.from_numpy(np.asarray(windows[idx], dtype=np.float32))
-
-
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    perm = torch.randperm(n, generator=gen)
-    return [perm[i : i + batch_size] for i in range(0, n, batch_size) if i + batch_size <= n or i == 0]
-
-
-# -- clp -------------------------------------------------------------------------------------------
-def _train_clp(ws: WindowSet, labels: np.ndarray, n_classes: int, cfg: TrainConfig, device: torch.device,
-               gen: torch.Generator, metrics: dict[str, Any]) -> tuple[Encoder, ArcMarginHead | None]:  # fmt: skip
-    p_enc = EncoderConfig(**{**cfg.encoder.to_dict(), "n_mels": ws.windows.shape[1],
-                             "window_frames": ws.windows.shape[2], "channels": cfg.encoder.channels})  # fmt: skip
-    encoder = Encoder(p_enc)
-    encoder.norm.fit(_norm_sample(ws.windows, cfg.seed))
-    encoder.to(device)
-    x_all = torch.from_numpy(np.asarray(ws.windows))
-    y_all = torch.from_numpy(labels)
-    epochs = cfg.stage_epochs()
-    scaler = grad_scaler(device)
-    n_labels = int(labels.max()) + 1  # real classes (or clips); shifted copies get label + n_labels
-
-    # Stage 1: SupCon, positives = same class (or same clip when there are no classes).
-    proj = ProjectionHead(p_enc.embedding_dim).to(device)
-    opt = torch.optim.Adam([*encoder.parameters(), *proj.parameters()], lr=cfg.supcon_lr)
-    losses = []
-    for _ in tqdm(range(epochs), desc="clp stage 1 (SupCon)", unit="epoch", disable=not cfg.progress, leave=False):
-        encoder.train()
-        total = 0.0
-        for idx in _batches(len(x_all), cfg.batch_size, gen):
-            xb, yb = with_position_negatives(x_all[idx].float(), y_all[idx], n_labels, cfg.negative_fraction, gen)
-            xb, yb = xb.to(device), yb.to(device)
-            with autocast(device):
-                loss = supcon_loss(proj(encoder(xb)), yb, cfg.temperature)
-            total += optimizer_step(opt, scaler, loss) * len(idx)
-        losses.append(total / len(x_all))
-    metrics["supcon_loss"] = [round(v, 4) for v in losses]
-    if n_classes < 2:
-        encoder.eval()
-        return encoder, None
-
-    # Stage 2: ArcFace ID classifier, fine-tuning the encoder.
-    head = ArcMarginHead(p_enc.embedding_dim, 2 * n_classes, cfg.arc_scale, cfg.arc_margin).to(device)
-    opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=cfg.arc_lr)
-    ce = nn.CrossEntropyLoss()
-    losses, accs = [], []
-    for _ in tqdm(range(epochs), desc="clp stage 2 (ArcFace)", unit="epoch", disable=not cfg.progress, leave=False):
-        encoder.train()
-        total, correct = 0.0, 0
-        for idx in _batches(len(x_all), cfg.batch_size, gen):
-            xb, yb = with_position_negatives(x_all[idx].float(), y_all[idx], n_classes, cfg.negative_fraction, gen)
-            xb, yb = xb.to(device), yb.to(device)
-            with autocast(device):
-                emb = encoder(xb)
-                loss = ce(head(emb, yb), yb)
-            total += optimizer_step(opt, scaler, loss) * len(idx)
-            correct += int((head(emb.detach()).argmax(1) == yb)[: len(idx)].sum())
-        losses.append(total / len(x_all))
-        accs.append(correct / len(x_all))
-    metrics["arcface_loss"] = [round(v, 4) for v in losses]
-    metrics["train_id_accuracy"] = round(accs[-1], 4)
-    encoder.eval()
-    # The shifted-machine classes were a training device only: the saved classifier holds the
-    # real classes, so p(ID) at inference is a softmax over machines (and the head's layout,
-    # one row per class_map entry, stays simple for fine-tuning).
-    real = ArcMarginHead(p_enc.embedding_dim, n_classes, cfg.arc_scale, cfg.arc_margin).to(device)
-    with torch.no_grad():
-        real.weight.copy_(head.weight[:n_classes])
-    real.eval()
-    return encoder, real
-
-
 # -- ae --------------------------------------------------------------------------------------------
 def _train_ae(ws: WindowSet, cfg: TrainConfig, device: torch.device, gen: torch.Generator,
               metrics: dict[str, Any]) -> FrameAE:  # fmt: skip
     ae = FrameAE(AEConfig(n_mels=ws.windows.shape[1]))
     # One scalar mean/std: keeps the baseline's equal weighting of all mel bins in the MSE.
-    ae.norm.fit(_norm_sample(ws.windows, cfg.seed), per_bin=False)
+    ae.norm.fit(norm_sample(ws.windows, cfg.seed), per_bin=False)
     ae.to(device)
     x_all = torch.from_numpy(np.asarray(ws.windows))
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr)
@@ -271,7 +161,7 @@ def _train_ae(ws: WindowSet, cfg: TrainConfig, device: torch.device, gen: torch.
     for _ in tqdm(range(cfg.stage_epochs()), desc="ae", unit="epoch", disable=not cfg.progress, leave=False):
         ae.train()
         total = 0.0
-        for idx in _batches(len(x_all), 8, gen):
+        for idx in batches(len(x_all), 8, gen):
             with autocast(device):
                 loss = ae.window_errors(x_all[idx].float().to(device)).mean()
             total += optimizer_step(opt, scaler, loss) * len(idx)
@@ -321,7 +211,7 @@ def train_machine_type(
     bank: dict[str, np.ndarray] = {}
     id_classes: dict[str, list[int]] = {}
     class_source, class_names = "none", []
-    if cfg.method == "clp":
+    if is_encoder_method(cfg.method):
         class_source, class_names, class_of = choose_classes(fit.records)
         if class_source == "none":
             labels = fit.clip.astype(np.int64)  # instance discrimination
@@ -332,13 +222,14 @@ def train_machine_type(
                 id_classes.setdefault(r.machine_id, [])
                 if index[class_of(r)] not in id_classes[r.machine_id]:
                     id_classes[r.machine_id].append(index[class_of(r)])
-        encoder, head = _train_clp(fit, labels, len(class_names), cfg, device, gen, metrics)
+        job = EncoderJob(fit, labels, len(class_names), cfg, device, gen, metrics)
+        encoder, head = fit_encoder(cfg.method, job)
         state = {"encoder": {k: v.cpu() for k, v in encoder.state_dict().items()}}
         model_config: dict[str, Any] = {"encoder": encoder.cfg.to_dict()}
         if head is not None:
             state["head"] = {k: v.cpu() for k, v in head.state_dict().items()}
             model_config["head"] = {"n_classes": len(class_names), "scale": cfg.arc_scale, "margin": cfg.arc_margin}
-        scorer = WindowScorer("clp", "knn", encoder, head, None, id_classes, {}, cfg.knn_k, device)
+        scorer = WindowScorer(cfg.method, "knn", encoder, head, None, id_classes, {}, cfg.knn_k, device)
         emb = scorer.embed(fit.windows).cpu().numpy()
         fit_ids = np.array(fit.machine_ids())
         for mid in sorted(set(fit_ids)):

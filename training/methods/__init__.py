@@ -1,0 +1,33 @@
+"""Training methods: which exist and how to run an encoder method.
+
+``ae`` (the DCASE 2020 autoencoder baseline) lives in :mod:`training.train`; every other method is an
+*encoder method* (module :mod:`training.methods.<name>`, function ``fit(job)``) whose artifact is an
+encoder + ID classifier scored by ``knn`` / ``neglogp`` (see :mod:`training.methods.common`).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.methods.common import EncoderJob
+    from training.models import ArcMarginHead, Encoder
+
+ENCODER_METHODS: dict[str, str] = {
+    "clp": "machine-ID contrastive learning: SupCon then ArcFace, mel-shifted negatives (default)",
+}
+METHODS: tuple[str, ...] = (*ENCODER_METHODS, "ae")
+METHOD_HELP: dict[str, str] = {**ENCODER_METHODS, "ae": "DCASE 2020 dense autoencoder baseline"}
+
+
+def is_encoder_method(method: str) -> bool:
+    return method in ENCODER_METHODS
+
+
+def fit_encoder(method: str, job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
+    """Run encoder method ``method`` (lazily imported: a method's extra networks load only when used)."""
+    if method not in ENCODER_METHODS:
+        raise ValueError(f"{method!r} is not an encoder method; valid: {', '.join(ENCODER_METHODS)}")
+    module = import_module(f"training.methods.{method}")
+    return module.fit(job)

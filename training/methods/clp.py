@@ -1,0 +1,30 @@
+"""``clp``: machine-ID contrastive learning (the default method).
+
+1. stage 1, supervised contrastive (SupCon, temperature 0.1) on the encoder + a projection head;
+   positives = windows of the same class;
+2. stage 2, ArcFace fine-tuning of the encoder with an ID classifier (s=30, m=0.7);
+in both stages a quarter of each batch is appended again, shifted by 4-12 mel bins, as extra
+"shifted machine" classes (:func:`training.methods.common.position_negatives`).
+"""
+
+from __future__ import annotations
+
+from training.methods.common import EncoderJob, arcface_stage, position_negatives, rounded, supcon_stage
+from training.models import ArcMarginHead, Encoder
+
+
+def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
+    cfg = job.cfg
+    encoder = job.new_encoder()
+    epochs = cfg.stage_epochs()
+    views = position_negatives(cfg.negative_fraction, job.n_labels)
+    job.metrics["supcon_loss"] = rounded(supcon_stage(job, encoder, views, epochs=epochs, lr=cfg.supcon_lr,
+                                                      desc="clp stage 1 (SupCon)"))  # fmt: skip
+    if job.n_classes < 2:
+        return encoder, None
+    head, losses, acc = arcface_stage(job, encoder, position_negatives(cfg.negative_fraction, job.n_classes),
+                                      n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
+                                      desc="clp stage 2 (ArcFace)")  # fmt: skip
+    job.metrics["arcface_loss"] = rounded(losses)
+    job.metrics["train_id_accuracy"] = round(acc, 4)
+    return encoder, head
