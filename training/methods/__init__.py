@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 ENCODER_METHODS: dict[str, str] = {
     "clp": "machine-ID contrastive learning: SupCon then ArcFace, mel-shifted negatives (default)",
+    "geco": "predictive self-attention AE whose predictions are contrastive negatives of the real windows",
+    "semi": "AE view and MobileNetV2 view of each window pulled together, with an ID classifier",
+    "advneg": "position-sensitive negatives: frequency/time-shifted and patch-swapped windows pushed away",
+    "sepviews": "mixture-invariant separation of the normal audio; separated sources as extra views",
 }
 METHODS: tuple[str, ...] = (*ENCODER_METHODS, "ae")
 METHOD_HELP: dict[str, str] = {**ENCODER_METHODS, "ae": "DCASE 2020 dense autoencoder baseline"}
