@@ -30,8 +30,10 @@ RegistryOpt = Annotated[
 ]
 TypeOpt = Annotated[str | None, typer.Option("--machine-type", help="only this machine type (default: all found)")]
 MethodOpt = Annotated[
-    str, typer.Option("--method", help="; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()))
-]
+    str,
+    typer.Option("--method", help="; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
+                 + "; auto: train the candidates and keep the best on held-out normal data"),
+]  # fmt: skip
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu or cuda")]
 
 
@@ -51,16 +53,34 @@ def train(
     machine_type: TypeOpt = None,
     method: MethodOpt = "clp",
     epochs: Annotated[
-        int | None, typer.Option("--epochs", min=1, help="clp: epochs per stage (default 20); ae: epochs (default 50)")
+        int | None,
+        typer.Option("--epochs", min=1, help="encoder methods: epochs per stage (default 20); ae: epochs (default 50)"),
     ] = None,
     device: DeviceOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="random seed (training is deterministic on CPU)")] = 0,
+    methods: Annotated[
+        str | None, typer.Option("--methods", help="with --method auto: comma-separated candidates (default: all)")
+    ] = None,
+    time_budget: Annotated[
+        float | None, typer.Option("--time-budget", min=0.1, help="with --method auto: minutes per machine type")
+    ] = None,
+    validation: Annotated[
+        Path | None,
+        typer.Option("--validation", exists=True, file_okay=False,
+                     help="with --method auto: labelled clips (<type>/test/{normal,anomaly}_*) that decide instead "
+                          "of the held-out normal criterion; never use your test set here"),
+    ] = None,  # fmt: skip
 ) -> None:
     """Train one model per machine type on <type>/train/normal_* clips and save it in the registry.
 
     The new version becomes current in Redis (workers hot-reload) when Redis is reachable.
+    `--method auto` trains the candidate methods that fit the time budget and keeps, per type, the
+    one that validates best on held-out normal clips (or on --validation clips).
     """
-    _check_choice("--method", method, METHODS)
+    if method != "auto":
+        _check_choice("--method", method, METHODS)
+    elif time_budget is None and methods is None:
+        err_console.print("auto: no --time-budget, so every method is trained (this takes a while)")
     _check_choice("--device", device, DEVICE_CHOICES)
     resolve_device(device)
     reg = _registry(registry)
@@ -75,21 +95,43 @@ def train(
         parent = reg.latest_version(mtype)
         cfg = TrainConfig(method=method, epochs=epochs, seed=seed, device=device, median_k=settings.scoring.median_k)
         err_console.print(f"training {mtype} ({method}, {len(mine)} clips) ...")
-        result = train_machine_type(mine, settings.features, cfg, parent_version=parent)
-        version = reg.save(result.artifact)
-        for path, reason in result.skipped:
-            err_console.print(f"[yellow]skipped {path}: {reason}[/yellow]")
-        sel = result.artifact.metrics.get("score_selection", {})
-        err_console.print(
-            f"[green]{mtype} {version}[/green] saved in {reg.root / mtype / version} "
-            f"({result.seconds:.1f} s, score={result.artifact.score_kind}, "
-            f"criterion={ {k: round(v['mean'], 3) for k, v in sel.get('candidates', {}).items()} })"
-        )
+        if method == "auto":
+            from training.auto import parse_methods, train_auto
+
+            val = scan_dataset(validation, mtype) if validation is not None else []
+            auto = train_auto(mine, settings.features, cfg, methods=parse_methods(methods),
+                              time_budget_s=None if time_budget is None else 60.0 * time_budget, validation=val,
+                              parent_version=parent)  # fmt: skip
+            _print_auto_table(mtype, auto.criterion, auto.table())
+            artifacts = auto.artifacts_in_save_order()
+            result_seconds = sum(c.result.seconds for c in auto.candidates if c.result is not None)
+        else:
+            result = train_machine_type(mine, settings.features, cfg, parent_version=parent)
+            artifacts = [result.artifact]
+            result_seconds = result.seconds
+            for path, reason in result.skipped:
+                err_console.print(f"[yellow]skipped {path}: {reason}[/yellow]")
+        for art in artifacts:
+            version = reg.save(art)
+            sel = art.metrics.get("score_selection", {})
+            crit = {k: round(v["mean"], 3) for k, v in sel.get("candidates", {}).items()}
+            err_console.print(f"[green]{mtype} {version}[/green] ({art.method}) saved in {reg.root / mtype / version} "
+                              f"(score={art.score_kind}, criterion={crit})")  # fmt: skip
+        err_console.print(f"{mtype}: trained in {result_seconds:.1f} s")
         try:
             reg.set_current(mtype, version)
-            err_console.print(f"{mtype}: current version is now {version} (reload published)")
+            err_console.print(f"{mtype}: current version is now {version} ({artifacts[-1].method}; reload published)")
         except ServiceUnavailable as exc:
             err_console.print(f"[yellow]{mtype}: not set current — {exc.message}[/yellow]")
+
+
+def _print_auto_table(mtype: str, criterion: str, rows: list[dict]) -> None:
+    err_console.print(f"{mtype}: method selection by {criterion}")
+    for r in rows:
+        mark = "*" if r["chosen"] else " "
+        crit = "–" if r["criterion"] is None else f"{r['criterion']:.4f}"
+        secs = "–" if r["train_s"] is None else f"{r['train_s']:.1f} s"
+        err_console.print(f"  {mark} {r['method']:9s} {crit:>7s}  {secs:>9s}  {r['note']}")
 
 
 def evaluate(
@@ -107,6 +149,9 @@ def evaluate(
         Path | None, typer.Option("--results", help="DCASE score/decision CSVs (default: --plots or var/evaluate)")
     ] = None,
     device: DeviceOpt = "auto",
+    compare: Annotated[
+        bool, typer.Option("--compare", help="every method's newest model side by side: compare.md/.json/.png")
+    ] = False,
 ) -> None:
     """AUC / pAUC (max_fpr 0.1) per machine ID on <type>/test clips, scored exactly like the stream."""
     from training.evaluate import evaluate as run_evaluate
@@ -115,6 +160,16 @@ def evaluate(
         _check_choice("--method", method, METHODS)
     _check_choice("--device", device, DEVICE_CHOICES)
     t0 = time.perf_counter()
+    if compare:
+        from training.compare import compare as run_compare
+        from training.compare import markdown
+
+        out_dir = results or plots or Path("var/evaluate")
+        table = run_compare(data, _registry(registry), machine_type=machine_type, out_dir=out_dir, device=device)
+        table["seconds"] = round(time.perf_counter() - t0, 2)
+        typer.echo(json.dumps(table) if as_json else markdown(table))
+        err_console.print(f"comparison written to {out_dir}/compare.md, compare.json, compare.png")
+        return
     report = run_evaluate(
         data, _registry(registry), machine_type=machine_type, method=method,
         results_dir=results or plots or Path("var/evaluate"), plots_dir=plots, device=device,
@@ -134,3 +189,24 @@ def evaluate(
     o = report["overall"]
     if o["auc_mean"] is not None:
         typer.echo(f"overall      AUC {o['auc_mean']:.3f}  pAUC {o['pauc_mean']:.3f}")
+
+
+def bench_methods(
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", exists=True, file_okay=False,
+                     help="DCASE folder (default: the synthetic benchmark; test-only folders get an honest split)"),
+    ] = None,  # fmt: skip
+    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated (default: all)")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="per stage (default: each method's)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="where compare.md/.json/.png go")] = Path("var/bench-methods"),
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+) -> None:
+    """Train every method on the same data and compare them (AUC, pAUC, mAUC, train time, inference cost)."""
+    from training.auto import parse_methods
+    from training.bench import methods_bench
+    from training.compare import markdown
+
+    report = methods_bench(data, out, parse_methods(methods), epochs=epochs)
+    typer.echo(json.dumps(report) if as_json else markdown(report))
+    err_console.print(f"{report['data']}: {report['seconds']} s; see {out}/compare.md, compare.json, compare.png")

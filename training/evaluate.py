@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from scoring.filters import clip_score
 from soundwatch.errors import BadInput
-from training.datasets import ClipRecord, load_windows, scan_dataset
+from training.datasets import ClipRecord, WindowSet, load_windows, scan_dataset
 from training.registry import ArtifactError, LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,20 @@ def score_clips(
 ) -> tuple[list[ClipResult], list[tuple[str, str]]]:
     """Clip scores of ``records`` (bad files skipped and returned as (path, reason))."""
     ws = load_windows(records, model.feature_params, desc=f"{model.machine_type} test features", progress=progress)
+    return score_window_set(model, ws), [(str(s.path), s.reason) for s in ws.skipped]
+
+
+def score_window_set(model: LoadedModel, ws: WindowSet) -> list[ClipResult]:
+    """Clip scores of already computed windows, exactly as the stream scores them."""
     window_scores = model.score_windows(ws.windows, ws.machine_ids()) if len(ws.windows) else np.zeros(0)
     out = []
     for i, rec in enumerate(ws.records):
         s = clip_score(window_scores[ws.clip == i], model.median_k)
         out.append(ClipResult(rec, s, model.threshold_for(rec.machine_id)))
-    return out, [(str(s.path), s.reason) for s in ws.skipped]
+    return out
 
 
-def _metrics(results: Sequence[ClipResult]) -> tuple[float, float] | None:
+def clip_metrics(results: Sequence[ClipResult]) -> tuple[float, float] | None:
     y = [int(r.record.is_anomaly) for r in results]
     if len(set(y)) < 2:
         return None
@@ -119,7 +124,7 @@ def evaluate(
             by_id.setdefault(r.record.machine_id, []).append(r)
         aucs, paucs = [], []
         for mid in sorted(by_id):
-            m = _metrics(by_id[mid])
+            m = clip_metrics(by_id[mid])
             if m is None:
                 log.warning("%s/%s: test clips of only one label, no AUC", mtype, mid)
                 continue

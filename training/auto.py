@@ -1,0 +1,143 @@
+"""``soundwatch train --method auto``: train the candidate methods that fit a time budget and keep, per
+machine type, the one that validates best.
+
+Validation never touches the test split. By default it is the normal-data-only criterion every model
+already computes on its held-out *normal* clips (the mean pseudo-anomaly clip AUC of the chosen score,
+:func:`training.calibration.pseudo_anomaly_auc`); all candidates share the same held-out clips (same
+split seed), so the numbers are comparable. Only when the user supplies labelled validation clips
+(``--validation DIR``, DCASE layout, normal and anomalous clips of the same machines) does the mean
+AUC over machine IDs on those clips decide instead (ties within 0.005 go to the cheaper method).
+
+Candidates are tried cheapest first (:data:`AUTO_ORDER`). A candidate starts only when the time used
+so far plus its expected time (the last candidate's time scaled by the relative costs in
+:data:`RELATIVE_COST`) fits the budget; skipped ones are listed with the reason. Every trained
+candidate is saved (``evaluate --compare`` can then show them side by side) with the selection table
+in its metrics; the winner is saved last, so it is the type's newest version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from scoring.filters import clip_score
+from soundwatch.errors import BadInput
+from soundwatch.params import FeatureParams
+from training.datasets import ClipRecord, load_windows
+from training.evaluate import auc
+from training.methods import METHODS
+from training.registry import Artifact
+from training.scorer import WindowScorer
+from training.train import TrainConfig, TrainResult, train_machine_type
+
+log = logging.getLogger(__name__)
+
+AUTO_ORDER: tuple[str, ...] = ("ae", "clp", "advneg", "geco", "sepviews", "semi")
+# Training time relative to clp on the same data (measured on the synthetic benchmark, CPU).
+RELATIVE_COST: dict[str, float] = {"ae": 0.5, "clp": 1.0, "advneg": 1.3, "geco": 1.6, "sepviews": 1.6, "semi": 2.0}
+TIE_MARGIN = 0.005
+
+
+@dataclass
+class Candidate:
+    method: str
+    result: TrainResult | None
+    criterion: float | None
+    note: str
+
+
+@dataclass
+class AutoResult:
+    winner: Candidate
+    candidates: list[Candidate]
+    criterion: str
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{"method": c.method, "criterion": None if c.criterion is None else round(c.criterion, 4),
+                 "train_s": None if c.result is None else round(c.result.seconds, 1),
+                 "score": None if c.result is None else c.result.artifact.score_kind, "note": c.note,
+                 "chosen": c is self.winner} for c in self.candidates]  # fmt: skip
+
+    def artifacts_in_save_order(self) -> list[Artifact]:
+        """Losers first, the winner last (newest version), each with the selection table in its metrics."""
+        table = {"criterion": self.criterion, "candidates": self.table(), "chosen": self.winner.method}
+        trained = [c for c in self.candidates if c.result is not None and c is not self.winner] + [self.winner]
+        out = []
+        for c in trained:
+            assert c.result is not None
+            c.result.artifact.metrics["auto_selection"] = table
+            out.append(c.result.artifact)
+        return out
+
+
+def parse_methods(spec: str | None) -> tuple[str, ...]:
+    """``"clp,ae"`` -> ``("ae", "clp")`` in :data:`AUTO_ORDER`; ``None`` -> all methods."""
+    if not spec:
+        return AUTO_ORDER
+    wanted = [m.strip() for m in spec.split(",") if m.strip()]
+    bad = [m for m in wanted if m not in METHODS]
+    if bad or not wanted:
+        raise BadInput(f"unknown method(s) in --methods: {', '.join(bad) or spec!r}",
+                       hint=f"choose from: {', '.join(METHODS)}")  # fmt: skip
+    return tuple(m for m in AUTO_ORDER if m in wanted)
+
+
+def train_auto(records: Sequence[ClipRecord], params: FeatureParams, cfg: TrainConfig, *,
+               methods: Sequence[str] = AUTO_ORDER, time_budget_s: float | None = None,
+               validation: Sequence[ClipRecord] = (), parent_version: str | None = None) -> AutoResult:  # fmt: skip
+    """Train ``methods`` on one machine type's records within ``time_budget_s`` and pick the best."""
+    labelled = list(validation)
+    use_labels = len({r.is_anomaly for r in labelled}) == 2
+    criterion = ("mean AUC over machine IDs on the labelled validation clips" if use_labels else
+                 "mean pseudo-anomaly clip AUC on held-out normal clips")  # fmt: skip
+    t0 = time.perf_counter()
+    candidates: list[Candidate] = []
+    last: tuple[str, float] | None = None
+    for method in methods:
+        elapsed = time.perf_counter() - t0
+        if time_budget_s is not None and last is not None:
+            expected = last[1] * RELATIVE_COST.get(method, 2.0) / RELATIVE_COST.get(last[0], 1.0)
+            if elapsed + expected > time_budget_s:
+                left = max(0.0, time_budget_s - elapsed)
+                note = f"skipped: expected {expected:.0f} s, {left:.0f} s of the budget left"
+                candidates.append(Candidate(method, None, None, note))
+                continue
+        result = train_machine_type(records, params, replace(cfg, method=method), parent_version=parent_version)
+        last = (method, result.seconds)
+        value = _labelled_auc(result.artifact, labelled) if use_labels else _heldout_criterion(result.artifact)
+        candidates.append(Candidate(method, result, value, "trained"))
+        log.info("auto: %s criterion %.4f (%.1f s)", method, value, result.seconds)
+    trained = [c for c in candidates if c.result is not None and c.criterion is not None]
+    if not trained:
+        raise BadInput("no candidate method fitted the time budget", hint="raise --time-budget or pass --methods")
+    best = max(c.criterion for c in trained if c.criterion is not None)
+    winner = next(c for c in trained if c.criterion is not None and best - c.criterion <= TIE_MARGIN)
+    return AutoResult(winner, candidates, criterion)
+
+
+def _heldout_criterion(artifact: Artifact) -> float:
+    sel = artifact.metrics["score_selection"]
+    return float(sel["candidates"][sel["chosen"]]["mean"])
+
+
+def _labelled_auc(artifact: Artifact, clips: Sequence[ClipRecord]) -> float:
+    """Mean AUC over machine IDs of the artifact's stream-equivalent clip scores on labelled clips."""
+    scorer = WindowScorer.build(artifact.method, artifact.score_kind, artifact.model_config, artifact.state,
+                                artifact.id_classes, artifact.bank, artifact.knn_k)  # fmt: skip
+    ws = load_windows(clips, artifact.feature_params, desc="validation features", progress=False)
+    scores = scorer.score(ws.windows, ws.machine_ids()) if len(ws.windows) else np.zeros(0)
+    by_id: dict[str, tuple[list[int], list[float]]] = {}
+    for i, rec in enumerate(ws.records):
+        y, s = by_id.setdefault(rec.machine_id, ([], []))
+        y.append(int(rec.is_anomaly))
+        s.append(clip_score(scores[ws.clip == i], artifact.median_k))
+    aucs = [auc(y, s) for y, s in by_id.values() if len(set(y)) == 2]
+    if not aucs:
+        raise BadInput("the validation clips have no machine with both normal and anomalous clips",
+                       hint="--validation needs <type>/test/{normal,anomaly}_id_XX_*.wav of one machine")  # fmt: skip
+    return float(np.mean(aucs))
