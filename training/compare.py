@@ -117,11 +117,12 @@ def markdown(report: dict[str, Any]) -> str:
     def f(v: Any, nd: int = 3) -> str:
         return "–" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
-    lines = ["| type | method | score | AUC | pAUC | mAUC | train s | infer ms/window |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| type | method | score | IDs | AUC | pAUC | mAUC | train s | infer ms/window |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in report["rows"]:
-        lines.append(f"| {r['machine_type']} | {r['method']} | {r['score']} | {f(r['auc'])} | {f(r['pauc'])} | "
-                     f"{f(r['mauc'])} | {f(r['train_s'], 1)} | {f(r['infer_ms_per_window'], 2)} |")  # fmt: skip
+        lines.append(f"| {r['machine_type']} | {r['method']} | {r['score']} | {r['n_ids']} | {f(r['auc'])} | "
+                     f"{f(r['pauc'])} | {f(r['mauc'])} | {f(r['train_s'], 1)} | "
+                     f"{f(r['infer_ms_per_window'], 2)} |")  # fmt: skip
     lines += ["", "| method (mean over types) | AUC | pAUC | mAUC | train s (sum) | infer ms/window |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for method, m in report["per_method"].items():
