@@ -10,14 +10,36 @@
 3. **Replay** so the model does not forget: a random sample of the earlier training data — the
    normal training clips of the original data folder (``data_root``) and audio of earlier
    confirmed intervals still in the archive — about ``replay_ratio`` windows per new window.
-4. **Fine-tune from the current version** (never from scratch): ``clp`` continues the ArcFace
-   ID-classifier stage on new + replayed windows at a low learning rate (a machine ID the model
-   has never seen gets a new class row); a density-only ``clp`` model keeps its encoder and only
-   re-builds the embedding bank; ``ae`` continues the reconstruction objective. The kNN bank is
-   rebuilt from the fine-tuned encoder on new + replayed windows. The score kind stays the
-   parent's. ``epochs=0`` keeps every weight and only rebuilds the bank and the thresholds: for a
-   kNN-scored model that is a density update that cannot forget (old and new normal share one
-   embedding space).
+4. **Update the current version** (never from scratch). Encoder methods (``clp`` and every
+   :func:`training.methods.is_encoder_method`) have three ``encoder_update`` modes:
+
+   * ``bank`` (default): no gradient steps. The encoder is kept, so the parent's kNN bank stays
+     valid and *grows* by the embeddings of the new confirmed-normal windows (a full bank makes
+     room for them by evicting a random part of the old rows, keeping at least half old). The
+     candidate scores ``knn``: a kNN density is exactly what adapts to drift when the new normal
+     joins the bank, while ``neglogp`` depends only on the unchanged weights — it could only
+     "adapt" by raising thresholds, i.e. by muting the machine. Thresholds are recalibrated
+     (step 5) and, when the parent also scored ``knn``, never set below the parent's: with the same
+     encoder and a superset bank every kNN score is <= the parent's, so on any normal audio the
+     candidate cannot raise an alarm the parent did not — the gate's false-alarm checks pass by
+     construction, AUC on the earlier labelled clips is unchanged unless the new audio resembles
+     their anomalies (which is what the gate should refuse: faulty audio confirmed as normal).
+   * ``head`` (opt-in): the convolutional trunk, input statistics and BatchNorm statistics are
+     frozen; the projection layer and the ID classifier continue the ArcFace stage on new +
+     replayed windows at ``lr``; the bank is rebuilt in the new space from new windows + the replay
+     pool. ``full`` (opt-in): as ``head`` with every encoder weight trainable (the issue's original
+     recipe). Both keep the parent's score kind; a machine ID never seen gets a new class row.
+
+   Why ``bank`` is the default (measured on the retraining tests' 4-epoch synthetic-fan ``clp``,
+   +10 % speed drift, gate tolerances FAR 0.05 / AUC 0.05 / pAUC 0.1, target FAR 0.05):
+   ``bank`` — drifted FAR 0.95 -> 0.00, AUC 0.977 -> 0.977, validation FAR 0.00 -> 0.00, 7/8
+   faults still alert (the same 7 as before the drift), passes; ``head`` (lr 1e-4) — FAR -> 0.00,
+   AUC 0.969, pAUC 0.901 -> 0.868, validation FAR 0.03, passes with less margin; ``full`` (lr
+   2e-4) passes here but on the no-drift end-to-end round is usually refused for lost AUC. A
+   ``bank`` candidate kept at the parent's ``neglogp`` got AUC 0.55 and alerted 1/8 faults; a
+   ``neglogp`` parent refreshed into ``knn`` went from AUC 0.55 to 0.98 and validation FAR 0.75
+   to 0.06, 7/8 faults. ``epochs``/``lr`` apply to ``head``/``full`` and to ``ae``, which always
+   continues its reconstruction objective (its errors do not come from a bank).
 5. **Recalibrate** per-machine thresholds on the calibration blocks plus the earlier validation
    clips (:func:`training.calibration.fit_threshold` on median-filtered window scores).
 6. **Gate** (:mod:`training.gate`) candidate vs current on the gate blocks, the earlier validation
@@ -56,6 +78,7 @@ from training.gate import EvalClip, GateDecision, run_gate
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
+ENCODER_MODES = ("bank", "head", "full")  # how a retraining round updates an encoder method's model
 CLIP_WINDOWS = 8  # windows of a 10 s clip: sizes how many earlier clips to load for replay
 
 
@@ -215,6 +238,7 @@ class Candidate:
     knn_k: int
     scorer: Any  # training.scorer.WindowScorer
     losses: list[float]
+    encoder_mode: str = "weights"  # encoder methods: bank | head | full; ae: "weights" (always fine-tuned)
 
 
 def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -237,13 +261,19 @@ def fine_tune(
     cfg: RetrainSettings,
     bank_windows: np.ndarray | None = None,
     bank_ids: Sequence[str] = (),
+    bank_new: np.ndarray | None = None,
+    *,
+    encoder_mode: str = "bank",
+    score_kind: str | None = None,
 ) -> Candidate:
-    """Continue training ``parent`` (a LoadedModel) on ``windows`` of ``machine_ids``; see the module docstring.
+    """Update ``parent`` (a LoadedModel) with ``windows`` of ``machine_ids``; see the module docstring.
 
-    The kNN bank is built from ``windows`` plus ``bank_windows`` (more earlier data than is replayed
-    in training: a density estimate needs more samples than a gradient step)."""
+    Encoder methods: ``head`` / ``full`` train on ``windows`` and rebuild the kNN bank from
+    ``bank_windows`` (new windows + the whole replay pool: a density estimate needs more samples
+    than a gradient step); ``bank`` adds the rows of ``bank_windows`` marked ``bank_new`` to the
+    parent's bank."""
     from training.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
-    from training.scorer import WindowScorer, subsample_bank
+    from training.scorer import BANK_LIMIT, WindowScorer
 
     device = resolve_device(cfg.device)
     gen = seed_everything(cfg.seed)
@@ -260,9 +290,11 @@ def fine_tune(
     bank: dict[str, np.ndarray] = {}
 
     if parent.method != "ae":  # encoder methods: encoder + ID classifier
+        if encoder_mode not in ENCODER_MODES:
+            raise BadInput(f"unknown encoder update {encoder_mode!r}", f"use one of {', '.join(ENCODER_MODES)}")
         encoder = copy.deepcopy(src.encoder).to(device)
         head = copy.deepcopy(src.head).to(device) if src.head is not None else None
-        if head is not None:
+        if head is not None and encoder_mode != "bank":
             for mid in sorted(set(ids) - set(id_classes)):  # a machine the model never saw: a new class row
                 if class_source != "machine_id":
                     continue  # its windows still shape the encoder's bank below
@@ -276,12 +308,18 @@ def fine_tune(
             keep = np.array([m in id_classes for m in ids])
             labels = torch.tensor([id_classes[m][0] for m in ids if m in id_classes], dtype=torch.int64)
             x_lab = x_all[torch.from_numpy(keep)]
-            opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=cfg.lr)
+            if encoder_mode == "head":  # the convolutional trunk and the input statistics stay as they are
+                for p in [*encoder.norm.parameters(), *encoder.convs.parameters()]:
+                    p.requires_grad_(False)
+            trainable = [p for p in [*encoder.parameters(), *head.parameters()] if p.requires_grad]
+            opt = torch.optim.Adam(trainable, lr=cfg.lr)
             ce = nn.CrossEntropyLoss()
-            for _ in tqdm(range(cfg.epochs), desc="fine-tune (ArcFace)", unit="epoch", disable=not cfg.progress,
-                          leave=False):  # fmt: skip
+            for _ in tqdm(range(cfg.epochs), desc=f"fine-tune ({encoder_mode}, ArcFace)", unit="epoch",
+                          disable=not cfg.progress, leave=False):  # fmt: skip
                 encoder.train()
                 _freeze_batchnorm(encoder)
+                if encoder_mode == "head":
+                    encoder.convs.eval()
                 head.train()
                 total = 0.0
                 for idx in _batches(len(x_lab), cfg.batch_size, gen):
@@ -295,35 +333,49 @@ def fine_tune(
         state = {"encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}}
         if head is not None:
             state["head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-        scorer = WindowScorer(parent.method, parent.score_kind, encoder, head, None, id_classes, {},
-                              int(meta["knn_k"]), device)  # fmt: skip
-        all_w = (
-            x_all
-            if bank_windows is None or not len(bank_windows)
-            else torch.cat([x_all, torch.from_numpy(np.asarray(bank_windows, dtype=np.float32))])
-        )
-        emb = scorer.embed(all_w).cpu().numpy()
-        id_arr = np.array(ids + list(bank_ids))
-        for mid in sorted(set(id_arr)):
-            bank[mid] = subsample_bank(emb[id_arr == mid], seed=cfg.seed)
+        kind = score_kind or ("knn" if encoder_mode == "bank" else parent.score_kind)
+        scorer = WindowScorer(parent.method, kind, encoder, head, None, id_classes, {}, int(meta["knn_k"]), device)
+        if bank_windows is None:
+            bank_windows, bank_ids = windows, ids
+        id_arr = np.array(list(bank_ids))
+        rng = np.random.default_rng(cfg.seed)
+        if encoder_mode == "bank":  # same encoder: the parent's bank stays valid and only grows
+            new = np.zeros(len(id_arr), dtype=bool) if bank_new is None else np.asarray(bank_new, dtype=bool)
+            id_arr = id_arr[new]
+            emb = scorer.embed(np.asarray(bank_windows, dtype=np.float32)[new]).cpu().numpy()
+            old = {mid: b.detach().float().cpu().numpy() for mid, b in src.bank.items()}
+        else:
+            emb = scorer.embed(np.asarray(bank_windows, dtype=np.float32)).cpu().numpy()
+            old = {}
+        for mid in sorted(set(id_arr) | set(old)):
+            rows = np.flatnonzero(id_arr == mid)
+            prior = old.get(mid, emb[:0])
+            n_new = len(rows) if not len(prior) else min(len(rows), max(BANK_LIMIT - len(prior), BANK_LIMIT // 2))
+            if n_new < len(rows):  # a full bank: at least half of it is made room for the new audio
+                rows = rows[np.sort(rng.choice(len(rows), n_new, replace=False))]
+            if len(prior) + n_new > BANK_LIMIT:
+                prior = prior[np.sort(rng.choice(len(prior), BANK_LIMIT - n_new, replace=False))]
+            bank[mid] = np.concatenate([prior, emb[rows]])
         for mid in sorted(set(src.bank) - set(bank)):  # old embeddings live in the old space: not reusable
             log.warning("machine %s has no windows this round; its kNN score falls back to the union bank", mid)
         scorer.bank = {k: torch.from_numpy(v).to(device) for k, v in bank.items()}
-    else:
-        ae = copy.deepcopy(src.ae).to(device)
-        opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
-        for _ in tqdm(range(cfg.epochs), desc="fine-tune (AE)", unit="epoch", disable=not cfg.progress, leave=False):
-            ae.train()
-            _freeze_batchnorm(ae)
-            total = 0.0
-            for idx in _batches(len(x_all), 8, gen):
-                with autocast(device):
-                    loss = ae.window_errors(x_all[idx].to(device)).mean()
-                total += optimizer_step(opt, scaler, loss) * len(idx)
-            losses.append(round(total / max(1, len(x_all)), 4))
-        ae.eval()
-        state = {"ae": {k: v.detach().cpu() for k, v in ae.state_dict().items()}}
-        scorer = WindowScorer("ae", "recon", None, None, ae, {}, {}, int(meta["knn_k"]), device)
+        return Candidate(parent.method, scorer.score_kind, model_config, state, class_map, id_classes, class_source,
+                         bank, int(meta["knn_k"]), scorer, losses, encoder_mode)  # fmt: skip
+    # ae: continue the reconstruction objective
+    ae = copy.deepcopy(src.ae).to(device)
+    opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
+    for _ in tqdm(range(cfg.epochs), desc="fine-tune (AE)", unit="epoch", disable=not cfg.progress, leave=False):
+        ae.train()
+        _freeze_batchnorm(ae)
+        total = 0.0
+        for idx in _batches(len(x_all), 8, gen):
+            with autocast(device):
+                loss = ae.window_errors(x_all[idx].to(device)).mean()
+            total += optimizer_step(opt, scaler, loss) * len(idx)
+        losses.append(round(total / max(1, len(x_all)), 4))
+    ae.eval()
+    state = {"ae": {k: v.detach().cpu() for k, v in ae.state_dict().items()}}
+    scorer = WindowScorer("ae", "recon", None, None, ae, {}, {}, int(meta["knn_k"]), device)
     return Candidate(parent.method, scorer.score_kind, model_config, state, class_map, id_classes, class_source,
                      bank, int(meta["knn_k"]), scorer, losses)  # fmt: skip
 
@@ -365,8 +417,11 @@ class _InMemoryModel:
 # ---------------------------------------------------------------------------- one round
 def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | None = None, *,
                  archive: ArchiveSettings | None = None, registry: Any = None,
-                 store: ConfirmationStore | None = None) -> RetrainOutcome:  # fmt: skip
-    """One retraining round for ``machine_type`` (see the module docstring)."""
+                 store: ConfirmationStore | None = None, encoder_update: str = "bank",
+                 score_kind: str | None = None) -> RetrainOutcome:  # fmt: skip
+    """One retraining round for ``machine_type`` (see the module docstring). ``encoder_update``
+    (encoder methods only): ``bank`` (default), ``head`` or ``full``; ``score_kind`` overrides the
+    candidate's score (default: ``knn`` for ``bank``, else the parent's)."""
     from training.registry import Artifact, ModelRegistry
 
     cfg = cfg or settings.retrain
@@ -422,11 +477,17 @@ def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | N
     if not len(pool_w):
         log.warning("%s: no earlier training data to replay (data_root=%s): the model may forget earlier sounds; "
                     "pass --data with the original training folder", machine_type, data_root)  # fmt: skip
-    fit_w = np.concatenate([b.windows for b in fit] + [replay_w])
-    fit_ids = [b.machine_id for b in fit for _ in range(len(b.windows))] + replay_ids
+    new_w = [b.windows for b in fit]
+    new_ids = [b.machine_id for b in fit for _ in range(len(b.windows))]
+    fit_w = np.concatenate([*new_w, replay_w])
+    fit_ids = new_ids + replay_ids
+    # the kNN bank: every new fit window and the whole pool, each window once
+    bank_w = np.concatenate([*new_w, pool_w])
 
     # 4. fine-tune from the current version
-    cand = fine_tune(parent, fit_w, fit_ids, cfg, bank_windows=pool_w, bank_ids=pool_ids)
+    cand = fine_tune(parent, fit_w, fit_ids, cfg, bank_windows=bank_w, bank_ids=new_ids + pool_ids,
+                     bank_new=np.arange(len(bank_w)) < len(new_ids),
+                     encoder_mode=encoder_update, score_kind=score_kind)  # fmt: skip
 
     # 5. thresholds on calibration blocks + the earlier validation clips
     machine_ids = sorted(set(parent.machine_ids) | {b.machine_id for b in blocks})
@@ -434,6 +495,13 @@ def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | N
     if not calib_clips:  # tiny rounds: fall back to the fitted blocks (recorded in the metrics)
         calib_clips = [(b.machine_id, b.windows) for b in fit]
     thresholds, default_thr, rule = calibrate(cand.scorer, calib_clips, parent.median_k, machine_ids)
+    threshold_policy = "recalibrated"
+    if cand.encoder_mode == "bank" and parent.score_kind == cand.score_kind:
+        # same encoder, a bank that only grew: every score is <= the parent's, so keeping a threshold at
+        # least the parent's cannot raise a false alarm the parent did not raise (see the module docstring)
+        thresholds = {m: max(t, parent.thresholds[m]) if m in parent.thresholds else t for m, t in thresholds.items()}
+        default_thr = max(default_thr, parent.default_threshold)
+        threshold_policy = "max(parent, recalibrated)"
 
     # 6. gate
     eval_clips = (
@@ -447,7 +515,9 @@ def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | N
         "new_seconds": round(new_seconds, 2), "intervals": [u["interval"] for u in used],
         "blocks": {"fit": len(fit), "calib": len(calib), "gate": len(gate_blocks)},
         "new_windows": n_new, "replay_windows": int(len(replay_w)), "bank_pool_windows": int(len(pool_w)),
-        "epochs": cfg.epochs, "lr": cfg.lr,
+        "encoder_update": cand.encoder_mode, "score_kind": [parent.score_kind, cand.score_kind],
+        "threshold_policy": threshold_policy,
+        "epochs": 0 if cand.encoder_mode == "bank" else cfg.epochs, "lr": cfg.lr,
         "fine_tune_loss": cand.losses, "seconds": round(time.perf_counter() - t_start, 2),
     }  # fmt: skip
     data_summary = {
@@ -485,14 +555,14 @@ def machine_types_to_retrain(settings: Settings, registry: Any = None) -> list[s
     return types
 
 
-def retrain_round(settings: Settings, machine_type: str | None, cfg: RetrainSettings,
-                  archive: ArchiveSettings) -> list[RetrainOutcome]:  # fmt: skip
+def retrain_round(settings: Settings, machine_type: str | None, cfg: RetrainSettings, archive: ArchiveSettings,
+                  encoder_update: str = "bank") -> list[RetrainOutcome]:  # fmt: skip
     """One round over one or all machine types; one type failing does not stop the others."""
     types = [machine_type] if machine_type else machine_types_to_retrain(settings)
     outcomes = []
     for mtype in types:
         try:
-            outcomes.append(retrain_once(settings, mtype, cfg, archive=archive))
+            outcomes.append(retrain_once(settings, mtype, cfg, archive=archive, encoder_update=encoder_update))
         except SoundwatchError as exc:
             if machine_type:
                 raise
@@ -524,6 +594,7 @@ def run_schedule(cron: str, job: Callable[[], object], stop: threading.Event | N
 
 
 __all__ = [
+    "ENCODER_MODES",
     "Block",
     "Candidate",
     "RetrainSettings",
