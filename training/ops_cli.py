@@ -323,6 +323,15 @@ def retrain(
     archive_root: ArchiveRoot = None,
     registry: RegistryRoot = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="fine-tuning epochs")] = None,
+    encoder_update: Annotated[
+        str,
+        typer.Option(
+            "--encoder-update",
+            help="encoder methods (clp, ...): bank = keep the weights, add the confirmed audio to the kNN bank "
+            "(default, cannot forget); head = fine-tune the projection + ID head, conv trunk frozen; "
+            "full = fine-tune everything. ae always fine-tunes",
+        ),
+    ] = "bank",
     min_seconds: Annotated[
         float | None, typer.Option("--min-seconds", min=0, help="least new confirmed audio for a round")
     ] = None,  # fmt: skip
@@ -358,6 +367,11 @@ def retrain(
         raise ConfigError("pass exactly one of --once or --schedule CRON", "e.g. `soundwatch retrain --once`")
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {device!r} is not one of auto, cpu, cuda", "pass --device auto|cpu|cuda")
+    from training.retrain import ENCODER_MODES
+
+    if encoder_update not in ENCODER_MODES:
+        raise ConfigError(f"--encoder-update {encoder_update!r} is not one of {', '.join(ENCODER_MODES)}",
+                          "pass --encoder-update bank|head|full")  # fmt: skip
     settings = _settings(registry)
     given = {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds, "device": device}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
@@ -369,7 +383,7 @@ def retrain(
     archive = _archive_config(archive_root)
 
     def round_() -> list:
-        outcomes = retrain_round(settings, machine_type, cfg, archive)
+        outcomes = retrain_round(settings, machine_type, cfg, archive, encoder_update)
         for o in outcomes:
             if as_json:
                 typer.echo(json.dumps({"machine_type": o.machine_type, "parent_version": o.parent_version,
