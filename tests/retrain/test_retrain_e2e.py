@@ -114,11 +114,10 @@ def _scoring_worker(settings: Settings) -> Iterator:
         raise errors[0]
 
 
-def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_settings, base_model_ae,
+def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_settings, base_model,
                                                                      tmp_path) -> None:  # fmt: skip
-    """Uses the ``ae`` base model: fine-tuning the 4-epoch test ``clp`` model on healthy audio costs
-    it AUC on the small labelled set, and the gate then (rightly) refuses the promotion this test
-    needs; the plumbing is the same for both methods."""
+    """On the default method, ``clp``, with the default retraining (a kNN bank refresh: the encoder
+    is kept, the bank gets the confirmed-normal embeddings, so the candidate cannot forget)."""
     from features.windower import StreamWindower
     from ingest.gateway import run_gateway
     from ingest.sources.simulator import SimulatorSource
@@ -129,7 +128,7 @@ def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_set
                       scoring={**isolated_settings.scoring.model_dump(), "device": "cpu", "max_batch": 32,
                                "max_wait_ms": 20},
                       registry_root=isolated_settings.registry_root)  # fmt: skip
-    copy_registry(base_model_ae, s.registry_root)
+    copy_registry(base_model, s.registry_root)
     registry = ModelRegistry(s.registry_root, s.redis)
     registry.set_current("fan", "v0001")
     archive = ArchiveSettings(root=tmp_path / "archive", segment_seconds=10, idle_flush_s=1.0,
@@ -186,8 +185,8 @@ def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_set
         pubsub.subscribe(registry.reload_channel)
         _wait(lambda: pubsub.get_message(timeout=0.2), 10, "the subscription")
         gate = GateSettings(far_tolerance=0.05, auc_tolerance=0.05, pauc_tolerance=0.1)  # small evaluation sets
-        cfg = RetrainSettings(data_root=base_model_ae.data_root, device="cpu", progress=False, min_confirmed_seconds=20,
-                            gate=gate)  # fmt: skip
+        cfg = RetrainSettings(data_root=base_model.data_root, device="cpu", progress=False, min_confirmed_seconds=20,
+                              gate=gate)  # fmt: skip
         out = retrain_once(s, "fan", cfg, archive=archive, registry=registry, store=store)
         print("\n" + out.message)
         assert out.promoted and out.version == "v0002", out.message
@@ -215,6 +214,7 @@ def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_set
     )
     meta = json.loads((s.registry_root / "fan" / "v0002" / "metadata.json").read_text())
     assert meta["parent_version"] == "v0001" and meta["metrics"]["gate"]["passed"] is True
+    assert meta["method"] == "clp" and meta["data_summary"]["encoder_update"] == "bank"
     assert sorted(meta["data_summary"]["intervals"]) == sorted(
         iv["interval"] for iv in meta["data_summary"]["confirmed"]
     )
