@@ -4,6 +4,8 @@
   position carries meaning on a spectrogram, so it is kept until the final linear layer), then a
   linear projection to an L2-normalised embedding. ~8 M multiply-adds per 128x64 window
   (channels 8-16-32-64), so a 2-core CPU scores hundreds of windows per second.
+  ``arch="mobilenetv2"`` swaps the trunk for MobileNetV2-style inverted residual blocks (the
+  ``semi`` method's CNN view, seed paper 2) at a similar cost; pooling and projection are shared.
 * :class:`ArcMarginHead` — additive angular margin (ArcFace) classifier over machine IDs.
 * :class:`FrameAE` — the DCASE 2020 baseline: a dense autoencoder on 5-frame x n_mels contexts.
 
@@ -27,6 +29,7 @@ class EncoderConfig:
     window_frames: int = 64
     channels: tuple[int, ...] = (8, 16, 32, 64)
     embedding_dim: int = 128
+    arch: str = "cnn"  # trunk: "cnn" (conv blocks) or "mobilenetv2" (inverted residuals)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -70,6 +73,42 @@ def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(cout)]  # fmt: skip
+    return [*layers, nn.ReLU6()] if act else layers
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expansion, 3x3 depthwise (carries the stride), linear 1x1 projection;
+    an identity shortcut when the shape is kept."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        mid = cin * expansion
+        self.residual = stride == 1 and cin == cout
+        self.body = nn.Sequential(*_conv_bn(cin, mid, 1), *_conv_bn(mid, mid, 3, stride, groups=mid),
+                                  *_conv_bn(mid, cout, 1, act=False))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+def _mobilenetv2_trunk(channels: tuple[int, ...]) -> nn.Sequential:
+    """Stride-2 stem conv, then per further width an expanding block (x4) and a residual one (x2).
+
+    Downsamples by ``2 ** (len(channels) - 1)`` like the cnn trunk (the last stage keeps stride 1),
+    so the frequency resolution reaching the projection is the same; ~7 M multiply-adds per 128x64
+    window with channels 8-16-32-64 (the cnn trunk: ~8 M).
+    """
+    n = len(channels)
+    layers: list[nn.Module] = [*_conv_bn(1, channels[0], 3, stride=2 if n > 1 else 1)]
+    for i in range(1, n):
+        layers += [InvertedResidual(channels[i - 1], channels[i], 2 if i < n - 1 else 1, expansion=4),
+                   InvertedResidual(channels[i], channels[i], 1, expansion=2)]  # fmt: skip
+    return nn.Sequential(*layers)
+
+
 class Encoder(nn.Module):
     """Log-mel window -> unit-norm embedding."""
 
@@ -79,8 +118,16 @@ class Encoder(nn.Module):
         self.norm = Standardize(cfg.n_mels)
         chans = (1, *cfg.channels)
         n = len(cfg.channels)
-        self.convs = nn.Sequential(*[_block(chans[i], chans[i + 1], pool=i < n - 1) for i in range(n)])
-        freq_out = cfg.n_mels // 2 ** (n - 1)
+        if cfg.arch == "cnn":
+            self.convs = nn.Sequential(*[_block(chans[i], chans[i + 1], pool=i < n - 1) for i in range(n)])
+            freq_out = cfg.n_mels // 2 ** (n - 1)
+        elif cfg.arch == "mobilenetv2":
+            self.convs = _mobilenetv2_trunk(cfg.channels)
+            freq_out = cfg.n_mels
+            for _ in range(n - 1):  # stride-2 convs with padding 1 round up
+                freq_out = (freq_out + 1) // 2
+        else:
+            raise ValueError(f"unknown encoder arch {cfg.arch!r}; valid: cnn, mobilenetv2")
         self.proj = nn.Sequential(
             nn.Dropout(0.1),
             nn.Linear(cfg.channels[-1] * freq_out, cfg.embedding_dim),
