@@ -177,11 +177,16 @@ class RetrainSettings(_Section):
         description="original training data (DCASE layout) for replay, the "
         "earlier validation set and labelled test clips; default: the model's data_root",
     )
+    encoder_update: Literal["bank", "head", "full"] = Field(
+        "bank",
+        description="encoder methods (clp, ...): bank = keep the weights, add the confirmed audio to the kNN "
+        "bank (cannot forget); head = fine-tune projection + ID head; full = fine-tune everything",
+    )
     epochs: int = Field(
         6,
         ge=0,
-        description="fine-tuning epochs; 0 = keep the weights, only rebuild the kNN bank "
-        "and thresholds (no forgetting possible)",
+        description="fine-tuning epochs for ae and for encoder_update head/full; 0 = keep the weights, only "
+        "rebuild the kNN bank and thresholds",
     )
     lr: float = Field(2e-4, gt=0, description="fine-tuning learning rate (lower than training from scratch)")
     batch_size: int = Field(64, ge=2)

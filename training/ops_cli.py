@@ -324,14 +324,14 @@ def retrain(
     registry: RegistryRoot = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="fine-tuning epochs")] = None,
     encoder_update: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--encoder-update",
             help="encoder methods (clp, ...): bank = keep the weights, add the confirmed audio to the kNN bank "
             "(default, cannot forget); head = fine-tune the projection + ID head, conv trunk frozen; "
-            "full = fine-tune everything. ae always fine-tunes",
+            "full = fine-tune everything. ae always fine-tunes. Default: settings retrain.encoder_update",
         ),
-    ] = "bank",
+    ] = None,  # fmt: skip
     min_seconds: Annotated[
         float | None, typer.Option("--min-seconds", min=0, help="least new confirmed audio for a round")
     ] = None,  # fmt: skip
@@ -369,11 +369,12 @@ def retrain(
         raise ConfigError(f"--device {device!r} is not one of auto, cpu, cuda", "pass --device auto|cpu|cuda")
     from training.retrain import ENCODER_MODES
 
-    if encoder_update not in ENCODER_MODES:
+    if encoder_update is not None and encoder_update not in ENCODER_MODES:
         raise ConfigError(f"--encoder-update {encoder_update!r} is not one of {', '.join(ENCODER_MODES)}",
                           "pass --encoder-update bank|head|full")  # fmt: skip
     settings = _settings(registry)
-    given = {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds, "device": device}
+    given = {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds, "device": device,
+             "encoder_update": encoder_update}  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     base = settings.retrain
     tolerances = {"far_tolerance": far_tolerance, "auc_tolerance": auc_tolerance, "pauc_tolerance": pauc_tolerance,
@@ -383,7 +384,7 @@ def retrain(
     archive = _archive_config(archive_root)
 
     def round_() -> list:
-        outcomes = retrain_round(settings, machine_type, cfg, archive, encoder_update)
+        outcomes = retrain_round(settings, machine_type, cfg, archive, cfg.encoder_update)
         for o in outcomes:
             if as_json:
                 typer.echo(json.dumps({"machine_type": o.machine_type, "parent_version": o.parent_version,
