@@ -41,7 +41,7 @@ from training.calibration import (
 from training.datasets import ClipRecord, WindowSet, load_windows, summarize
 from training.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
 from training.methods import METHODS, fit_encoder, is_encoder_method
-from training.methods.common import EncoderJob, batches, norm_sample
+from training.methods.common import EncoderJob, batches, epoch_size, norm_sample
 from training.models import AEConfig, EncoderConfig, FrameAE
 from training.registry import Artifact
 from training.scorer import WindowScorer, subsample_bank
@@ -165,7 +165,7 @@ def _train_ae(ws: WindowSet, cfg: TrainConfig, device: torch.device, gen: torch.
             with autocast(device):
                 loss = ae.window_errors(x_all[idx].float().to(device)).mean()
             total += optimizer_step(opt, scaler, loss) * len(idx)
-        losses.append(total / len(x_all))
+        losses.append(total / epoch_size(len(x_all), 8))
     metrics["ae_loss"] = [round(v, 4) for v in losses]
     ae.eval()
     return ae

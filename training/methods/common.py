@@ -79,6 +79,11 @@ def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]
     return [perm[i : i + batch_size] for i in range(0, n, batch_size) if i + batch_size <= n or i == 0]
 
 
+def epoch_size(n: int, batch_size: int) -> int:
+    """Windows one epoch of :func:`batches` visits (the divisor of a per-window mean epoch loss)."""
+    return n if n <= batch_size else (n // batch_size) * batch_size
+
+
 def no_views(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:0], y[:0]
 
@@ -155,7 +160,7 @@ def supcon_stage(job: EncoderJob, encoder: Encoder, views: Views, *, epochs: int
                 if extra_loss is not None:
                     loss = loss + extra_loss(x.to(device), y.to(device))
             total += optimizer_step(opt, scaler, loss) * len(idx)
-        losses.append(total / len(x_all))
+        losses.append(total / epoch_size(len(x_all), cfg.batch_size))
     encoder.eval()
     return losses
 
@@ -186,8 +191,8 @@ def arcface_stage(job: EncoderJob, encoder: Encoder, views: Views, *, n_out: int
                 loss = ce(head(emb, yb), yb)
             total += optimizer_step(opt, scaler, loss) * len(idx)
             correct += int((head(emb.detach()).argmax(1) == yb)[: len(idx)].sum())
-        losses.append(total / len(x_all))
-        accuracy = correct / len(x_all)
+        losses.append(total / epoch_size(len(x_all), cfg.batch_size))
+        accuracy = correct / epoch_size(len(x_all), cfg.batch_size)
     encoder.eval()
     real = ArcMarginHead(dim, job.n_classes, cfg.arc_scale, cfg.arc_margin).to(device)
     with torch.no_grad():

@@ -172,9 +172,8 @@ def joint_stage(job: EncoderJob, encoder: Encoder, predictor: FramePredictor, vi
                          extra_params=list(predictor.parameters()), extra_loss=extra_loss)  # fmt: skip
     per_epoch = len(mse) // epochs
     epoch_mse = [mse[e * per_epoch : (e + 1) * per_epoch] for e in range(epochs)]
-    # supcon_stage sums loss * batch size over an epoch and divides by all windows: keep that scale
-    n = len(job.labels)
-    supcon = [t - sum(v * b for v, b in em) / n for t, em in zip(total, epoch_mse, strict=True)]
+    # supcon_stage's epoch loss is the per-window mean over the windows visited: take the MSE part out
+    supcon = [t - sum(v * b for v, b in em) / sum(b for _, b in em) for t, em in zip(total, epoch_mse, strict=True)]
     return rounded(supcon), rounded([sum(v * b for v, b in em) / sum(b for _, b in em) for em in epoch_mse])
 
 

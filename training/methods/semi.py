@@ -30,6 +30,7 @@ from training.methods.common import (
     Views,
     arcface_stage,
     batches,
+    epoch_size,
     position_negatives,
     rounded,
     with_views,
@@ -100,8 +101,8 @@ def co_training_stage(job: EncoderJob, encoder: Encoder, ae: ViewAE, views: View
             optimizer_step(opt, scaler, con + recon)
             con_total += float(con.detach()) * len(idx)
             rec_total += float(recon.detach()) * len(idx)
-        con_losses.append(con_total / len(x_all))
-        rec_losses.append(rec_total / len(x_all))
+        con_losses.append(con_total / epoch_size(len(x_all), cfg.batch_size))
+        rec_losses.append(rec_total / epoch_size(len(x_all), cfg.batch_size))
     encoder.eval()
     return con_losses, rec_losses
 

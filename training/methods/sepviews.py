@@ -36,6 +36,7 @@ from training.methods.common import (
     arcface_stage,
     batches,
     combine,
+    epoch_size,
     norm_sample,
     position_negatives,
     rounded,
@@ -146,7 +147,7 @@ def train_separator(job: EncoderJob, epochs: int) -> tuple[MaskNet, list[float]]
             # roll pairs every window with another
             loss = mixit_loss(sep, p, torch.roll(p, 1, dims=0), table)
             total += optimizer_step(opt, scaler, loss) * len(idx)
-        losses.append(total / len(x_all))
+        losses.append(total / epoch_size(len(x_all), SEP_BATCH))
     sep.eval()
     return sep, losses
 
