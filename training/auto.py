@@ -37,9 +37,9 @@ from training.train import TrainConfig, TrainResult, train_machine_type
 
 log = logging.getLogger(__name__)
 
-AUTO_ORDER: tuple[str, ...] = ("ae", "clp", "advneg", "geco", "sepviews", "semi")
-# Training time relative to clp on the same data (measured on the synthetic benchmark, CPU).
-RELATIVE_COST: dict[str, float] = {"ae": 0.5, "clp": 1.0, "advneg": 1.3, "geco": 1.6, "sepviews": 1.6, "semi": 2.0}
+AUTO_ORDER: tuple[str, ...] = ("ae", "clp", "geco", "semi", "sepviews", "advneg")
+# Training time relative to clp at default epochs (`soundwatch bench methods`, synthetic, 2-core CPU).
+RELATIVE_COST: dict[str, float] = {"ae": 0.95, "clp": 1.0, "geco": 1.2, "semi": 1.55, "sepviews": 1.65, "advneg": 1.95}
 TIE_MARGIN = 0.005
 
 
