@@ -158,20 +158,24 @@ def test_worker_killed_and_restarted_loses_no_window_and_duplicates_no_point(sco
     windows = [make_window("fan", m, i) for i in range(n_per) for m in machines]
     log = tmp_path / "worker.log"
 
-    def paced() -> None:  # keep records arriving while the worker is killed
-        for start in range(0, len(windows), 6):
-            produce(s, windows[start : start + 6])
+    def paced(batch: list) -> None:
+        for start in range(0, len(batch), 6):
+            produce(s, batch[start : start + 6])
             time.sleep(0.15)
 
+    # The first half is streamed to the first worker, which is killed mid-stream; the second half arrives
+    # while no worker runs (so the restarted worker is certainly up and has work when it is stopped).
+    half = len(windows) // 2
     first = _start_worker(s, log)
     try:
-        producer = threading.Thread(target=paced, daemon=True)
+        producer = threading.Thread(target=paced, args=(windows[:half],), daemon=True)
         producer.start()
         wait_for(lambda: count_points(s) >= 20, 90, "the first worker to write points")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         written_before_restart = count_points(s)
         producer.join(60)
+        paced(windows[half:])
         second = _start_worker(s, log)
         try:
             wait_for(lambda: count_points(s) == len(windows) and _committed(s) == len(windows), 120,
