@@ -43,7 +43,7 @@ from scoring.models import ModelCache, ModelSource, ReloadListener, resolve_devi
 from scoring.state import StateStore, StateTable
 from soundwatch.contracts import ContractError, DeadLetter, FeatureWindow, Reason, machine_key
 from soundwatch.errors import ConfigError
-from soundwatch.kafka import ensure_topics, make_consumer, make_producer, send_dead_letter
+from soundwatch.kafka import commit_offsets, ensure_topics, make_consumer, make_producer, send_dead_letter
 from soundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ class ScoringWorker:
         if not commit:
             return
         try:
-            self._consumer.commit(commit)
+            commit_offsets(self._consumer, commit)
         except KafkaError as exc:  # e.g. a rebalance took the partitions: the new owner replays (idempotent)
             log.warning("offset commit failed (%s); those records will be replayed", exc)
 

@@ -27,6 +27,31 @@ def _unreachable(settings: Settings, exc: Exception) -> ServiceUnavailable:
     )
 
 
+def commit_offsets(consumer: Any, offsets: dict[Any, Any]) -> bool:
+    """Commit ``offsets`` (``{TopicPartition: OffsetAndMetadata}``), also from inside a rebalance listener.
+
+    kafka-python >= 3 runs rebalance listeners on its IO thread, where the blocking ``commit`` raises
+    ``RuntimeError("Cannot block on net.run() from the IO thread ...")``; a listener that let it escape
+    made the group retry the revocation forever (the worker then scored nothing). There the commit is
+    handed to the IO loop with ``commit_async``: it is sent before the rejoin, and one that does not land
+    only means the next owner replays those records, which every consumer here handles idempotently.
+    Returns True when the commit is confirmed, False when it was only scheduled; KafkaError propagates.
+    """
+    try:
+        consumer.commit(offsets)
+        return True
+    except RuntimeError as exc:
+        if "IO thread" not in str(exc):
+            raise
+    consumer.commit_async(offsets, callback=_log_failed_async_commit)
+    return False
+
+
+def _log_failed_async_commit(offsets: dict[Any, Any], response: Any) -> None:
+    if isinstance(response, Exception):
+        log.warning("offset commit during a rebalance failed (%s); those records will be replayed", response)
+
+
 def make_producer(settings: Settings, **overrides: Any):  # -> kafka.KafkaProducer
     """A producer with acks=all and the configured security settings; ``overrides`` win."""
     from kafka import KafkaProducer

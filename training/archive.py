@@ -508,6 +508,8 @@ class ArchiveConsumer:
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
+        from soundwatch.kafka import commit_offsets
+
         if self._consumer is None:
             return
         if self._producer is not None:
@@ -521,9 +523,11 @@ class ArchiveConsumer:
         if not offsets:
             return
         try:
-            self._consumer.commit(offsets)
+            confirmed = commit_offsets(self._consumer, offsets)
         except KafkaError as exc:  # e.g. during a rebalance: the next round commits again
             log.warning("offset commit failed (%s); will retry", exc)
+            return
+        if not confirmed:  # scheduled from inside a rebalance: not known to have landed, so not recorded
             return
         for tp, om in offsets.items():
             self._committed[(tp.topic, tp.partition)] = om.offset

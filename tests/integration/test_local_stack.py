@@ -106,3 +106,80 @@ def test_influx_write_and_influxql_read_back(isolated_settings: Settings):
     series = {sr["tags"]["machine_id"]: sr["values"][0] for sr in res["results"][0]["series"]}
     assert series["id_00"][1:] == [5, 4.0]
     assert series["id_01"][1:] == [5, 4.5]
+
+
+def test_commit_from_a_rebalance_listener_lets_the_group_move_on(isolated_settings: Settings, unique: str):
+    """A rebalance listener that commits (as the scoring worker and the archive do) must not wedge the group.
+
+    kafka-python 3 calls listeners on its IO thread, where a blocking commit raises; escaping, that
+    made the coordinator retry the revocation forever and the worker consumed nothing again.
+    """
+    from kafka import ConsumerRebalanceListener, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from soundwatch.kafka import commit_offsets, ensure_topics
+
+    s = isolated_settings
+    topic = f"rebalance-{unique}"
+    ensure_topics(s, [topic])
+    producer = make_producer(s)
+    for i in range(40):
+        producer.send(topic, key=f"k{i % 8}".encode(), value=b"x")
+    producer.flush(timeout=30)
+    producer.close()
+    group = f"g-{unique}"
+    consumed: dict[TopicPartition, int] = {}
+    revocations: list[str] = []
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked):  # noqa: ANN001
+            offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in consumed.items() if tp in revoked}
+            if offsets:
+                commit_offsets(a, offsets)
+            revocations.append(threading.current_thread().name)
+
+        def on_partitions_assigned(self, assigned):  # noqa: ANN001
+            pass
+
+    a = make_consumer(s, group_id=group)
+    a.subscribe([topic], listener=Listener())
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def poll_a() -> None:
+        try:
+            while not stop.is_set():
+                for tp, records in a.poll(timeout_ms=200).items():
+                    consumed[tp] = records[-1].offset + 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=poll_a, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sum(consumed.values()) < 40 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sum(consumed.values()) == 40, "the first consumer did not read the topic"
+        b = make_consumer(s, group_id=group)
+        b.subscribe([topic])
+        try:
+            deadline = time.monotonic() + 60
+            while not b.assignment() and time.monotonic() < deadline:
+                b.poll(timeout_ms=200)
+            assert b.assignment(), f"the group never rebalanced (revocations: {len(revocations)}, errors: {errors})"
+            assert len(revocations) <= 3, f"the revocation was retried {len(revocations)} times"
+            assert not errors, errors
+            deadline = time.monotonic() + 30  # the commit made in the listener landed (sync or scheduled)
+            while time.monotonic() < deadline:
+                committed = {tp: b.committed(tp) for tp in b.assignment()}
+                if all(c == consumed.get(tp) for tp, c in committed.items()):
+                    break
+                time.sleep(0.5)
+            assert committed == {tp: consumed.get(tp) for tp in b.assignment()}
+        finally:
+            b.close()
+    finally:
+        stop.set()
+        thread.join(10)
+        a.close()
