@@ -222,7 +222,7 @@ def train_machine_type(
                 id_classes.setdefault(r.machine_id, [])
                 if index[class_of(r)] not in id_classes[r.machine_id]:
                     id_classes[r.machine_id].append(index[class_of(r)])
-        job = EncoderJob(fit, labels, len(class_names), cfg, device, gen, metrics)
+        job = EncoderJob(fit, labels, len(class_names), cfg, device, gen, metrics, params)
         encoder, head = fit_encoder(cfg.method, job)
         state = {"encoder": {k: v.cpu() for k, v in encoder.state_dict().items()}}
         model_config: dict[str, Any] = {"encoder": encoder.cfg.to_dict()}

@@ -45,7 +45,7 @@ def test_mixit_assignments_and_views_are_sane() -> None:
     assert s.shape == (6, 4, 32, 16)
     torch.testing.assert_close(s.sum(1), db_to_power(x), rtol=1e-4, atol=0.0)  # masks sum to one
     y = torch.arange(6)
-    xv, yv = separated_views(sep, 0.5, torch.device("cpu"))(x, y, gen)
+    xv, yv = separated_views(sep, 0.5, torch.device("cpu"), FeatureParams().floor_db)(x, y, gen)
     assert xv.shape == (3, 32, 16) and yv.tolist() == [3, 4, 5]  # positives: same labels
     assert torch.isfinite(xv).all() and bool((xv > 10 * torch.log10(torch.tensor(AMIN)) + 1).all())
     p = db_to_power(x[3:])

@@ -16,7 +16,7 @@ with several kinds of negatives offset them further (``k * n_labels + c``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from soundwatch.params import FeatureParams
 from training.datasets import WindowSet
 from training.device import autocast, grad_scaler, optimizer_step
 from training.models import ArcMarginHead, Encoder, EncoderConfig, ProjectionHead, supcon_loss
@@ -46,6 +47,7 @@ class EncoderJob:
     device: torch.device
     gen: torch.Generator
     metrics: dict[str, Any]
+    params: FeatureParams = field(default_factory=FeatureParams)  # the windows' feature definition
 
     @property
     def n_labels(self) -> int:

@@ -53,7 +53,7 @@ SEP_BATCH = 16
 SNR_CAP_DB = 30.0  # log-error floor per mel band, relative to the band's mean power (MixIT's soft threshold)
 VIEW_FRACTION = 0.25  # share of each batch appended again as separated re-mixes (positives)
 MIN_KEPT_ENERGY = 0.5  # a view keeps at least this share of its window's power
-AMIN = 1e-10  # the features' power floor: dB = 10*log10(max(power, AMIN))
+AMIN = 1e-10  # numerical floor of the power <-> dB conversions (views are clamped at the features' own floor)
 
 
 def db_to_power(db: torch.Tensor) -> torch.Tensor:
@@ -161,10 +161,11 @@ def source_shares(sep: MaskNet, job: EncoderJob, limit: int = 512) -> list[float
     return sorted((float(v) for v in share), reverse=True)
 
 
-def separated_views(sep: MaskNet, fraction: float, device: torch.device) -> Views:
+def separated_views(sep: MaskNet, fraction: float, device: torch.device, floor_db: float) -> Views:
     """The last ``fraction`` of a batch re-mixed from a random proper subset of its separated sources,
-    plus the window's band floor, back in dB, with its own label (a positive). Subsets keeping under
-    ``MIN_KEPT_ENERGY`` of the window's power are never drawn; dropping only the weakest one qualifies."""
+    plus the window's band floor, back in dB (never below the features' ``floor_db``), with its own
+    label (a positive). Subsets keeping under ``MIN_KEPT_ENERGY`` of the window's power are never drawn;
+    dropping only the weakest one qualifies."""
     table = assignments(N_SOURCES)[1:-1].to(device)  # proper, non-empty subsets
 
     def views(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +183,7 @@ def separated_views(sep: MaskNet, fraction: float, device: torch.device) -> View
             # below the band floor the separator was never asked to be right: without this, bins a
             # source took whole would fall to the -100 dB feature floor, holes no real window has
             remix = remix + band_floor(s.sum(1))
-        return power_to_db(remix).to(x.device, x.dtype), y[-n:]
+        return power_to_db(remix).clamp_min(floor_db).to(x.device, x.dtype), y[-n:]
 
     return views
 
@@ -194,7 +195,7 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
     sep, sep_losses = train_separator(job, max(1, min(epochs, math.ceil(SEP_STEPS / per_epoch))))
     job.metrics["mixit_loss"] = rounded(sep_losses)
     job.metrics["source_shares"] = rounded(source_shares(sep, job))
-    positives = separated_views(sep, VIEW_FRACTION, job.device)
+    positives = separated_views(sep, VIEW_FRACTION, job.device, job.params.floor_db)
     encoder = job.new_encoder()
     views = combine(position_negatives(cfg.negative_fraction, job.n_labels), positives)
     job.metrics["supcon_loss"] = rounded(supcon_stage(job, encoder, views, epochs=epochs, lr=cfg.supcon_lr,
