@@ -4,7 +4,6 @@ model_version."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from running_workers import running_worker
 
 from soundwatch.contracts import AudioChunk, machine_key
 from soundwatch.settings import ArchiveSettings, GateSettings, RetrainSettings, Settings, load_settings
@@ -86,32 +86,6 @@ class _FirstBlocks:
             inner.close()
 
 
-@contextlib.contextmanager
-def _scoring_worker(settings: Settings) -> Iterator:
-    from scoring.worker import ScoringWorker
-
-    worker = ScoringWorker(settings)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-            worker.ready.set()
-
-    thread = threading.Thread(target=target, name="scoring-worker", daemon=True)
-    thread.start()
-    try:
-        assert worker.ready.wait(60), "the scoring worker got no partitions within 60 s"
-        if errors:
-            raise errors[0]
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(60)
-    if errors:
-        raise errors[0]
 
 
 def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_settings, base_model,
@@ -168,7 +142,7 @@ def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_set
         producer.flush(30)
         return n
 
-    with _scoring_worker(s) as worker:
+    with running_worker(s) as worker:
         n_first = produce(0)
         _wait(lambda: _points_by_version(s).get("v0001", 0) >= n_first, 90, "points of v0001")
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from running_workers import running_worker
 from scoring_helpers import (
     count_points,
     influx_query,
     make_window,
     produce,
     read_topic,
-    running_worker,
     save_model,
     wait_for,
 )
