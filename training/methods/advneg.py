@@ -161,12 +161,10 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
     job.metrics["supcon_loss"] = rounded(supcon_stage(job, encoder, views, epochs=epochs, lr=cfg.supcon_lr,
                                                       desc="advneg stage 1 (SupCon)"))  # fmt: skip
     if job.n_classes >= 2:
-        head, losses, acc = arcface_stage(job, encoder, hard_negatives(encoder, cfg.negative_fraction,
-                                                                       job.n_classes, stats),
-                                          n_out=(len(KINDS) + 1) * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
-                                          desc="advneg stage 2 (ArcFace)")  # fmt: skip
-        job.metrics["arcface_loss"] = rounded(losses)
-        job.metrics["train_id_accuracy"] = round(acc, 4)
+        head = arcface_stage(job, encoder, hard_negatives(encoder, cfg.negative_fraction,
+                                                          job.n_classes, stats),
+                             n_out=(len(KINDS) + 1) * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
+                             desc="advneg stage 2 (ArcFace)")  # fmt: skip
     else:
         head = None
     job.metrics["advneg_valid_share"] = {k: round(sum(v) / len(v), 4) for k, v in stats.items() if v}

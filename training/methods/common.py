@@ -168,11 +168,12 @@ def supcon_stage(job: EncoderJob, encoder: Encoder, views: Views, *, epochs: int
 
 
 def arcface_stage(job: EncoderJob, encoder: Encoder, views: Views, *, n_out: int, epochs: int, lr: float,
-                  desc: str = "ArcFace") -> tuple[ArcMarginHead, list[float], float]:  # fmt: skip
+                  desc: str = "ArcFace") -> ArcMarginHead:  # fmt: skip
     """ArcFace fine-tuning of ``encoder`` with an ID classifier over ``n_out`` labels (real classes and
     the negative classes ``views`` makes). Returns the classifier restricted to the job's *real* classes
     (the negative classes were a training device: p(ID) at inference is a softmax over machines, and
-    one row per class keeps fine-tuning simple), the losses per epoch and the last training accuracy."""
+    one row per class keeps fine-tuning simple); records ``arcface_loss`` (per epoch) and
+    ``train_id_accuracy`` (last epoch) in the job's metrics."""
     cfg, device, gen = job.cfg, job.device, job.gen
     x_all, y_all = job.tensors()
     dim = encoder.cfg.embedding_dim
@@ -200,7 +201,9 @@ def arcface_stage(job: EncoderJob, encoder: Encoder, views: Views, *, n_out: int
     with torch.no_grad():
         real.weight.copy_(head.weight[: job.n_classes])
     real.eval()
-    return real, losses, accuracy
+    job.metrics["arcface_loss"] = rounded(losses)
+    job.metrics["train_id_accuracy"] = round(accuracy, 4)
+    return real
 
 
 def rounded(values: list[float]) -> list[float]:

@@ -191,9 +191,7 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
         return encoder, None
     predictor.eval()
     negatives = predicted_negatives(predictor, cfg.negative_fraction, job.n_classes)
-    head, losses, acc = arcface_stage(job, encoder, negatives, n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
-                                      desc="geco stage 2 (ArcFace)")  # fmt: skip
-    job.metrics["arcface_loss"] = rounded(losses)
-    job.metrics["train_id_accuracy"] = round(acc, 4)
+    head = arcface_stage(job, encoder, negatives, n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
+                         desc="geco stage 2 (ArcFace)")  # fmt: skip
     job.metrics["generated_separation"] = round(generated_separation(job, encoder, views), 4)
     return encoder, head

@@ -118,9 +118,7 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
     job.metrics["ae_recon_loss"] = rounded(rec)
     if job.n_classes < 2:
         return encoder, None
-    head, losses, acc = arcface_stage(job, encoder, position_negatives(cfg.negative_fraction, job.n_classes),
-                                      n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
-                                      desc="semi stage 2 (ArcFace)")  # fmt: skip
-    job.metrics["arcface_loss"] = rounded(losses)
-    job.metrics["train_id_accuracy"] = round(acc, 4)
+    head = arcface_stage(job, encoder, position_negatives(cfg.negative_fraction, job.n_classes),
+                         n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
+                         desc="semi stage 2 (ArcFace)")  # fmt: skip
     return encoder, head

@@ -203,8 +203,6 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
     if job.n_classes < 2:
         return encoder, None
     views = combine(position_negatives(cfg.negative_fraction, job.n_classes), positives)
-    head, losses, acc = arcface_stage(job, encoder, views, n_out=2 * job.n_classes, epochs=epochs,
-                                      lr=cfg.arc_lr, desc="sepviews stage 2 (ArcFace)")  # fmt: skip
-    job.metrics["arcface_loss"] = rounded(losses)
-    job.metrics["train_id_accuracy"] = round(acc, 4)
+    head = arcface_stage(job, encoder, views, n_out=2 * job.n_classes, epochs=epochs,
+                         lr=cfg.arc_lr, desc="sepviews stage 2 (ArcFace)")  # fmt: skip
     return encoder, head
