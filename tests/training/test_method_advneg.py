@@ -21,23 +21,12 @@ import torch
 
 from soundwatch.params import FeatureParams
 from training.datasets import load_windows, scan_dataset
-from training.evaluate import evaluate
 from training.methods.advneg import swap
 from training.methods.common import shift_mel
-from training.registry import ModelRegistry
 from training.scorer import WindowScorer
-from training.synthetic import write_dcase_dataset
 from training.train import TrainConfig, train_machine_type
 
 TYPE = "pump"
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic_advneg")
-    write_dcase_dataset(root, [TYPE], ids_per_type=3, n_train=8, n_test_normal=4, n_test_anomaly=6,
-                        seconds=10.0, sample_rate=16_000, seed=0)  # fmt: skip
-    return root
 
 
 def p_true_id(scorer: WindowScorer, windows: torch.Tensor, classes: torch.Tensor) -> tuple[float, float]:
@@ -49,9 +38,9 @@ def p_true_id(scorer: WindowScorer, windows: torch.Tensor, classes: torch.Tensor
 
 
 @pytest.mark.slow
-def test_advneg_learns_and_pushes_negatives_away(synthetic: Path, tmp_path: Path) -> None:
+def test_advneg_learns_and_pushes_negatives_away(method_data: Path, evaluate_artifact) -> None:
     cfg = TrainConfig(method="advneg", epochs=4, device="cpu", progress=False, seed=0)
-    records = scan_dataset(synthetic, TYPE)
+    records = scan_dataset(method_data, TYPE)
     result = train_machine_type(records, FeatureParams(), cfg)
     art = result.artifact
     m = art.metrics
@@ -64,9 +53,7 @@ def test_advneg_learns_and_pushes_negatives_away(synthetic: Path, tmp_path: Path
     # the artifact is a plain encoder + ID classifier (the 9 negative-class rows are dropped)
     assert set(art.state) == {"encoder", "head"} and art.state["head"]["weight"].shape[0] == 3
 
-    reg = ModelRegistry(tmp_path / "registry")
-    reg.save(art)
-    report = evaluate(synthetic, reg, machine_type=TYPE, progress=False)
+    report = evaluate_artifact(art, method_data)
     per_type = report["per_type"][TYPE]
 
     test_normal = [r for r in records if r.split == "test" and r.label == "normal"]

@@ -18,12 +18,9 @@ import torch
 
 from soundwatch.params import FeatureParams
 from training.datasets import WindowSet, scan_dataset
-from training.evaluate import evaluate
 from training.methods.common import EncoderJob
 from training.methods.geco import FramePredictor, fit
 from training.models import EncoderConfig
-from training.registry import ModelRegistry
-from training.synthetic import write_dcase_dataset
 from training.train import TrainConfig, train_machine_type
 
 TYPE = "pump"
@@ -57,12 +54,9 @@ def test_single_machine_type_uses_instance_discrimination_without_head() -> None
 
 
 @pytest.mark.slow
-def test_geco_learns_on_synthetic(tmp_path: Path) -> None:
-    root = tmp_path / "data"
-    write_dcase_dataset(root, [TYPE], ids_per_type=3, n_train=8, n_test_normal=4, n_test_anomaly=6,
-                        seconds=10.0, sample_rate=16_000, seed=0)  # fmt: skip
+def test_geco_learns_on_synthetic(method_data: Path, evaluate_artifact) -> None:
     cfg = TrainConfig(method="geco", epochs=4, device="cpu", progress=False, seed=0)
-    result = train_machine_type(scan_dataset(root, TYPE), FeatureParams(), cfg)
+    result = train_machine_type(scan_dataset(method_data, TYPE), FeatureParams(), cfg)
     art = result.artifact
     m = art.metrics
     assert art.method == "geco" and art.class_map == ["id_00", "id_02", "id_04"]
@@ -71,9 +65,7 @@ def test_geco_learns_on_synthetic(tmp_path: Path) -> None:
     assert m["arcface_loss"][-1] < m["arcface_loss"][0]
     assert m["predictor_loss"][-1] < m["predictor_loss"][0]
     assert m["generated_separation"] >= 0.7, m["generated_separation"]
-    reg = ModelRegistry(tmp_path / "registry")
-    reg.save(art)
-    report = evaluate(root, reg, machine_type=TYPE, progress=False)
+    report = evaluate_artifact(art, method_data)
     per_type = report["per_type"][TYPE]
     print(json.dumps({"geco": per_type, "train_seconds": round(result.seconds, 1)}))
     assert per_type["auc_mean"] >= 0.8, report["per_id"]

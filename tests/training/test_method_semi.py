@@ -15,8 +15,6 @@ import pytest
 
 from soundwatch.params import FeatureParams
 from training.datasets import scan_dataset
-from training.evaluate import evaluate
-from training.registry import ModelRegistry
 from training.synthetic import write_dcase_dataset
 from training.train import TrainConfig, train_machine_type
 
@@ -24,12 +22,9 @@ TYPE = "pump"
 
 
 @pytest.mark.slow
-def test_semi_learns_and_ships_only_the_encoder(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    write_dcase_dataset(data, [TYPE], ids_per_type=3, n_train=8, n_test_normal=4, n_test_anomaly=6,
-                        seconds=10.0, sample_rate=16_000, seed=0)  # fmt: skip
+def test_semi_learns_and_ships_only_the_encoder(method_data: Path, evaluate_artifact) -> None:
     cfg = TrainConfig(method="semi", epochs=6, device="cpu", progress=False, seed=0)
-    result = train_machine_type(scan_dataset(data, TYPE), FeatureParams(), cfg)
+    result = train_machine_type(scan_dataset(method_data, TYPE), FeatureParams(), cfg)
     art = result.artifact
     m = art.metrics
     for key in ("supcon_loss", "ae_recon_loss", "arcface_loss"):
@@ -37,9 +32,7 @@ def test_semi_learns_and_ships_only_the_encoder(tmp_path: Path) -> None:
     assert m["train_id_accuracy"] >= 0.6  # 6 training classes (3 IDs + 3 shifted): chance ~0.2
     # the AE was a training device: the artifact is a MobileNetV2 encoder + ID classifier, like clp's
     assert set(art.state) == {"encoder", "head"} and art.model_config["encoder"]["arch"] == "mobilenetv2"
-    reg = ModelRegistry(tmp_path / "registry")
-    reg.save(art)
-    report = evaluate(data, reg, machine_type=TYPE, progress=False)
+    report = evaluate_artifact(art, method_data)
     per_type = report["per_type"][TYPE]
     print(json.dumps({"semi": per_type, "train_seconds": round(result.seconds, 1)}))
     assert report["models"][TYPE]["method"] == "semi"

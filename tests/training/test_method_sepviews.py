@@ -17,7 +17,6 @@ import torch
 
 from soundwatch.params import FeatureParams
 from training.datasets import scan_dataset
-from training.evaluate import evaluate
 from training.methods.sepviews import (
     AMIN,
     MaskNet,
@@ -27,8 +26,6 @@ from training.methods.sepviews import (
     power_to_db,
     separated_views,
 )
-from training.registry import ModelRegistry
-from training.synthetic import write_dcase_dataset
 from training.train import TrainConfig, train_machine_type
 
 TYPE = "pump"
@@ -53,12 +50,9 @@ def test_mixit_assignments_and_views_are_sane() -> None:
 
 
 @pytest.mark.slow
-def test_sepviews_trains_and_detects_synthetic_anomalies(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    write_dcase_dataset(data, [TYPE], ids_per_type=3, n_train=8, n_test_normal=4, n_test_anomaly=6,
-                        seconds=10.0, sample_rate=16_000, seed=0)  # fmt: skip
+def test_sepviews_trains_and_detects_synthetic_anomalies(method_data: Path, evaluate_artifact) -> None:
     cfg = TrainConfig(method="sepviews", epochs=4, device="cpu", progress=False, seed=0)
-    result = train_machine_type(scan_dataset(data, TYPE), FeatureParams(), cfg)
+    result = train_machine_type(scan_dataset(method_data, TYPE), FeatureParams(), cfg)
     art = result.artifact
     m = art.metrics
     assert art.method == "sepviews" and art.class_source == "machine_id"
@@ -67,9 +61,7 @@ def test_sepviews_trains_and_detects_synthetic_anomalies(tmp_path: Path) -> None
     assert min(m["source_shares"]) > 0.05  # no collapsed sources
     assert m["supcon_loss"][-1] < m["supcon_loss"][0] and m["arcface_loss"][-1] < m["arcface_loss"][0]
     assert m["train_id_accuracy"] >= 0.6  # 3 IDs (+3 shifted classes): chance is ~1/6
-    reg = ModelRegistry(tmp_path / "registry")
-    reg.save(art)
-    report = evaluate(data, reg, machine_type=TYPE, progress=False)
+    report = evaluate_artifact(art, method_data)
     per_type = report["per_type"][TYPE]
     print(json.dumps({"sepviews": per_type, "train_seconds": round(result.seconds, 1)}))
     assert per_type["auc_mean"] >= 0.85, report["per_id"]

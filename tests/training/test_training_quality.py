@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from soundwatch.params import FeatureParams
 from training.datasets import scan_dataset
-from training.evaluate import evaluate
 from training.registry import ModelRegistry
 from training.synthetic import write_dcase_dataset
 from training.train import TrainConfig, train_machine_type
@@ -34,16 +33,14 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_clp_reaches_auc_on_synthetic(synthetic: Path, tmp_path: Path) -> None:
+def test_clp_reaches_auc_on_synthetic(synthetic: Path, evaluate_artifact) -> None:
     cfg = TrainConfig(method="clp", epochs=8, device="cpu", progress=False, seed=0)
     result = train_machine_type(scan_dataset(synthetic, TYPE), FeatureParams(), cfg)
     art = result.artifact
     assert art.class_source == "machine_id" and art.class_map == ["id_00", "id_02", "id_04"]
     assert art.metrics["score_selection"]["chosen"] == art.score_kind in {"knn", "neglogp"}
     assert art.metrics["arcface_loss"][-1] < art.metrics["arcface_loss"][0]
-    reg = ModelRegistry(tmp_path / "registry")
-    reg.save(art)
-    report = evaluate(synthetic, reg, machine_type=TYPE, progress=False)
+    report = evaluate_artifact(art, synthetic)
     per_type = report["per_type"][TYPE]
     print(json.dumps({"clp": per_type, "train_seconds": round(result.seconds, 1)}))
     assert per_type["auc_mean"] >= 0.9, report["per_id"]
@@ -53,15 +50,13 @@ def test_clp_reaches_auc_on_synthetic(synthetic: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ae_baseline_trains_and_scores(synthetic: Path, tmp_path: Path) -> None:
+def test_ae_baseline_trains_and_scores(synthetic: Path, evaluate_artifact) -> None:
     cfg = TrainConfig(method="ae", epochs=3, device="cpu", progress=False)
     result = train_machine_type(scan_dataset(synthetic, TYPE), FeatureParams(), cfg)
     assert result.artifact.score_kind == "recon" and result.artifact.method == "ae"
     losses = result.artifact.metrics["ae_loss"]
     assert losses[-1] < losses[0]
-    reg = ModelRegistry(tmp_path / "registry")
-    reg.save(result.artifact)
-    report = evaluate(synthetic, reg, machine_type=TYPE, method="ae", progress=False)
+    report = evaluate_artifact(result.artifact, synthetic)
     assert report["models"][TYPE]["method"] == "ae"
     aucs = [row["auc"] for row in report["per_id"]]
     assert len(aucs) == 3 and all(0.0 <= a <= 1.0 for a in aucs)
