@@ -18,6 +18,7 @@ in its metrics; the winner is saved last, so it is the type's newest version.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -29,7 +30,7 @@ from scoring.filters import clip_score
 from soundwatch.errors import BadInput
 from soundwatch.params import FeatureParams
 from training.datasets import ClipRecord, load_windows
-from training.evaluate import auc
+from training.evaluate import ClipResult, by_machine, clip_metrics
 from training.methods import METHODS
 from training.registry import Artifact
 from training.scorer import WindowScorer
@@ -131,12 +132,9 @@ def _labelled_auc(artifact: Artifact, clips: Sequence[ClipRecord]) -> float:
                                 artifact.id_classes, artifact.bank, artifact.knn_k)  # fmt: skip
     ws = load_windows(clips, artifact.feature_params, desc="validation features", progress=False)
     scores = scorer.score(ws.windows, ws.machine_ids()) if len(ws.windows) else np.zeros(0)
-    by_id: dict[str, tuple[list[int], list[float]]] = {}
-    for i, rec in enumerate(ws.records):
-        y, s = by_id.setdefault(rec.machine_id, ([], []))
-        y.append(int(rec.is_anomaly))
-        s.append(clip_score(scores[ws.clip == i], artifact.median_k))
-    aucs = [auc(y, s) for y, s in by_id.values() if len(set(y)) == 2]
+    results = [ClipResult(rec, clip_score(scores[ws.clip == i], artifact.median_k), math.inf)
+               for i, rec in enumerate(ws.records)]  # fmt: skip
+    aucs = [m[0] for m in (clip_metrics(v) for v in by_machine(results).values()) if m is not None]
     if not aucs:
         raise BadInput("the validation clips have no machine with both normal and anomalous clips",
                        hint="--validation needs <type>/test/{normal,anomaly}_id_XX_*.wav of one machine")  # fmt: skip

@@ -21,7 +21,7 @@ from scipy.stats import hmean
 
 from soundwatch.errors import BadInput
 from training.datasets import WindowSet, load_windows, scan_dataset
-from training.evaluate import ClipResult, clip_metrics, score_window_set
+from training.evaluate import ClipResult, by_machine, clip_metrics, score_window_set
 from training.registry import ModelRegistry
 
 COLUMNS = ("machine_type", "method", "score", "version", "auc", "pauc", "mauc", "train_s", "infer_ms_per_window")
@@ -77,10 +77,7 @@ def compare(data: Path, registry: ModelRegistry, *, machine_type: str | None = N
 
 def _row(mtype: str, method: str, model: Any, results: list[ClipResult], cpu_s: float,
          n_windows: int) -> dict[str, Any]:  # fmt: skip
-    by_id: dict[str, list[ClipResult]] = {}
-    for r in results:
-        by_id.setdefault(r.record.machine_id, []).append(r)
-    per_id = [m for m in (clip_metrics(v) for v in by_id.values()) if m is not None]
+    per_id = [m for m in (clip_metrics(v) for v in by_machine(results).values()) if m is not None]
     aucs = [a for a, _ in per_id]
     return {
         "machine_type": mtype, "method": method, "score": model.score_kind, "version": model.version,

@@ -86,7 +86,16 @@ def score_window_set(model: LoadedModel, ws: WindowSet) -> list[ClipResult]:
     return out
 
 
+def by_machine(results: Sequence[ClipResult]) -> dict[str, list[ClipResult]]:
+    """Clip results grouped by machine ID (metrics are per machine, as in the DCASE evaluator)."""
+    out: dict[str, list[ClipResult]] = {}
+    for r in results:
+        out.setdefault(r.record.machine_id, []).append(r)
+    return out
+
+
 def clip_metrics(results: Sequence[ClipResult]) -> tuple[float, float] | None:
+    """(AUC, pAUC) of one machine's clips, None when they are all of one label."""
     y = [int(r.record.is_anomaly) for r in results]
     if len(set(y)) < 2:
         return None
@@ -119,9 +128,7 @@ def evaluate(
         models[mtype] = {"version": model.version, "method": model.method, "score": model.score_kind}
         results, bad = score_clips(model, [r for r in records if r.machine_type == mtype], progress)
         skipped += bad
-        by_id: dict[str, list[ClipResult]] = {}
-        for r in results:
-            by_id.setdefault(r.record.machine_id, []).append(r)
+        by_id = by_machine(results)
         aucs, paucs = [], []
         for mid in sorted(by_id):
             m = clip_metrics(by_id[mid])
