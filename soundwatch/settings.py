@@ -169,6 +169,9 @@ class GateSettings(_Section):
     )
 
 
+EncoderUpdate = Literal["bank", "head", "full"]  # how retraining updates an encoder method's model
+
+
 class RetrainSettings(_Section):
     """Retraining from confirmed-normal audio (``soundwatch retrain``)."""
 
@@ -177,7 +180,7 @@ class RetrainSettings(_Section):
         description="original training data (DCASE layout) for replay, the "
         "earlier validation set and labelled test clips; default: the model's data_root",
     )
-    encoder_update: Literal["bank", "head", "full"] = Field(
+    encoder_update: EncoderUpdate = Field(
         "bank",
         description="encoder methods (clp, ...): bank = keep the weights, add the confirmed audio to the kNN "
         "bank (cannot forget); head = fine-tune projection + ID head; full = fine-tune everything",

@@ -384,7 +384,7 @@ def retrain(
     archive = _archive_config(archive_root)
 
     def round_() -> list:
-        outcomes = retrain_round(settings, machine_type, cfg, archive, cfg.encoder_update)
+        outcomes = retrain_round(settings, machine_type, cfg, archive)
         for o in outcomes:
             if as_json:
                 typer.echo(json.dumps({"machine_type": o.machine_type, "parent_version": o.parent_version,

@@ -61,7 +61,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ from tqdm import tqdm
 
 from soundwatch.errors import BadInput, SoundwatchError
 from soundwatch.params import FeatureParams
-from soundwatch.settings import ArchiveSettings, RetrainSettings, Settings
+from soundwatch.settings import ArchiveSettings, EncoderUpdate, RetrainSettings, Settings
 from training.archive import ArchiveReader, AudioPiece
 from training.confirmations import ConfirmationStore, ConfirmedInterval, format_time
 from training.gate import EvalClip, GateDecision, run_gate
@@ -78,7 +78,7 @@ from training.gate import EvalClip, GateDecision, run_gate
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
-ENCODER_MODES = ("bank", "head", "full")  # how a retraining round updates an encoder method's model
+ENCODER_MODES: tuple[str, ...] = get_args(EncoderUpdate)  # how a round updates an encoder method's model
 CLIP_WINDOWS = 8  # windows of a 10 s clip: sizes how many earlier clips to load for replay
 
 
@@ -417,9 +417,8 @@ class _InMemoryModel:
 # ---------------------------------------------------------------------------- one round
 def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | None = None, *,
                  archive: ArchiveSettings | None = None, registry: Any = None,
-                 store: ConfirmationStore | None = None, encoder_update: str = "bank",
-                 score_kind: str | None = None) -> RetrainOutcome:  # fmt: skip
-    """One retraining round for ``machine_type`` (see the module docstring). ``encoder_update``
+                 store: ConfirmationStore | None = None, score_kind: str | None = None) -> RetrainOutcome:  # fmt: skip
+    """One retraining round for ``machine_type`` (see the module docstring). ``cfg.encoder_update``
     (encoder methods only): ``bank`` (default), ``head`` or ``full``; ``score_kind`` overrides the
     candidate's score (default: ``knn`` for ``bank``, else the parent's)."""
     from training.registry import Artifact, ModelRegistry
@@ -487,7 +486,7 @@ def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | N
     # 4. fine-tune from the current version
     cand = fine_tune(parent, fit_w, fit_ids, cfg, bank_windows=bank_w, bank_ids=new_ids + pool_ids,
                      bank_new=np.arange(len(bank_w)) < len(new_ids),
-                     encoder_mode=encoder_update, score_kind=score_kind)  # fmt: skip
+                     encoder_mode=cfg.encoder_update, score_kind=score_kind)  # fmt: skip
 
     # 5. thresholds on calibration blocks + the earlier validation clips
     machine_ids = sorted(set(parent.machine_ids) | {b.machine_id for b in blocks})
@@ -555,14 +554,14 @@ def machine_types_to_retrain(settings: Settings, registry: Any = None) -> list[s
     return types
 
 
-def retrain_round(settings: Settings, machine_type: str | None, cfg: RetrainSettings, archive: ArchiveSettings,
-                  encoder_update: str = "bank") -> list[RetrainOutcome]:  # fmt: skip
+def retrain_round(settings: Settings, machine_type: str | None, cfg: RetrainSettings,
+                  archive: ArchiveSettings) -> list[RetrainOutcome]:  # fmt: skip
     """One round over one or all machine types; one type failing does not stop the others."""
     types = [machine_type] if machine_type else machine_types_to_retrain(settings)
     outcomes = []
     for mtype in types:
         try:
-            outcomes.append(retrain_once(settings, mtype, cfg, archive=archive, encoder_update=encoder_update))
+            outcomes.append(retrain_once(settings, mtype, cfg, archive=archive))
         except SoundwatchError as exc:
             if machine_type:
                 raise

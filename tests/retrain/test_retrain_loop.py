@@ -51,8 +51,8 @@ def test_gate_refuses_a_candidate_trained_on_anomalous_audio(isolated_settings, 
         store.confirm("fan", mid, t0, t0 + 120 * NS, by="test", note="(wrongly) confirmed by the test")
     writer.close()
     cfg = RetrainSettings(data_root=base_model.data_root, replay_ratio=0.0, lr=1e-3, epochs=8, device="cpu",
-                        progress=False, min_confirmed_seconds=30)  # fmt: skip
-    out = retrain_once(s, "fan", cfg, archive=archive, registry=registry, store=store, encoder_update=update)
+                          progress=False, min_confirmed_seconds=30, encoder_update=update)  # fmt: skip
+    out = retrain_once(s, "fan", cfg, archive=archive, registry=registry, store=store)
     print("\n" + out.message)
     assert out.version == "v0002" and not out.promoted
     assert registry.current_version("fan") == "v0001", "a refused candidate must not become current"
