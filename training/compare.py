@@ -29,11 +29,10 @@ COLUMNS = ("machine_type", "method", "score", "version", "auc", "pauc", "mauc", 
 
 def newest_per_method(registry: ModelRegistry, machine_type: str, device: str = "cpu") -> dict[str, Any]:
     """``{method: LoadedModel}`` with the newest version of each method of ``machine_type``."""
-    found: dict[str, Any] = {}
+    newest: dict[str, str] = {}
     for version in reversed(registry.versions(machine_type)):
-        model = registry.load(machine_type, version, device)
-        found.setdefault(model.method, model)
-    return found
+        newest.setdefault(registry.metadata(machine_type, version)["method"], version)
+    return {method: registry.load(machine_type, version, device) for method, version in newest.items()}
 
 
 def compare(data: Path, registry: ModelRegistry, *, machine_type: str | None = None, out_dir: Path | None = None,

@@ -59,9 +59,8 @@ def pick_model(registry: ModelRegistry, machine_type: str, method: str | None, d
     if method is None or model.method == method:
         return model
     for version in reversed(registry.versions(machine_type)):
-        candidate = registry.load(machine_type, version, device)
-        if candidate.method == method:
-            return candidate
+        if registry.metadata(machine_type, version)["method"] == method:
+            return registry.load(machine_type, version, device)
     raise ArtifactError(
         f"no {method!r} model for machine type {machine_type!r} under {registry.root}",
         hint=f"train one with `soundwatch train --machine-type {machine_type} --method {method}`",

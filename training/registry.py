@@ -266,6 +266,10 @@ class ModelRegistry:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def metadata(self, machine_type: str, version: str) -> dict[str, Any]:
+        """A version's verified metadata (method, score, thresholds, metrics...) without loading its weights."""
+        return self._verified_dir(machine_type, version)[1]
+
     def _verified_dir(self, machine_type: str, version: str) -> tuple[Path, dict[str, Any]]:
         d = self.root / machine_type / version
         meta_path = d / METADATA
