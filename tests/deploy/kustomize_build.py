@@ -33,14 +33,27 @@ KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization
 SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
 # Kinds kustomize leaves without a namespace (cluster-scoped) among those we could meet.
 CLUSTER_SCOPED = {
-    "Namespace", "Node", "PersistentVolume", "StorageClass", "PriorityClass", "RuntimeClass", "IngressClass",
-    "CSIDriver", "VolumeAttachment", "ClusterRole", "ClusterTriggerAuthentication",
-}  # fmt: skip
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "StorageClass",
+    "PriorityClass",
+    "RuntimeClass",
+    "IngressClass",
+    "CSIDriver",
+    "VolumeAttachment",
+    "ClusterRole",
+    "ClusterTriggerAuthentication",
+}
 # Kinds whose namespace handling goes beyond metadata.namespace in kustomize (not modelled here).
 NAMESPACE_SPECIAL = {
-    "RoleBinding", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration",
-    "APIService", "CustomResourceDefinition",
-}  # fmt: skip
+    "RoleBinding",
+    "ClusterRoleBinding",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "APIService",
+    "CustomResourceDefinition",
+}
 
 
 class UnsupportedFeature(Exception):
@@ -121,11 +134,13 @@ def _apply_patch(objects: list[Obj], base: Path, spec: Obj, where: Path) -> None
         raise UnsupportedFeature(f"{patch_file}: JSON6902 patches need a target (not supported)")
     meta = patch.get("metadata", {})
     matches = [
-        obj for obj in objects
-        if _group(obj["apiVersion"]) == _group(patch["apiVersion"]) and obj["kind"] == patch["kind"]
+        obj
+        for obj in objects
+        if _group(obj["apiVersion"]) == _group(patch["apiVersion"])
+        and obj["kind"] == patch["kind"]
         and obj["metadata"]["name"] == meta.get("name")
         and meta.get("namespace", obj["metadata"].get("namespace")) == obj["metadata"].get("namespace")
-    ]  # fmt: skip
+    ]
     if len(matches) != 1:
         raise BuildError(f"{patch_file}: matches {len(matches)} resources (kustomize needs exactly one)")
     target = matches[0]

@@ -12,16 +12,13 @@ import compose_file
 import pytest
 import typer
 import yaml
-from kustomize_build import build
+from deploy_files import COMPOSE, DEPLOY, OVERLAYS, containers, pod_specs, rendered, soundwatch_services
 from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
 
 from soundwatch.cli import app
 from soundwatch.settings import CONFIG_ENV, Settings, load_settings
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
-OVERLAYS = sorted(p for p in (DEPLOY / "k8s" / "overlays").iterdir() if p.is_dir())
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in {".yml", ".yaml"})
 TEXT_FILES = sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix not in {".py", ".pyc"})
 ENV_NAME = re.compile(r"\bSOUNDWATCH_[A-Z0-9_]+\b")
@@ -58,34 +55,6 @@ def _loaded_value(settings: Settings, env_name: str) -> Any:
     for part in env_name.removeprefix("SOUNDWATCH_").lower().split("__"):
         node = getattr(node, part)
     return node.get_secret_value() if hasattr(node, "get_secret_value") else node
-
-
-def compose_model() -> dict:
-    return compose_file.load(COMPOSE, compose_file.read_env_file(COMPOSE.parent / ".env.example"))
-
-
-def soundwatch_services() -> dict[str, dict]:
-    return {n: s for n, s in compose_model()["services"].items() if s.get("image", "").startswith("soundwatch")}
-
-
-def pod_specs(objects: list[dict]) -> list[tuple[dict, dict]]:
-    """(object, pod spec) of every workload in rendered objects."""
-    out = []
-    for obj in objects:
-        spec = obj.get("spec", {})
-        pod = spec.get("template", {}).get("spec") or spec.get("jobTemplate", {}).get("spec", {}).get(
-            "template", {}).get("spec")  # fmt: skip
-        if pod:
-            out.append((obj, pod))
-    return out
-
-
-def containers(pod: dict) -> list[dict]:
-    return [*pod.get("initContainers", []), *pod["containers"]]
-
-
-def rendered() -> dict[str, list[dict]]:
-    return {overlay.name: build(overlay) for overlay in OVERLAYS}
 
 
 def _dockerfile_env() -> dict[str, str]:
@@ -220,8 +189,15 @@ def test_container_commands_are_real_cli_commands():
             raise AssertionError(f"{where}: `soundwatch {' '.join(args)}` does not parse: {exc}") from exc
 
 
-@pytest.mark.parametrize("args", [["nosuch"], ["features"], ["archive", "run", "--segment-seconds", "abc"],
-                                  ["train", "--data", "/d", "--no-such-option"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["nosuch"],
+        ["features"],
+        ["archive", "run", "--segment-seconds", "abc"],
+        ["train", "--data", "/d", "--no-such-option"],
+    ],
+)
 def test_the_cli_check_rejects_what_the_cli_rejects(args):
     with pytest.raises((typer.TyperException, AssertionError)):
         _parse_cli(args)
