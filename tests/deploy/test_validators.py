@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,9 +75,20 @@ def test_compose_needs_its_secrets():
 
 
 # ---------------------------------------------------------------------------- kubernetes
+@pytest.fixture
+def no_network(monkeypatch):
+    """The in-process validators must not open a connection (their schemas are package files)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a validator tried to connect: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_rendered_kubernetes_objects_validate(overlay: Path, version: str):
+def test_rendered_kubernetes_objects_validate(overlay: Path, version: str, no_network):
     objects = build(overlay)
     kinds = sorted({o["kind"] for o in objects})
     assert kinds == [
