@@ -25,7 +25,9 @@ import threading
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
-_MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
+# Shorter values are too likely to be ordinary words ("wrong", "token") to mask everywhere; a short
+# secret is still masked wherever the patterns find it (URL, parameter, header).
+_MIN_SECRET_LEN = 8
 
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/@?#'\"]+@")
 _CREDENTIAL_PARAM = re.compile(
