@@ -140,6 +140,7 @@ class PipelineObserver:
         t = self.settings.kafka.topics
         topics = [t.scores, t.alerts] + ([t.features] if self.keep_windows else [])
         consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
+        influx = InfluxClient(self.settings.influx.model_copy(update={"timeout_s": 2.0}))  # a poll must not stall
         try:
             parts = [TopicPartition(topic, p) for topic in topics
                      for p in sorted(consumer.partitions_for_topic(topic) or [])]  # fmt: skip
@@ -151,7 +152,6 @@ class PipelineObserver:
                 for tp in parts:  # resolve the end offsets now, so nothing produced later is skipped
                     consumer.position(tp)
             self._ready.set()
-            influx = InfluxClient(self.settings.influx.model_copy(update={"timeout_s": 2.0}))
             next_status = time.monotonic()
             while not self._stop.is_set():
                 for tp, records in consumer.poll(timeout_ms=200).items():
@@ -160,12 +160,12 @@ class PipelineObserver:
                 if self.watch_status and time.monotonic() >= next_status:
                     next_status = time.monotonic() + _STATUS_POLL_S
                     self._poll_status(influx)
-            influx.close()
         except Exception:  # the observer must never take the demo down; the workers keep running
             log.exception("pipeline observer stopped")
         finally:
             self._ready.set()
             consumer.close()
+            influx.close()
 
     def _poll_status(self, influx: InfluxClient) -> None:
         """The scoring workers' latest ``machine_status`` per machine (the fleet dashboard's query)."""

@@ -133,7 +133,7 @@ class RedisSettings(_Section):
 
 
 class InfluxSettings(_Section):
-    api: Literal["v1", "v2"] = Field("v1", description="v1 = InfluxDB 1.x HTTP API; v2 = influxdb-client (2.x/3.x)")
+    api: Literal["v1", "v2"] = Field("v1", description="v1 = InfluxDB 1.x API (Basic auth); v2 = 2.x/3.x (Token)")
     url: str = Field("http://127.0.0.1:8086", description="credentials in it move to username/password")
     # v1
     database: str = "soundwatch"
