@@ -100,6 +100,7 @@ class InfluxClient:
     def __init__(self, settings: InfluxSettings) -> None:
         self.settings = settings
         self.url = settings.url.rstrip("/")
+        self.shown_url = shown = redact(self.url)  # settings move URL credentials out; hand-made ones may not
         self.database = settings.database if settings.api == "v1" else settings.bucket
         self.timeout_s = settings.timeout_s
         self._session = requests.Session()
@@ -109,11 +110,11 @@ class InfluxClient:
             self._write_params = {"db": settings.database, "precision": "ns"}
             if settings.retention_policy:
                 self._write_params["rp"] = settings.retention_policy
-            self.where = f"InfluxDB at {self.url} (database {settings.database})"
+            self.where = f"InfluxDB at {shown} (database {settings.database})"
         else:
             self._write_path = "/api/v2/write"
             self._write_params = {"org": settings.org, "bucket": settings.bucket, "precision": "ns"}
-            self.where = f"InfluxDB at {self.url} (bucket {settings.bucket}, org {settings.org})"
+            self.where = f"InfluxDB at {shown} (bucket {settings.bucket}, org {settings.org})"
 
     def __enter__(self) -> InfluxClient:
         return self
@@ -162,18 +163,20 @@ class InfluxClient:
         try:
             resp = self._session.request(method, self.url + "/query", params=params, timeout=self.timeout_s)
         except requests.RequestException as exc:
-            raise ServiceUnavailable(f"cannot reach InfluxDB at {self.url}: {_describe(exc)}",
+            raise ServiceUnavailable(f"cannot reach InfluxDB at {self.shown_url}: {_describe(exc)}",
                                      "start it (`soundwatch services up`) or fix SOUNDWATCH_INFLUX__URL") from exc
         status = resp.status_code
         if status in (401, 403):
-            raise ConfigError(f"InfluxDB at {self.url} refused the credentials (HTTP {status}) for {q!r}",
+            raise ConfigError(f"InfluxDB at {self.shown_url} refused the credentials (HTTP {status}) for {q!r}",
                               _CREDENTIALS_HINT)  # fmt: skip
         if status == 404:
-            raise ConfigError(f"InfluxDB at {self.url} has no /query endpoint (HTTP 404)",
+            raise ConfigError(f"InfluxDB at {self.shown_url} has no /query endpoint (HTTP 404)",
                               "fix SOUNDWATCH_INFLUX__URL (scheme, host and port of the InfluxDB HTTP API)")
         if status >= 500:
-            raise ServiceUnavailable(f"InfluxDB at {self.url} failed on {q!r} (HTTP {status}): {_body(resp.text)}",
-                                     "InfluxDB is overloaded or failing; try again")  # fmt: skip
+            raise ServiceUnavailable(
+                f"InfluxDB at {self.shown_url} failed on {q!r} (HTTP {status}): {_body(resp.text)}",
+                "InfluxDB is overloaded or failing; try again",
+            )
         try:
             payload = resp.json()
         except ValueError:
