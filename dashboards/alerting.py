@@ -12,6 +12,10 @@ Two rules per machine (one rule group per machine type, evaluated every minute):
 Per-machine rules (rather than one multi-dimensional rule) are what make the no-data rule work:
 a machine that stops reporting disappears from a GROUP BY result, but its own rule sees "no data".
 
+One fleet-wide rule (group ``soundwatch-pipeline``, severity ``warning``): **audio lost or
+contested** — the feature workers' ``chunks_skipped`` or ``chunks_conflicting`` counters grew in
+the last 5 minutes (audio chunks were lost, or two gateways claim one machine).
+
 Everything here is plain JSON in the shape of Grafana's alerting provisioning HTTP API (the
 ``grafana-foundation-sdk`` ``alerting`` models); :func:`file_provisioning` converts it to the YAML
 shape that Grafana's file provisioning reads.
@@ -26,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from dashboards import queries as q
-from dashboards.builder import MACHINE_SCORE_PANEL, machine_url
+from dashboards.builder import MACHINE_SCORE_PANEL, PIPELINE_UID, machine_url
 from dashboards.machines import Machine, check_machines
 from soundwatch.errors import ConfigError
+from soundwatch.influx import schema as ix
 from soundwatch.settings import GrafanaSettings
 
 Json = dict[str, Any]
@@ -228,19 +233,67 @@ def nodata_rule(grafana: GrafanaSettings, machine: Machine) -> Json:
     }
 
 
+PIPELINE_GROUP = "soundwatch-pipeline"
+AUDIO_LOSS_UID = "sw-pipeline-audio-loss"
+AUDIO_LOSS_LOOKBACK_S = 300
+AUDIO_LOSS_RUNBOOK = (
+    "1. Open the pipeline-health dashboard and the feature workers' logs: they name the machines and "
+    "partitions concerned. "
+    "2. Chunks skipped: audio was lost upstream — typically the broker lost or truncated audio.raw "
+    "(restart without persistent storage, topic recreated); check the broker, then the gateways' spools. "
+    "3. Chunks conflicting: two gateways publish audio for one machine (a replaced gateway still running, "
+    "a copied configuration); the older one's chunks go to the dead-letter topic — stop or reconfigure it. "
+    "4. Machines whose audio stopped show as STALE on the fleet dashboard."
+)
+
+
+def audio_loss_rule(grafana: GrafanaSettings) -> Json:
+    """Fleet-wide: a feature worker skipped chunks (audio lost) or saw two gateways claim a machine."""
+    ds = grafana.datasource_uid
+    lookback = AUDIO_LOSS_LOOKBACK_S
+    summary = (
+        '{{ printf "%.0f" $values.SR.Value }} audio chunks lost and {{ printf "%.0f" $values.CR.Value }} '
+        f"chunks from a second gateway of the same machine in the last {lookback // 60} minutes"
+    )
+    return {
+        "uid": AUDIO_LOSS_UID,
+        "title": "soundwatch audio lost or contested",
+        "ruleGroup": PIPELINE_GROUP,
+        "folderUID": folder_uid(grafana),
+        "orgID": 1,
+        "condition": "E",
+        "data": [
+            _influx_query("S", ds, q.features_counter_increase(ix.CHUNKS_SKIPPED), lookback),
+            _influx_query("C", ds, q.features_counter_increase(ix.CHUNKS_CONFLICTING), lookback),
+            _reduce_last("SR", "S"),
+            _reduce_last("CR", "C"),
+            _expression("E", {"type": "math", "expression": "$SR + $CR > 0"}),
+        ],
+        "for": "0s",
+        "noDataState": "OK",  # no feature worker reporting is the machines' staleness, not this rule
+        "execErrState": "Error",
+        "isPaused": False,
+        "labels": {**APP_LABEL, "severity": "warning", "scope": "pipeline"},
+        "annotations": {
+            "summary": summary,
+            "description": "The feature workers' chunks_skipped / chunks_conflicting counters grew: audio was "
+            "lost before it could be scored, or two gateways claim one machine.",
+            "runbook": AUDIO_LOSS_RUNBOOK,
+            "dashboard_url": f"{grafana.url.rstrip('/')}/d/{PIPELINE_UID}/soundwatch-pipeline",
+        },
+    }
+
+
 def rule_groups(grafana: GrafanaSettings, machines: Sequence[Machine]) -> list[Json]:
-    """One rule group per machine type with both rules of each of its machines (API shape)."""
+    """One rule group per machine type with both rules of each of its machines, then the pipeline group."""
     by_type: dict[str, list[Json]] = {}
     for m in check_machines(machines):
         by_type.setdefault(m.machine_type, []).extend([anomaly_rule(grafana, m), nodata_rule(grafana, m)])
+    groups = [(group_name(t), rules) for t, rules in sorted(by_type.items())]
+    groups.append((PIPELINE_GROUP, [audio_loss_rule(grafana)]))
     return [
-        {
-            "title": group_name(t),
-            "folderUid": folder_uid(grafana),
-            "interval": EVAL_INTERVAL_S,
-            "rules": rules,
-        }
-        for t, rules in sorted(by_type.items())
+        {"title": title, "folderUid": folder_uid(grafana), "interval": EVAL_INTERVAL_S, "rules": rules}
+        for title, rules in groups
     ]
 
 

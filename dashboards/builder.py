@@ -2,11 +2,14 @@
 
 * **Fleet overview** — "which machine, since when, how bad": every machine's latest median
   score relative to its threshold (1.0 = alert line), a status grid with one tile per known
-  machine (a silent machine shows "no data" instead of vanishing), a per-machine heat map over
-  time, the fleet's score distribution, and each machine's latest alert state change.
+  machine showing its state from ``machine_status`` (normal / ALERTING / STALE — a machine
+  whose audio stopped is STALE, never "normal" with an old score; "no data" when no worker
+  reports it), the workers' status table (state, seconds since audio), a per-machine heat map
+  over time, the fleet's score distribution, and each machine's latest alert state change.
 * **Machine drill-down** — template variables ``machine_type`` and ``machine``: raw and
-  median-filtered score with the threshold line, anomalous windows per interval, alert state
-  changes (``asd_alert``) and model version changes as annotations.
+  median-filtered score with the threshold line, the machine's status and seconds since its
+  last audio, anomalous windows per interval, alert state changes (``asd_alert``) and model
+  version changes as annotations.
 * **Pipeline health** — ingest rate, consumer lag, worker throughput, write errors and writer
   buffers from the ``pipeline`` measurement.
 
@@ -111,6 +114,18 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
         },
     )
     reporting["timeFrom"] = grafana.nodata_after
+    stale = p.stat(
+        "Machines stale",
+        ds,
+        [p.target("A", ds, q.FLEET_STALE)],
+        description="Known machines the scoring workers have received no audio from for scoring.stale_after_s.",
+        no_value="0",
+        thresholds={
+            "mode": "absolute",
+            "steps": [{"color": "green", "value": None}, {"color": "orange", "value": 1}],
+        },
+    )
+    stale["timeFrom"] = grafana.nodata_after
     lay.place(over, 4, 4)
     lay.place(reporting, 4, 4)
 
@@ -124,7 +139,8 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
         maximum=2.0,
     )
     bars["fieldConfig"]["defaults"]["links"] = [{"title": "open machine", "url": drill}]
-    lay.place(bars, 16, 8)
+    lay.place(stale, 4, 4)
+    lay.place(bars, 12, 8)
     lay.newline()
 
     status_targets = [
@@ -134,13 +150,13 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
         "Status",
         ds,
         status_targets,
-        description=f"One tile per known machine: median / threshold over the last "
-        f"{grafana.nodata_after}. 'no data' = the machine stopped reporting.",
-        thresholds=p.RATIO_THRESHOLDS,
-        decimals=2,
+        description=f"One tile per known machine: its latest state reported by the scoring workers "
+        f"(last {grafana.nodata_after}). STALE = no audio for scoring.stale_after_s; "
+        "'no data' = no worker reports the machine.",
+        mappings=p.STATE_MAPPINGS,
     )
+    p.show_text_field(grid, "state")
     grid["timeFrom"] = grafana.nodata_after
-    grid["options"]["textMode"] = "value_and_name"
     grid["maxDataPoints"] = 100
     lay.place(grid, 24, max(4, 2 + 2 * ((len(machines) + 7) // 8)))
 
@@ -182,10 +198,21 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
         ],
     )
     lay.place(alerts, 12, 8)
+    status = p.table(
+        "Machine status",
+        ds,
+        [p.target("A", ds, q.FLEET_MACHINE_STATUS, table=True)],
+        description="Every machine the scoring workers know, from their latest status report: state "
+        "(STALE = no audio for scoring.stale_after_s), seconds since its last audio, time of the report.",
+        overrides=[p.override("state", custom__cellOptions={"type": "color-background"}, mappings=p.STATE_MAPPINGS),
+                   p.override("seconds_since_audio", unit="s", decimals=0)],  # fmt: skip
+    )
+    status["timeFrom"] = grafana.nodata_after
+    lay.place(status, 24, max(6, 3 + len(machines)))
     return p.dashboard(
         FLEET_UID,
         "soundwatch — fleet overview",
-        panels=[over, reporting, bars, grid, heat, dist, alerts],
+        panels=[over, reporting, stale, bars, grid, heat, dist, alerts, status],
         description="Which machine sounds wrong, since when, and how badly.",
         tags=TAGS,
         links=_links(),
@@ -267,6 +294,27 @@ def machine_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> 
         bars=True,
     )
     lay.place(anomalous, 24, 6)
+    state = p.stat(
+        "Status",
+        ds,
+        [p.target("A", ds, q.MACHINE_STATE_NOW, alias="state")],
+        description="Latest state reported by the scoring workers: normal, ALERTING, or STALE when no audio "
+        "arrived for scoring.stale_after_s (then the scores above are old).",
+        mappings=p.STATE_MAPPINGS,
+    )
+    p.show_text_field(state, "state")
+    state["timeFrom"] = grafana.nodata_after
+    lay.place(state, 12, 4)
+    since = p.stat(
+        "Seconds since audio",
+        ds,
+        [p.target("A", ds, q.MACHINE_SECONDS_SINCE_AUDIO, alias="seconds_since_audio")],
+        description="Wall-clock seconds since the newest window of this machine was received and scored.",
+        unit="s",
+        decimals=0,
+    )
+    since["timeFrom"] = grafana.nodata_after
+    lay.place(since, 12, 4)
     variables = [
         p.query_variable(
             q.VAR_TYPE,
@@ -293,7 +341,7 @@ def machine_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> 
     return p.dashboard(
         MACHINE_UID,
         "soundwatch — machine",
-        panels=[score, ratio, models, anomalous],
+        panels=[score, ratio, models, anomalous, state, since],
         description="One machine's score, threshold, alerts and model versions.",
         tags=TAGS,
         variables=variables,

@@ -1,33 +1,43 @@
 """Evaluate a soundwatch alert rule once, outside Grafana, against the real InfluxDB.
 
 Grafana evaluates rules with server-side expressions; this module implements the subset the
-soundwatch rules use (InfluxQL queries, ``reduce`` last with drop-non-numbers, ``math`` with one
-comparison of two refs, ``threshold`` gt/lt) so tests and the demo can show what a rule *would*
-decide for the data that is in InfluxDB now — without a Grafana server.
+soundwatch rules use (InfluxQL queries, ``reduce`` last with drop-non-numbers, ``math`` with
+``+ - * /``, parentheses and one comparison over refs and numbers, ``threshold`` gt/lt) so tests
+and the demo can show what a rule *would* decide for the data that is in InfluxDB now — without a
+Grafana server.
 
 It evaluates one instant; Grafana's pending period (``for``) is not simulated.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dashboards.influxql import InfluxQL, interpolate
+from dashboards.influxql import interpolate
 from soundwatch.errors import BadInput
+from soundwatch.influx.client import InfluxClient
 
 State = Literal["firing", "normal", "nodata"]
-_COMPARE = re.compile(r"^\$(\w+)\s*(>=|<=|>|<|==|!=)\s*\$(\w+)$")
-_OPS = {
-    ">": operator.gt,
-    "<": operator.lt,
-    ">=": operator.ge,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
+_REF = re.compile(r"\$(\w+)")
+_ARITHMETIC: dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_COMPARISONS: dict[type, Callable[[float, float], bool]] = {
+    ast.Gt: operator.gt,
+    ast.Lt: operator.lt,
+    ast.GtE: operator.ge,
+    ast.LtE: operator.le,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
 }
 
 
@@ -39,7 +49,7 @@ class Evaluation:
     values: dict[str, float | None]
 
 
-def evaluate(rule: dict[str, Any], client: InfluxQL, *, now_ms: int) -> Evaluation:
+def evaluate(rule: dict[str, Any], client: InfluxClient, *, now_ms: int) -> Evaluation:
     """Evaluate ``rule`` (alert provisioning API shape) at ``now_ms``."""
     values: dict[str, float | None] = {}
     for item in rule["data"]:
@@ -60,11 +70,7 @@ def evaluate(rule: dict[str, Any], client: InfluxQL, *, now_ms: int) -> Evaluati
         if kind == "reduce":
             values[ref] = values[model["expression"]]  # queries already reduced to their last number
         elif kind == "math":
-            match = _COMPARE.match(model["expression"].strip())
-            if not match:
-                raise BadInput(f"math expression {model['expression']!r} is not '$X <op> $Y'")
-            left, op, right = values[match.group(1)], match.group(2), values[match.group(3)]
-            values[ref] = None if left is None or right is None else float(_OPS[op](left, right))
+            values[ref] = math_expression(model["expression"], values)
         elif kind == "threshold":
             ev = model["conditions"][0]["evaluator"]
             x = values[model["expression"]]
@@ -81,6 +87,38 @@ def evaluate(rule: dict[str, Any], client: InfluxQL, *, now_ms: int) -> Evaluati
             "firing" if no_data == "Alerting" else "nodata" if no_data == "NoData" else "normal", values
         )
     return Evaluation("firing" if result != 0 else "normal", values)
+
+
+def math_expression(expression: str, values: dict[str, float | None]) -> float | None:
+    """Grafana's ``math`` on reduced (single-number) refs: ``$A + $B > 0``; None when a ref has no data.
+
+    Only arithmetic, parentheses, numbers, refs and one comparison are understood (a comparison
+    gives 1.0 or 0.0, as in Grafana); anything else is a :class:`BadInput`.
+    """
+    try:
+        tree = ast.parse(_REF.sub(r"\1", expression.strip()), mode="eval")
+    except SyntaxError as exc:
+        raise BadInput(f"math expression {expression!r} cannot be parsed: {exc.msg}") from exc
+
+    def ev(node: ast.AST) -> float | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            if node.id not in values:
+                raise BadInput(f"math expression {expression!r} uses ${node.id}, which is not an earlier refId")
+            return values[node.id]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            x = ev(node.operand)
+            return None if x is None else -x
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            left, right = ev(node.left), ev(node.right)
+            return None if left is None or right is None else _ARITHMETIC[type(node.op)](left, right)
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _COMPARISONS:
+            left, right = ev(node.left), ev(node.comparators[0])
+            return None if left is None or right is None else float(_COMPARISONS[type(node.ops[0])](left, right))
+        raise BadInput(f"math expression {expression!r}: {ast.dump(node)} is not supported by this evaluator")
+
+    return ev(tree.body)
 
 
 def _last_number(rows: list[list[Any]]) -> float | None:

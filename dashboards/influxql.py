@@ -1,22 +1,18 @@
-"""Run the dashboards' InfluxQL outside Grafana: macro interpolation and a small ``/query`` client.
+"""Grafana's macro interpolation, so the dashboards' InfluxQL can run outside Grafana.
 
-Used by :mod:`dashboards.render` (PNG report) and the tests, so both execute the very strings
-that go into the Grafana JSON. The interpolation follows Grafana's InfluxQL data source:
-``$timeFilter`` becomes ``time >= <from>ms and time <= <to>ms``, ``$__interval`` a duration
-literal, and ``$name`` / ``${name}`` a template variable's value.
+Used by :mod:`dashboards.render` (PNG report), :mod:`dashboards.evaluate` and the tests, which run
+the very strings that go into the Grafana JSON through the core client
+(:class:`soundwatch.influx.client.InfluxClient`). The interpolation follows Grafana's InfluxQL data
+source: ``$timeFilter`` becomes ``time >= <from>ms and time <= <to>ms``, ``$__interval`` a
+duration literal, and ``$name`` / ``${name}`` a template variable's value.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
-import requests
-
-from soundwatch.errors import BadInput, ServiceUnavailable
-from soundwatch.settings import InfluxSettings
+from soundwatch.errors import BadInput
 
 _VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
@@ -48,67 +44,3 @@ def interpolate(
         return values[name]
 
     return _VAR.sub(sub, query)
-
-
-@dataclass(frozen=True)
-class Series:
-    """One series of an InfluxQL answer: name, tags and rows as ``{column: value}``."""
-
-    name: str
-    tags: dict[str, str]
-    columns: list[str]
-    values: list[list[Any]] = field(default_factory=list)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, row, strict=True)) for row in self.values]
-
-    def column(self, name: str) -> list[Any]:
-        i = self.columns.index(name)
-        return [row[i] for row in self.values]
-
-
-class InfluxQL:
-    """Minimal InfluxQL-over-HTTP client (``GET /query``): works against 1.x, 2.x (v1 compat), 3.x.
-
-    ``epoch="ms"`` makes times integers in milliseconds, which is what matplotlib and the tests want.
-    """
-
-    def __init__(self, settings: InfluxSettings) -> None:
-        self._url = settings.url.rstrip("/") + "/query"
-        self._db = settings.database if settings.api == "v1" else settings.bucket
-        self._timeout = settings.timeout_s
-        self._params: dict[str, str] = {}
-        if settings.username:
-            self._params["u"] = settings.username
-            self._params["p"] = settings.password.get_secret_value() if settings.password else ""
-        self._headers: dict[str, str] = {}
-        if settings.api == "v2" and settings.token is not None:
-            self._headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
-
-    def query(self, q: str) -> list[Series]:
-        """Run one statement; return its series (empty list when nothing matched)."""
-        params = {**self._params, "db": self._db, "q": q, "epoch": "ms"}
-        try:
-            resp = requests.get(self._url, params=params, headers=self._headers, timeout=self._timeout)
-        except requests.RequestException as exc:
-            raise ServiceUnavailable(
-                f"InfluxDB at {self._url} cannot be reached: {exc}",
-                "start it (`soundwatch services up`) or fix SOUNDWATCH_INFLUX__URL",
-            ) from exc
-        if resp.status_code != 200:
-            raise BadInput(
-                f"InfluxDB answered HTTP {resp.status_code} to {q!r}: {resp.text[:300]}",
-                "check the query, database name and credentials",
-            )
-        results = resp.json().get("results", [])
-        if not results:
-            return []
-        first = results[0]
-        if "error" in first:
-            raise BadInput(f"InfluxDB rejected {q!r}: {first['error']}", "the query is wrong for this server")
-        return [
-            Series(
-                s.get("name", ""), dict(s.get("tags") or {}), list(s["columns"]), list(s.get("values") or [])
-            )
-            for s in first.get("series", [])
-        ]

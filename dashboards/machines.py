@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from soundwatch.errors import BadInput, MissingDependency
+from soundwatch.influx import schema as ix
+from soundwatch.influx.client import InfluxClient, quote_ident
+from soundwatch.settings import InfluxSettings
 
 # The same rule soundwatch.contracts applies to machine names: safe in InfluxQL string literals,
 # Grafana label values and file names without any escaping.
@@ -86,23 +89,14 @@ def machines_from_registry(root: Path) -> list[Machine]:
     return check_machines(pairs)
 
 
-def machines_from_tag_values(rows: Iterable[tuple[str, str]]) -> list[Machine]:
-    """Machines from (machine_type, machine_id) rows, e.g. a ``SHOW TAG VALUES`` result."""
-    return check_machines(rows)
-
-
-def machines_from_influx(settings: Any) -> list[Machine]:
-    """Machines that have written ``asd_score`` points (``SHOW SERIES``, an index lookup: cheap).
-
-    ``settings`` is an :class:`soundwatch.settings.InfluxSettings`.
-    """
-    from dashboards.influxql import InfluxQL
-    from dashboards.queries import SCORE
-
+def machines_from_influx(settings: InfluxSettings) -> list[Machine]:
+    """Machines that have written ``asd_score`` points (``SHOW SERIES``, an index lookup: cheap)."""
     pairs: list[tuple[str, str]] = []
-    for series in InfluxQL(settings).query(f'SHOW SERIES FROM "{SCORE}"'):
+    with InfluxClient(settings) as client:
+        series_list = client.query(f"SHOW SERIES FROM {quote_ident(ix.SCORE_MEASUREMENT)}")
+    for series in series_list:
         for (key,) in series.values:
             tags = dict(part.split("=", 1) for part in key.split(",")[1:] if "=" in part)
-            if "machine_type" in tags and "machine_id" in tags:
-                pairs.append((tags["machine_type"], tags["machine_id"]))
+            if ix.MACHINE_TYPE in tags and ix.MACHINE_ID in tags:
+                pairs.append((tags[ix.MACHINE_TYPE], tags[ix.MACHINE_ID]))
     return check_machines(pairs)

@@ -25,6 +25,19 @@ RATIO_THRESHOLDS: Json = {
 }
 
 
+# The ``state`` of ``machine_status``: STALE stands out, so a silent machine never reads "normal".
+STATE_MAPPINGS: list[Json] = [
+    {
+        "type": "value",
+        "options": {
+            "normal": {"color": "green", "index": 0, "text": "normal"},
+            "alerting": {"color": "red", "index": 1, "text": "ALERTING"},
+            "stale": {"color": "orange", "index": 2, "text": "STALE"},
+        },
+    }
+]
+
+
 def datasource(uid: str) -> Json:
     return {"type": "influxdb", "uid": uid}
 
@@ -163,6 +176,12 @@ def stat(
         },
         defaults=defaults,
     )
+
+
+def show_text_field(panel: Json, field_name: str) -> None:
+    """Make a stat panel show the string field ``field_name`` (stat panels reduce numbers only by default)."""
+    panel["options"]["reduceOptions"] = {**_REDUCE_LAST, "fields": f"/^{field_name}$/"}
+    panel["options"]["textMode"] = "value_and_name"
 
 
 def bargauge(

@@ -16,9 +16,11 @@ from typing import Any
 
 from dashboards import queries as q
 from dashboards.builder import fleet_dashboard, machine_dashboard
-from dashboards.influxql import InfluxQL, Series, interpolate
+from dashboards.influxql import interpolate
 from dashboards.machines import Machine, check_machines
 from soundwatch.errors import BadInput
+from soundwatch.influx.client import InfluxClient, Series
+from soundwatch.influx.schema import MachineState
 from soundwatch.settings import Settings
 
 _NICE_INTERVALS_S = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400]
@@ -58,7 +60,7 @@ class PanelRunner:
 
     def __init__(
         self,
-        client: InfluxQL,
+        client: InfluxClient,
         *,
         start_ms: int,
         end_ms: int,
@@ -119,6 +121,14 @@ def _ratio_color(value: float | None) -> str:
     return "#d62728" if value >= 1.0 else "#e5b50f" if value >= 0.8 else "#2ca02c"
 
 
+# the same colours and words as the dashboards' state mappings (dashboards.panels.STATE_MAPPINGS)
+_STATE_STYLE = {
+    MachineState.NORMAL.value: ("#2ca02c", "normal"),
+    MachineState.ALERTING.value: ("#d62728", "ALERTING"),
+    MachineState.STALE.value: ("#ff7f0e", "STALE"),
+}
+
+
 def render_fleet(
     settings: Settings, machines: Sequence[Machine], out: Path, *, start_ms: int, end_ms: int
 ) -> Path:
@@ -131,7 +141,7 @@ def render_fleet(
 
     machines = check_machines(machines)
     board = fleet_dashboard(settings.grafana, machines)
-    runner = PanelRunner(InfluxQL(settings.influx), start_ms=start_ms, end_ms=end_ms)
+    runner = PanelRunner(InfluxClient(settings.influx), start_ms=start_ms, end_ms=end_ms)
     latest = {s.name: s.values[-1] for s in runner.panel(board, "Median score / threshold (latest)")}
     status = {s.name: s.values[-1] for s in runner.panel(board, "Status")}
     heat = runner.panel(board, "Heat map: median score / threshold per machine")
@@ -160,9 +170,8 @@ def render_fleet(
     ax_status.set_title(f"Status (last {settings.grafana.nodata_after})")
     for i, key in enumerate(keys):
         r, c = divmod(i, cols)
-        value = status.get(key)
-        ax_status.add_patch(plt.Rectangle((c + 0.04, r + 0.06), 0.92, 0.88, color=_ratio_color(value)))
-        label = "no data" if value is None else f"{value:.2f}"
+        color, label = _STATE_STYLE.get(str(status.get(key)), ("#9e9e9e", "no data"))
+        ax_status.add_patch(plt.Rectangle((c + 0.04, r + 0.06), 0.92, 0.88, color=color))
         ax_status.text(
             c + 0.5, r + 0.5, f"{key}\n{label}", ha="center", va="center", color="white", fontsize=9
         )
@@ -216,7 +225,7 @@ def render_machine(
 
     board = machine_dashboard(settings.grafana, machines)
     runner = PanelRunner(
-        InfluxQL(settings.influx),
+        InfluxClient(settings.influx),
         start_ms=start_ms,
         end_ms=end_ms,
         variables={q.VAR_TYPE: machine.machine_type, q.VAR_MACHINE: machine.machine_id},

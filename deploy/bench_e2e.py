@@ -17,10 +17,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from deploy.scenario import ScenarioResult, run_scenario
 from deploy.stages import PlantSource
+from soundwatch.influx.client import InfluxClient
 from soundwatch.kafka import ensure_topics
 from soundwatch.settings import Settings
 
@@ -55,12 +54,13 @@ def run_step(settings: Settings, n: int, seconds: float, log_dir: Path) -> tuple
     tag = uuid.uuid4().hex[:8]
     s = _private(settings, tag)
     ensure_topics(s)
-    requests.post(f"{s.influx.url}/query", data={"q": f'CREATE DATABASE "{s.influx.database}"'}, timeout=10)
-    try:
-        result = run_scenario(s, PlantSource(kind="sim", machines=_machines(n)), duration_s=seconds,
-                              log_dir=log_dir / f"n{n}")  # fmt: skip
-    finally:
-        requests.post(f"{s.influx.url}/query", data={"q": f'DROP DATABASE "{s.influx.database}"'}, timeout=10)
+    with InfluxClient(s.influx) as influx:
+        influx.create_database()
+        try:
+            result = run_scenario(s, PlantSource(kind="sim", machines=_machines(n)), duration_s=seconds,
+                                  log_dir=log_dir / f"n{n}")  # fmt: skip
+        finally:
+            influx.drop_database()
     return result, s
 
 

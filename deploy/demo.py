@@ -109,15 +109,24 @@ def live_table(observer: PipelineObserver, started: float, note: str) -> Group:
     for col in ("machine", "model", "windows", "median score", "threshold", "score / threshold", "state"):
         table.add_column(col, justify="right" if col in ("windows", "median score", "threshold") else "left")
     latencies: list[float] = []
+    now_ns = time.time_ns()
     for v in observer.snapshot():
         latencies += v.latencies_s[-200:]
         ratio = v.ratio
         bar = "" if math.isnan(ratio) else ("█" * min(10, int(ratio * 5))).ljust(10, "·")
-        state = Text("ALERTING", style="bold white on red") if v.state.value == "alerting" else Text("normal", "green")
-        table.add_row(v.key, v.model_version, str(len(v.scores)),
-                      f"{v.medians[-1]:.3f}" if v.medians else "-", f"{v.thresholds[-1]:.3f}" if v.thresholds else "-",
-                      Text(f"{bar} {ratio:4.2f}", style="red" if ratio >= 1 else "cyan") if bar else "-",
-                      state)  # fmt: skip
+        median = f"{v.medians[-1]:.3f}" if v.medians else "-"
+        if observer.is_stale(v, now_ns):  # its last score is old: say so instead of showing it as current
+            silent_s = v.seconds_since_audio if v.seconds_since_audio is not None else (now_ns - v.received_ns) / 1e9
+            state = Text("STALE", style="bold black on dark_orange")
+            gauge = Text(f"no audio for {silent_s:.0f} s" if v.received_ns or v.seconds_since_audio else "no audio",
+                         style="dim")  # fmt: skip
+            median = Text(median, style="dim")
+        else:
+            alerting = v.state.value == "alerting"
+            state = Text("ALERTING", style="bold white on red") if alerting else Text("normal", "green")
+            gauge = Text(f"{bar} {ratio:4.2f}", style="red" if ratio >= 1 else "cyan") if bar else Text("-")
+        table.add_row(v.key, v.model_version, str(len(v.scores)), median,
+                      f"{v.thresholds[-1]:.3f}" if v.thresholds else "-", gauge, state)  # fmt: skip
     elapsed = time.monotonic() - started
     footer = Text(f"{elapsed:6.0f} s elapsed · {observer.windows_per_s():5.1f} windows/s scored · "
                   f"latency chunk→score p50 {percentile(latencies, 50):.2f} s · {note}")  # fmt: skip

@@ -21,6 +21,7 @@ from pathlib import Path
 import requests
 
 from soundwatch.errors import MissingDependency, ServiceUnavailable
+from soundwatch.influx.client import InfluxClient
 from soundwatch.settings import Settings
 
 
@@ -242,11 +243,10 @@ class LocalStack:
         return None
 
     def _ensure_database(self) -> None:
-        port = self.settings.services.influx_port
-        db = self.settings.influx.database
-        resp = requests.post(f"http://127.0.0.1:{port}/query", data={"q": f'CREATE DATABASE "{db}"'}, timeout=10)
-        if resp.status_code != 200:
-            raise ServiceUnavailable(f"InfluxDB refused CREATE DATABASE {db}: HTTP {resp.status_code} {resp.text}")
+        port = self.settings.services.influx_port  # the local server is InfluxDB 1.x, whatever api is set
+        local = self.settings.influx.model_copy(update={"url": f"http://127.0.0.1:{port}", "api": "v1"})
+        with InfluxClient(local) as client:
+            client.create_database()
 
 
 def influx_config(state: Path, *, http_port: int, rpc_port: int) -> str:

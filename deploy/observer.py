@@ -1,7 +1,13 @@
-"""Watch a running pipeline from the outside: the scores, alerts and feature-window topics.
+"""Watch a running pipeline from the outside: the scores, alerts and feature-window topics, and the
+scoring workers' ``machine_status`` points.
 
 Used by the demo's live terminal view and report, and by the end-to-end benchmark. It reads
 with its own assigned consumer (no group, so it never steals partitions from the workers).
+
+Staleness comes from the scoring workers (the fleet dashboard's status query, polled every few
+seconds): a machine whose audio stopped is STALE there, and so here. When no worker has reported
+a machine for three status intervals (worker or InfluxDB down), the view falls back to its own
+clock: no score for ``scoring.stale_after_s`` is stale too — never "normal" with an old score.
 """
 
 from __future__ import annotations
@@ -14,9 +20,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dashboards import queries
+from dashboards.influxql import interpolate
 from soundwatch.contracts import AlertEvent, AlertState, ContractError, FeatureWindow, Score
+from soundwatch.errors import SoundwatchError
+from soundwatch.influx import schema as ix
+from soundwatch.influx.client import InfluxClient
 from soundwatch.kafka import make_consumer
 from soundwatch.settings import Settings
+
+NS = 1_000_000_000
+_STATUS_POLL_S = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +50,10 @@ class MachineView:
     alert_windows: list[FeatureWindow] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
     origins: dict[tuple[str, int], int] = field(default_factory=dict)  # (key, window end ns) -> origin ns
+    received_ns: int = 0  # wall clock when the newest score arrived here
+    status: str = ""  # the scoring workers' latest machine_status state ("" = none yet)
+    status_ns: int = 0  # wall-clock time of that report
+    seconds_since_audio: float | None = None  # as of that report
 
     @property
     def key(self) -> str:
@@ -47,6 +65,12 @@ class MachineView:
         if not self.medians or self.thresholds[-1] == 0:
             return float("nan")
         return self.medians[-1] / self.thresholds[-1]
+
+    def stale(self, now_ns: int, *, stale_after_s: float, status_interval_s: float) -> bool:
+        """No audio for ``stale_after_s``: the workers' verdict while they report, else this view's clock."""
+        if self.status and now_ns - self.status_ns <= 3 * status_interval_s * NS:
+            return self.status == ix.MachineState.STALE.value
+        return now_ns - self.received_ns > stale_after_s * NS
 
     def alert_spans(self) -> list[tuple[int, int | None]]:
         """(start_ns, end_ns or None while still alerting) of each alert."""
@@ -66,10 +90,12 @@ class MachineView:
 class PipelineObserver:
     """Consume the scores/alerts/features topics in a background thread into per-machine views."""
 
-    def __init__(self, settings: Settings, *, from_beginning: bool = False, keep_windows: bool = True) -> None:
+    def __init__(self, settings: Settings, *, from_beginning: bool = False, keep_windows: bool = True,
+                 watch_status: bool = True) -> None:  # fmt: skip
         self.settings = settings
         self.from_beginning = from_beginning
         self.keep_windows = keep_windows
+        self.watch_status = watch_status
         self.machines: dict[str, MachineView] = {}
         self.lock = threading.Lock()
         self.started_at = time.monotonic()
@@ -102,6 +128,11 @@ class PipelineObserver:
     def windows_per_s(self) -> float:
         return self.windows_seen / max(1e-9, time.monotonic() - self.started_at)
 
+    def is_stale(self, view: MachineView, now_ns: int | None = None) -> bool:
+        s = self.settings.scoring
+        return view.stale(time.time_ns() if now_ns is None else now_ns, stale_after_s=s.stale_after_s,
+                          status_interval_s=s.status_interval_s)  # fmt: skip
+
     # ------------------------------------------------------------------ consuming
     def _run(self) -> None:
         from kafka import TopicPartition
@@ -109,6 +140,7 @@ class PipelineObserver:
         t = self.settings.kafka.topics
         topics = [t.scores, t.alerts] + ([t.features] if self.keep_windows else [])
         consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
+        influx = InfluxClient(self.settings.influx.model_copy(update={"timeout_s": 2.0}))  # a poll must not stall
         try:
             parts = [TopicPartition(topic, p) for topic in topics
                      for p in sorted(consumer.partitions_for_topic(topic) or [])]  # fmt: skip
@@ -120,15 +152,37 @@ class PipelineObserver:
                 for tp in parts:  # resolve the end offsets now, so nothing produced later is skipped
                     consumer.position(tp)
             self._ready.set()
+            next_status = time.monotonic()
             while not self._stop.is_set():
                 for tp, records in consumer.poll(timeout_ms=200).items():
                     for rec in records:
                         self._handle(tp.topic, rec.value)
+                if self.watch_status and time.monotonic() >= next_status:
+                    next_status = time.monotonic() + _STATUS_POLL_S
+                    self._poll_status(influx)
         except Exception:  # the observer must never take the demo down; the workers keep running
             log.exception("pipeline observer stopped")
         finally:
             self._ready.set()
             consumer.close()
+            influx.close()
+
+    def _poll_status(self, influx: InfluxClient) -> None:
+        """The scoring workers' latest ``machine_status`` per machine (the fleet dashboard's query)."""
+        end_ms = int(time.time() * 1000)
+        window_ms = int(3 * self.settings.scoring.status_interval_s * 1000)
+        q = interpolate(queries.FLEET_MACHINE_STATUS, start_ms=end_ms - window_ms, end_ms=end_ms)
+        try:
+            answer = influx.query(q, epoch="ns")
+        except SoundwatchError as exc:  # InfluxDB away: the views fall back to their own clock
+            log.debug("machine status unavailable: %s", exc)
+            return
+        with self.lock:
+            for series in answer:
+                for row in series.rows():
+                    v = self.view(series.tags[ix.MACHINE_TYPE], series.tags[ix.MACHINE_ID])
+                    v.status, v.status_ns = str(row[ix.STATE]), int(row["time"])
+                    v.seconds_since_audio = float(row[ix.SECONDS_SINCE_AUDIO])
 
     def _handle(self, topic: str, value: bytes) -> None:
         t = self.settings.kafka.topics
@@ -143,6 +197,7 @@ class PipelineObserver:
                     v.medians.append(s.score_median)
                     v.thresholds.append(s.threshold)
                     v.model_version = s.model_version
+                    v.received_ns = now_ns
                     if s.origin_ns:
                         v.latencies_s.append((now_ns - s.origin_ns) / 1e9)
                         v.origins[(v.key, s.timestamp_ns)] = s.origin_ns

@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
-
 from deploy.observer import MachineView, PipelineObserver, percentile
 from deploy.pipeline import Pipeline
 from deploy.stages import PlantSource, pipeline_stages
+from soundwatch.errors import SoundwatchError
+from soundwatch.influx import schema as ix
+from soundwatch.influx.client import InfluxClient, quote_ident
 from soundwatch.settings import Settings
 
 
@@ -66,23 +67,22 @@ class InfluxPointWatcher:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        session = requests.Session()
-        auth = (self.influx.username, self.influx.password.get_secret_value()) if self.influx.password else None
-        while not self._stop.is_set():
-            since = max(0, self._max_ts - 20_000_000_000)
-            q = f'SELECT "score" FROM "asd_score" WHERE time > {since} GROUP BY "machine_type", "machine_id"'
-            try:
-                resp = session.get(f"{self.influx.url}/query", params={"db": self.influx.database, "q": q,
-                                   "epoch": "ns"}, auth=auth, timeout=5)  # fmt: skip
+        score, by = quote_ident(ix.SCORE_MEASUREMENT), f"{quote_ident(ix.MACHINE_TYPE)}, {quote_ident(ix.MACHINE_ID)}"
+        with InfluxClient(self.influx) as client:
+            while not self._stop.is_set():
+                since = max(0, self._max_ts - 20_000_000_000)
+                q = f"SELECT {quote_ident(ix.SCORE)} FROM {score} WHERE time > {since} GROUP BY {by}"
+                try:
+                    answer = client.query(q, epoch="ns")
+                except SoundwatchError:
+                    answer = []  # InfluxDB busy or restarting: the next poll catches up (first-seen only gets later)
                 now = time.time_ns()
-                for series in resp.json()["results"][0].get("series", []):
-                    key = f"{series['tags']['machine_type']}/{series['tags']['machine_id']}"
-                    for ts, _ in series["values"]:
+                for series in answer:
+                    key = f"{series.tags[ix.MACHINE_TYPE]}/{series.tags[ix.MACHINE_ID]}"
+                    for ts in series.column("time"):
                         self.first_seen_ns.setdefault((key, int(ts)), now)
                         self._max_ts = max(self._max_ts, int(ts))
-            except (requests.RequestException, KeyError, ValueError):
-                pass  # InfluxDB busy or restarting: the next poll catches up (first-seen only gets later)
-            self._stop.wait(self.poll_s)
+                self._stop.wait(self.poll_s)
 
 
 def run_scenario(settings: Settings, source: PlantSource, *, duration_s: float, log_dir: Path,
@@ -96,7 +96,7 @@ def run_scenario(settings: Settings, source: PlantSource, *, duration_s: float, 
     env = settings.to_env()
     for stage in stages:
         stage.env = {**env, **stage.env}
-    observer = PipelineObserver(settings, keep_windows=False).start()
+    observer = PipelineObserver(settings, keep_windows=False, watch_status=False).start()
     watcher = InfluxPointWatcher(settings).start()
     pipeline = Pipeline(stages, say=lambda m: None)
     started = time.monotonic()

@@ -430,7 +430,7 @@ class _HealthTicker:
         import os
         import socket
 
-        from scoring.influx import HealthReporter
+        from soundwatch.influx.health import HealthReporter
 
         self.stats = stats
         self.reporter = HealthReporter(settings.influx, "features", f"{socket.gethostname()}-{os.getpid()}")

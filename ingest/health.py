@@ -22,7 +22,7 @@ class GatewayHealth:
     """Writes the gateway's ``pipeline`` point per :meth:`report` call; never raises."""
 
     def __init__(self, settings: Settings, gateway_id: str) -> None:
-        from scoring.influx import HealthReporter
+        from soundwatch.influx.health import HealthReporter
 
         self.gateway_id = gateway_id
         self._reporter = HealthReporter(settings.influx, STAGE, gateway_id)

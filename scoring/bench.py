@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from scoring.core import ScoringCore
-from scoring.influx import score_point
 from scoring.models import ModelCache, resolve_device
 from scoring.state import StateTable
 from soundwatch.console import err_console
 from soundwatch.contracts import FeatureWindow
 from soundwatch.errors import BadInput
+from soundwatch.influx.schema import score_point
 from soundwatch.params import FeatureParams
 from soundwatch.settings import Settings
 

@@ -52,6 +52,9 @@ class ScoringMetrics:
         self.paused = Gauge("soundwatch_scoring_paused", "1 while consumption is paused by back-pressure",
                             registry=r)  # fmt: skip
         self.model_reloads = Counter("soundwatch_scoring_model_reloads", "hot model swaps", registry=r)
+        self.stale_machines = Gauge("soundwatch_scoring_stale_machines",
+                                    "known machines of this worker's partitions without audio for stale_after_s",
+                                    registry=r)  # fmt: skip
         self.port: int | None = None
         self._server: Any = None
 

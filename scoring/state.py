@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from scoring.alerts import AlertMachine, Observation, observe
 from scoring.filters import StreamingMedian
-from soundwatch.contracts import AlertEvent
+from soundwatch.contracts import AlertEvent, AlertState
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,11 @@ class StateTable:
             state.restart_filter(model_version)
         self._dirty.add(machine_key)
         return state
+
+    def alerting(self, machine_key: str) -> bool:
+        """Whether the machine's alert state is ALERTING (False when its state is not loaded: see :meth:`prefetch`)."""
+        state = self._states.get(machine_key)
+        return state is not None and state.alert.state is AlertState.ALERTING
 
     def save_dirty(self) -> bool:
         if self._store is None or not self._dirty:

@@ -37,18 +37,21 @@ from kafka import ConsumerRebalanceListener
 
 from scoring.batcher import Batch, MicroBatcher
 from scoring.core import BatchResult, ScoringCore
-from scoring.influx import BufferedSink, InfluxBackPressure, Point, alert_point, score_point
 from scoring.metrics import ScoringMetrics
 from scoring.models import ModelCache, ModelSource, ReloadListener, resolve_device
 from scoring.state import StateStore, StateTable
+from scoring.status import KnownMachines, status_points
 from soundwatch.contracts import ContractError, DeadLetter, FeatureWindow, Reason, machine_key
 from soundwatch.errors import ConfigError
+from soundwatch.influx import schema as ix
+from soundwatch.influx.schema import Point, alert_point, pipeline_point, score_point
+from soundwatch.influx.sink import BufferedSink, InfluxBackPressure
 from soundwatch.kafka import commit_offsets, ensure_topics, make_consumer, make_producer, send_dead_letter
 from soundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STAGE = "scoring"
+STAGE = ix.STAGE_SCORING
 _IDLE_POLL_S = 0.2
 _CHECK_CURRENT_EVERY_S = 30.0
 _REPORT_EVERY_S = 10.0
@@ -167,6 +170,8 @@ class ScoringWorker:
             alert_after=s.scoring.alert_after,
             resolve_after=s.scoring.resolve_after,
         )
+        self.known = KnownMachines(self._redis, s.redis.key_prefix, s.scoring.group_id)
+        self._stale: set[str] = set()
         self.core: ScoringCore[_Item] = ScoringCore(self.models, self.states, max_batch=s.scoring.max_batch,
                                                     default_k=s.scoring.median_k)  # fmt: skip
         self.sink = self._sink or BufferedSink.from_settings(s.influx)
@@ -182,6 +187,7 @@ class ScoringWorker:
         self._consumer.subscribe([t.features], listener=_Rebalance(self))
         self.metrics.serve(s.scoring.metrics_host, s.scoring.metrics_port)
         self._last_check = self._last_report = time.monotonic()
+        self._last_status = float("-inf")  # report the known machines as soon as partitions are assigned
         self._reported_windows = 0
         log.info("scoring worker %s: group %s on %s, device %s", self.worker_id, s.scoring.group_id, t.features,
                  self.device)  # fmt: skip
@@ -246,9 +252,11 @@ class ScoringWorker:
             pending.sends.append(self._send(t.deadletter, it.key, it.value or b"", letter))
             self.metrics.dead_letters.labels(err.reason.value).inc()
         points: list[Point] = []
+        received_ns = time.time_ns()
         for s in result.scored:
             sc = s.score
             key = machine_key(sc.machine_type, sc.machine_id)
+            self.known.observe(f"{sc.machine_type}/{sc.machine_id}", s.context.partition, s.window.end_ns, received_ns)
             pending.sends.append(self._send(t.scores, key, sc.encode()))
             points.append(score_point(machine_type=sc.machine_type, machine_id=sc.machine_id,
                                       model_version=sc.model_version, end_ns=sc.timestamp_ns, score=sc.score,
@@ -331,6 +339,7 @@ class ScoringWorker:
         ready = self._pending[:n]
         if not self._sends_delivered(ready):
             return
+        self.known.save_dirty()
         self.states.save_dirty()
         offsets: dict[tuple[str, int], int] = {}
         for p in ready:
@@ -382,6 +391,7 @@ class ScoringWorker:
             self._process(self.batcher.drain())
         self.sink.flush(block_s=self.settings.influx.timeout_s)
         self._commit_ready()
+        self.known.save_dirty()
         self.states.save_dirty()
         self.states.clear()  # another worker may own these machines now; reload from Redis when seen again
 
@@ -411,6 +421,9 @@ class ScoringWorker:
             self._seen_rejected = stats.rejected
         if now - self._last_report >= self.report_every_s:
             self._report(now)
+        if now - self._last_status >= self.settings.scoring.status_interval_s:
+            self._last_status = now
+            self._report_status()
 
     def _report(self, now: float) -> None:
         rate = (self.windows_scored - self._reported_windows) / max(1e-9, now - self._last_report)
@@ -428,12 +441,34 @@ class ScoringWorker:
                 lag = max(0, high - pos)
                 lag_total += lag
                 self.metrics.consumer_lag.labels(str(tp.partition)).set(lag)
-        health = Point("pipeline", {"stage": STAGE, "worker": self.worker_id},
-                       {"windows_per_s": float(rate), "consumer_lag": int(lag_total),
-                        "write_errors": int(self.sink.stats.write_errors), "buffer_points": int(len(self.sink))},
-                       time.time_ns())  # fmt: skip
+        health = pipeline_point(STAGE, self.worker_id,
+                                {ix.WINDOWS_PER_S: float(rate), ix.CONSUMER_LAG: int(lag_total),
+                                 ix.WRITE_ERRORS: int(self.sink.stats.write_errors),
+                                 ix.BUFFER_POINTS: int(len(self.sink))})  # fmt: skip
         if self._held is None and self.sink.room > 1:
             self.sink.add([health])  # not tied to any offset: a lost health point costs nothing
+
+    def _report_status(self) -> None:
+        """One ``machine_status`` point per known machine of the owned partitions (see :mod:`scoring.status`)."""
+        topic = self.settings.kafka.topics.features
+        owned = {tp.partition for tp in self._consumer.assignment() if tp.topic == topic}
+        self.known.refresh()
+        machines = self.known.on_partitions(owned)
+        if not machines:
+            return
+        self.states.prefetch(machines)  # alert states of machines not scored since this worker started
+        stale_after_s = self.settings.scoring.stale_after_s
+        points = status_points(machines, now_ns=time.time_ns(), stale_after_s=stale_after_s,
+                               alerting=self.states.alerting)  # fmt: skip
+        stale = {f"{p.tags[ix.MACHINE_TYPE]}/{p.tags[ix.MACHINE_ID]}" for p in points if p.fields[ix.STALE]}
+        for machine in sorted(stale - self._stale):
+            log.warning("machine %s is stale: no audio scored for more than %.0f s", machine, stale_after_s)
+        for machine in sorted((self._stale - stale) & machines.keys()):
+            log.info("machine %s sends audio again", machine)
+        self._stale = (self._stale - machines.keys()) | stale
+        self.metrics.stale_machines.set(len(stale))
+        if self._held is None and self.sink.room > len(points):
+            self.sink.add(points)  # not tied to any offset, like the health point
 
 
 class _Rebalance(ConsumerRebalanceListener):

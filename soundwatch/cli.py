@@ -19,6 +19,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from soundwatch import redaction
 from soundwatch.console import err_console
 from soundwatch.errors import ExitCode, SoundwatchError
 from soundwatch.settings import CONFIG_ENV, get_settings
@@ -114,6 +115,7 @@ def _root(
     _state["debug"] = debug
     level = logging.DEBUG if debug else getattr(logging, os.environ.get("SOUNDWATCH_LOG_LEVEL", "INFO"), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    redaction.install()  # credentials never reach a log line, whoever logs and however handlers change
     for noisy in ("kafka", "aiokafka", "faust", "mode", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +26,7 @@ from pydantic_settings import (
 
 from soundwatch.errors import ConfigError
 from soundwatch.params import FeatureParams
+from soundwatch.redaction import register_secret
 
 CONFIG_ENV = "SOUNDWATCH_CONFIG"
 DEFAULT_CONFIG_FILE = Path("soundwatch.toml")
@@ -31,6 +34,39 @@ DEFAULT_CONFIG_FILE = Path("soundwatch.toml")
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#]*)@(?P<rest>.*)$", re.DOTALL)
+
+
+def _credentials_out_of_url(data: Any, section: str) -> Any:
+    """Move ``user:password@`` out of ``data["url"]`` into the ``username``/``password`` fields.
+
+    A URL is printed and logged as an address; credentials in it would travel with it. Moved, the
+    password is a :class:`SecretStr` like every other secret (masked by ``config show``, redacted
+    in logs) and the URL is safe to show. A password given both ways must agree. The error never
+    repeats a value (pydantic errors would otherwise show the input).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return data
+    match = _USERINFO.match(data["url"])
+    if match is None:
+        return data
+    user, _, password = match["userinfo"].partition(":")
+    out = {**data, "url": match["scheme"] + match["rest"]}
+    if password:
+        given = out.get("password")
+        given = given.get_secret_value() if isinstance(given, SecretStr) else given
+        if given and given != unquote(password):
+            raise ValueError(f"{section}.url holds a password and {section}.password another one: keep only "
+                             f"{section}.password")  # fmt: skip
+        out["password"] = SecretStr(unquote(password))
+    if user:
+        if out.get("username") and out["username"] != unquote(user):
+            raise ValueError(f"{section}.url names a user and {section}.username another one: keep only "
+                             f"{section}.username")  # fmt: skip
+        out["username"] = unquote(user)
+    return out
 
 
 class TopicSettings(_Section):
@@ -74,13 +110,21 @@ class KafkaSettings(_Section):
 
 
 class RedisSettings(_Section):
-    url: str = "redis://127.0.0.1:6390/0"
+    url: str = Field("redis://127.0.0.1:6390/0", description="credentials in it move to username/password")
+    username: str | None = Field(None, description="Redis 6+ ACL user")
     password: SecretStr | None = None
     ssl_ca_certs: Path | None = None
     key_prefix: str = "soundwatch"
 
+    @model_validator(mode="before")
+    @classmethod
+    def move_url_credentials(cls, data: Any) -> Any:
+        return _credentials_out_of_url(data, "redis")
+
     def client_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {}
+        if self.username:
+            kw["username"] = self.username
         if self.password is not None:
             kw["password"] = self.password.get_secret_value()
         if self.ssl_ca_certs is not None:
@@ -89,8 +133,8 @@ class RedisSettings(_Section):
 
 
 class InfluxSettings(_Section):
-    api: Literal["v1", "v2"] = Field("v1", description="v1 = InfluxDB 1.x HTTP API; v2 = influxdb-client (2.x/3.x)")
-    url: str = "http://127.0.0.1:8086"
+    api: Literal["v1", "v2"] = Field("v1", description="v1 = InfluxDB 1.x API (Basic auth); v2 = 2.x/3.x (Token)")
+    url: str = Field("http://127.0.0.1:8086", description="credentials in it move to username/password")
     # v1
     database: str = "soundwatch"
     retention_policy: str = ""
@@ -105,6 +149,11 @@ class InfluxSettings(_Section):
     flush_interval_ms: int = Field(500, ge=1)
     max_buffer_points: int = Field(1_000_000, ge=1, description="points held in memory during an outage")
     timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def move_url_credentials(cls, data: Any) -> Any:
+        return _credentials_out_of_url(data, "influx")
 
 
 class GrafanaSettings(_Section):
@@ -139,6 +188,8 @@ class ScoringSettings(_Section):
     resolve_after: int = Field(5, ge=1, description="consecutive normal windows before resolving")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, ge=0, le=65535)
+    status_interval_s: float = Field(10.0, gt=0, description="how often each known machine's status is written")
+    stale_after_s: float = Field(60.0, gt=0, description="a machine without new audio this long is stale")
 
 
 class FeatureStreamSettings(_Section):
@@ -272,6 +323,24 @@ class Settings(BaseSettings):
         """Effective settings as plain data, secrets shown as ``'**********'``."""
         return _mask(self.model_dump(mode="python"))
 
+    def secret_values(self) -> list[str]:
+        """The clear-text value of every :class:`SecretStr` setting that is set (for log redaction)."""
+        out: list[str] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, SecretStr):
+                if value.get_secret_value():
+                    out.append(value.get_secret_value())
+            elif isinstance(value, dict):
+                for sub in value.values():
+                    walk(sub)
+            elif isinstance(value, list | tuple):
+                for sub in value:
+                    walk(sub)
+
+        walk(self.model_dump(mode="python"))
+        return out
+
 
 def _config_path() -> Path | None:
     explicit = os.environ.get(CONFIG_ENV)
@@ -298,17 +367,21 @@ def _mask(value: Any) -> Any:
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment and config file; raise :class:`ConfigError` with each bad field."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
             env = "SOUNDWATCH_" + "__".join(str(p).upper() for p in err["loc"])
             lines.append(f"  {loc}: {err['msg']} (env {env})")
+        # `from None`: pydantic's own error text repeats the input values, secrets included
         raise ConfigError("invalid settings:\n" + "\n".join(lines),
-                          "fix the value in your environment or TOML file") from exc
+                          "fix the value in your environment or TOML file") from None
     except ValueError as exc:  # TOML syntax errors
         raise ConfigError(f"cannot read settings: {exc}", "check the TOML file named by SOUNDWATCH_CONFIG") from exc
+    for secret in settings.secret_values():
+        register_secret(secret)
+    return settings
 
 
 @lru_cache(maxsize=1)

@@ -51,8 +51,7 @@ def unique() -> str:
 @pytest.fixture
 def isolated_settings(stack: Settings, unique: str, tmp_path: Path) -> Iterator[Settings]:
     """Settings pointing at the live stack with test-private topics, database, Redis prefix and dirs."""
-    import requests
-
+    from soundwatch.influx.client import InfluxClient
     from soundwatch.kafka import ensure_topics
 
     topics = {name: f"t{unique}.{name}" for name in ("audio_raw", "features", "alerts", "scores", "deadletter")}
@@ -66,10 +65,10 @@ def isolated_settings(stack: Settings, unique: str, tmp_path: Path) -> Iterator[
         registry_root=tmp_path / "registry",
     )
     ensure_topics(settings)
-    url = settings.influx.url
-    requests.post(f"{url}/query", data={"q": f'CREATE DATABASE "{settings.influx.database}"'}, timeout=10)
-    yield settings
-    requests.post(f"{url}/query", data={"q": f'DROP DATABASE "{settings.influx.database}"'}, timeout=10)
+    with InfluxClient(settings.influx) as influx:
+        influx.create_database()
+        yield settings
+        influx.drop_database()
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 
 from soundwatch.contracts import AlertEvent, AlertState, ContractError
 from soundwatch.errors import BadInput, ServiceUnavailable
+from soundwatch.influx import schema as ix
+from soundwatch.influx.client import InfluxClient, InfluxQueryError, quote_ident, quote_literal
 from soundwatch.settings import RedisSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -136,35 +138,18 @@ class AlertHistory:
         return spans_from_transitions(machine_type, machine_id, transitions, self.pad_ns)
 
     def _influx(self, machine_type: str, machine_id: str) -> set[tuple[int, str]]:
-        import requests
-
-        ix = self.settings.influx
-
-        def lit(v: str) -> str:
-            return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-        q = (f'SELECT "state" FROM "asd_alert" WHERE "machine_type"={lit(machine_type)} '
-             f'AND "machine_id"={lit(machine_id)}')  # fmt: skip
-        params = {"db": ix.database, "q": q, "epoch": "ns"}
-        if ix.username:
-            params["u"] = ix.username
-            params["p"] = ix.password.get_secret_value() if ix.password else ""
-        headers = {"Authorization": f"Token {ix.token.get_secret_value()}"} if ix.token else {}
+        q = (f"SELECT {quote_ident(ix.STATE)} FROM {quote_ident(ix.ALERT_MEASUREMENT)} "
+             f"WHERE {quote_ident(ix.MACHINE_TYPE)} = {quote_literal(machine_type)} "
+             f"AND {quote_ident(ix.MACHINE_ID)} = {quote_literal(machine_id)}")  # fmt: skip
         try:
-            resp = requests.get(f"{ix.url}/query", params=params, headers=headers, timeout=ix.timeout_s)
-        except requests.RequestException as exc:
-            raise ServiceUnavailable(f"cannot reach InfluxDB at {ix.url}: {exc}") from exc
-        if resp.status_code != 200:
-            raise ServiceUnavailable(f"InfluxDB query failed (HTTP {resp.status_code}): {resp.text[:200]}")
-        out: set[tuple[int, str]] = set()
-        for result in resp.json().get("results", []):
-            if "error" in result and "database not found" not in result["error"]:
-                raise ServiceUnavailable(f"InfluxDB query error: {result['error']}")
-            for series in result.get("series", []):
-                cols = series["columns"]
-                ti, si = cols.index("time"), cols.index("state")
-                out |= {(int(row[ti]), str(row[si])) for row in series.get("values", [])}
-        return out
+            with InfluxClient(self.settings.influx) as client:
+                series = client.query(q, epoch="ns")
+        except InfluxQueryError as exc:
+            if "database not found" in exc.error:  # no alert was ever written
+                return set()
+            raise ServiceUnavailable(exc.message, exc.hint) from exc
+        return {(int(t), str(state)) for s in series for t, state in zip(s.column("time"), s.column(ix.STATE),
+                                                                          strict=True)}  # fmt: skip
 
     def _kafka(self, machine_type: str, machine_id: str) -> set[tuple[int, str]]:
         """Read the whole alerts topic (state changes only, so it stays small)."""

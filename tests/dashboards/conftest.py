@@ -7,7 +7,7 @@ import time
 import pytest
 from dashboards_scenario import STEP_S, Scenario, make_scenario
 
-from scoring.influx import BufferedSink
+from soundwatch.influx.sink import BufferedSink
 from soundwatch.settings import Settings
 
 
@@ -21,5 +21,5 @@ def scenario(isolated_settings: Settings) -> Scenario:
         assert sink.flush(block_s=30), sink.stats
     finally:
         sink.close()
-    assert sink.stats.written == len(sc.scores) + len(sc.alerts) + len(sc.pipeline)
+    assert sink.stats.written == len(sc.scores) + len(sc.alerts) + len(sc.pipeline) + len(sc.status)
     return sc

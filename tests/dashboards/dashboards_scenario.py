@@ -7,12 +7,16 @@ The scenario (10 s windows, the last hour up to ``now``):
 * ``fan/id_02``  normal all hour; an old false alarm (alerting, then normal) 50 min ago.
 * ``pump/id_00`` normal, but silent for the last 30 min (stopped reporting).
 * ``slider/id_00`` known to the registry, never reported.
-* pipeline: gateway ``gw-1`` (ingest), ``f-1`` (features), ``s-1``/``s-2`` (scoring; ``s-1`` has a
-  growing write-error counter and a buffer during an outage).
+* ``machine_status`` every 10 s for the three machines the scoring workers know: ``fan/id_00``
+  alerting from its alert on, ``fan/id_02`` alerting during its false alarm, ``pump/id_00`` stale
+  once it has been silent for more than ``STALE_AFTER_S``.
+* pipeline: gateway ``gw-1`` (ingest), ``f-1`` (features; its ``chunks_skipped`` counter grows by
+  ``SKIPPED`` 2 minutes before ``now``, ``chunks_conflicting`` stays 0), ``s-1``/``s-2`` (scoring;
+  ``s-1`` has a growing write-error counter and a buffer during an outage).
 
-The points are built and written by the scoring worker's own InfluxDB sink (``scoring.influx``:
-``score_point``/``alert_point`` and ``BufferedSink``). The ground truth is kept in Python so the
-tests compare InfluxDB's answers with independently computed values.
+The points are built by the core schema's builders (:mod:`soundwatch.influx.schema`) and written
+through the scoring worker's sink (:class:`soundwatch.influx.sink.BufferedSink`). The ground truth is
+kept in Python so the tests compare InfluxDB's answers with independently computed values.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ from typing import Any
 
 from dashboards.machines import Machine
 from scoring.filters import StreamingMedian
-from scoring.influx import PIPELINE_MEASUREMENT, Point, alert_point, score_point
+from soundwatch.influx.schema import Point, alert_point, machine_status_point, pipeline_point, score_point
 
 STEP_S = 10
 HOUR_S = 3600
 MEDIAN_K = 5
+STALE_AFTER_S = 60
+SKIPPED = 3  # chunks the feature worker skipped 2 minutes before now
+COUNTERS = {"chunks_skipped", "chunks_conflicting"}  # written as ints, like the feature worker does
 
 FAN0 = Machine("fan", "id_00")
 FAN2 = Machine("fan", "id_02")
@@ -58,6 +65,7 @@ class Scenario:
     scores: list[ScorePoint] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     pipeline: list[dict[str, Any]] = field(default_factory=list)
+    status: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def start_ms(self) -> int:
@@ -97,15 +105,29 @@ class Scenario:
             for a in self.alerts
         ]
         out += [
-            Point(
-                PIPELINE_MEASUREMENT,
-                {"stage": r["stage"], "worker": r["worker"]},
-                {k: float(v) for k, v in r["fields"].items()},
+            pipeline_point(
+                r["stage"],
+                r["worker"],
+                {k: v if k in COUNTERS else float(v) for k, v in r["fields"].items()},
                 r["t"] * 10**9,
             )
             for r in self.pipeline
         ]
+        out += [
+            machine_status_point(
+                machine_type=r["machine"].machine_type,
+                machine_id=r["machine"].machine_id,
+                seconds_since_audio=r["seconds_since_audio"],
+                alerting=r["alerting"],
+                stale=r["stale"],
+                time_ns=r["t"] * 10**9,
+            )
+            for r in self.status
+        ]
         return out
+
+    def latest_status(self, machine: Machine) -> dict[str, Any]:
+        return [r for r in self.status if r["machine"] == machine][-1]
 
 
 def make_scenario(now_s: int) -> Scenario:
@@ -135,7 +157,12 @@ def make_scenario(now_s: int) -> Scenario:
                 "t": t,
                 "stage": "features",
                 "worker": "f-1",
-                "fields": {"windows_per_s": 2.0, "consumer_lag": 5},
+                "fields": {
+                    "windows_per_s": 2.0,
+                    "consumer_lag": 5,
+                    "chunks_skipped": SKIPPED if t >= now_s - 120 else 0,
+                    "chunks_conflicting": 0,
+                },
             }
         )
         outage = now_s - 900 <= t < now_s - 600
@@ -161,11 +188,21 @@ def make_scenario(now_s: int) -> Scenario:
             }
         )
     first_bad = next(p for p in sc.of(FAN0) if p.anomalous)
+    fan0_alert_s = first_bad.t + 20
+    for t in range(start + STEP_S, now_s, STEP_S):
+        for m in (FAN0, FAN2, PUMP0):
+            heard = max((p.t for p in sc.of(m) if p.t <= t), default=None)
+            if heard is None:
+                continue
+            since = float(t - heard)
+            alerting = (m == FAN0 and t >= fan0_alert_s) or (m == FAN2 and now_s - 3000 <= t < now_s - 2900)
+            sc.status.append({"t": t, "machine": m, "seconds_since_audio": since, "alerting": alerting,
+                              "stale": since > STALE_AFTER_S})  # fmt: skip
     sc.alerts = [
         {"t": now_s - 3000, "machine": FAN2, "state": "alerting", "score_median": 1.6, "threshold": 1.5},
         {"t": now_s - 2900, "machine": FAN2, "state": "normal", "score_median": 1.1, "threshold": 1.5},
         {
-            "t": first_bad.t + 20,
+            "t": fan0_alert_s,
             "machine": FAN0,
             "state": "alerting",
             "score_median": first_bad.score_median,

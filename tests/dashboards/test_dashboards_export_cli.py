@@ -66,10 +66,15 @@ def test_export_writes_the_provisioning_tree(settings, tmp_path):
         assert json.loads((tmp_path / f"dashboards/soundwatch/{uid}.json").read_text()) == board
 
     groups = yaml.safe_load((tmp_path / "alerting/rules.yaml").read_text())["groups"]
-    assert [g["name"] for g in groups] == ["soundwatch-fan", "soundwatch-pump", "soundwatch-slider"]
+    assert [g["name"] for g in groups] == [
+        "soundwatch-fan",
+        "soundwatch-pump",
+        "soundwatch-slider",
+        alerting.PIPELINE_GROUP,
+    ]
     assert all(g["folder"] == settings.grafana.folder and g["interval"] == "1m" for g in groups)
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 2 * len(KNOWN)
+    assert len(rules) == 2 * len(KNOWN) + 1  # two per machine, one fleet-wide audio-loss rule
     assert all("folderUID" not in r and "ruleGroup" not in r for r in rules)  # file shape, not API shape
     assert {r["for"] for r in rules} == {settings.grafana.alert_for, "0s"}
     (cp,) = yaml.safe_load((tmp_path / "alerting/contact-points.yaml").read_text())["contactPoints"]
@@ -128,7 +133,7 @@ def test_cli_push_twice(settings):
             app, ["push", "--url", grafana.url, "--token", "tok", "--machines", "fan/id_00"]
         )
         assert first.exit_code == 0, first.output
-        assert len(json.loads(first.stdout)["created"]) == 1 + 1 + 3 + 1 + 2
+        assert len(json.loads(first.stdout)["created"]) == 1 + 1 + 3 + 1 + 2 + 1  # ... rules: 2 + audio loss
         second = runner.invoke(
             app, ["push", "--url", grafana.url, "--token", "tok", "--machines", "fan/id_00"]
         )

@@ -30,7 +30,7 @@ def grafana():
 
 def test_first_push_creates_everything_in_dependency_order(settings, grafana):
     report = push(grafana.url, TOKEN, settings, KNOWN)
-    n_rules = 2 * len(KNOWN)
+    n_rules = 2 * len(KNOWN) + 1  # two per machine, one fleet-wide audio-loss rule
     assert (
         len(report.created) == 1 + 1 + 3 + 1 + n_rules
     )  # folder, data source, dashboards, contact point, rules
@@ -77,7 +77,7 @@ def test_second_push_sends_no_write(settings, grafana):
     assert second and all(r.method == "GET" for r in second), [
         (r.method, r.path) for r in second if r.method != "GET"
     ]
-    assert not report.changed and len(report.unchanged) == 1 + 1 + 3 + 1 + 1 + 2 * len(KNOWN)
+    assert not report.changed and len(report.unchanged) == 1 + 1 + 3 + 1 + 1 + 2 * len(KNOWN) + 1
     assert {uid: d["dashboard"]["version"] for uid, d in grafana.dashboards.items()} == versions
 
 

@@ -6,25 +6,30 @@ from __future__ import annotations
 import time
 
 import pytest
-from dashboards_scenario import FAN0, FAN2, KNOWN, PUMP0, SLIDER0, Scenario, bucket_reduce
+from dashboards_scenario import FAN0, FAN2, KNOWN, PUMP0, SKIPPED, SLIDER0, Scenario, bucket_reduce
 
 from dashboards import alerting
 from dashboards import queries as q
 from dashboards.builder import fleet_dashboard, machine_dashboard, pipeline_dashboard
 from dashboards.evaluate import evaluate
-from dashboards.influxql import InfluxQL, interpolate
+from dashboards.influxql import interpolate
 from dashboards.machines import machines_from_influx
 from dashboards.render import PanelRunner
+from soundwatch.influx.client import InfluxClient
 
 pytestmark = pytest.mark.integration
 
 
 def _runner(settings, sc: Scenario, **kw) -> PanelRunner:
-    return PanelRunner(InfluxQL(settings.influx), start_ms=sc.start_ms, end_ms=sc.end_ms, interval="1m", **kw)
+    return PanelRunner(InfluxClient(settings.influx), start_ms=sc.start_ms, end_ms=sc.end_ms, interval="1m", **kw)
 
 
 def _by_name(series):
     return {s.name: s for s in series}
+
+
+def _panel(board, title):
+    return next(p for p in board["panels"] if p["title"] == title)
 
 
 def test_fleet_overview_panels(isolated_settings, scenario):
@@ -41,10 +46,14 @@ def test_fleet_overview_panels(isolated_settings, scenario):
         assert latest[key] == pytest.approx(value)
     assert latest[FAN0.key] > 1.0 > latest[FAN2.key]
 
-    # status grid: one target per known machine, last 5 min only -> silent machines show no data
+    # status grid: one target per known machine, its latest state over the last 5 min: the silent
+    # pump is STALE (not normal with its old score), the never-reported slider has no data
     status = _by_name(run.panel(board, "Status"))
-    assert set(status) == {FAN0.key, FAN2.key}
-    assert status[FAN0.key].values[-1] == pytest.approx(expected[FAN0.key])
+    assert {k: s.values[-1] for k, s in status.items()} == {
+        FAN0.key: "alerting",
+        FAN2.key: "normal",
+        PUMP0.key: "stale",
+    }
     assert [t["alias"] for t in next(p for p in board["panels"] if p["title"] == "Status")["targets"]] == [
         m.key for m in sorted(KNOWN)
     ]
@@ -52,6 +61,26 @@ def test_fleet_overview_panels(isolated_settings, scenario):
     assert over.values == [1]
     (reporting,) = run.panel(board, "Machines reporting")
     assert reporting.values == [2]
+    (stale,) = run.panel(board, "Machines stale")
+    assert stale.values == [1]
+
+    # the workers' status table: every known machine with its state and seconds since audio
+    table = {}
+    for s in run.run(_panel(board, "Machine status")["targets"][0]["query"], time_from="5m"):
+        (row,) = s.rows()
+        table[(s.tags["machine_type"], s.tags["machine_id"])] = row
+    assert set(table) == {tuple(m) for m in (FAN0, FAN2, PUMP0)}
+    for m in (FAN0, FAN2, PUMP0):
+        want = sc.latest_status(m)
+        got = table[tuple(m)]
+        assert got["time"] == want["t"] * 1000
+        assert (got["state"], got["alerting"], got["stale"]) == (
+            "stale" if want["stale"] else "alerting" if want["alerting"] else "normal",
+            int(want["alerting"]),
+            int(want["stale"]),
+        )
+        assert got["seconds_since_audio"] == pytest.approx(want["seconds_since_audio"])
+    assert table[tuple(PUMP0)]["seconds_since_audio"] > 1500  # silent for the last 30 min
 
     # heat map: per machine per minute, max(median)/max(threshold)
     heat = _by_name(run.panel(board, "Heat map: median score / threshold per machine"))
@@ -69,7 +98,7 @@ def test_fleet_overview_panels(isolated_settings, scenario):
 
     # latest alert state change per machine, with its real time (since when)
     rows = {}
-    for s in run.run(next(p for p in board["panels"] if p["type"] == "table")["targets"][0]["query"]):
+    for s in run.run(_panel(board, "Latest alert state change per machine")["targets"][0]["query"]):
         rows[(s.tags["machine_type"], s.tags["machine_id"])] = s.rows()
     assert rows[(FAN0.machine_type, FAN0.machine_id)] == [
         {
@@ -115,6 +144,16 @@ def test_machine_drilldown_panels_annotations_and_variables(isolated_settings, s
         "v2": sum(p.model_version == "v2" for p in pts),
     }
 
+    (state,) = run.panel(board, "Status")
+    assert state.values[-1] == "alerting"
+    (since,) = run.panel(board, "Seconds since audio")
+    assert since.values[-1] == 0.0
+    pump = _runner(isolated_settings, sc, variables={q.VAR_TYPE: "pump", q.VAR_MACHINE: "id_00"})
+    (state,) = pump.panel(board, "Status")
+    assert state.values[-1] == "stale"  # not "normal": the pump's audio stopped 30 min ago
+    (since,) = pump.panel(board, "Seconds since audio")
+    assert since.values[-1] == pytest.approx(sc.latest_status(PUMP0)["seconds_since_audio"])
+
     alerts = run.annotations(board, "alert state changes")
     assert [(a["time"], a["state"]) for a in alerts] == [(sc.alerts[2]["t"] * 1000, "alerting")]
     changes = run.annotations(board, "model version changes")
@@ -125,7 +164,7 @@ def test_machine_drilldown_panels_annotations_and_variables(isolated_settings, s
     }
 
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    client = InfluxQL(isolated_settings.influx)
+    client = InfluxClient(isolated_settings.influx)
     types = client.query(variables[q.VAR_TYPE]["query"])
     assert [row[1] for row in types[0].values] == ["fan", "pump"]
     ids = client.query(
@@ -172,10 +211,12 @@ def test_pipeline_health_panels(isolated_settings, scenario):
 
 def test_alert_rules_decide_per_machine(isolated_settings, scenario):
     sc, g = scenario, isolated_settings.grafana
-    client = InfluxQL(isolated_settings.influx)
+    client = InfluxClient(isolated_settings.influx)
     now_ms = int(time.time() * 1000)
     results = {}
     for group in alerting.rule_groups(g, KNOWN):
+        if group["title"] == alerting.PIPELINE_GROUP:
+            continue  # fleet-wide, tested below
         for rule in group["rules"]:
             kind = "anomaly" if rule["uid"].startswith("sw-anomaly") else "nodata"
             results[(kind, rule["labels"]["machine_type"] + "/" + rule["labels"]["machine_id"])] = evaluate(
@@ -198,10 +239,26 @@ def test_alert_rules_decide_per_machine(isolated_settings, scenario):
     )
 
 
+def test_audio_loss_rule_fires_when_a_feature_worker_counter_grows(isolated_settings, scenario):
+    """Fleet-wide rule on the features stage's chunks_skipped / chunks_conflicting counters over 5 minutes."""
+    sc, g = scenario, isolated_settings.grafana
+    client = InfluxClient(isolated_settings.influx)
+    (group,) = [gr for gr in alerting.rule_groups(g, KNOWN) if gr["title"] == alerting.PIPELINE_GROUP]
+    (rule,) = group["rules"]
+    assert rule["uid"] == alerting.AUDIO_LOSS_UID and rule["labels"]["app"] == "soundwatch"
+    now = evaluate(rule, client, now_ms=int(time.time() * 1000))  # the counter grew 2 min ago
+    assert now.state == "firing"
+    assert now.values["SR"] == SKIPPED and now.values["CR"] == 0
+    earlier = evaluate(rule, client, now_ms=(sc.now_s - 600) * 1000)  # counters flat in that 5 min window
+    assert earlier.state == "normal" and earlier.values["SR"] == 0
+    before_data = evaluate(rule, client, now_ms=(sc.start_s - 3600) * 1000)  # no feature worker reporting
+    assert before_data.state == "normal" and before_data.values["SR"] is None
+
+
 def test_every_query_runs_and_returns_data(isolated_settings, scenario):
     """No query in any dashboard or rule is left untested: each one runs and returns at least one series."""
     sc, g = scenario, isolated_settings.grafana
-    client = InfluxQL(isolated_settings.influx)
+    client = InfluxClient(isolated_settings.influx)
     variables = {q.VAR_TYPE: "fan", q.VAR_MACHINE: "id_00"}
     queries: list[str] = []
     reporting = [FAN0, FAN2, PUMP0]  # slider/id_00 never reported: its status tile is empty by design
@@ -213,11 +270,12 @@ def test_every_query_runs_and_returns_data(isolated_settings, scenario):
             if "target" in a and "query" in a["target"]
         ]
         queries += [v["query"] for v in board["templating"]["list"]]
-    for group in alerting.rule_groups(g, [FAN0]):
+    for group in alerting.rule_groups(g, [FAN0]):  # the machine rules and the fleet-wide pipeline rule
         queries += [
             d["model"]["query"] for r in group["rules"] for d in r["data"] if d["datasourceUid"] != "__expr__"
         ]
-    assert len(queries) >= 29  # 9 fleet + 10 machine (incl. annotations, variables) + 7 pipeline + 3 rule
+    # 11 fleet + 12 machine (incl. annotations, variables) + 7 pipeline + 3 machine rule + 2 pipeline rule
+    assert len(queries) >= 35
     empty = []
     for text in queries:
         series = client.query(

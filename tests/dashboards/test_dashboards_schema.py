@@ -92,7 +92,12 @@ def test_status_grid_has_one_tile_per_machine(grafana):
 
 def test_alerting_roundtrips_through_sdk_models(grafana):
     config = alerting.build(grafana, KNOWN)
-    assert len(config.groups) == 3  # fan, pump, slider
+    assert [g["title"] for g in config.groups] == [
+        "soundwatch-fan",
+        "soundwatch-pump",
+        "soundwatch-slider",
+        alerting.PIPELINE_GROUP,  # the fleet-wide audio-loss rule
+    ]
     for group in config.groups:
         assert lost(group, roundtrip(sdk_alerting.RuleGroup, group)) == []
         for rule in group["rules"]:
@@ -107,7 +112,13 @@ def test_alerting_roundtrips_through_sdk_models(grafana):
 def test_rules_carry_labels_annotations_and_settings(grafana):
     config = alerting.build(grafana, KNOWN)
     rules = {r["title"]: r for g in config.groups for r in g["rules"]}
-    assert len(rules) == 2 * len(KNOWN)
+    assert len(rules) == 2 * len(KNOWN) + 1
+    loss = rules["soundwatch audio lost or contested"]
+    assert loss["labels"] == {"app": "soundwatch", "severity": "warning", "scope": "pipeline"}
+    assert loss["noDataState"] == "OK" and loss["condition"] == "E"
+    assert [d["relativeTimeRange"]["from"] for d in loss["data"][:2]] == [300, 300]  # over 5 minutes
+    assert "chunks_skipped" in loss["data"][0]["model"]["query"]
+    assert "chunks_conflicting" in loss["data"][1]["model"]["query"]
     anomaly = rules["soundwatch anomaly fan/id_00"]
     assert anomaly["for"] == grafana.alert_for
     assert anomaly["labels"] == {
@@ -155,13 +166,28 @@ def test_durations_are_validated():
         alerting.nodata_rule(load_settings(grafana={"nodata_after": "30s"}).grafana, KNOWN[0])
 
 
-def test_measurement_names_match_the_scoring_sink():
-    """The dashboards read what the scoring worker's sink writes (names are a cross-package contract)."""
-    from dashboards import queries
-    from scoring import influx
+def test_queries_read_only_measurements_and_fields_of_the_core_schema(grafana):
+    """Every dashboard and rule query names measurements the workers write (soundwatch.influx.schema)."""
+    from soundwatch.influx import schema
 
-    assert (queries.SCORE, queries.ALERT, queries.PIPELINE) == (
-        influx.SCORE_MEASUREMENT,
-        influx.ALERT_MEASUREMENT,
-        influx.PIPELINE_MEASUREMENT,
-    )
+    measurements = {
+        schema.SCORE_MEASUREMENT,
+        schema.ALERT_MEASUREMENT,
+        schema.MACHINE_STATUS_MEASUREMENT,
+        schema.PIPELINE_MEASUREMENT,
+    }
+    names = {v for k, v in vars(schema).items() if k.isupper() and isinstance(v, str)}
+    texts = []
+    for board in all_dashboards(grafana, KNOWN).values():
+        texts += [t["query"] for p in board["panels"] for t in p.get("targets", [])]
+        texts += [a["target"]["query"] for a in board["annotations"]["list"] if "target" in a]
+        texts += [v["query"] for v in board["templating"]["list"]]
+    for group in alerting.rule_groups(grafana, KNOWN):
+        texts += [d["model"]["query"] for r in group["rules"] for d in r["data"] if d["datasourceUid"] != "__expr__"]
+    read = {m for text in texts for m in re.findall(r'FROM "(\w+)"', text)}
+    assert read == measurements
+    # every double-quoted name is a schema tag/field or an alias the query defines with AS
+    aliases = {a for text in texts for a in re.findall(r'AS "(\w+)"', text)}
+    quoted = {n for text in texts for n in re.findall(r'"(\w+)"', text)}
+    implicit = {"last"}  # the column InfluxDB names after a function selected without AS
+    assert quoted - names - aliases - implicit == set()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 
 import pytest
-import requests
 
 from deploy.scenario import run_scenario
 from deploy.stages import PlantSource
 from soundwatch.contracts import AlertState, AudioChunk
+from soundwatch.influx.client import InfluxClient
 from soundwatch.kafka import make_consumer
 from soundwatch.settings import Settings
 
@@ -68,16 +68,14 @@ def test_fault_in_one_of_five_machines_alerts_there_only(plant_settings: Setting
     assert 0 < delay_s <= ALERT_BOUND_S, f"alert {delay_s:.1f} s after onset"
     assert result.alerted() == [FAULTY], f"unexpected alerts: {result.alerted()}"
 
+    influx = InfluxClient(s.influx)
     q = 'SELECT count("score_median") FROM "asd_score" GROUP BY "machine_type", "machine_id"'
-    res = requests.get(f"{s.influx.url}/query", params={"db": s.influx.database, "q": q}, timeout=10).json()
-    counts = {f"{sr['tags']['machine_type']}/{sr['tags']['machine_id']}": sr["values"][0][1]
-              for sr in res["results"][0]["series"]}  # fmt: skip
+    counts = {f"{sr.tags['machine_type']}/{sr.tags['machine_id']}": sr.values[0][1] for sr in influx.query(q)}
     assert set(counts) == set(MACHINES)
     for machine in MACHINES:
         assert counts[machine] >= end_audio_s - 5, (machine, counts[machine])  # ~1 window per second of audio
-    q = 'SELECT count(*) FROM "pipeline" GROUP BY "stage"'
-    res = requests.get(f"{s.influx.url}/query", params={"db": s.influx.database, "q": q}, timeout=10).json()
-    stages = {sr["tags"]["stage"] for sr in res["results"][0].get("series", [])}
+    stages = {sr.tags["stage"] for sr in influx.query('SELECT count(*) FROM "pipeline" GROUP BY "stage"')}
+    influx.close()
     assert stages == {"ingest", "features", "scoring"}, "every stage reports its health for the dashboard"
     print(f"alert {delay_s:.1f} s (audio) after onset; "
           f"point latency p50 {result.p(50):.2f} s, p99 {result.p(99):.2f} s")

@@ -9,11 +9,11 @@ import time
 from collections import defaultdict
 
 import pytest
-import requests
 
 from deploy.pipeline import Pipeline
 from deploy.stages import PlantSource, pipeline_stages
 from soundwatch.contracts import FeatureWindow
+from soundwatch.influx.client import InfluxClient
 from soundwatch.kafka import make_consumer
 from soundwatch.settings import Settings
 
@@ -44,10 +44,9 @@ def _windows(settings: Settings) -> dict[str, list[tuple[int, int]]]:
 
 def _points(settings: Settings) -> dict[str, int]:
     q = 'SELECT count("score") FROM "asd_score" GROUP BY "machine_type", "machine_id"'
-    res = requests.get(f"{settings.influx.url}/query", params={"db": settings.influx.database, "q": q},
-                       timeout=10).json()  # fmt: skip
-    return {f"{s['tags']['machine_type']}/{s['tags']['machine_id']}": s["values"][0][1]
-            for s in res["results"][0].get("series", [])}  # fmt: skip
+    with InfluxClient(settings.influx) as client:
+        answer = client.query(q)
+    return {f"{s.tags['machine_type']}/{s.tags['machine_id']}": s.values[0][1] for s in answer}
 
 
 def test_killing_a_feature_and_a_scoring_worker_loses_and_duplicates_nothing(plant_settings: Settings, tmp_path):

@@ -26,6 +26,7 @@ from ingest_helpers import (
 from ingest.gateway import StatusLine, run_gateway
 from ingest.sources.simulator import SimulatorSource, parse_machines
 from ingest.spool import Spool
+from soundwatch.influx.client import InfluxClient
 from soundwatch.kafka import ensure_topics
 from soundwatch.settings import Settings
 
@@ -184,8 +185,6 @@ def test_a_killed_gateway_loses_nothing_it_spooled_and_never_reuses_a_number(iso
 
 
 def test_gateway_health_lands_in_influxdb_for_the_pipeline_dashboard(isolated_settings: Settings) -> None:
-    import requests
-
     from ingest.health import GatewayHealth
 
     health = GatewayHealth(isolated_settings, "gw-health")
@@ -198,17 +197,10 @@ def test_gateway_health_lands_in_influxdb_for_the_pipeline_dashboard(isolated_se
     )
     assert report.undelivered_chunks == 0
     assert health.written >= 2  # periodic points and the final one
-    resp = requests.get(
-        f"{isolated_settings.influx.url}/query",
-        params={
-            "db": isolated_settings.influx.database,
-            "q": "SELECT chunks_per_s, buffer_points, dropped_chunks, online FROM pipeline "
-            "WHERE stage = 'ingest' AND worker = 'gw-health'",
-        },
-        timeout=10,
-    )
-    series = resp.json()["results"][0]["series"][0]
-    rows = [dict(zip(series["columns"], v, strict=True)) for v in series["values"]]
+    with InfluxClient(isolated_settings.influx) as client:
+        (series,) = client.query("SELECT chunks_per_s, buffer_points, dropped_chunks, online FROM pipeline "
+                                 "WHERE stage = 'ingest' AND worker = 'gw-health'")  # fmt: skip
+    rows = series.rows()
     assert len(rows) == health.written
     assert all(r["dropped_chunks"] == 0 for r in rows)
     assert max(r["chunks_per_s"] for r in rows) > 10  # 3 machines x 32 chunks/s of audio time

@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 import pytest
-import requests
 
 from soundwatch.contracts import AudioChunk, machine_key
+from soundwatch.influx.client import InfluxClient
+from soundwatch.influx.schema import score_point
 from soundwatch.kafka import make_consumer, make_producer
 from soundwatch.settings import Settings
 
@@ -92,18 +93,13 @@ def test_redis_set_get_and_pubsub(stack: Settings, unique: str):
 
 
 def test_influx_write_and_influxql_read_back(isolated_settings: Settings):
-    s = isolated_settings.influx
-    lines = "\n".join(
-        f"asd_score,machine_type=fan,machine_id=id_0{i % 2},model_version=v1 score={i * 0.5},"
-        f"score_median={i * 0.25},threshold=2.0,anomalous={'true' if i > 4 else 'false'} "
-        f"{1_700_000_000_000_000_000 + i * 10**9}"
-        for i in range(10)
-    )
-    r = requests.post(f"{s.url}/write", params={"db": s.database, "precision": "ns"}, data=lines, timeout=10)
-    assert r.status_code == 204, r.text
-    q = 'SELECT count("score"), max("score") FROM "asd_score" GROUP BY "machine_id"'
-    res = requests.get(f"{s.url}/query", params={"db": s.database, "q": q}, timeout=10).json()
-    series = {sr["tags"]["machine_id"]: sr["values"][0] for sr in res["results"][0]["series"]}
+    points = [score_point(machine_type="fan", machine_id=f"id_0{i % 2}", model_version="v1",
+                          end_ns=1_700_000_000_000_000_000 + i * 10**9, score=i * 0.5, score_median=i * 0.25,
+                          threshold=2.0, anomalous=i > 4) for i in range(10)]  # fmt: skip
+    with InfluxClient(isolated_settings.influx) as client:
+        client.write([p.to_line() for p in points])
+        answer = client.query('SELECT count("score"), max("score") FROM "asd_score" GROUP BY "machine_id"')
+    series = {sr.tags["machine_id"]: sr.values[0] for sr in answer}
     assert series["id_00"][1:] == [5, 4.0]
     assert series["id_01"][1:] == [5, 4.5]
 

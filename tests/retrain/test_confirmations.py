@@ -6,6 +6,8 @@ import pytest
 
 from soundwatch.contracts import AlertEvent, AlertState, machine_key
 from soundwatch.errors import BadInput
+from soundwatch.influx.client import InfluxClient
+from soundwatch.influx.schema import alert_point
 from training.confirmations import (
     AlertHistory,
     AlertOverlap,
@@ -36,7 +38,6 @@ def test_alert_spans_from_transitions() -> None:
 
 @pytest.mark.integration
 def test_confirm_list_revoke_with_audit_and_force_over_alerts(isolated_settings) -> None:
-    import requests
 
     from soundwatch.kafka import make_producer
 
@@ -49,9 +50,9 @@ def test_confirm_list_revoke_with_audit_and_force_over_alerts(isolated_settings)
         producer.send(s.kafka.topics.alerts, key=machine_key("fan", "id_00"), value=ev.encode())
     producer.flush()
     # id_01: an open alert only in InfluxDB's asd_alert measurement
-    line = f'asd_alert,machine_id=id_01,machine_type=fan score_median=3.0,state="alerting",threshold=2.0 {t_alert}'
-    assert requests.post(f"{s.influx.url}/write", params={"db": s.influx.database}, data=line,
-                         timeout=10).status_code == 204  # fmt: skip
+    with InfluxClient(s.influx) as influx:
+        influx.write([alert_point(machine_type="fan", machine_id="id_01", state="alerting", score_median=3.0,
+                                  threshold=2.0, time_ns=t_alert).to_line()])  # fmt: skip
 
     store = ConfirmationStore(s.redis)
     history = AlertHistory(s, alert_pad_s=30)

@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import requests
 from running_workers import running_worker
 
 from soundwatch.contracts import AudioChunk, machine_key
+from soundwatch.influx.client import InfluxClient
 from soundwatch.settings import ArchiveSettings, GateSettings, RetrainSettings, Settings, load_settings
 from training.archive import ArchiveReader, running_archive
 from training.confirmations import AlertHistory, ConfirmationStore
@@ -58,12 +58,9 @@ def _read_chunks(settings: Settings) -> list[AudioChunk]:
 
 
 def _points_by_version(settings: Settings) -> dict[str, int]:
-    q = "SELECT count(score) FROM asd_score GROUP BY model_version"
-    resp = requests.get(f"{settings.influx.url}/query", params={"db": settings.influx.database, "q": q}, timeout=10)
-    out = {}
-    for series in resp.json()["results"][0].get("series", []):
-        out[series["tags"]["model_version"]] = int(series["values"][0][1])
-    return out
+    with InfluxClient(settings.influx) as client:
+        answer = client.query("SELECT count(score) FROM asd_score GROUP BY model_version")
+    return {series.tags["model_version"]: int(series.values[0][1]) for series in answer}
 
 
 class _FirstBlocks:

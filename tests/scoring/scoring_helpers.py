@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import requests
 
 from soundwatch.contracts import FeatureWindow, machine_key
+from soundwatch.influx.client import InfluxClient
 from soundwatch.params import FeatureParams
-from soundwatch.settings import Settings
+from soundwatch.settings import InfluxSettings, Settings
 
 T0_NS = 1_763_900_000_000_000_000  # a fixed wall-clock origin keeps points inside any retention policy
 
@@ -107,17 +107,9 @@ def read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 3
 
 
 def influx_query(url: str, database: str, q: str) -> list[dict]:
-    """Run InfluxQL over /query; rows as dicts (column -> value)."""
-    resp = requests.get(f"{url}/query", params={"db": database, "q": q, "epoch": "ns"}, timeout=10)
-    resp.raise_for_status()
-    result = resp.json()["results"][0]
-    if "error" in result:
-        raise AssertionError(f"InfluxQL error for {q!r}: {result['error']}")
-    rows = []
-    for series in result.get("series", []):
-        for values in series["values"]:
-            rows.append(dict(zip(series["columns"], values, strict=True)) | series.get("tags", {}))
-    return rows
+    """Run InfluxQL through the core client; rows as dicts (column -> value, plus the series' tags), times in ns."""
+    with InfluxClient(InfluxSettings(url=url, database=database)) as client:
+        return [row | series.tags for series in client.query(q, epoch="ns") for row in series.rows()]
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.3):

@@ -1,4 +1,4 @@
-"""The InfluxDB sink: buffer/back-off logic, and both write paths against the real InfluxDB 1.6."""
+"""The InfluxDB sink: buffer/back-off logic, and both write dialects against the real InfluxDB 1.6."""
 
 from __future__ import annotations
 
@@ -6,15 +6,9 @@ import pytest
 from influx_v2_bridge import V2Bridge
 from scoring_helpers import T0_NS, influx_query
 
-from scoring.influx import (
-    BufferedSink,
-    InfluxBackPressure,
-    InfluxWriteError,
-    V1HttpWriter,
-    V2ClientWriter,
-    make_writer,
-    score_point,
-)
+from soundwatch.influx.client import InfluxClient, InfluxWriteError
+from soundwatch.influx.schema import score_point
+from soundwatch.influx.sink import BufferedSink, InfluxBackPressure
 
 
 def _points(n: int, version: str = "v0001", offset: int = 0):
@@ -83,7 +77,7 @@ def test_malformed_points_are_dropped_and_counted_not_retried_forever():
 def test_v1_path_writes_idempotent_points_readable_with_influxql(isolated_settings):
     s = isolated_settings
     sink = BufferedSink.from_settings(s.influx)
-    assert isinstance(sink.writer, V1HttpWriter)
+    assert isinstance(sink.writer, InfluxClient)
     sink.add(_points(10))
     assert sink.flush(block_s=5) is True
     sink.add(_points(10))  # a replay: same tags + timestamps
@@ -98,7 +92,7 @@ def test_v1_path_writes_idempotent_points_readable_with_influxql(isolated_settin
 @pytest.mark.integration
 def test_v1_path_reports_a_missing_database_as_retryable(isolated_settings):
     s = isolated_settings
-    writer = V1HttpWriter(s.influx.model_copy(update={"database": "no_such_db_" + s.influx.database}))
+    writer = InfluxClient(s.influx.model_copy(update={"database": "no_such_db_" + s.influx.database}))
     with pytest.raises(InfluxWriteError, match="HTTP 404") as info:
         writer.write([p.to_line() for p in _points(1)])
     assert info.value.retryable and "CREATE DATABASE" in (info.value.hint or "")
@@ -112,8 +106,7 @@ def test_v2_path_through_bridge_to_the_real_influxdb(isolated_settings):
     with V2Bridge(s.influx.url, token="t0ken", org="plant") as bridge:
         v2 = s.influx.model_copy(update={"api": "v2", "url": bridge.url, "token": SecretStr("t0ken"), "org": "plant",
                                          "bucket": s.influx.database})  # fmt: skip
-        writer = make_writer(v2)
-        assert isinstance(writer, V2ClientWriter)
+        writer = InfluxClient(v2)
         sink = BufferedSink(writer, batch_size=4)
         sink.add(_points(6, version="v0002"))
         assert sink.flush(block_s=10) is True
@@ -123,7 +116,7 @@ def test_v2_path_through_bridge_to_the_real_influxdb(isolated_settings):
                                       "precision": "ns"}  # fmt: skip
         sink.close()
 
-        bad = make_writer(v2.model_copy(update={"token": SecretStr("wrong")}))
+        bad = InfluxClient(v2.model_copy(update={"token": SecretStr("wrong")}))
         with pytest.raises(InfluxWriteError, match="HTTP 401") as info:
             bad.write([p.to_line() for p in _points(1)])
         assert info.value.retryable

@@ -8,9 +8,9 @@ import pytest
 from scoring.alerts import AlertMachine, Observation, observe
 from scoring.batcher import MicroBatcher, chunks
 from scoring.filters import StreamingMedian, causal_median
-from scoring.influx import Point, score_point
 from scoring.state import MachineState, StateTable
 from soundwatch.contracts import AlertEvent, AlertState
+from soundwatch.influx.schema import Point, score_point
 
 THRESHOLD = 1.0
 

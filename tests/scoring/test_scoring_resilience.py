@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
+from private_influx import INFLUXD, PrivateInfluxd
 from running_workers import running_worker
 from scoring_helpers import (
     count_points,
@@ -29,52 +28,14 @@ from scoring_helpers import (
     wait_for,
 )
 
-from deploy.local_stack import influx_config
 from scoring.filters import causal_median
 from soundwatch.contracts import AlertEvent, AlertState
+from soundwatch.influx.client import InfluxClient
 from soundwatch.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-INFLUXD = "/usr/bin/influxd"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class PrivateInfluxd:
-    """An influxd 1.x of our own (the local stack's config, other ports), restartable on its data."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port, rpc = _free_port(), _free_port()
-        self.config = root / "influxdb.conf"
-        self.config.write_text(influx_config(root, http_port=self.port, rpc_port=rpc))
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.root / "influxd.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen([INFLUXD, "-config", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)  # fmt: skip
-
-        def ping() -> bool:
-            try:
-                return requests.get(f"{self.url}/ping", timeout=1).status_code == 204
-            except requests.RequestException:
-                return False
-
-        wait_for(ping, 30, "private influxd to answer /ping", every_s=0.2)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)  # an outage, not a polite shutdown
-            self.proc.wait(10)
-        self.proc = None
 
 
 @pytest.fixture
@@ -113,7 +74,8 @@ def _committed(settings: Settings) -> int:
 def test_influx_outage_pauses_consumption_and_loses_no_point(scoring_settings, private_influx):
     s = _with(scoring_settings, influx={"url": private_influx.url, "max_buffer_points": 10, "batch_size": 5,
                                         "timeout_s": 2.0}, scoring={"max_batch": 4})  # fmt: skip
-    requests.post(f"{private_influx.url}/query", data={"q": f'CREATE DATABASE "{s.influx.database}"'}, timeout=10)
+    with InfluxClient(s.influx) as client:
+        client.create_database()
     save_model(s.registry_root, "fan", ["id_00", "id_01"])
     first = [make_window("fan", m, i) for i in range(3) for m in ("id_00", "id_01")]
     later = [make_window("fan", m, i) for i in range(3, 18) for m in ("id_00", "id_01")]

@@ -106,3 +106,41 @@ def test_error_hints_keep_bracketed_text(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 5, out.stderr
     assert "soundwatch[mic]" in out.stderr
+
+
+def test_credentials_in_urls_move_to_the_secret_fields(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOUNDWATCH_REDIS__URL", "redis://ops:p%40ss%3Aw0rd@redis.plant:6379/2")
+    monkeypatch.setenv("SOUNDWATCH_INFLUX__URL", "https://writer:infl%2Fpw@influx.plant:8086")
+    s = load_settings()
+    assert s.redis.url == "redis://redis.plant:6379/2" and s.redis.username == "ops"
+    assert s.redis.client_kwargs() == {"username": "ops", "password": "p@ss:w0rd"}
+    assert s.influx.url == "https://influx.plant:8086" and s.influx.username == "writer"
+    assert s.influx.password is not None and s.influx.password.get_secret_value() == "infl/pw"
+    shown = runner.invoke(app, ["config", "show", "--json"]).output
+    assert not any(secret in shown for secret in ("p@ss", "p%40ss", "infl/pw", "infl%2Fpw"))
+    assert json.loads(shown)["redis"]["password"] == "**********"
+    for key, value in s.to_env().items():  # child processes get the clean URL and the secret separately
+        monkeypatch.setenv(key, value)
+    assert load_settings() == s
+
+
+def test_one_password_two_ways_must_agree(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOUNDWATCH_REDIS__URL", "redis://:first-pw@h:6379/0")
+    monkeypatch.setenv("SOUNDWATCH_REDIS__PASSWORD", "first-pw")
+    assert load_settings().redis.client_kwargs()["password"] == "first-pw"
+    monkeypatch.setenv("SOUNDWATCH_REDIS__PASSWORD", "second-pw")
+    with pytest.raises(ConfigError, match="keep only redis.password") as info:
+        load_settings()
+    assert "first-pw" not in str(info.value) and "second-pw" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # pydantic's text repeats inputs
+
+
+def test_staleness_settings(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert (s.scoring.status_interval_s, s.scoring.stale_after_s) == (10.0, 60.0)
+    monkeypatch.setenv("SOUNDWATCH_SCORING__STALE_AFTER_S", "0")
+    with pytest.raises(ConfigError, match="scoring.stale_after_s"):
+        load_settings()

@@ -1,9 +1,10 @@
-"""Test-only bridge: InfluxDB 2.x ``POST /api/v2/write`` -> InfluxDB 1.x ``POST /write``.
+"""Test-only bridge: InfluxDB 2.x ``POST /api/v2/write`` -> InfluxDB 1.x ``POST /write``, and
+``GET /query`` with token auth (2.x's 1.x-compatible endpoint) -> 1.x ``GET /query``.
 
-InfluxDB 1.6 (the local server) predates the v2 endpoints, so ``influxdb-client`` gets 404
-from it. This bridge checks the v2 request the client really sends (token auth, org, bucket,
-precision, gzip) and forwards the line protocol to ``/write?db=<bucket>``, returning the
-server's answer — so the v2 write path is exercised against the real database.
+InfluxDB 1.6 (the local server) predates the v2 endpoints and tokens, so the v2 dialect gets 404
+or 401 from it. This bridge checks the v2 request the client really sends (token auth, org,
+bucket, precision, gzip) and forwards it to the 1.x endpoint, returning the server's answer — so
+the v2 dialect is exercised against the real database.
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ class V2Bridge:
                     self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 - InfluxQL over /query, the 1.x-compatible endpoint of 2.x
+                url = urlparse(self.path)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                bridge.requests.append({"path": url.path, **q})
+                if url.path != "/query":
+                    return self._reply(404, b'{"code":"not found"}')
+                if self.headers.get("Authorization") != f"Token {bridge.token}":
+                    return self._reply(401, b'{"code":"unauthorized","message":"bad token"}')
+                resp = requests.get(f"{bridge.upstream}/query", params=q, timeout=10)
+                self._reply(resp.status_code, resp.content)
 
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 url = urlparse(self.path)

@@ -1,0 +1,166 @@
+"""The staleness signal: ``machine_status`` points for every known machine, on the real broker, Redis, InfluxDB.
+
+A machine that stops sending must be named as stale within ``stale_after_s + status_interval_s``,
+come back when its windows resume, and still be reported by a restarted worker (the known
+machines live in Redis).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from running_workers import running_worker
+from scoring_helpers import influx_query, make_window, produce, save_model, wait_for
+
+from scoring.status import KnownMachines, LastAudio, status_points
+from soundwatch.influx import schema as ix
+from soundwatch.settings import Settings, load_settings
+
+STATUS_INTERVAL_S = 1.0
+STALE_AFTER_S = 4.0
+LOOP_SLACK_S = 1.5  # a status report can start this much after its interval (a batch in progress, a poll)
+PIPELINE_LATENCY_S = 2.0  # produce -> scored, on a loaded 2-core machine
+
+
+class Plant:
+    """Produces one window every ``every_s`` for each machine in ``active`` (indices keep growing)."""
+
+    def __init__(self, settings: Settings, machines: list[str], every_s: float = 0.25) -> None:
+        self.settings, self.every_s = settings, every_s
+        self.active = set(machines)
+        self.index = dict.fromkeys(machines, 0)
+        self.last_sent_ns: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            active = sorted(self.active)
+            produce(self.settings, [make_window("fan", m, self.index[m]) for m in active])
+            now = time.time_ns()
+            for m in active:
+                self.index[m] += 1
+                self.last_sent_ns[m] = now
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> Plant:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def _status(s: Settings, machine_id: str, after_ns: int = 0) -> list[dict]:
+    q = (f'SELECT * FROM "{ix.MACHINE_STATUS_MEASUREMENT}" WHERE "{ix.MACHINE_ID}" = \'{machine_id}\' '
+         f"AND time > {after_ns}")  # fmt: skip
+    return influx_query(s.influx.url, s.influx.database, q)
+
+
+def _with_status(settings: Settings) -> Settings:
+    data = {k: getattr(settings, k).model_dump() for k in ("kafka", "redis", "influx", "grafana", "ingest", "stream",
+                                                           "services", "features")}  # fmt: skip
+    scoring = {**settings.scoring.model_dump(), "status_interval_s": STATUS_INTERVAL_S, "stale_after_s": STALE_AFTER_S}
+    return load_settings(**data, scoring=scoring, registry_root=settings.registry_root)
+
+
+@pytest.mark.integration
+def test_silent_machine_turns_stale_recovers_and_survives_a_worker_restart(scoring_settings):
+    s = _with_status(scoring_settings)
+    # id_02's threshold is below any score: it alerts, and stays "alerting" underneath its staleness
+    save_model(s.registry_root, "fan", ["id_00", "id_01", "id_02"], thresholds={"id_02": -1e9})
+    with Plant(s, ["id_00", "id_01", "id_02"]) as plant, running_worker(s) as worker:
+        wait_for(lambda: [r for r in _status(s, "id_02") if r[ix.ALERTING] == 1], 60, "id_02 reported alerting")
+        normal = _status(s, "id_01")[-1]
+        assert (normal[ix.STATE], normal[ix.STALE], normal[ix.ALERTING]) == ("normal", 0, 0)
+        assert normal[ix.SECONDS_SINCE_AUDIO] < STALE_AFTER_S and normal[ix.MACHINE_TYPE] == "fan"
+
+        # id_01 and id_02 stop sending
+        plant.active -= {"id_01", "id_02"}
+        time.sleep(2 * plant.every_s)  # the producer's current round is out
+        stopped_ns = time.time_ns()
+        first_stale = wait_for(lambda: [r for r in _status(s, "id_01", stopped_ns) if r[ix.STALE] == 1],
+                               3 * (STALE_AFTER_S + STATUS_INTERVAL_S) + 30, "id_01 named as stale")[0]  # fmt: skip
+        assert first_stale[ix.STATE] == "stale" and first_stale[ix.ALERTING] == 0
+        # named within stale_after_s + status_interval_s of its last audio (measured by the worker's own clock)
+        assert STALE_AFTER_S < first_stale[ix.SECONDS_SINCE_AUDIO] <= STALE_AFTER_S + STATUS_INTERVAL_S + LOOP_SLACK_S
+        # and on the wall clock: from the producer's last send (the pipeline's own latency on top)
+        assert first_stale["time"] - plant.last_sent_ns["id_01"] <= (
+            STALE_AFTER_S + STATUS_INTERVAL_S + LOOP_SLACK_S + PIPELINE_LATENCY_S) * 1e9
+        stale_alerting = wait_for(lambda: [r for r in _status(s, "id_02", stopped_ns) if r[ix.STALE] == 1], 30,
+                                  "id_02 named as stale")[0]  # fmt: skip
+        assert (stale_alerting[ix.STATE], stale_alerting[ix.ALERTING]) == ("stale", 1)  # stale wins, alert kept
+        # the machine still sending is never stale meanwhile
+        assert {r[ix.STALE] for r in _status(s, "id_00", stopped_ns)} == {0}
+        assert worker.metrics.stale_machines._value.get() == 2
+
+        # id_01 resumes: back to normal
+        resumed_ns = time.time_ns()
+        plant.active.add("id_01")
+        back = wait_for(lambda: [r for r in _status(s, "id_01", resumed_ns) if r[ix.STALE] == 0], 30,
+                        "id_01 back to normal")[0]  # fmt: skip
+        assert back[ix.STATE] == "normal" and back[ix.SECONDS_SINCE_AUDIO] < STALE_AFTER_S
+
+    # a new worker of the group (nothing in memory, nobody sends for id_02) still reports id_02, from Redis
+    restarted_ns = time.time_ns()
+    with running_worker(s):
+        rows = wait_for(lambda: _status(s, "id_02", restarted_ns), 30, "id_02 reported by the restarted worker")
+    after = rows[0]
+    assert (after[ix.STATE], after[ix.STALE], after[ix.ALERTING]) == ("stale", 1, 1)
+    # the silence is counted from id_02's last audio, not from the restart
+    assert after[ix.SECONDS_SINCE_AUDIO] * 1e9 >= after["time"] - stopped_ns
+
+
+@pytest.mark.integration
+def test_each_known_machine_is_reported_by_the_one_worker_owning_its_partition(scoring_settings):
+    s = _with_status(scoring_settings)
+    machines = [f"id_{i:02d}" for i in range(8)]
+    save_model(s.registry_root, "fan", machines)
+    produce(s, [make_window("fan", m, 0) for m in machines])
+    with running_worker(s) as first:
+        wait_for(lambda: len(first.known) == len(machines), 60, "all machines known to the first worker")
+        with running_worker(s) as second:
+
+            def owned(w) -> set[str]:
+                parts = {tp.partition for tp in w._consumer.assignment()}
+                return set(w.known.on_partitions(parts)) if parts else set()
+
+            # after the rebalance each worker's status report (every second) refreshes from Redis
+            wait_for(lambda: owned(first) and owned(second) and len(owned(first) | owned(second)) == len(machines),
+                     60, "the two workers to split the known machines")  # fmt: skip
+            a, b = owned(first), owned(second)
+            assert a.isdisjoint(b) and a | b == {f"fan/{m}" for m in machines}
+
+
+@pytest.mark.integration
+def test_known_machines_keep_the_newest_window_and_merge_through_redis(isolated_settings):
+    import redis
+
+    s = isolated_settings
+    client = redis.Redis.from_url(s.redis.url, **s.redis.client_kwargs())
+    a = KnownMachines(client, s.redis.key_prefix, "group")
+    a.observe("fan/id_00", partition=1, end_ns=100, received_ns=1_000)
+    a.observe("fan/id_00", partition=1, end_ns=90, received_ns=5_000)  # a replayed window: not newer
+    assert a.get("fan/id_00") == LastAudio(1, 100, 1_000)
+    a.observe("pump/id_00", partition=2, end_ns=50, received_ns=2_000)
+    assert a.save_dirty()
+    b = KnownMachines(client, s.redis.key_prefix, "group")  # another worker, or this one after a restart
+    b.observe("fan/id_00", partition=1, end_ns=200, received_ns=3_000)
+    assert b.refresh()
+    assert b.get("fan/id_00") == LastAudio(1, 200, 3_000)  # its own newer window wins
+    assert b.get("pump/id_00") == LastAudio(2, 50, 2_000)
+    assert set(b.on_partitions({2, 3})) == {"pump/id_00"}
+    points = status_points(b.on_partitions({1, 2}), now_ns=63_000_000_000, stale_after_s=60.0,
+                           alerting=lambda m: m == "pump/id_00")  # fmt: skip
+    lines = [p.to_line() for p in points]
+    assert lines == [
+        "machine_status,machine_id=id_00,machine_type=fan alerting=0i,seconds_since_audio=62.999997,"
+        'stale=1i,state="stale" 63000000000',
+        "machine_status,machine_id=id_00,machine_type=pump alerting=1i,seconds_since_audio=62.999998,"
+        'stale=1i,state="stale" 63000000000',
+    ]
+    client.delete(a.key)
+    client.close()
