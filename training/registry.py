@@ -151,7 +151,8 @@ class ArtifactSigner:
         if not mine:
             return None
         expected = self.mac(meta)
-        return any(isinstance(e.get("mac"), str) and hmac.compare_digest(e["mac"], expected) for e in mine)
+        return any(isinstance(e.get("mac"), str) and hmac.compare_digest(e["mac"].encode(), expected.encode())
+                   for e in mine)  # fmt: skip
 
 
 @dataclass(frozen=True)
