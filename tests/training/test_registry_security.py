@@ -294,3 +294,19 @@ def test_the_signature_is_beside_the_metadata_not_inside_it(tmp_path: Path, tiny
     meta_text = (vdir / "metadata.json").read_text()
     assert signature["signatures"][0]["mac"] not in meta_text and KEY_A not in meta_text
     assert KEY_A not in (vdir / "signature.json").read_text() and KEY_A not in repr(reg.signer)
+
+
+def test_a_forged_or_broken_signature_file_is_refused(tmp_path: Path, tiny_result: TrainResult) -> None:
+    reg = ModelRegistry(tmp_path)
+    version = reg.save(tiny_result.artifact)
+    path = tmp_path / "valve" / version / "signature.json"
+    doc = json.loads(path.read_text())
+    for mac in ("0" * 64, "é" * 64, 42):
+        doc["signatures"][0]["mac"] = mac
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ArtifactError, match="does not match its signature"):
+            reg.load("valve", version)
+    for broken in ("{not json", '{"signatures": "all good"}', "[]"):
+        path.write_text(broken)
+        with pytest.raises(ArtifactError, match="unreadable .*signature.json"):
+            reg.load("valve", version)
