@@ -21,6 +21,9 @@ def test_unknown_command_and_missing_argument_are_usage_errors(run_soundwatch, d
     result = run_soundwatch(*debug, "models", "show")
     assert _is_usage_error(result, "soundwatch models show"), result
     assert "Missing argument" in result.stderr
+    result = run_soundwatch(*debug, "models")  # a group without its command: the help, as a usage error
+    assert result.code == 2 and "Commands" in result.stdout + result.stderr, result
+    assert "unexpected error" not in result.stderr
     result = run_soundwatch(*debug, "normal", "confirm", "--from", "-2h", "--to", "-1h")
     assert _is_usage_error(result, "soundwatch normal confirm"), result
     assert "Missing option '--machine'" in result.stderr
