@@ -361,10 +361,10 @@ def models_sign(
                       + f" (key id {reg.signer.key_id})")  # fmt: skip
     refused = [(t, v, e) for t, v, _, e in rows if e is not None]
     if refused:
-        raise BadInput(f"{len(refused)} version(s) failed verification and stay unsigned: "
+        raise BadInput(f"{len(refused)} version(s) not signed with this key (workers with it refuse them): "
                        + ", ".join(f"{t} {v}" for t, v, _ in refused),
-                       "workers with the key refuse them; retrain or restore them from backup "
-                       "(or pass --previous-key-file if they are signed with another key)")  # fmt: skip
+                       "signed with another key: pass that key with --previous-key-file; failed a check "
+                       "(see above): retrain, or restore the version from backup")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- retrain
