@@ -25,7 +25,7 @@ from soundwatch.settings import Settings, get_settings, load_settings
 # The tests run as production should: with a registry signing key (CI may set its own), so every
 # registry a test opens, in this process or in a worker it starts, signs what it saves and refuses
 # unsigned or mis-signed artifacts. A test about the unsigned case passes signing_key=None.
-TEST_SIGNING_KEY = os.environ.setdefault("SOUNDWATCH_REGISTRY_SIGNING_KEY", "soundwatch-tests-signing-key-7f3c9a")
+os.environ.setdefault("SOUNDWATCH_REGISTRY_SIGNING_KEY", "soundwatch-tests-signing-key-7f3c9a")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_MINI = (REPO_ROOT.parent / "shared" / "data" / "real-mini").resolve()

@@ -85,7 +85,7 @@ def score_window_set(model: LoadedModel, ws: WindowSet) -> list[ClipResult]:
     return out
 
 
-def unreadable_listing(skipped: Sequence[tuple[str, str]], limit: int = 20) -> str:
+def _unreadable_listing(skipped: Sequence[tuple[str, str]], limit: int = 20) -> str:
     """``path: reason`` lines for an error message (the first ``limit``, then how many more)."""
     lines = [f"  {path}: {reason}" for path, reason in skipped[:limit]]
     if len(skipped) > limit:
@@ -140,7 +140,7 @@ def evaluate(
         results, bad = score_clips(model, [r for r in records if r.machine_type == mtype], progress)
         skipped += bad
         if not results:
-            raise BadInput(f"no test clip of {mtype!r} under {data} could be read:\n" + unreadable_listing(bad),
+            raise BadInput(f"no test clip of {mtype!r} under {data} could be read:\n" + _unreadable_listing(bad),
                            hint="fix or remove these files, or leave the type out with --machine-type")  # fmt: skip
         by_id = by_machine(results)
         aucs, paucs = [], []
