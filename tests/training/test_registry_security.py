@@ -136,7 +136,8 @@ def test_cli_arguments_cannot_leave_the_registry(two_registries: tuple[Path, Pat
                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     root, outside = two_registries
     monkeypatch.setenv("SOUNDWATCH_REDIS__URL", "redis://127.0.0.1:1/0")  # no Redis: the newest on disk
-    secret_marker = json.loads((outside / "valve/v0001/metadata.json").read_text())["created_at"]
+    secret_marker = "metadata-from-elsewhere"
+    _reseal(outside / "valve" / "v0001", lambda meta: meta["data_summary"].update(marker=secret_marker))
     attempts = [["models", "show", "../elsewhere/valve"], ["models", "show", "valve", OUTSIDE],
                 ["models", "list", "--machine-type", "../elsewhere/valve"], ["models", "promote", "valve", OUTSIDE],
                 ["models", "rollback", "valve", "--to", OUTSIDE],
