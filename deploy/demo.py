@@ -1,6 +1,8 @@
 """The demo: the real pipeline on one machine, a live terminal view, and an HTML report at the end.
 
 1. start the local services that are not running (and remember which, to stop them afterwards);
+   sign models like production does: the configured ``registry_signing_key``, else a random key
+   generated once into ``var/registry-signing.key`` (mode 0600);
 2. train a model per machine type when none is registered (simulator normal audio, or the
    normal clips of the replayed folder);
 3. run gateway -> Faust feature worker -> scoring worker as separate processes (``soundwatch run all``);
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
+import stat
 import subprocess
 import sys
 import time
@@ -30,10 +34,12 @@ from deploy.pipeline import Pipeline
 from deploy.stages import PlantSource, pipeline_stages
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput
-from soundwatch.settings import Settings
+from soundwatch.settings import Settings, get_settings
 
 DEFAULT_MACHINES = "fan/id_00,fan/id_02,fan/id_04,pump/id_00,pump/id_02"
 DEFAULT_FAULT = "fan/id_02:bearing_ticks@60s"
+DEMO_KEY_FILE = Path("var/registry-signing.key")
+KEY_ENV = "SOUNDWATCH_REGISTRY_SIGNING_KEY"
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,50 @@ class DemoOptions:
 
 
 # ---------------------------------------------------------------------------------------------- models
+def ensure_signing_key(settings: Settings, key_file: Path = DEMO_KEY_FILE) -> Settings:
+    """``settings`` with a registry signing key: the configured one, else the demo's own in ``key_file``.
+
+    The demo's key is generated once (``secrets.token_hex(32)``, file mode 0600) and put in this
+    process's environment, so `soundwatch train` and the workers the demo starts sign and verify
+    with it. When it is first created, the versions already in the registry (saved by earlier,
+    unsigned demo runs) are signed after their checksums verify.
+    """
+    from pydantic import SecretStr
+
+    if settings.registry_signing_key is not None:
+        return settings
+    created = not key_file.exists()
+    if created:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        err_console.print(f"no registry signing key configured: generated one for the demo in {key_file} "
+                          f"(mode 0600); set {KEY_ENV} for a real plant", highlight=False)  # fmt: skip
+    elif stat.S_IMODE(key_file.stat().st_mode) & 0o077:
+        err_console.print(f"[yellow]{key_file} is readable by other users: `chmod 600 {key_file}`[/yellow]",
+                          highlight=False)  # fmt: skip
+    key = key_file.read_text().strip()
+    os.environ[KEY_ENV] = key  # inherited by the processes the demo starts; never printed
+    get_settings.cache_clear()
+    settings = settings.model_copy(update={"registry_signing_key": SecretStr(key)})
+    if created:
+        _sign_existing(settings)
+    return settings
+
+
+def _sign_existing(settings: Settings) -> None:
+    from training.registry import ModelRegistry
+
+    rows = ModelRegistry.from_settings(settings).sign_all()
+    signed = [f"{t} {v}" for t, v, outcome, _ in rows if outcome == "signed"]
+    if signed:
+        err_console.print(f"signed the models already in {settings.registry_root} with it: {', '.join(signed)}")
+    for t, v, _, exc in rows:
+        if exc is not None:
+            err_console.print(f"[yellow]{t} {v} is not signed: {exc.message}[/yellow]", highlight=False)
+
+
 def machine_types_of(source: PlantSource) -> list[str]:
     if source.kind == "sim":
         return sorted({m.split("/")[0] for m in source.machines.split(",")})
@@ -57,7 +107,7 @@ def ensure_models(settings: Settings, source: PlantSource, work_dir: Path, epoch
     """The current model version per machine type, training one (through `soundwatch train`) where none exists."""
     from training.registry import ModelRegistry
 
-    registry = ModelRegistry(settings.registry_root, settings.redis)
+    registry = ModelRegistry.from_settings(settings)
     types = machine_types_of(source)
     missing = [t for t in types if registry.current_version(t) is None and registry.latest_version(t) is None]
     if missing:
@@ -137,6 +187,7 @@ def live_table(observer: PipelineObserver, started: float, note: str) -> Group:
 def run_demo(settings: Settings, options: DemoOptions) -> Path:
     out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    settings = ensure_signing_key(settings)
     stack = LocalStack(settings)
     started_services = [s.name for s in stack.status() if not s.answering]
     stack.up(progress=lambda m: err_console.print(m))

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from soundwatch.choices import Device
 from soundwatch.console import err_console
 from soundwatch.settings import Settings, get_settings
 
@@ -57,7 +58,7 @@ def run(
     registry: Annotated[
         Path | None, typer.Option("--registry", help="model registry root (default: settings registry_root)")
     ] = None,  # fmt: skip
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
+    device: Annotated[Device | None, typer.Option("--device", help="where the model runs")] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", min=1, help="windows per forward pass")] = None,
     max_wait_ms: Annotated[
         int | None, typer.Option("--max-wait-ms", min=0, help="longest a window waits for its batch")
@@ -68,14 +69,9 @@ def run(
     threads: Annotated[int, typer.Option("--threads", min=0, help=THREADS_HELP)] = 1,
 ) -> None:
     """Run a scoring worker in the consumer group until SIGINT/SIGTERM (then flush and commit)."""
-    from soundwatch.errors import ConfigError
-
     _set_threads(threads)
-
-    if device is not None and device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device {device!r} is not one of auto, cpu, cuda", "pass --device auto|cpu|cuda")
-    settings = _with_overrides(get_settings(), registry, device=device, max_batch=max_batch,
-                               max_wait_ms=max_wait_ms, metrics_port=metrics_port)  # fmt: skip
+    settings = _with_overrides(get_settings(), registry, device=None if device is None else Device(device).value,
+                               max_batch=max_batch, max_wait_ms=max_wait_ms, metrics_port=metrics_port)  # fmt: skip
     from scoring.worker import ScoringWorker
 
     worker = ScoringWorker(settings)
@@ -104,7 +100,7 @@ def bench(
     windows: int = typer.Option(2048, "--windows", min=64, help="windows scored in the batched run"),
     machines: int = typer.Option(64, "--machines", min=1, help="distinct machines the windows come from"),
     max_batch: int | None = typer.Option(None, "--max-batch", min=1, help="micro-batch size (default: settings)"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    device: Device = typer.Option(Device.AUTO, "--device", help="where the model runs"),
     threads: int = typer.Option(1, "--threads", min=0, help=THREADS_HELP),
 ) -> None:
     """Windows/s one scoring worker sustains (decode -> model -> median -> alerts -> points), batched vs single."""
@@ -115,7 +111,7 @@ def bench(
     settings = get_settings()
     result = run_bench(settings, registry=registry, machine_type=machine_type, n_windows=windows,
                        n_machines=machines, max_batch=max_batch or settings.scoring.max_batch,
-                       device=device)  # fmt: skip
+                       device=Device(device).value)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(result))
         return

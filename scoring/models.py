@@ -19,7 +19,8 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from soundwatch.errors import ConfigError
+from soundwatch.errors import ConfigError, ServiceUnavailable
+from soundwatch.names import is_machine_type, is_version
 from soundwatch.params import FeatureParams
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,12 @@ class ModelCache:
         for machine_type, model in list(self._models.items()):
             try:
                 current = self._source.current_version(machine_type)
-            except Exception as exc:
+            except ServiceUnavailable as exc:  # Redis down: retried next time, the loaded model keeps scoring
                 log.debug("cannot read current version of %s: %s", machine_type, exc)
+                continue
+            except Exception as exc:  # e.g. a current-version value that is not a version name: say so, keep scoring
+                log.warning("ignoring the current version of %s: %s; still scoring with %s",
+                            machine_type, exc, model.version)  # fmt: skip
                 continue
             if current and current != model.version and self.reload(machine_type, current):
                 changed.append((machine_type, current))
@@ -182,15 +187,21 @@ def freeze_encoder(model: object, probe_batch: int = 8, tolerance: float = 1e-4)
 
 
 def parse_reload_message(data: bytes | str) -> tuple[str, str | None]:
-    """``{"machine_type": .., "version": ..}`` -> ``(machine_type, version)``; ValueError if malformed."""
+    """``{"machine_type": .., "version": ..}`` -> ``(machine_type, version)``; ValueError if malformed.
+
+    Both must be plain names (:mod:`soundwatch.names`): anyone who can publish on Redis must not be
+    able to point a worker at a path outside the registry.
+    """
     try:
         obj = json.loads(data)
         machine_type = obj["machine_type"]
-    except (ValueError, KeyError, TypeError) as exc:
+        version = obj.get("version")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"reload message {data!r} is not JSON with a machine_type") from exc
-    version = obj.get("version")
-    if not isinstance(machine_type, str) or not (version is None or isinstance(version, str)):
-        raise ValueError(f"reload message {data!r}: machine_type/version must be strings")
+    if not is_machine_type(machine_type):
+        raise ValueError(f"reload message {data!r}: machine_type is not a machine type name")
+    if not (version is None or is_version(version)):
+        raise ValueError(f"reload message {data!r}: version is not a version name (v0001, v0002, ...)")
     return machine_type, version
 
 

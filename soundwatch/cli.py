@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -186,36 +187,55 @@ def services_status(
         raise typer.Exit(int(ExitCode.SERVICE_UNAVAILABLE))
 
 
-def main() -> None:
-    """Console-script entry point: run the app and turn errors into messages and exit codes."""
+# typer >= 0.2x bundles its own copy of click: its usage errors are not click.ClickException
+_CLICK_ERRORS: tuple[type[Exception], ...] = (click.ClickException, *(
+    (typer.TyperException,) if hasattr(typer, "TyperException") else ()))  # fmt: skip
+
+
+def _traceback_if_debug() -> None:
+    """With ``--debug``, the traceback of the exception being handled, on stderr; never a different exit code."""
+    if _state["debug"]:
+        traceback.print_exc(file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app and turn errors into messages and exit codes.
+
+    The exit code depends only on the error (:class:`ExitCode`); ``--debug`` adds the traceback.
+    """
+    _state["debug"] = False
     try:
-        result = app(standalone_mode=False)  # click returns the exit code of ctx.exit()/typer.Exit here
+        # standalone_mode=False: click returns the exit code of ctx.exit()/typer.Exit and raises its errors here
+        result = app(args=argv, prog_name="soundwatch", standalone_mode=False)
         if isinstance(result, int) and result:
             sys.exit(result)
     except SoundwatchError as exc:
-        if _state["debug"]:
-            raise
+        _traceback_if_debug()
         err_console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
         if exc.hint:
             err_console.print(f"  [yellow]hint:[/yellow] {escape(exc.hint)}", highlight=False)
         sys.exit(int(exc.exit_code))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except (typer.Abort, click.Abort):
         err_console.print("aborted")
         sys.exit(int(ExitCode.INTERRUPTED))
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INTERRUPTED))
-    except Exception as exc:  # click usage errors and unexpected bugs
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(int(ExitCode.USAGE))
-        if _state["debug"]:
-            raise
+    except _CLICK_ERRORS as exc:  # a bad command, option or value: usage, "Try '... --help'", exit 2
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"error: {escape(str(exc))}", highlight=False)
+        sys.exit(int(ExitCode.USAGE))
+    except Exception as exc:  # an unexpected bug
+        _traceback_if_debug()
         err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
-        err_console.print("  rerun with --debug for the traceback, and report it if it persists")
+        if not _state["debug"]:
+            err_console.print("  rerun with --debug for the traceback, and report it if it persists")
+        else:
+            err_console.print("  please report it with the traceback above")
         sys.exit(int(ExitCode.ERROR))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +30,7 @@ from soundwatch.redaction import register_secret
 
 CONFIG_ENV = "SOUNDWATCH_CONFIG"
 DEFAULT_CONFIG_FILE = Path("soundwatch.toml")
+MIN_SIGNING_KEY_CHARS = 16
 
 
 class _Section(BaseModel):
@@ -283,7 +284,20 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = ArchiveSettings()
     retrain: RetrainSettings = RetrainSettings()
     registry_root: Path = Path("var/registry")
+    registry_signing_key: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key that signs model artifacts; when set, unsigned or mis-signed artifacts are "
+        "refused. `soundwatch models sign` signs an existing registry (and rotates the key)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("registry_signing_key")
+    @classmethod
+    def _strong_signing_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < MIN_SIGNING_KEY_CHARS:
+            raise ValueError(f"must be at least {MIN_SIGNING_KEY_CHARS} characters; generate one with "
+                             "`python -c 'import secrets; print(secrets.token_hex(32))'`")  # fmt: skip
+        return key
 
     @classmethod
     def settings_customise_sources(

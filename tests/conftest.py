@@ -10,14 +10,22 @@ tests (and several test processes) never see each other's data.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from soundwatch.settings import Settings, load_settings
+from soundwatch.settings import Settings, get_settings, load_settings
+
+# The tests run as production should: with a registry signing key (CI may set its own), so every
+# registry a test opens, in this process or in a worker it starts, signs what it saves and refuses
+# unsigned or mis-signed artifacts. A test about the unsigned case passes signing_key=None.
+os.environ.setdefault("SOUNDWATCH_REGISTRY_SIGNING_KEY", "soundwatch-tests-signing-key-7f3c9a")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_MINI = (REPO_ROOT.parent / "shared" / "data" / "real-mini").resolve()
@@ -29,6 +37,48 @@ def _missing_service(what: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true and {message}", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_settings() -> Iterator[None]:
+    """Each test reads the process settings (``get_settings``) from its own environment, not a cached copy."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@dataclass(frozen=True)
+class CliRun:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_soundwatch(capsys: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., CliRun]]:  # fmt: skip
+    """``run("models", "show", ...)``: the console script's ``main()`` in this process, as a user runs it
+    (exit code, stdout, stderr); logger levels that ``--debug`` changes are restored afterwards."""
+    noisy = ("", "kafka", "aiokafka", "faust", "mode", "urllib3")
+    levels = {name: logging.getLogger(name).level for name in noisy}
+
+    def run(*args: str) -> CliRun:
+        from soundwatch.cli import main
+
+        monkeypatch.setattr(sys, "argv", ["soundwatch", *args])
+        get_settings.cache_clear()  # a fresh process reads its environment
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        out, err = capsys.readouterr()
+        return CliRun(code, out, err)
+
+    yield run
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from soundwatch.choices import Device
 from soundwatch.console import err_console
-from soundwatch.errors import BadInput, ServiceUnavailable
+from soundwatch.errors import ServiceUnavailable
 from soundwatch.settings import get_settings
 from training.datasets import scan_dataset
-from training.device import DEVICE_CHOICES, resolve_device
+from training.device import resolve_device
 from training.methods import METHOD_HELP, METHODS
 from training.registry import ModelRegistry
 from training.train import TrainConfig, train_machine_type
@@ -29,34 +31,31 @@ RegistryOpt = Annotated[
     Path | None, typer.Option("--registry", help="model registry root (default: settings registry_root)")
 ]
 TypeOpt = Annotated[str | None, typer.Option("--machine-type", help="only this machine type (default: all found)")]
+# The choices are the registered methods (training.methods), so --help and the usage error list them.
+Method = Enum("Method", {m: m for m in METHODS}, type=str)  # type: ignore[misc]
+TrainMethod = Enum("TrainMethod", {m: m for m in (*METHODS, "auto")}, type=str)  # type: ignore[misc]
 MethodOpt = Annotated[
-    str,
+    TrainMethod,
     typer.Option("--method", help="; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
                  + "; auto: train the candidates and keep the best on held-out normal data"),
 ]  # fmt: skip
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu or cuda")]
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise BadInput(f"{name} {value!r} is not valid", hint=f"choose one of: {', '.join(choices)}")
+DeviceOpt = Annotated[Device, typer.Option("--device", help="auto (GPU when present), cpu or cuda")]
 
 
 def _registry(root: Path | None) -> ModelRegistry:
-    settings = get_settings()
-    return ModelRegistry(root or settings.registry_root, settings.redis)
+    return ModelRegistry.from_settings(get_settings(), root)
 
 
 def train(
     data: DataOpt,
     registry: RegistryOpt = None,
     machine_type: TypeOpt = None,
-    method: MethodOpt = "clp",
+    method: MethodOpt = TrainMethod("clp"),
     epochs: Annotated[
         int | None,
         typer.Option("--epochs", min=1, help="encoder methods: epochs per stage (default 20); ae: epochs (default 50)"),
     ] = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = Device.AUTO,
     seed: Annotated[int, typer.Option("--seed", help="random seed (training is deterministic on CPU)")] = 0,
     methods: Annotated[
         str | None, typer.Option("--methods", help="with --method auto: comma-separated candidates (default: all)")
@@ -77,12 +76,10 @@ def train(
     `--method auto` trains the candidate methods that fit the time budget and keeps, per type, the
     one that validates best on held-out normal clips (or on --validation clips).
     """
-    if method != "auto":
-        _check_choice("--method", method, METHODS)
-    elif time_budget is None and methods is None:
+    method_name, device_name = TrainMethod(method).value, Device(device).value
+    if method_name == "auto" and time_budget is None and methods is None:
         err_console.print("auto: no --time-budget, so every method is trained (this takes a while)")
-    _check_choice("--device", device, DEVICE_CHOICES)
-    resolve_device(device)
+    resolve_device(device_name)
     reg = _registry(registry)
     settings = get_settings()
     records = scan_dataset(data, machine_type)
@@ -93,9 +90,10 @@ def train(
             err_console.print(f"[yellow]skip {mtype}: no train/normal_* clips[/yellow]")
             continue
         parent = reg.latest_version(mtype)
-        cfg = TrainConfig(method=method, epochs=epochs, seed=seed, device=device, median_k=settings.scoring.median_k)
-        err_console.print(f"training {mtype} ({method}, {len(mine)} clips) ...")
-        if method == "auto":
+        cfg = TrainConfig(method=method_name, epochs=epochs, seed=seed, device=device_name,
+                          median_k=settings.scoring.median_k)  # fmt: skip
+        err_console.print(f"training {mtype} ({method_name}, {len(mine)} clips) ...")
+        if method_name == "auto":
             from training.auto import parse_methods, train_auto
 
             val = scan_dataset(validation, mtype) if validation is not None else []
@@ -138,9 +136,7 @@ def evaluate(
     data: DataOpt,
     registry: RegistryOpt = None,
     machine_type: TypeOpt = None,
-    method: Annotated[
-        str | None, typer.Option("--method", help=f"evaluate the newest model of this method ({'|'.join(METHODS)})")
-    ] = None,
+    method: Annotated[Method | None, typer.Option("--method", help="evaluate the newest model of this method")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
     plots: Annotated[
         Path | None, typer.Option("--plots", help="write ROC curves and score histograms (PNG) here")
@@ -148,7 +144,7 @@ def evaluate(
     results: Annotated[
         Path | None, typer.Option("--results", help="DCASE score/decision CSVs (default: --plots or var/evaluate)")
     ] = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = Device.AUTO,
     compare: Annotated[
         bool, typer.Option("--compare", help="every method's newest model side by side: compare.md/.json/.png")
     ] = False,
@@ -156,23 +152,22 @@ def evaluate(
     """AUC / pAUC (max_fpr 0.1) per machine ID on <type>/test clips, scored exactly like the stream."""
     from training.evaluate import evaluate as run_evaluate
 
-    if method is not None:
-        _check_choice("--method", method, METHODS)
-    _check_choice("--device", device, DEVICE_CHOICES)
+    method_name = None if method is None else Method(method).value
+    device_name = Device(device).value
     t0 = time.perf_counter()
     if compare:
         from training.compare import compare as run_compare
         from training.compare import markdown
 
         out_dir = results or plots or Path("var/evaluate")
-        table = run_compare(data, _registry(registry), machine_type=machine_type, out_dir=out_dir, device=device)
+        table = run_compare(data, _registry(registry), machine_type=machine_type, out_dir=out_dir, device=device_name)
         table["seconds"] = round(time.perf_counter() - t0, 2)
         typer.echo(json.dumps(table) if as_json else markdown(table))
         err_console.print(f"comparison written to {out_dir}/compare.md, compare.json, compare.png")
         return
     report = run_evaluate(
-        data, _registry(registry), machine_type=machine_type, method=method,
-        results_dir=results or plots or Path("var/evaluate"), plots_dir=plots, device=device,
+        data, _registry(registry), machine_type=machine_type, method=method_name,
+        results_dir=results or plots or Path("var/evaluate"), plots_dir=plots, device=device_name,
     )  # fmt: skip
     report["seconds"] = round(time.perf_counter() - t0, 2)
     for item in report["skipped"]:

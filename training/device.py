@@ -13,9 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from soundwatch.choices import DEVICE_CHOICES
 from soundwatch.errors import ConfigError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

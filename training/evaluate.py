@@ -85,6 +85,14 @@ def score_window_set(model: LoadedModel, ws: WindowSet) -> list[ClipResult]:
     return out
 
 
+def _unreadable_listing(skipped: Sequence[tuple[str, str]], limit: int = 20) -> str:
+    """``path: reason`` lines for an error message (the first ``limit``, then how many more)."""
+    lines = [f"  {path}: {reason}" for path, reason in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more")
+    return "\n".join(lines)
+
+
 def by_machine(results: Sequence[ClipResult]) -> dict[str, list[ClipResult]]:
     """Clip results grouped by machine ID (metrics are per machine, as in the DCASE evaluator)."""
     out: dict[str, list[ClipResult]] = {}
@@ -113,7 +121,11 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score every labelled test clip and return the report (see module docstring)."""
+    """Score every labelled test clip and return the report (see module docstring).
+
+    Unreadable clips are skipped and listed in ``skipped``; a machine type none of whose test clips
+    can be read raises BadInput with the files and reasons (a report without it would look complete).
+    """
     records = [r for r in scan_dataset(data, machine_type) if r.split == "test"]
     if not records:
         raise BadInput(f"no test clips under {data}", hint="expected <type>/test/{normal,anomaly}_*.wav")
@@ -127,6 +139,9 @@ def evaluate(
         models[mtype] = {"version": model.version, "method": model.method, "score": model.score_kind}
         results, bad = score_clips(model, [r for r in records if r.machine_type == mtype], progress)
         skipped += bad
+        if not results:
+            raise BadInput(f"no test clip of {mtype!r} under {data} could be read:\n" + _unreadable_listing(bad),
+                           hint="fix or remove these files, or leave the type out with --machine-type")  # fmt: skip
         by_id = by_machine(results)
         aucs, paucs = [], []
         for mid in sorted(by_id):

@@ -1,7 +1,7 @@
 """Operator commands for the learning loop; the lead registers them on the root CLI:
 
 * ``normal_app``  -> ``soundwatch normal confirm|list|revoke|audit`` (confirmed-normal intervals)
-* ``models_app``  -> ``soundwatch models list|show|promote|rollback`` (the registry, current version)
+* ``models_app``  -> ``soundwatch models list|show|promote|rollback|sign`` (the registry, current version)
 * ``retrain``     -> ``soundwatch retrain [--machine-type T] (--once | --schedule CRON)``
 * ``archive_app`` -> ``soundwatch archive run`` (the audio archive consumer)
 
@@ -19,16 +19,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
+from soundwatch.choices import Device
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput, ConfigError
-from soundwatch.settings import ArchiveSettings, Settings, get_settings
+from soundwatch.settings import MIN_SIGNING_KEY_CHARS, ArchiveSettings, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 normal_app = typer.Typer(help="Confirm audio ranges as normal (retraining learns from them), list, revoke.",
                          no_args_is_help=True, add_completion=False)  # fmt: skip
-models_app = typer.Typer(help="Model versions: list, show, promote, roll back.", no_args_is_help=True,
+models_app = typer.Typer(help="Model versions: list, show, promote, roll back, sign.", no_args_is_help=True,
                          add_completion=False)  # fmt: skip
 archive_app = typer.Typer(help="The raw-audio archive that retraining reads.", no_args_is_help=True,
                           add_completion=False)  # fmt: skip
@@ -53,7 +55,7 @@ def _archive_config(root: Path | None, **extra: Any) -> ArchiveSettings:
 def _registry(settings: Settings):  # -> ModelRegistry
     from training.registry import ModelRegistry
 
-    return ModelRegistry(settings.registry_root, settings.redis)
+    return ModelRegistry.from_settings(settings)
 
 
 def _resolve_machine(machine: str, machine_type: str | None, settings: Settings, archive_root: Path | None
@@ -75,8 +77,14 @@ def _resolve_machine(machine: str, machine_type: str | None, settings: Settings,
         finally:
             reader.close()
     reg = _registry(settings)
+    from training.registry import ArtifactError
+
     for mtype in reg.machine_types():
-        meta = _metadata(reg, mtype, reg.latest_version(mtype))
+        try:
+            meta = _metadata(reg, mtype, reg.latest_version(mtype))
+        except ArtifactError as exc:  # a broken model must not hide the archive's answer
+            log.warning("%s", exc.message)
+            continue
         if machine in meta.get("machine_ids", []):
             candidates.add((mtype, machine))
     if len(candidates) == 1:
@@ -188,13 +196,8 @@ def normal_audit(
 
 # ---------------------------------------------------------------------------- models
 def _metadata(registry, machine_type: str, version: str | None) -> dict[str, Any]:  # noqa: ANN001
-    if version is None:
-        return {}
-    path = Path(registry.root) / machine_type / version / "metadata.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BadInput(f"cannot read {path}: {exc}", "the artifact is damaged; retrain or restore it") from exc
+    """A version's verified metadata ({} for None); ArtifactError when it fails a check."""
+    return {} if version is None else registry.metadata(machine_type, version)
 
 
 def _current_or_none(registry, machine_type: str) -> str | None:  # noqa: ANN001
@@ -220,17 +223,27 @@ def models_list(
     registry: RegistryRoot = None,
     as_json: AsJson = False,
 ) -> None:
-    """Every version per machine type: current marker, parent, gate result, creation time."""
+    """Every version per machine type: current marker, parent, gate result, creation time.
+
+    Each version is verified (checksums, and the signature when a signing key is set); one that fails
+    is listed with the reason (`problem`), never loaded.
+    """
+    from training.registry import ArtifactError
+
     reg = _registry(_settings(registry))
     rows = []
     for mtype in [machine_type] if machine_type else reg.machine_types():
         current = _current_or_none(reg, mtype)
         for v in reg.versions(mtype):
-            meta = _metadata(reg, mtype, v)
+            try:
+                meta, problem = _metadata(reg, mtype, v), None
+            except ArtifactError as exc:
+                meta, problem = {}, exc.message
             rows.append({"machine_type": mtype, "version": v, "current": v == current,
                          "parent": meta.get("parent_version"), "method": meta.get("method"),
                          "created_at": meta.get("created_at"), "gate": _gate_text(meta),
-                         "data_cutoff": meta.get("data_summary", {}).get("data_cutoff")})  # fmt: skip
+                         "data_cutoff": meta.get("data_summary", {}).get("data_cutoff"),
+                         "verified": problem is None, "problem": problem})  # fmt: skip
     if as_json:
         typer.echo(json.dumps(rows))
         return
@@ -238,6 +251,9 @@ def models_list(
         err_console.print(f"no models under {reg.root}")
     for r in rows:
         mark = "*" if r["current"] else " "
+        if r["problem"]:
+            typer.echo(f"{mark} {r['machine_type']:<14} {r['version']:<7} REFUSED: {r['problem']}")
+            continue
         parent = r["parent"] or "-"
         typer.echo(f"{mark} {r['machine_type']:<14} {r['version']:<7} {r['method'] or '':<4} parent={parent:<7} "
                    f"gate={r['gate']:<8} created={r['created_at']}  cutoff={r['data_cutoff']}")  # fmt: skip
@@ -249,15 +265,12 @@ def models_show(
     version: Annotated[str | None, typer.Argument(help="version (default: current)")] = None,
     registry: RegistryRoot = None,
 ) -> None:
-    """Print a version's metadata (JSON): thresholds, data summary, metrics, gate decision and reasons."""
+    """Print a version's verified metadata (JSON): thresholds, data summary, metrics, gate decision and reasons."""
     reg = _registry(_settings(registry))
-    version = version or reg.resolve_version(machine_type)
+    version = reg.resolve_version(machine_type, version)
     meta = _metadata(reg, machine_type, version)
-    if not meta:
-        raise BadInput(
-            f"{machine_type} has no version {version!r}", f"versions: {', '.join(reg.versions(machine_type))}"
-        )
-    meta = {**meta, "current": _current_or_none(reg, machine_type) == version}
+    verified_by = f"signature (key id {reg.signer.key_id})" if reg.signer else "checksums (no signing key configured)"
+    meta = {**meta, "current": _current_or_none(reg, machine_type) == version, "verified_by": verified_by}
     typer.echo(json.dumps(meta, indent=2, default=str))
 
 
@@ -270,10 +283,7 @@ def models_promote(
 ) -> None:
     """Make a version current (Redis + reload message to the scoring workers)."""
     reg = _registry(_settings(registry))
-    meta = _metadata(reg, machine_type, version) if version in reg.versions(machine_type) else {}
-    if not meta:
-        raise BadInput(f"{machine_type} has no version {version!r}",
-                       f"versions: {', '.join(reg.versions(machine_type)) or 'none'}")  # fmt: skip
+    meta = _metadata(reg, machine_type, version)
     gate = meta.get("metrics", {}).get("gate")
     if gate and not gate.get("passed") and not force:
         raise BadInput(f"{machine_type} {version} was refused by the promotion gate: " + "; ".join(gate["reasons"]),
@@ -297,12 +307,64 @@ def models_rollback(
     if not target:
         raise BadInput(f"{machine_type} {current} has no parent version to roll back to",
                        "name one with --to VERSION (see `soundwatch models list`)")  # fmt: skip
-    if target not in reg.versions(machine_type):
-        raise BadInput(
-            f"{machine_type} has no version {target!r}", f"versions: {', '.join(reg.versions(machine_type))}"
-        )
-    reg.set_current(machine_type, target)
+    reg.set_current(machine_type, target)  # checks the name and verifies the artifact first
     err_console.print(f"{machine_type}: rolled back {current} -> {target}; scoring workers reload it")
+
+
+def _read_key_file(path: Path) -> str:
+    key = path.read_text().strip()
+    if len(key) < MIN_SIGNING_KEY_CHARS:
+        raise BadInput(f"{path} holds no key of at least {MIN_SIGNING_KEY_CHARS} characters",
+                       "put the previous registry_signing_key in the file, on one line")  # fmt: skip
+    return key
+
+
+@models_app.command("sign")
+def models_sign(
+    machine_type: Annotated[str | None, typer.Option("--machine-type", help="only this type")] = None,
+    previous_key_file: Annotated[
+        Path | None,
+        typer.Option("--previous-key-file", exists=True, dir_okay=False,
+                     help="key rotation: a file holding the key the registry is signed with now; its signatures "
+                     "are verified before the new key's are added"),
+    ] = None,  # fmt: skip
+    registry: RegistryRoot = None,
+    as_json: AsJson = False,
+) -> None:
+    """Sign every version with registry_signing_key after verifying it; refuse tampered ones (exit 6).
+
+    Migration (the registry was saved without a key): an unsigned version is signed when its checksums
+    verify. Key rotation: run with the NEW key and --previous-key-file OLD; a version signed with the
+    old key is verified with it, then the new signature is added (the old one stays, so workers that
+    still hold the old key keep loading); then give every worker and the retrain job the new key.
+    """
+    from training.registry import ArtifactSigner
+
+    settings = _settings(registry)
+    if settings.registry_signing_key is None:
+        raise ConfigError("no registry signing key is configured, so there is nothing to sign with",
+                          "set SOUNDWATCH_REGISTRY_SIGNING_KEY (generate one with `python -c 'import secrets; "
+                          "print(secrets.token_hex(32))'`) and give the same key to every worker")  # fmt: skip
+    previous = [ArtifactSigner(_read_key_file(previous_key_file))] if previous_key_file else []
+    reg = _registry(settings)
+    rows = reg.sign_all(machine_type, previous)
+    if as_json:
+        typer.echo(json.dumps([{"machine_type": t, "version": v, "outcome": o, "problem": e.message if e else None}
+                               for t, v, o, e in rows]))  # fmt: skip
+    else:
+        for t, v, outcome, exc in rows:
+            colour = "red" if exc else "green"
+            detail = f": {exc.message}" if exc else ""
+            err_console.print(f"[{colour}]{t} {v}: {outcome}[/{colour}]{escape(detail)}", highlight=False)
+    counts = {o: sum(1 for r in rows if r[2] == o) for o in ("signed", "re-signed", "already signed", "refused")}
+    err_console.print(f"{reg.root}: " + ", ".join(f"{n} {o}" for o, n in counts.items())
+                      + f" (key id {reg.signer.key_id})")  # fmt: skip
+    refused = [(t, v, e) for t, v, _, e in rows if e is not None]
+    if refused:
+        raise BadInput(f"{len(refused)} version(s) not signed with this key (workers with it refuse them): "
+                       + ", ".join(f"{t} {v}" for t, v, _ in refused),
+                       "signed with another key: pass that key with --previous-key-file; failed a check "
+                       "(see above): retrain, or restore the version from backup")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- retrain
@@ -335,7 +397,7 @@ def retrain(
     min_seconds: Annotated[
         float | None, typer.Option("--min-seconds", min=0, help="least new confirmed audio for a round")
     ] = None,  # fmt: skip
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
+    device: Annotated[Device | None, typer.Option("--device", help="where to fine-tune")] = None,
     far_tolerance: Annotated[
         float | None,
         typer.Option(
@@ -365,15 +427,14 @@ def retrain(
 
     if once == (schedule is not None):
         raise ConfigError("pass exactly one of --once or --schedule CRON", "e.g. `soundwatch retrain --once`")
-    if device is not None and device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device {device!r} is not one of auto, cpu, cuda", "pass --device auto|cpu|cuda")
     from training.retrain import ENCODER_MODES
 
     if encoder_update is not None and encoder_update not in ENCODER_MODES:
         raise ConfigError(f"--encoder-update {encoder_update!r} is not one of {', '.join(ENCODER_MODES)}",
                           "pass --encoder-update bank|head|full")  # fmt: skip
     settings = _settings(registry)
-    given = {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds, "device": device,
+    given = {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds,
+             "device": None if device is None else Device(device).value,
              "encoder_update": encoder_update}  # fmt: skip
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     base = settings.retrain

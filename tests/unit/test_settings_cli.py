@@ -56,7 +56,8 @@ def test_config_show_masks_secrets(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     secrets = {"SOUNDWATCH_KAFKA__SASL_PASSWORD": "kafka-s3cret", "SOUNDWATCH_INFLUX__TOKEN": "influx-s3cret",
                "SOUNDWATCH_REDIS__PASSWORD": "redis-s3cret", "SOUNDWATCH_GRAFANA__TOKEN": "grafana-s3cret",
-               "SOUNDWATCH_INFLUX__PASSWORD": "influxpw-s3cret"}  # fmt: skip
+               "SOUNDWATCH_INFLUX__PASSWORD": "influxpw-s3cret",
+               "SOUNDWATCH_REGISTRY_SIGNING_KEY": "registry-signing-s3cret"}  # fmt: skip
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
     for args in (["config", "show"], ["config", "show", "--json"]):
@@ -67,6 +68,7 @@ def test_config_show_masks_secrets(monkeypatch, tmp_path):
         assert "**********" in result.output
     data = json.loads(runner.invoke(app, ["config", "show", "--json"]).output)
     assert data["kafka"]["sasl_password"] == "**********"
+    assert data["registry_signing_key"] == "**********"
     assert data["features"]["n_mels"] == 128
 
 
@@ -144,3 +146,12 @@ def test_staleness_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("SOUNDWATCH_SCORING__STALE_AFTER_S", "0")
     with pytest.raises(ConfigError, match="scoring.stale_after_s"):
         load_settings()
+
+
+def test_a_short_registry_signing_key_is_a_settings_error(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOUNDWATCH_REGISTRY_SIGNING_KEY", "short-key")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "SOUNDWATCH_REGISTRY_SIGNING_KEY" in info.value.message and "at least 16 characters" in info.value.message
+    assert "short-key" not in str(info.value)
