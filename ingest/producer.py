@@ -1,7 +1,8 @@
 """From audio blocks to ``audio.raw`` records: chunk building, and the shipper that never loses a chunk.
 
 :class:`ChunkBuilder` turns a source block into an :class:`~soundwatch.contracts.AudioChunk`
-(PCM16, per-machine sequence number from a durable :class:`~ingest.sequences.SequenceStore`).
+(PCM16, per-machine sequence number and the run's epoch from a durable
+:class:`~ingest.sequences.SequenceStore`).
 
 :class:`Shipper` owns the spool (the write-ahead log) and the kafka-python producer. The
 gateway loop appends encoded chunks with :meth:`Shipper.submit`; a background thread sends
@@ -80,6 +81,7 @@ class ChunkBuilder:
             start_ns=int(block.start_ns),
             samples=quantize_pcm16(block.samples),
             origin_ns=time.time_ns() if origin_ns is None else origin_ns,
+            epoch=self.sequences.epoch,
         )
 
 
@@ -184,6 +186,7 @@ class Shipper:
         self._probe_backoff = probe_interval_s
         self._fresh_producer_needed = True
         self._outage_started: float | None = time.monotonic()
+        self._last_ack_at: float | None = None  # when the broker last acknowledged a chunk
         self._outages = 0
         self._had_success = False
         self._warned_unreachable = False
@@ -335,6 +338,7 @@ class Shipper:
                 else:
                     self.spool.nack(position)
             if err is None:
+                self._last_ack_at = time.monotonic()
                 self._sent_chunks += 1
                 self._sent_bytes += size
                 if not self._online and self.spool.in_flight == 0:
@@ -350,7 +354,9 @@ class Shipper:
         if self._online:
             self._online = False
             self._outages += 1
-            self._outage_started = time.monotonic()
+            # The outage began before this failure surfaced (a send fails only after its request or
+            # delivery timeout, 5-10 s): it is measured from the last acknowledgement instead.
+            self._outage_started = self._last_ack_at if self._last_ack_at is not None else time.monotonic()
             self._probe_backoff = self.probe_interval_s
             self._probe_at = time.monotonic() + self.probe_interval_s
             log.warning(
@@ -367,7 +373,8 @@ class Shipper:
         with self._lock:
             backlog = self.spool.pending_chunks
         if self._had_success:
-            log.warning("Kafka is reachable again after %.1f s; sending %d spooled chunks in order", took, backlog)
+            log.warning("Kafka is reachable again: outage of %.1f s (no chunk acknowledged in that time); sending %d "
+                        "spooled chunks in order", took, backlog)  # fmt: skip
         elif backlog > 1:
             log.info("connected to Kafka; sending %d spooled chunks in order", backlog)
         self._had_success = True
