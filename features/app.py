@@ -49,6 +49,7 @@ or a partition moved to another worker, must give no missing and no duplicate wi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -76,6 +77,19 @@ _REWIND_GRACE_S = 10.0  # after seeking back, how long records past the expected
 def _offset_key(topic: str, partition: int) -> bytes:
     """Table key of an input partition's next offset (``\\x00`` cannot start a machine key)."""
     return f"\x00next-offset/{topic}/{partition}".encode()
+
+
+def fingerprint(value: bytes | None) -> str:
+    """A short hash of a record's value: tells whether an offset still holds the record processed there."""
+    return hashlib.blake2b(value or b"", digest_size=8).hexdigest()
+
+
+def _position(raw: bytes | None) -> tuple[int | None, str | None]:
+    """(next offset, fingerprint of the record before it) from a stored ``b"<offset>[:<fingerprint>]"``."""
+    if raw is None:
+        return None, None
+    offset, _, fp = raw.decode().partition(":")
+    return int(offset), fp or None
 
 
 @dataclass
@@ -110,7 +124,8 @@ class WindowingProcessor:
     def __init__(self, settings: Settings, table: Any, features_topic: Any, deadletter_topic: Any, *,
                  seek: Callable[[str, int, int], Awaitable[None]],
                  earliest: Callable[[str, int], Awaitable[int]],
-                 end: Callable[[str, int], Awaitable[int | None]]) -> None:  # fmt: skip
+                 end: Callable[[str, int], Awaitable[int | None]],
+                 value_at: Callable[[str, int, int], Awaitable[bytes | None]]) -> None:  # fmt: skip
         self.settings = settings
         self.params = settings.features
         self.table = table
@@ -119,9 +134,10 @@ class WindowingProcessor:
         self._seek = seek  # move the input consumer of (topic, partition) to an offset
         self._earliest = earliest  # first offset still held by (topic, partition)
         self._end = end  # the broker's end offset of (topic, partition) now (None: unknown)
+        self._value_at = value_at  # the value the broker holds at (topic, partition, offset) (None: no such record)
         self._rewinds: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) -> (offset, when)
         self._replaced: dict[tuple[str, int], str] = {}  # partitions found recreated, not yet resynchronised: why
-        self._end_checked: dict[tuple[str, int], float] = {}  # when a replay's end offset was last asked for
+        self._same_log: dict[tuple[str, int], int] = {}  # next offset at which the log was last verified unchanged
         self._last_seen: dict[tuple[str, int], float] = {}  # (topic, partition) -> monotonic time of last record
         self.stats = StreamStats()
         self._scanned: set[int] = set()  # input partitions whose output tail has been read since assignment
@@ -168,6 +184,11 @@ class WindowingProcessor:
                 raise ContractError(Reason.INVALID_FIELD, f"record key {message.key!r} is not the chunk's machine "
                                     f"key {key!r}; per-machine order needs that key")  # fmt: skip
             windower = self._load(key)
+            if windower.discontinuous(chunk):  # a gap or takeover: or records of a new log passed unseen?
+                why = await self._log_replaced((message.topic, message.partition), message.offset)
+                if why is not None:
+                    await self._resynchronise((message.topic, message.partition), why, seek=True)
+                    return  # this record is read again, after the ones the consumer skipped
             result = windower.push(chunk)
         except ContractError as exc:
             if exc.reason is Reason.CONFLICTING_GATEWAY:
@@ -251,9 +272,8 @@ class WindowingProcessor:
         """Called every 2 s: find recreated partitions, and seek back idle ones whose records the consumer dropped.
 
         A partition whose high-water mark (as the last fetch saw it) is *below* the stored next offset
-        holds a new log: it is marked for resynchronisation (:meth:`_resynchronise`, done by the agent
-        with the next record, because only the agent may write the table) and the consumer sent to
-        its first offset. This catches a recreated topic before new records could pass the old offset.
+        holds a new log: it is marked for resynchronisation (done by the agent with the next record,
+        because only the agent may write the table) and the consumer sent to its first offset.
 
         :meth:`_next_in_partition` repairs a skip when a *later* record arrives. When Faust dropped the
         last records of a partition (fetched during recovery right after a restart) nothing later may
@@ -263,32 +283,31 @@ class WindowingProcessor:
         now = time.monotonic()
         for partition in partitions:
             tp = (topic, partition)
-            raw = self.table.get(_offset_key(*tp))
+            stored, _ = _position(self.table.get(_offset_key(*tp)))
             high = highwater(partition)
-            if raw is None or high is None:
+            if stored is None or high is None or tp in self._replaced:
                 continue
-            if int(high) < int(raw) and tp not in self._replaced:
-                self._replaced[tp] = f"its high-water mark {int(high)} is below the stored next offset {int(raw)}"
+            if int(high) < stored:
+                self._replaced[tp] = f"its high-water mark {int(high)} is below the stored next offset {stored}"
                 start = await self._earliest(*tp)
-                log.warning("%s[%d]: %s: the log was recreated or truncated; seeking to its start %d", *tp,
-                            self._replaced[tp], start)  # fmt: skip
+                log.warning("%s[%d]: %s; seeking to the log's start %d", *tp, self._replaced[tp], start)
                 await self._seek(*tp, start)
                 continue
-            if int(high) <= int(raw) or tp in self._replaced:
+            if int(high) <= stored:
                 continue
             if now - self._last_seen.setdefault(tp, now) < idle_s:  # first sight: give it ``idle_s``
                 continue
             log.warning("%s[%d]: records %d..%d wait but none arrived for %.0f s; seeking back to %d",
-                        topic, partition, int(raw), int(high) - 1, idle_s, int(raw))  # fmt: skip
+                        topic, partition, stored, int(high) - 1, idle_s, stored)  # fmt: skip
             self._last_seen[tp] = now
-            await self._seek(topic, partition, int(raw))
+            await self._seek(topic, partition, stored)
 
     async def _next_in_partition(self, message: Any) -> bool:
         """True when ``message`` is the next unprocessed record of its partition.
 
         The table keeps each input partition's next offset (changelogged like the machine states).
         Earlier offsets are replays after a restart: skipped — unless the partition holds a new log
-        (:meth:`_replacement`), which is then resynchronised. A later offset means the consumer skipped
+        (:meth:`_log_replaced`), which is then resynchronised. A later offset means the consumer skipped
         records — Faust drops records it fetched while a partition was paused for recovery and, where
         no offset was committed yet, does not seek back — so the consumer is sent back to the expected
         offset and records are ignored until it arrives. If it never does (records deleted by retention,
@@ -296,13 +315,13 @@ class WindowingProcessor:
         """
         tp = (message.topic, message.partition)
         self._last_seen[tp] = time.monotonic()
-        raw = self.table.get(_offset_key(*tp))
-        expected = int(raw) if raw is not None else await self._earliest(*tp)
+        stored, _ = _position(self.table.get(_offset_key(*tp)))
+        expected = stored if stored is not None else await self._earliest(*tp)
         why = self._replaced.pop(tp, None)
         if why is None and message.offset < expected:
-            why = await self._replacement(message, expected)
+            why = self._unseen(message) or await self._log_replaced(tp, expected)
         if why is not None:
-            expected = await self._resynchronise(tp, expected, why)
+            expected = await self._resynchronise(tp, why)
         if message.offset == expected:
             self._rewinds.pop(tp, None)
             return True
@@ -324,45 +343,55 @@ class WindowingProcessor:
         self._rewinds.pop(tp, None)
         return True
 
-    async def _replacement(self, message: Any, expected: int) -> str | None:
-        """Why the record at ``message.offset`` < ``expected`` belongs to a *new* log (None: a true replay).
-
-        A broker that lost its data, or a topic deleted and created again, restarts the partition's
-        offsets while the table still holds the old log's next offset; without this check every new
-        record below it would be dropped as a replay. Two signs, either one enough:
-
-        * the broker's end offset of the partition is below ``expected`` (a log never shrinks), asked
-          at most every 2 s per partition;
-        * the record is a chunk its machine's producer numbered past the last chunk processed
-          (:meth:`StreamWindower.unseen`): a replayed record was processed already, so it cannot be.
-        """
-        tp = (message.topic, message.partition)
-        now = time.monotonic()
-        if now - self._end_checked.get(tp, 0.0) >= 2.0:
-            self._end_checked[tp] = now
-            try:
-                end = await self._end(*tp)
-            except Exception as exc:  # no answer now: the content check below and the next record still decide
-                log.debug("%s[%d]: end offset unavailable: %s", *tp, exc)
-                end = None
-            if end is not None and end < expected:
-                return f"its end offset {end} is below the stored next offset {expected}"
+    # -------------------------------------------------------------- a recreated or truncated log
+    def _unseen(self, message: Any) -> str | None:
+        """Why a record below the next offset cannot be a replay: it holds a chunk its producer numbered past
+        the last one processed (a replayed record was processed already). None: it may be a replay."""
         try:
             chunk = AudioChunk.decode(message.value)
-            state = self.table.get(machine_key(chunk.machine_type, chunk.machine_id))
-            if not state or message.key != machine_key(chunk.machine_type, chunk.machine_id):
+            key = machine_key(chunk.machine_type, chunk.machine_id)
+            state = self.table.get(key)
+            if not state or message.key != key:
                 return None
             owner = StreamWindower(self.params, chunk.machine_type, chunk.machine_id)
             owner.take_producer(peek_state(state))
         except (ContractError, KeyError, ValueError, TypeError):  # a bad record or state proves nothing here
             return None
-        if owner.unseen(chunk):
-            return (f"record {message.offset} holds {chunk.machine_type}/{chunk.machine_id} chunk {chunk.sequence}, "
-                    f"newer than the last one processed ({owner.last_sequence}), so it is no replay")  # fmt: skip
+        if not owner.unseen(chunk):
+            return None
+        return (f"record {message.offset} holds {chunk.machine_type}/{chunk.machine_id} chunk {chunk.sequence}, "
+                f"newer than the last one processed ({owner.last_sequence}), so it is no replay")  # fmt: skip
+
+    async def _log_replaced(self, tp: tuple[str, int], expected: int) -> str | None:
+        """Why ``tp`` holds another log than the one processed up to ``expected`` (None: the same, or unknown).
+
+        A broker that lost its data, or a topic deleted and created again, restarts the partition's
+        offsets while the table still holds the old log's position. Two checks, either one enough:
+        the broker's end offset is below ``expected`` (a log never shrinks), or the record now at
+        ``expected - 1`` is not the one processed there (its fingerprint, stored with the offset).
+        The second also catches a new log that already grew past the old position before this
+        worker fetched again — then the consumer silently *skipped* the new records below it. A
+        verified position is remembered, so a burst of replays asks the broker once.
+        """
+        if self._same_log.get(tp) == expected or expected <= 0:
+            return None
+        _, stored_fp = _position(self.table.get(_offset_key(*tp)))
+        try:
+            end = await self._end(*tp)
+            if end is not None and end < expected:
+                return f"its end offset {end} is below the stored next offset {expected}"
+            held = await self._value_at(*tp, expected - 1) if stored_fp else None
+        except Exception as exc:  # no answer now: treated as unknown; the next record asks again
+            log.warning("%s[%d]: cannot check whether the log was replaced (%s)", *tp, exc)
+            return None
+        if held is not None and fingerprint(held) != stored_fp:
+            return f"offset {expected - 1} no longer holds the record processed there"
+        if held is not None or end is not None:
+            self._same_log[tp] = expected
         return None
 
-    async def _resynchronise(self, tp: tuple[str, int], expected: int, why: str) -> int:
-        """Forget the old log's next offset: the partition restarts at its first offset, which is returned."""
+    async def _resynchronise(self, tp: tuple[str, int], why: str, *, seek: bool = False) -> int:
+        """Forget the old log's position: the partition restarts at its first offset, which is returned."""
         start = await self._earliest(*tp)
         self.stats.topic_resyncs += 1
         log.warning("%s[%d]: the topic was recreated or truncated (%s). Resynchronising at offset %d: every record "
@@ -370,11 +399,16 @@ class WindowingProcessor:
                     "they are counted in chunks_skipped when their machines' next chunks arrive. After a broker "
                     "lost its data see 'Reliability' in the README.", *tp, why, start)  # fmt: skip
         self.table[_offset_key(*tp)] = str(start).encode()
+        self._same_log.pop(tp, None)
         self._rewinds.pop(tp, None)
+        if seek:
+            self._rewinds[tp] = (start, time.monotonic())  # records fetched before the seek are ignored quietly
+            await self._seek(*tp, start)
         return start
 
     def _done(self, message: Any) -> None:
-        self.table[_offset_key(message.topic, message.partition)] = str(message.offset + 1).encode()
+        position = f"{message.offset + 1}:{fingerprint(message.value)}"
+        self.table[_offset_key(message.topic, message.partition)] = position.encode()
 
     def _load(self, key: bytes) -> StreamWindower:
         data = self.table.get(key)
@@ -464,6 +498,35 @@ async def read_emitted_tail(settings: Settings, topic: str, input_partition: int
                     k = machine_key(w.machine_type, w.machine_id)
                     newest[k] = max(newest.get(k, (-1, -1)), (w.segment, w.start_frame))
         return n_out, newest
+    finally:
+        await consumer.stop()
+
+
+async def read_value_at(settings: Settings, topic: str, partition: int, offset: int,
+                        timeout_s: float = 10.0) -> bytes | None:  # fmt: skip
+    """The value of the record at ``offset`` of a partition, or None when the log does not hold that offset
+    (aiokafka, on Faust's loop). Raises on a broker that does not answer."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **_aiokafka_kwargs(settings.kafka))
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        if not begin <= offset < end:
+            return None
+        consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                for rec in records:
+                    if rec.offset == offset:
+                        return rec.value or b""
+                    if rec.offset > offset:
+                        return None  # a gap in the log (compaction, transaction markers)
+        raise TimeoutError(f"{topic}[{partition}]@{offset} not read within {timeout_s:.0f} s")
     finally:
         await consumer.stop()
 
@@ -564,8 +627,11 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
         value = (await app.consumer.highwaters(tp)).get(tp)
         return None if value is None else int(value)
 
+    async def value_at(topic: str, partition: int, offset: int) -> bytes | None:
+        return await read_value_at(settings, topic, partition, offset)
+
     processor = WindowingProcessor(settings, table, features_topic, deadletter_topic, seek=seek, earliest=earliest,
-                                   end=end)  # fmt: skip
+                                   end=end, value_at=value_at)  # fmt: skip
     app.windowing = processor  # type: ignore[attr-defined]  # for tests and the stats timer
 
     @app.agent(audio_topic, name="windows")

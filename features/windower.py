@@ -70,6 +70,16 @@ _STATE_HEAD = struct.Struct(">3sBI")  # magic, version, header length
 CLAIM_TIMEOUT_S = 10.0
 
 
+class _Verdict(Enum):
+    FIRST = "first"  # the machine's first chunk
+    CONTINUE = "continue"  # the owner's next chunk
+    DUPLICATE = "duplicate"
+    GAP = "gap"
+    HANDOVER = "handover"  # a newer run of the owner's gateway, continuing its numbers
+    TAKEOVER = "takeover"  # a newer producer (or an older one after the owner went silent): new segment
+    CONFLICT = "conflict"  # an older producer while the owner is live
+
+
 class EventKind(str, Enum):
     GAP = "gap"  # sequence jumped forward: state reset, new segment
     DUPLICATE = "duplicate"  # sequence not newer than the last one: chunk ignored
@@ -154,6 +164,29 @@ class StreamWindower:
     def _same_producer(self, chunk: AudioChunk) -> bool:
         return chunk.epoch == self.epoch and (chunk.epoch == 0 or chunk.gateway_id == self.gateway_id)
 
+    def _verdict(self, chunk: AudioChunk) -> _Verdict:
+        """What ``chunk`` means for this machine's stream (the rules of the module docstring)."""
+        if not self.started:
+            return _Verdict.FIRST
+        expected = self.last_sequence + 1
+        if self._same_producer(chunk):
+            if chunk.sequence < expected:
+                return _Verdict.DUPLICATE
+            return _Verdict.GAP if chunk.sequence > expected else _Verdict.CONTINUE
+        newer = (chunk.epoch, chunk.gateway_id) > (self.epoch, self.gateway_id)
+        if not newer and chunk.origin_ns - self.owner_origin_ns <= self.claim_timeout_ns:
+            return _Verdict.CONFLICT
+        if newer and chunk.gateway_id == self.gateway_id and chunk.sequence == expected:
+            return _Verdict.HANDOVER  # a clean restart of the same gateway: the stream goes on
+        return _Verdict.TAKEOVER
+
+    def discontinuous(self, chunk: AudioChunk) -> bool:
+        """True when pushing ``chunk`` would end the current segment: a sequence gap or a takeover.
+
+        The app then makes sure no records of a replaced log were skipped before the gap.
+        """
+        return self._verdict(chunk) in (_Verdict.GAP, _Verdict.TAKEOVER)
+
     def unseen(self, chunk: AudioChunk) -> bool:
         """True when ``chunk`` cannot have been pushed before: the owner's, numbered past its last chunk.
 
@@ -185,38 +218,32 @@ class StreamWindower:
             )
         result = PushResult()
         expected = self.last_sequence + 1
+        verdict = self._verdict(chunk)
         producer = f"{chunk.gateway_id}@{chunk.epoch}"
 
         def event(kind: EventKind, previous: str = "", new_segment: bool = False) -> StreamEvent:
             return StreamEvent(kind, chunk.machine_type, chunk.machine_id, chunk.sequence, expected, self.segment,
                                producer, previous, new_segment)  # fmt: skip
 
-        same = self.started and self._same_producer(chunk)
-        if same:
-            if chunk.sequence < expected:
-                result.events.append(event(EventKind.DUPLICATE))
-                return result
-            if chunk.sequence > expected:
-                self.segment += 1
-                self._reset_segment()
-                result.events.append(event(EventKind.GAP))
-        elif self.started:
-            newer = (chunk.epoch, chunk.gateway_id) > (self.epoch, self.gateway_id)
-            silent_ns = chunk.origin_ns - self.owner_origin_ns
-            if not newer and silent_ns <= self.claim_timeout_ns:
-                raise ContractError(
-                    Reason.CONFLICTING_GATEWAY,
-                    f"{chunk.machine_type}/{chunk.machine_id} chunk {chunk.sequence} of gateway {producer} while "
-                    f"gateway {self.owner} (newer epoch) owns the machine and is live (its newest chunk is "
-                    f"{silent_ns / 1e9:.1f} s older than this one); the newest gateway wins: stop the other "
-                    "gateway or give it other machines",
-                )
-            continues = newer and chunk.gateway_id == self.gateway_id and chunk.sequence == expected
-            previous = self.owner
-            if not continues:
-                self.segment += 1
-                self._reset_segment()
-            result.events.append(event(EventKind.TAKEOVER, previous, new_segment=not continues))
+        if verdict is _Verdict.CONFLICT:
+            raise ContractError(
+                Reason.CONFLICTING_GATEWAY,
+                f"{chunk.machine_type}/{chunk.machine_id} chunk {chunk.sequence} of gateway {producer} while "
+                f"gateway {self.owner} (newer epoch) owns the machine and is live (its newest chunk was made less "
+                f"than {self.claim_timeout_ns / 1e9:g} s before this one); the newest gateway wins: stop the other "
+                "gateway or give it other machines",
+            )
+        if verdict is _Verdict.DUPLICATE:
+            result.events.append(event(EventKind.DUPLICATE))
+            return result
+        same = verdict in (_Verdict.CONTINUE, _Verdict.GAP)
+        if verdict in (_Verdict.GAP, _Verdict.TAKEOVER):
+            self.segment += 1
+            self._reset_segment()
+        if verdict is _Verdict.GAP:
+            result.events.append(event(EventKind.GAP))
+        elif verdict in (_Verdict.TAKEOVER, _Verdict.HANDOVER):
+            result.events.append(event(EventKind.TAKEOVER, self.owner, new_segment=verdict is _Verdict.TAKEOVER))
         self.owner_origin_ns = max(self.owner_origin_ns, chunk.origin_ns) if same else chunk.origin_ns
         self.last_sequence = chunk.sequence
         self.gateway_id, self.epoch = chunk.gateway_id, chunk.epoch

@@ -187,6 +187,7 @@ class Shipper:
         self._fresh_producer_needed = True
         self._outage_started: float | None = time.monotonic()
         self._last_ack_at: float | None = None  # when the broker last acknowledged a chunk
+        self._unacked_since: float | None = None  # first send after that acknowledgement
         self._outages = 0
         self._had_success = False
         self._warned_unreachable = False
@@ -305,6 +306,8 @@ class Shipper:
 
     def _send(self, position: int, key: bytes, value: bytes) -> None:
         size = len(key) + len(value)
+        if self._unacked_since is None:
+            self._unacked_since = time.monotonic()
         try:
             future = self._producer.send(self.topic, key=key, value=value)
         except Exception as exc:  # KafkaTimeoutError (no metadata), closed producer, ...: an outage
@@ -338,7 +341,7 @@ class Shipper:
                 else:
                     self.spool.nack(position)
             if err is None:
-                self._last_ack_at = time.monotonic()
+                self._last_ack_at, self._unacked_since = time.monotonic(), None
                 self._sent_chunks += 1
                 self._sent_bytes += size
                 if not self._online and self.spool.in_flight == 0:
@@ -355,8 +358,8 @@ class Shipper:
             self._online = False
             self._outages += 1
             # The outage began before this failure surfaced (a send fails only after its request or
-            # delivery timeout, 5-10 s): it is measured from the last acknowledgement instead.
-            self._outage_started = self._last_ack_at if self._last_ack_at is not None else time.monotonic()
+            # delivery timeout, 5-10 s): it is measured from the first send after the last acknowledgement.
+            self._outage_started = self._unacked_since or self._last_ack_at or time.monotonic()
             self._probe_backoff = self.probe_interval_s
             self._probe_at = time.monotonic() + self.probe_interval_s
             log.warning(
@@ -373,8 +376,8 @@ class Shipper:
         with self._lock:
             backlog = self.spool.pending_chunks
         if self._had_success:
-            log.warning("Kafka is reachable again: outage of %.1f s (no chunk acknowledged in that time); sending %d "
-                        "spooled chunks in order", took, backlog)  # fmt: skip
+            log.warning("Kafka is reachable again after an outage of %.1f s (from the first unacknowledged send); "
+                        "sending %d spooled chunks in order", took, backlog)  # fmt: skip
         elif backlog > 1:
             log.info("connected to Kafka; sending %d spooled chunks in order", backlog)
         self._had_success = True

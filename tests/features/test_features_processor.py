@@ -65,11 +65,15 @@ def processor(settings, table, out, dead, monkeypatch) -> WindowingProcessor:
     async def end(topic, partition):  # what the broker says the partition's end offset is (None: no answer)
         return proc.log_end.get((topic, partition))  # type: ignore[attr-defined]
 
+    async def value_at(topic, partition, offset):  # the value the log holds at an offset (None: not there)
+        return proc.log_values.get((topic, partition, offset))  # type: ignore[attr-defined]
+
     monkeypatch.setattr(feature_app, "read_emitted_tail", read_back)
     seeks: list = []
-    proc = WindowingProcessor(settings, table, out, dead, seek=seek, earliest=earliest, end=end)
+    proc = WindowingProcessor(settings, table, out, dead, seek=seek, earliest=earliest, end=end, value_at=value_at)
     proc.seeks = seeks  # type: ignore[attr-defined]
     proc.log_end = {}  # type: ignore[attr-defined]
+    proc.log_values = {}  # type: ignore[attr-defined]
     return proc
 
 
@@ -203,7 +207,43 @@ def test_a_recreated_input_topic_is_resynchronised_and_no_new_chunk_is_dropped(s
     assert [(w.segment, w.start_frame) for w in windows] == [(0, int(s)) for s in starts]  # nothing lost
     assert proc.stats.topic_resyncs == 1 and proc.stats.replayed == 0 and proc.seeks == []
     assert proc.stats.chunks_skipped == 0 and proc.stats.duplicates == (1 if sign == "end_offset" else 0)
-    assert table[feature_app._offset_key("audio.raw", 1)] == str(len(new_log)).encode()
+    assert feature_app._position(table[feature_app._offset_key("audio.raw", 1)])[0] == len(new_log)
+
+
+def test_a_new_log_that_outgrew_the_old_position_is_found_by_the_gap_and_read_from_its_start(settings, monkeypatch):
+    """The gateway refilled the recreated topic past the old position before the worker fetched again: the
+    consumer, still at offset 6, silently skips offsets 0..5 of the new log. The sequence gap that follows makes
+    the worker compare offset 5 with the record it processed there: another record, so it reads the new log
+    from its start."""
+    pcm = np.concatenate([pcm16(c) for c in real_clips()[8:10]])  # 20 s
+    chunks = chunks_of(pcm, list(range(16_000, pcm.size, 16_000)))
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, messages(chunks[:6], partition=1))  # old log: offsets 0..5
+    before = len(out.records)
+    new_log = messages(chunks[6:], partition=1, first_offset=0)
+    proc.log_end[("audio.raw", 1)] = len(new_log)
+    proc.log_values.update({("audio.raw", 1, m.offset): m.value for m in new_log})
+    run(proc, new_log[6:7])  # what the consumer fetches at its old position: chunk 12 -> a gap
+    assert proc.seeks == [("audio.raw", 1, 0)] and len(out.records) == before and proc.stats.gaps == 0
+    run(proc, new_log[7:8] + new_log)  # one fetched before the seek (ignored), then the new log from 0
+    windows = whole_stream_windows(out)
+    _, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
+    assert [(w.segment, w.start_frame) for w in windows] == [(0, int(s)) for s in starts]
+    assert proc.stats.topic_resyncs == 1 and proc.stats.chunks_skipped == 0
+
+
+def test_a_real_gap_in_the_same_log_is_counted_not_resynchronised(settings, monkeypatch):
+    pcm = pcm16(real_clips()[8])
+    chunks = chunks_of(pcm, list(range(16_000, pcm.size, 16_000)))
+    msgs = messages(chunks[:4] + chunks[6:], partition=1)  # chunks 4 and 5 never reached the topic
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    proc.log_end[("audio.raw", 1)] = len(msgs)
+    proc.log_values.update({("audio.raw", 1, m.offset): m.value for m in msgs})
+    run(proc, msgs)
+    assert proc.stats.topic_resyncs == 0 and proc.seeks == []
+    assert proc.stats.gaps == 1 and proc.stats.chunks_skipped == 2
 
 
 def test_a_true_replay_is_still_skipped_and_chunks_lost_with_the_old_log_are_counted(settings, monkeypatch):
