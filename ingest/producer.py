@@ -35,6 +35,7 @@ from ingest.sequences import SequenceStore
 from ingest.spool import Spool, SpoolStats
 from soundwatch.contracts import AudioChunk, machine_key
 from soundwatch.errors import MissingDependency
+from soundwatch.kafka import is_permanent
 from soundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -143,14 +144,6 @@ class ShipperStats:
     last_error_age_s: float  # how long ago it happened (the status line shows it)
     rejected_chunks: int
     spool: SpoolStats
-
-
-_PERMANENT_ERRORS = (
-    "MessageSizeTooLargeError",
-    "RecordListTooLargeError",
-    "InvalidRecordError",
-    "CorruptRecordError",
-)
 
 
 class Shipper:
@@ -329,7 +322,7 @@ class Shipper:
             with self._lock:
                 if err is None:
                     self.spool.ack(position)
-                elif type(err).__name__ in _PERMANENT_ERRORS:
+                elif is_permanent(err):
                     self.spool.ack(position)  # resending cannot help: count and report it
                     self._rejected += 1
                     log.error(
@@ -346,7 +339,7 @@ class Shipper:
                 self._sent_bytes += size
                 if not self._online and self.spool.in_flight == 0:
                     self._back_online()  # the probe landed (or the last of an old batch): resume in order
-            elif type(err).__name__ not in _PERMANENT_ERRORS:
+            elif not is_permanent(err):
                 self._went_offline(err)
 
     def _went_offline(self, err: BaseException) -> None:
