@@ -197,3 +197,34 @@ def test_a_10_mb_bad_record_on_features_does_not_stop_the_scoring_worker_committ
         assert len(dead[0].value) <= DeadLetter.MAX_VALUE_BYTES and letter.source_offset == 5
     finally:
         broker.kill()
+
+
+def test_a_letter_the_broker_still_refuses_goes_without_its_value_and_the_worker_commits(isolated_settings, tmp_path,
+                                                                                         monkeypatch):  # fmt: skip
+    """A producer whose request limit (200 kB) is below even the cut-down letter (512 KiB): the letter is sent
+    again with headers only (sw-delivery-error says why) instead of being resent forever."""
+    from running_workers import running_worker
+
+    import scoring.worker
+
+    broker, base = on_private_broker(isolated_settings, tmp_path)
+    s = load_settings(**{**base.model_dump(), "scoring": {**base.scoring.model_dump(), "max_batch": 16,
+                                                          "max_wait_ms": 20, "device": "cpu"}})  # fmt: skip
+    plumbing_model(s.registry_root, "fan", ["id_00"], s.features)
+    monkeypatch.setattr(scoring.worker, "make_producer", lambda settings: make_producer(settings,
+                                                                                        max_request_size=200_000))
+    key, t = machine_key("fan", "id_00"), s.kafka.topics
+    send(s, t.features, [(key, b"\x00" + bytes(1024 * 1024))])
+    try:
+        with running_worker(s) as worker:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and (worker._pending or not read_all(s, t.deadletter,
+                                                                                   lambda r: len(r) >= 1, 1)):
+                time.sleep(0.3)
+            assert not worker._pending, "the refused letter's batch never committed"
+        dead = read_all(s, t.deadletter, lambda r: len(r) >= 1, 30)
+        letter = DeadLetter.from_headers(dead[0].headers)
+        assert dead[0].value in (b"", None) and letter.reason is Reason.BAD_MAGIC and letter.truncated
+        assert "MessageSizeTooLarge" in letter.delivery_error and letter.original_size == 1024 * 1024 + 1
+    finally:
+        broker.kill()
