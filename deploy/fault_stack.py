@@ -461,11 +461,12 @@ class FaultPipeline:
         }
 
     def _features_health(self) -> dict[str, int]:
-        """What the feature worker itself reported in its ``pipeline`` points (every 10 s, so maybe not all)."""
+        """What the feature workers reported in their ``pipeline`` points: counters since each started (one
+        series per worker process), summed over workers; a point every 10 s, so the last counts may be missing."""
         fields = ("chunks_skipped", "chunks_conflicting", "topic_resyncs")
         try:
-            rows = self._query("SELECT " + ", ".join(f'sum("{f}") AS "{f}"' for f in fields) +
-                               " FROM \"pipeline\" WHERE \"stage\" = 'features'")  # fmt: skip
+            rows = self._query("SELECT " + ", ".join(f'max("{f}") AS "{f}"' for f in fields) +
+                               " FROM \"pipeline\" WHERE \"stage\" = 'features' GROUP BY \"worker\"")  # fmt: skip
         except (requests.RequestException, KeyError, ValueError):
             return {}
-        return {f: int(rows[0].get(f) or 0) for f in fields} if rows else {}
+        return {f: sum(int(r.get(f) or 0) for r in rows) for f in fields}

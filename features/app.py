@@ -42,8 +42,8 @@ or a partition moved to another worker, must give no missing and no duplicate wi
   not retried: a window becomes an ``undeliverable`` dead letter, a dead letter is cut to
   :attr:`DeadLetter.MAX_VALUE_BYTES` (original size and SHA-256 in its headers) and, refused
   still, sent without its value — the partition always moves on.
-* The ``pipeline`` health point (every 10 s) carries ``chunks_skipped``, ``chunks_conflicting`` and
-  ``topic_resyncs`` for the interval: data that stopped or was lost is visible, not silent.
+* The ``pipeline`` health point (every 10 s) carries the counters ``chunks_skipped``, ``chunks_conflicting``
+  and ``topic_resyncs`` (since the worker started): audio that was lost or contested is visible, not silent.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _position(raw: bytes | None) -> tuple[int | None, str | None]:
 
 @dataclass
 class StreamStats:
-    """Counters since the worker started (the health point reports their increase per interval)."""
+    """Counters since the worker started (the health point carries the loss counters as they are)."""
 
     chunks: int = 0
     audio_s: float = 0.0
@@ -667,14 +667,17 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
 
 
 class _HealthTicker:
-    """Rates and counts since the previous tick, written as a ``pipeline`` point (best effort, never raises).
+    """Rates since the previous tick and counters since start, written as a ``pipeline`` point (best effort,
+    never raises).
 
     ``chunks_skipped`` (chunks known lost), ``chunks_conflicting`` (dead-lettered chunks of a second
-    gateway) and ``topic_resyncs`` (recreated/truncated input partitions) are ints per interval:
-    alert rules fire on any of them above 0.
+    gateway) and ``topic_resyncs`` (recreated/truncated input partitions) are ints counting since the
+    worker started, like ``dead_letters``: a point lost while InfluxDB was away loses no count, and
+    alert rules take the increase per worker (``non_negative_difference``; a restarted worker is a new
+    ``worker`` series).
     """
 
-    COUNTS = ("chunks_skipped", "chunks_conflicting", "topic_resyncs")
+    COUNTERS = ("chunks_skipped", "chunks_conflicting", "topic_resyncs")
 
     def __init__(self, settings: Settings, stats: StreamStats) -> None:
         import os
@@ -685,29 +688,23 @@ class _HealthTicker:
         self.stats = stats
         self.reporter = HealthReporter(settings.influx, "features", f"{socket.gethostname()}-{os.getpid()}")
         self.last = (time.monotonic(), stats.windows, stats.chunks, stats.audio_s)
-        self.last_counts = self._counts()
-
-    def _counts(self) -> dict[str, int]:
-        return {name: int(getattr(self.stats, name)) for name in self.COUNTS}
 
     def fields(self, consumer_lag: int | None) -> dict[str, float | int]:
-        """The point's fields for the interval since the previous call (which it starts anew)."""
+        """The point's fields: rates over the interval since the previous call (which it starts anew)."""
         now = time.monotonic()
         t0, windows, chunks, audio_s = self.last
         dt = max(1e-6, now - t0)
-        counts = self._counts()
         # rates are floats, counts ints: the same field types as the other stages' pipeline points
         fields: dict[str, float | int] = {
             "windows_per_s": (self.stats.windows - windows) / dt,
             "chunks_per_s": (self.stats.chunks - chunks) / dt,
             "audio_realtime_factor": (self.stats.audio_s - audio_s) / dt,
             "dead_letters": int(sum(self.stats.dead_letters.values())),
-            **{name: counts[name] - self.last_counts[name] for name in self.COUNTS},
+            **{name: int(getattr(self.stats, name)) for name in self.COUNTERS},
         }
         if consumer_lag is not None:
             fields["consumer_lag"] = int(consumer_lag)
         self.last = (now, self.stats.windows, self.stats.chunks, self.stats.audio_s)
-        self.last_counts = counts
         return fields
 
     def tick(self, consumer_lag: int | None) -> None:
