@@ -241,30 +241,35 @@ class FaultPipeline:
         self.work_dir = work_dir
         self.machines = machines
         self.broker = PrivateBroker(work_dir / "broker").start()
-        self.influx = influx
-        topics = {n: f"faults{self.tag}.{n}" for n in TOPIC_NAMES}
-        b = base
-        self.settings = load_settings(
-            kafka={**b.kafka.model_dump(), "bootstrap_servers": self.broker.bootstrap,
-                   "topics": {**topics, "partitions": 4}},
-            influx={**b.influx.model_dump(), "database": f"faults_{self.tag}",
-                    **({"url": influx.url} if influx else {})},
-            redis={**b.redis.model_dump(), "key_prefix": f"faults:{self.tag}"},
-            ingest={**b.ingest.model_dump(), "state_dir": work_dir / "gateway-state",
-                    "spool_dir": work_dir / "gateway-spool", "compression": "none"},
-            stream={**b.stream.model_dump(), "app_id": f"faults-features-{self.tag}", "data_dir": work_dir / "faust"},
-            scoring={**b.scoring.model_dump(), "group_id": f"faults-scoring-{self.tag}", "metrics_port": 0,
-                     "device": "cpu", "max_batch": 32, "max_wait_ms": 50},
-            features=b.features.model_dump(), services=b.services.model_dump(),
-            registry_root=registry_root or work_dir / "registry",
-        )  # fmt: skip
-        self.ensure_topics()
-        self._influx_q("CREATE DATABASE")
-        env = self.settings.to_env()
-        logs = work_dir / "logs"
-        self.features = StageProcess("features", ["features", "run", "--web-port", "0"], logs / "features.log", env)
-        self.scoring = StageProcess("scoring", ["score", "run"], logs / "scoring.log", env)
-        self.runs: list[GatewayRun] = []
+        try:
+            self.influx = influx
+            topics = {n: f"faults{self.tag}.{n}" for n in TOPIC_NAMES}
+            b = base
+            self.settings = load_settings(
+                kafka={**b.kafka.model_dump(), "bootstrap_servers": self.broker.bootstrap,
+                       "topics": {**topics, "partitions": 4}},
+                influx={**b.influx.model_dump(), "database": f"faults_{self.tag}",
+                        **({"url": influx.url} if influx else {})},
+                redis={**b.redis.model_dump(), "key_prefix": f"faults:{self.tag}"},
+                ingest={**b.ingest.model_dump(), "state_dir": work_dir / "gateway-state",
+                        "spool_dir": work_dir / "gateway-spool", "compression": "none"},
+                stream={**b.stream.model_dump(), "app_id": f"faults-features-{self.tag}",
+                        "data_dir": work_dir / "faust"},
+                scoring={**b.scoring.model_dump(), "group_id": f"faults-scoring-{self.tag}", "metrics_port": 0,
+                         "device": "cpu", "max_batch": 32, "max_wait_ms": 50},
+                features=b.features.model_dump(), services=b.services.model_dump(),
+                registry_root=registry_root or work_dir / "registry",
+            )  # fmt: skip
+            self.ensure_topics()
+            self._influx_q("CREATE DATABASE")
+            env = self.settings.to_env()
+            logs = work_dir / "logs"
+            self.features = StageProcess("features", ["features", "run", "--web-port", "0"], logs / "features.log", env)
+            self.scoring = StageProcess("scoring", ["score", "run"], logs / "scoring.log", env)
+            self.runs: list[GatewayRun] = []
+        except BaseException:
+            self.broker.kill()
+            raise
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_topics(self) -> None:
