@@ -5,9 +5,10 @@ Build it with :func:`create_app` (nothing happens at import); run it with :func:
 
 Per record of ``audio.raw`` (key = ``machine_key``, value = an encoded :class:`AudioChunk`):
 
-1. decode; an undecodable chunk, NaN/inf samples, the wrong sample rate or a key that is not the
-   chunk's machine go to the dead-letter topic with :class:`DeadLetter` headers (the reason), and
-   the worker carries on;
+1. decode; an empty value, an undecodable chunk, NaN/inf samples, the wrong sample rate, a key
+   that is not the chunk's machine, or a chunk of a second gateway while a newer one owns the
+   machine (``conflicting_gateway``, see :mod:`features.windower`) go to the dead-letter topic
+   with :class:`DeadLetter` headers (the reason), and the worker carries on;
 2. load the machine's :class:`StreamWindower` from the changelog-backed table, push the chunk;
 3. publish the completed windows (key = ``machine_key``) and **wait for the broker's ack**;
 4. only then store the new windower state in the table (its changelog record follows).
@@ -30,11 +31,25 @@ or a partition moved to another worker, must give no missing and no duplicate wi
   between output and state is at most the chunk in flight at the crash, so a tail of
   ``_TAIL_DEPTH`` records is ample.
 * Chunks a gateway sent twice (same sequence number) are ignored by the windower itself.
+* A recreated or truncated input topic (a broker that lost its data, a topic deleted and created
+  again) restarts offsets below the stored next offset. Such records are new audio, not replays:
+  a partition whose end offset is below the stored one, or whose record holds a chunk numbered
+  past the last one processed, is *resynchronised* — its next offset becomes the new log's first
+  (``topic_resyncs``). Chunks the old log held but this worker never processed are gone with it;
+  the sequence gap shows them, and they are counted (``chunks_skipped``), never silently dropped.
+* Sends never crash the agent (Faust would ack the record it was handling): a transient send
+  error is retried in place with back-off; a record the broker refuses for good (too large) is
+  not retried: a window becomes an ``undeliverable`` dead letter, a dead letter is cut to
+  :attr:`DeadLetter.MAX_VALUE_BYTES` (original size and SHA-256 in its headers) and, refused
+  still, sent without its value — the partition always moves on.
+* The ``pipeline`` health point (every 10 s) carries the counters ``chunks_skipped``, ``chunks_conflicting``
+  and ``topic_resyncs`` (since the worker started): audio that was lost or contested is visible, not silent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,8 +57,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from features.windower import EventKind, StreamWindower, peek_state
+from features.windower import EventKind, StreamEvent, StreamWindower, peek_state
 from soundwatch.contracts import AudioChunk, ContractError, DeadLetter, FeatureWindow, Reason, machine_key
+from soundwatch.kafka import is_permanent
 from soundwatch.settings import KafkaSettings, Settings
 
 if TYPE_CHECKING:
@@ -63,8 +79,23 @@ def _offset_key(topic: str, partition: int) -> bytes:
     return f"\x00next-offset/{topic}/{partition}".encode()
 
 
+def fingerprint(value: bytes | None) -> str:
+    """A short hash of a record's value: tells whether an offset still holds the record processed there."""
+    return hashlib.blake2b(value or b"", digest_size=8).hexdigest()
+
+
+def _position(raw: bytes | None) -> tuple[int | None, str | None]:
+    """(next offset, fingerprint of the record before it) from a stored ``b"<offset>[:<fingerprint>]"``."""
+    if raw is None:
+        return None, None
+    offset, _, fp = raw.decode().partition(":")
+    return int(offset), fp or None
+
+
 @dataclass
 class StreamStats:
+    """Counters since the worker started (the health point carries the loss counters as they are)."""
+
     chunks: int = 0
     audio_s: float = 0.0
     windows: int = 0
@@ -73,11 +104,17 @@ class StreamStats:
     dead_letters: dict[str, int] = field(default_factory=dict)
     gaps: int = 0
     duplicates: int = 0
+    chunks_skipped: int = 0  # chunks known lost: sequence numbers a gap skipped within one producer
+    chunks_conflicting: int = 0  # chunks of an older gateway while a newer one owns the machine (dead-lettered)
+    topic_resyncs: int = 0  # input partitions found recreated or truncated, and resynchronised
+    takeovers: int = 0  # a newer gateway epoch (restart, replacement) took over a machine
 
     def line(self) -> str:
         dl = sum(self.dead_letters.values())
         return (f"{self.chunks} chunks ({self.audio_s:.0f} s audio), {self.windows} windows, "
-                f"{self.gaps} gaps, {self.duplicates} duplicates, {dl} dead letters {self.dead_letters or ''}, "
+                f"{self.gaps} gaps ({self.chunks_skipped} chunks skipped), {self.duplicates} duplicates, "
+                f"{self.chunks_conflicting} conflicting chunks, {self.takeovers} gateway takeovers, "
+                f"{self.topic_resyncs} topic resyncs, {dl} dead letters {self.dead_letters or ''}, "
                 f"{self.suppressed} re-emissions suppressed, {self.replayed} replayed records skipped")  # fmt: skip
 
 
@@ -86,7 +123,9 @@ class WindowingProcessor:
 
     def __init__(self, settings: Settings, table: Any, features_topic: Any, deadletter_topic: Any, *,
                  seek: Callable[[str, int, int], Awaitable[None]],
-                 earliest: Callable[[str, int], Awaitable[int]]) -> None:  # fmt: skip
+                 earliest: Callable[[str, int], Awaitable[int]],
+                 end: Callable[[str, int], Awaitable[int | None]],
+                 value_at: Callable[[str, int, int], Awaitable[bytes | None]]) -> None:  # fmt: skip
         self.settings = settings
         self.params = settings.features
         self.table = table
@@ -94,7 +133,11 @@ class WindowingProcessor:
         self.deadletter_topic = deadletter_topic
         self._seek = seek  # move the input consumer of (topic, partition) to an offset
         self._earliest = earliest  # first offset still held by (topic, partition)
+        self._end = end  # the broker's end offset of (topic, partition) now (None: unknown)
+        self._value_at = value_at  # the value the broker holds at (topic, partition, offset) (None: no such record)
         self._rewinds: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) -> (offset, when)
+        self._replaced: dict[tuple[str, int], str] = {}  # partitions found recreated, not yet resynchronised: why
+        self._same_log: dict[tuple[str, int], int] = {}  # next offset at which the log was last verified unchanged
         self._last_seen: dict[tuple[str, int], float] = {}  # (topic, partition) -> monotonic time of last record
         self.stats = StreamStats()
         self._scanned: set[int] = set()  # input partitions whose output tail has been read since assignment
@@ -131,6 +174,8 @@ class WindowingProcessor:
         if not await self._next_in_partition(message):
             return
         try:
+            if not message.value:
+                raise ContractError(Reason.EMPTY_PAYLOAD, "record has no value")
             chunk = AudioChunk.decode(message.value)
             log.debug("%s[%d]@%d: %s/%s chunk %d", message.topic, message.partition, message.offset,
                       chunk.machine_type, chunk.machine_id, chunk.sequence)  # fmt: skip
@@ -139,17 +184,20 @@ class WindowingProcessor:
                 raise ContractError(Reason.INVALID_FIELD, f"record key {message.key!r} is not the chunk's machine "
                                     f"key {key!r}; per-machine order needs that key")  # fmt: skip
             windower = self._load(key)
+            if windower.discontinuous(chunk):  # a gap or takeover: or records of a new log passed unseen?
+                why = await self._log_replaced((message.topic, message.partition), message.offset)
+                if why is not None:
+                    await self._resynchronise((message.topic, message.partition), why, seek=True)
+                    return  # this record is read again, after the ones the consumer skipped
             result = windower.push(chunk)
         except ContractError as exc:
+            if exc.reason is Reason.CONFLICTING_GATEWAY:
+                self.stats.chunks_conflicting += 1
             await self._dead_letter(message, exc)
             self._done(message)
             return
         for event in result.events:
-            log.warning("%s", event)
-            if event.kind is EventKind.GAP:
-                self.stats.gaps += 1
-            else:
-                self.stats.duplicates += 1
+            self._count(event)
         if any(e.kind is EventKind.DUPLICATE for e in result.events):
             self._done(message)
             return  # a chunk sent twice upstream: the state did not change
@@ -163,20 +211,69 @@ class WindowingProcessor:
                 log.info("%s: window (%d, %d) already published before a restart; not sent again",
                          key.decode(), window.segment, window.start_frame)  # fmt: skip
                 continue
-            pending.append(await self.features_topic.send(key=key, value=window.encode(), partition=out_partition,
-                                                          force=True))  # fmt: skip
-        if pending:
-            await asyncio.gather(*pending)  # acked before the state that records them is written
+            pending.append(window.encode())
+        if pending:  # acked before the state that records them is written
+            await self._publish(message, key, pending, out_partition)
             self.stats.windows += len(pending)
         if key in self._emitted and (windower.segment, windower.next_window) > self._emitted[key]:
             del self._emitted[key]  # caught up with what was published before the restart
         self.table[key] = windower.to_bytes()
         self._done(message)
 
+    def _count(self, event: StreamEvent) -> None:
+        if event.kind is EventKind.GAP:
+            self.stats.gaps += 1
+            self.stats.chunks_skipped += event.missing
+        elif event.kind is EventKind.DUPLICATE:
+            self.stats.duplicates += 1
+        else:
+            self.stats.takeovers += 1
+        if event.kind is EventKind.TAKEOVER and not event.new_segment:
+            log.info("%s", event)  # a clean gateway restart: nothing lost, nothing reset
+        else:
+            log.warning("%s", event)
+
+    # -------------------------------------------------------------- sending
+    async def _send(self, topic: Any, name: str, *, key: bytes | None, value: bytes, headers: Any = None,
+                    partition: int | None = None) -> Exception | None:  # fmt: skip
+        """Send one record and wait for the broker's ack; None when acked, else the permanent error.
+
+        Transient errors (broker away) are retried here, in place, with back-off: the agent must not
+        raise, or Faust acks the record it was handling. A permanent one (:func:`~soundwatch.kafka.is_permanent`:
+        the broker will never take this record) is returned for the caller to deal with.
+        """
+        delay = 0.5
+        while True:
+            error = await _acked(await _sent(topic, key=key, value=value, partition=partition, headers=headers))
+            if error is None or is_permanent(error):
+                return error
+            log.warning("cannot send to %s (%s: %s); retrying in %.1f s", name, type(error).__name__, error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+    async def _publish(self, message: Any, key: bytes, windows: list[bytes], partition: int) -> None:
+        """Send a chunk's windows (all before waiting for any ack) until each is acked; a window the broker
+        refuses for good becomes an ``undeliverable`` dead letter and the stream goes on."""
+        name = self.settings.kafka.topics.features
+        futures = [await _sent(self.features_topic, key=key, value=value, partition=partition) for value in windows]
+        for value, fut in zip(windows, futures, strict=True):
+            error = await _acked(fut)
+            if error is not None and not is_permanent(error):
+                log.warning("cannot send to %s (%s: %s); retrying", name, type(error).__name__, error)
+                error = await self._send(self.features_topic, name, key=key, value=value, partition=partition)
+            if error is not None:
+                refused = ContractError(Reason.UNDELIVERABLE, f"{name} refused a window of {key.decode()}: "
+                                        f"{type(error).__name__}: {error}")  # fmt: skip
+                await self._dead_letter(message, refused, value=value)
+
     # -------------------------------------------------------------- input offsets
     async def resync_idle_partitions(self, topic: str, partitions: list[int], highwater: Callable[[int], int | None],
                                      idle_s: float = 5.0) -> None:  # fmt: skip
-        """Seek back idle partitions whose unprocessed records the consumer dropped.
+        """Called every 2 s: find recreated partitions, and seek back idle ones whose records the consumer dropped.
+
+        A partition whose high-water mark (as the last fetch saw it) is *below* the stored next offset
+        holds a new log: it is marked for resynchronisation (done by the agent with the next record,
+        because only the agent may write the table) and the consumer sent to its first offset.
 
         :meth:`_next_in_partition` repairs a skip when a *later* record arrives. When Faust dropped the
         last records of a partition (fetched during recovery right after a restart) nothing later may
@@ -186,22 +283,31 @@ class WindowingProcessor:
         now = time.monotonic()
         for partition in partitions:
             tp = (topic, partition)
-            raw = self.table.get(_offset_key(*tp))
+            stored, _ = _position(self.table.get(_offset_key(*tp)))
             high = highwater(partition)
-            if raw is None or high is None or int(high) <= int(raw):
+            if stored is None or high is None or tp in self._replaced:
+                continue
+            if int(high) < stored:
+                self._replaced[tp] = f"its high-water mark {int(high)} is below the stored next offset {stored}"
+                start = await self._earliest(*tp)
+                log.warning("%s[%d]: %s; seeking to the log's start %d", *tp, self._replaced[tp], start)
+                await self._seek(*tp, start)
+                continue
+            if int(high) <= stored:
                 continue
             if now - self._last_seen.setdefault(tp, now) < idle_s:  # first sight: give it ``idle_s``
                 continue
             log.warning("%s[%d]: records %d..%d wait but none arrived for %.0f s; seeking back to %d",
-                        topic, partition, int(raw), int(high) - 1, idle_s, int(raw))  # fmt: skip
+                        topic, partition, stored, int(high) - 1, idle_s, stored)  # fmt: skip
             self._last_seen[tp] = now
-            await self._seek(topic, partition, int(raw))
+            await self._seek(topic, partition, stored)
 
     async def _next_in_partition(self, message: Any) -> bool:
         """True when ``message`` is the next unprocessed record of its partition.
 
         The table keeps each input partition's next offset (changelogged like the machine states).
-        Earlier offsets are replays after a restart: skipped. A later offset means the consumer skipped
+        Earlier offsets are replays after a restart: skipped — unless the partition holds a new log
+        (:meth:`_log_replaced`), which is then resynchronised. A later offset means the consumer skipped
         records — Faust drops records it fetched while a partition was paused for recovery and, where
         no offset was committed yet, does not seek back — so the consumer is sent back to the expected
         offset and records are ignored until it arrives. If it never does (records deleted by retention,
@@ -209,8 +315,13 @@ class WindowingProcessor:
         """
         tp = (message.topic, message.partition)
         self._last_seen[tp] = time.monotonic()
-        raw = self.table.get(_offset_key(*tp))
-        expected = int(raw) if raw is not None else await self._earliest(*tp)
+        stored, _ = _position(self.table.get(_offset_key(*tp)))
+        expected = stored if stored is not None else await self._earliest(*tp)
+        why = self._replaced.pop(tp, None)
+        if why is None and message.offset < expected:
+            why = self._unseen(message) or await self._log_replaced(tp, expected)
+        if why is not None:
+            expected = await self._resynchronise(tp, why)
         if message.offset == expected:
             self._rewinds.pop(tp, None)
             return True
@@ -232,8 +343,72 @@ class WindowingProcessor:
         self._rewinds.pop(tp, None)
         return True
 
+    # -------------------------------------------------------------- a recreated or truncated log
+    def _unseen(self, message: Any) -> str | None:
+        """Why a record below the next offset cannot be a replay: it holds a chunk its producer numbered past
+        the last one processed (a replayed record was processed already). None: it may be a replay."""
+        try:
+            chunk = AudioChunk.decode(message.value)
+            key = machine_key(chunk.machine_type, chunk.machine_id)
+            state = self.table.get(key)
+            if not state or message.key != key:
+                return None
+            owner = StreamWindower(self.params, chunk.machine_type, chunk.machine_id)
+            owner.take_producer(peek_state(state))
+        except (ContractError, KeyError, ValueError, TypeError):  # a bad record or state proves nothing here
+            return None
+        if not owner.unseen(chunk):
+            return None
+        return (f"record {message.offset} holds {chunk.machine_type}/{chunk.machine_id} chunk {chunk.sequence}, "
+                f"newer than the last one processed ({owner.last_sequence}), so it is no replay")  # fmt: skip
+
+    async def _log_replaced(self, tp: tuple[str, int], expected: int) -> str | None:
+        """Why ``tp`` holds another log than the one processed up to ``expected`` (None: the same, or unknown).
+
+        A broker that lost its data, or a topic deleted and created again, restarts the partition's
+        offsets while the table still holds the old log's position. Two checks, either one enough:
+        the broker's end offset is below ``expected`` (a log never shrinks), or the record now at
+        ``expected - 1`` is not the one processed there (its fingerprint, stored with the offset).
+        The second also catches a new log that already grew past the old position before this
+        worker fetched again — then the consumer silently *skipped* the new records below it. A
+        verified position is remembered, so a burst of replays asks the broker once.
+        """
+        if self._same_log.get(tp) == expected or expected <= 0:
+            return None
+        _, stored_fp = _position(self.table.get(_offset_key(*tp)))
+        try:
+            end = await self._end(*tp)
+            if end is not None and end < expected:
+                return f"its end offset {end} is below the stored next offset {expected}"
+            held = await self._value_at(*tp, expected - 1) if stored_fp else None
+        except Exception as exc:  # no answer now: treated as unknown; the next record asks again
+            log.warning("%s[%d]: cannot check whether the log was replaced (%s)", *tp, exc)
+            return None
+        if held is not None and fingerprint(held) != stored_fp:
+            return f"offset {expected - 1} no longer holds the record processed there"
+        if held is not None or end is not None:
+            self._same_log[tp] = expected
+        return None
+
+    async def _resynchronise(self, tp: tuple[str, int], why: str, *, seek: bool = False) -> int:
+        """Forget the old log's position: the partition restarts at its first offset, which is returned."""
+        start = await self._earliest(*tp)
+        self.stats.topic_resyncs += 1
+        log.warning("%s[%d]: the topic was recreated or truncated (%s). Resynchronising at offset %d: every record "
+                    "of the new log is processed. Chunks the old log held that were not processed yet are lost; "
+                    "they are counted in chunks_skipped when their machines' next chunks arrive. After a broker "
+                    "lost its data see 'Reliability' in the README.", *tp, why, start)  # fmt: skip
+        self.table[_offset_key(*tp)] = str(start).encode()
+        self._same_log.pop(tp, None)
+        self._rewinds.pop(tp, None)
+        if seek:
+            self._rewinds[tp] = (start, time.monotonic())  # records fetched before the seek are ignored quietly
+            await self._seek(*tp, start)
+        return start
+
     def _done(self, message: Any) -> None:
-        self.table[_offset_key(message.topic, message.partition)] = str(message.offset + 1).encode()
+        position = f"{message.offset + 1}:{fingerprint(message.value)}"
+        self.table[_offset_key(message.topic, message.partition)] = position.encode()
 
     def _load(self, key: bytes) -> StreamWindower:
         data = self.table.get(key)
@@ -251,14 +426,44 @@ class WindowingProcessor:
             fresh.segment = int(old["segment"]) + 1
             return fresh
 
-    async def _dead_letter(self, message: Any, exc: ContractError) -> None:
+    async def _dead_letter(self, message: Any, exc: ContractError, value: bytes | None = None) -> None:
+        """Dead-letter ``message`` (or ``value``, a record made from it), cut to a size that always fits."""
         letter = DeadLetter.from_error(exc, STAGE, message.topic, message.partition, message.offset)
-        log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic, message.partition, message.offset,
-                    exc.reason.value, exc.detail)  # fmt: skip
-        fut = await self.deadletter_topic.send(key=message.key, value=message.value or b"",
-                                               headers=letter.headers(), force=True)  # fmt: skip
-        await fut
+        letter, key, data = letter.fit(message.key, message.value if value is None else value)
+        log.warning("dead-lettered %s[%d]@%d (%d bytes%s): %s: %s", message.topic, message.partition, message.offset,
+                    letter.original_size, ", truncated" if letter.truncated else "", exc.reason.value,
+                    exc.detail)  # fmt: skip
+        name = self.settings.kafka.topics.deadletter
+        error = await self._send(self.deadletter_topic, name, key=key, value=data, headers=letter.headers())
+        if error is not None:
+            log.error("%s refused the dead letter of %s[%d]@%d (%s); sending it without the value", name,
+                      message.topic, message.partition, message.offset, error)  # fmt: skip
+            bare = letter.without_value(error)
+            error = await self._send(self.deadletter_topic, name, key=key, value=b"", headers=bare.headers())
+        if error is not None:
+            log.error("%s refused even the header-only dead letter of %s[%d]@%d (%s); given up so the partition "
+                      "moves on", name, message.topic, message.partition, message.offset, error)  # fmt: skip
         self.stats.dead_letters[exc.reason.value] = self.stats.dead_letters.get(exc.reason.value, 0) + 1
+
+
+async def _sent(topic: Any, **kw: Any) -> Any:
+    """``topic.send`` now (Faust would defer it to the commit by default): the ack future, or the exception
+    the send raised at once (e.g. a record over the producer's size limit)."""
+    try:
+        return await topic.send(force=True, **kw)
+    except Exception as exc:  # aiokafka and faust errors share no base class narrower than Exception
+        return exc
+
+
+async def _acked(fut: Any) -> Exception | None:
+    """None once the send behind ``fut`` (from :func:`_sent`) is acked, else its error."""
+    if isinstance(fut, Exception):
+        return fut
+    try:
+        await fut
+        return None
+    except Exception as exc:  # see _sent
+        return exc
 
 
 async def read_emitted_tail(settings: Settings, topic: str, input_partition: int,
@@ -293,6 +498,35 @@ async def read_emitted_tail(settings: Settings, topic: str, input_partition: int
                     k = machine_key(w.machine_type, w.machine_id)
                     newest[k] = max(newest.get(k, (-1, -1)), (w.segment, w.start_frame))
         return n_out, newest
+    finally:
+        await consumer.stop()
+
+
+async def read_value_at(settings: Settings, topic: str, partition: int, offset: int,
+                        timeout_s: float = 10.0) -> bytes | None:  # fmt: skip
+    """The value of the record at ``offset`` of a partition, or None when the log does not hold that offset
+    (aiokafka, on Faust's loop). Raises on a broker that does not answer."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **_aiokafka_kwargs(settings.kafka))
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        if not begin <= offset < end:
+            return None
+        consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                for rec in records:
+                    if rec.offset == offset:
+                        return rec.value or b""
+                    if rec.offset > offset:
+                        return None  # a gap in the log (compaction, transaction markers)
+        raise TimeoutError(f"{topic}[{partition}]@{offset} not read within {timeout_s:.0f} s")
     finally:
         await consumer.stop()
 
@@ -388,7 +622,16 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
         tp = TP(topic, partition)
         return int((await app.consumer.earliest_offsets(tp))[tp])
 
-    processor = WindowingProcessor(settings, table, features_topic, deadletter_topic, seek=seek, earliest=earliest)
+    async def end(topic: str, partition: int) -> int | None:
+        tp = TP(topic, partition)
+        value = (await app.consumer.highwaters(tp)).get(tp)
+        return None if value is None else int(value)
+
+    async def value_at(topic: str, partition: int, offset: int) -> bytes | None:
+        return await read_value_at(settings, topic, partition, offset)
+
+    processor = WindowingProcessor(settings, table, features_topic, deadletter_topic, seek=seek, earliest=earliest,
+                                   end=end, value_at=value_at)  # fmt: skip
     app.windowing = processor  # type: ignore[attr-defined]  # for tests and the stats timer
 
     @app.agent(audio_topic, name="windows")
@@ -424,7 +667,17 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
 
 
 class _HealthTicker:
-    """Rates since the previous tick, written as a ``pipeline`` point (best effort, never raises)."""
+    """Rates since the previous tick and counters since start, written as a ``pipeline`` point (best effort,
+    never raises).
+
+    ``chunks_skipped`` (chunks known lost), ``chunks_conflicting`` (dead-lettered chunks of a second
+    gateway) and ``topic_resyncs`` (recreated/truncated input partitions) are ints counting since the
+    worker started, like ``dead_letters``: a point lost while InfluxDB was away loses no count, and
+    alert rules take the increase per worker (``non_negative_difference``; a restarted worker is a new
+    ``worker`` series).
+    """
+
+    COUNTERS = ("chunks_skipped", "chunks_conflicting", "topic_resyncs")
 
     def __init__(self, settings: Settings, stats: StreamStats) -> None:
         import os
@@ -436,7 +689,8 @@ class _HealthTicker:
         self.reporter = HealthReporter(settings.influx, "features", f"{socket.gethostname()}-{os.getpid()}")
         self.last = (time.monotonic(), stats.windows, stats.chunks, stats.audio_s)
 
-    def tick(self, consumer_lag: int | None) -> None:
+    def fields(self, consumer_lag: int | None) -> dict[str, float | int]:
+        """The point's fields: rates over the interval since the previous call (which it starts anew)."""
         now = time.monotonic()
         t0, windows, chunks, audio_s = self.last
         dt = max(1e-6, now - t0)
@@ -446,11 +700,15 @@ class _HealthTicker:
             "chunks_per_s": (self.stats.chunks - chunks) / dt,
             "audio_realtime_factor": (self.stats.audio_s - audio_s) / dt,
             "dead_letters": int(sum(self.stats.dead_letters.values())),
+            **{name: int(getattr(self.stats, name)) for name in self.COUNTERS},
         }
         if consumer_lag is not None:
             fields["consumer_lag"] = int(consumer_lag)
         self.last = (now, self.stats.windows, self.stats.chunks, self.stats.audio_s)
-        self.reporter.report(fields)
+        return fields
+
+    def tick(self, consumer_lag: int | None) -> None:
+        self.reporter.report(self.fields(consumer_lag))
 
 
 def _consumer_lag(app: Any, topic: str) -> int | None:

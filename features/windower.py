@@ -5,13 +5,36 @@ it emits exactly the windows :func:`features.windows.offline_windows` computes f
 audio of the current *segment*: same count, same start frames, values equal to within float64
 rounding (the same code computes both).
 
-Sequence numbers (per machine, +1 per chunk) decide what a chunk means:
+Producers. A machine's chunks come from a *producer*: ``(gateway_id, epoch)``, where the
+gateway picks a new, larger ``epoch`` at every start (:class:`~ingest.sequences.SequenceStore`).
+Within one producer, sequence numbers (+1 per chunk) decide what a chunk means:
 
 * ``last + 1`` — continues the segment.
-* ``> last + 1`` — a **gap**: chunks were lost. The state is reset and a new segment starts
-  (``segment + 1``, frames counted from 0 again), so no window spans the gap. Reported as an event.
+* ``> last + 1`` — a **gap**: chunks were lost (:attr:`StreamEvent.missing` of them). The state
+  is reset and a new segment starts (``segment + 1``, frames counted from 0 again), so no window
+  spans the gap. Reported as an event.
 * ``<= last`` — a **duplicate** or a replay (at-least-once delivery, a restarted worker): ignored,
   no windows, reported as an event.
+
+Between producers the policy is **the newest epoch wins**:
+
+* a chunk of a *newer* producer (larger epoch) **takes over** the machine: a restarted gateway, a
+  gateway whose state directory was wiped (numbers restart at 0), a replacement gateway. A new
+  segment starts — two sources are never mixed into one window — unless it is the same gateway
+  id continuing at ``last + 1`` (a clean restart). Not a loss: reported as a takeover event.
+* a chunk of an *older* producer while the owner is live is **conflicting**: two gateways claim
+  the machine. :meth:`StreamWindower.push` raises ``ContractError(CONFLICTING_GATEWAY)``
+  without touching the state, and the app dead-letters the chunk.
+* the owner counts as live until a chunk of the other producer was made ``claim_timeout_s``
+  (default :data:`CLAIM_TIMEOUT_S`) after the owner's newest chunk (``origin_ns``, the gateways'
+  wall clocks: they must agree to within a few seconds). Then the older producer takes over,
+  so a machine never goes dark because a newer gateway ran for a while and stopped.
+
+Chunks of version 1 (no epoch, ``epoch = 0``) following an epoch-0 owner are one producer,
+whatever their gateway id: the rules before epochs existed.
+
+Every decision depends only on the state and the chunk (never on the clock of the worker), so
+a replay after a crash decides the same way.
 
 Bounded memory: between chunks the state holds fewer than ``n_fft + hop`` padded samples and
 fewer than ``window_frames`` computed frames (plus the chunk being processed). The state
@@ -41,13 +64,26 @@ from soundwatch.params import FeatureParams
 __all__ = ["EventKind", "PushResult", "StreamEvent", "StreamWindower", "peek_state"]
 
 _STATE_MAGIC = b"SWW"
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: + epoch, owner_origin_ns (version 1 states load with both 0)
 _STATE_HEAD = struct.Struct(">3sBI")  # magic, version, header length
+
+CLAIM_TIMEOUT_S = 10.0
+
+
+class _Verdict(Enum):
+    FIRST = "first"  # the machine's first chunk
+    CONTINUE = "continue"  # the owner's next chunk
+    DUPLICATE = "duplicate"
+    GAP = "gap"
+    HANDOVER = "handover"  # a newer run of the owner's gateway, continuing its numbers
+    TAKEOVER = "takeover"  # a newer producer (or an older one after the owner went silent): new segment
+    CONFLICT = "conflict"  # an older producer while the owner is live
 
 
 class EventKind(str, Enum):
     GAP = "gap"  # sequence jumped forward: state reset, new segment
     DUPLICATE = "duplicate"  # sequence not newer than the last one: chunk ignored
+    TAKEOVER = "takeover"  # another producer (gateway id, epoch) owns the machine from this chunk on
 
 
 @dataclass(frozen=True)
@@ -60,12 +96,24 @@ class StreamEvent:
     sequence: int  # the chunk's
     expected: int  # last_sequence + 1 before the chunk
     segment: int  # the segment after handling the chunk
+    producer: str = ""  # the chunk's "gateway_id@epoch"
+    previous: str = ""  # TAKEOVER: the producer it replaced
+    new_segment: bool = False  # TAKEOVER: whether the stream restarted (False: a clean gateway restart)
+
+    @property
+    def missing(self) -> int:
+        """Chunks known lost: the numbers a GAP skipped within one producer (0 for other events)."""
+        return self.sequence - self.expected if self.kind is EventKind.GAP else 0
 
     def __str__(self) -> str:
         who = f"{self.machine_type}/{self.machine_id}"
         if self.kind is EventKind.GAP:
             return (f"{who}: sequence gap, expected {self.expected} got {self.sequence} "
-                    f"({self.sequence - self.expected} chunk(s) missing); new segment {self.segment}")  # fmt: skip
+                    f"({self.missing} chunk(s) missing); new segment {self.segment}")  # fmt: skip
+        if self.kind is EventKind.TAKEOVER:
+            how = f"new segment {self.segment}" if self.new_segment else f"continues segment {self.segment}"
+            return (f"{who}: gateway {self.producer} took over from {self.previous} at chunk {self.sequence} "
+                    f"({how})")  # fmt: skip
         return f"{who}: duplicate/old chunk {self.sequence} (expected {self.expected}) ignored"
 
 
@@ -78,12 +126,16 @@ class PushResult:
 class StreamWindower:
     """Incremental log-mel windows for one machine (see the module docstring for the rules)."""
 
-    def __init__(self, params: FeatureParams, machine_type: str | None = None, machine_id: str | None = None) -> None:
+    def __init__(self, params: FeatureParams, machine_type: str | None = None, machine_id: str | None = None, *,
+                 claim_timeout_s: float = CLAIM_TIMEOUT_S) -> None:  # fmt: skip
         self.params = params
         self._params_json = params.canonical_json()
         self.machine_type = machine_type
         self.machine_id = machine_id
-        self.gateway_id = ""
+        self.claim_timeout_ns = int(claim_timeout_s * 1e9)
+        self.gateway_id = ""  # the owner: the producer (gateway_id, epoch) whose chunks are windowed
+        self.epoch = 0
+        self.owner_origin_ns = 0  # origin_ns of the owner's newest chunk (is it still live?)
         self.segment = 0
         self.last_sequence = -1  # -1: no chunk seen yet
         self._reset_segment()
@@ -104,6 +156,43 @@ class StreamWindower:
     @property
     def started(self) -> bool:
         return self.last_sequence >= 0
+
+    @property
+    def owner(self) -> str:
+        return f"{self.gateway_id}@{self.epoch}"
+
+    def _same_producer(self, chunk: AudioChunk) -> bool:
+        return chunk.epoch == self.epoch and (chunk.epoch == 0 or chunk.gateway_id == self.gateway_id)
+
+    def _verdict(self, chunk: AudioChunk) -> _Verdict:
+        """What ``chunk`` means for this machine's stream (the rules of the module docstring)."""
+        if not self.started:
+            return _Verdict.FIRST
+        expected = self.last_sequence + 1
+        if self._same_producer(chunk):
+            if chunk.sequence < expected:
+                return _Verdict.DUPLICATE
+            return _Verdict.GAP if chunk.sequence > expected else _Verdict.CONTINUE
+        newer = (chunk.epoch, chunk.gateway_id) > (self.epoch, self.gateway_id)
+        if not newer and chunk.origin_ns - self.owner_origin_ns <= self.claim_timeout_ns:
+            return _Verdict.CONFLICT
+        if newer and chunk.gateway_id == self.gateway_id and chunk.sequence == expected:
+            return _Verdict.HANDOVER  # a clean restart of the same gateway: the stream goes on
+        return _Verdict.TAKEOVER
+
+    def discontinuous(self, chunk: AudioChunk) -> bool:
+        """True when pushing ``chunk`` would end the current segment: a sequence gap or a takeover.
+
+        The app then makes sure no records of a replaced log were skipped before the gap.
+        """
+        return self._verdict(chunk) in (_Verdict.GAP, _Verdict.TAKEOVER)
+
+    def unseen(self, chunk: AudioChunk) -> bool:
+        """True when ``chunk`` cannot have been pushed before: the owner's, numbered past its last chunk.
+
+        The app uses it to tell a replayed record from new audio in a recreated topic.
+        """
+        return self.started and self._same_producer(chunk) and chunk.sequence > self.last_sequence
 
     # ------------------------------------------------------------------ processing
     def push(self, chunk: AudioChunk) -> PushResult:
@@ -129,17 +218,35 @@ class StreamWindower:
             )
         result = PushResult()
         expected = self.last_sequence + 1
-        if self.started and chunk.sequence < expected:
-            result.events.append(StreamEvent(EventKind.DUPLICATE, chunk.machine_type, chunk.machine_id,
-                                             chunk.sequence, expected, self.segment))  # fmt: skip
+        verdict = self._verdict(chunk)
+        producer = f"{chunk.gateway_id}@{chunk.epoch}"
+
+        def event(kind: EventKind, previous: str = "", new_segment: bool = False) -> StreamEvent:
+            return StreamEvent(kind, chunk.machine_type, chunk.machine_id, chunk.sequence, expected, self.segment,
+                               producer, previous, new_segment)  # fmt: skip
+
+        if verdict is _Verdict.CONFLICT:
+            raise ContractError(
+                Reason.CONFLICTING_GATEWAY,
+                f"{chunk.machine_type}/{chunk.machine_id} chunk {chunk.sequence} of gateway {producer} while "
+                f"gateway {self.owner} (newer epoch) owns the machine and is live (its newest chunk was made less "
+                f"than {self.claim_timeout_ns / 1e9:g} s before this one); the newest gateway wins: stop the other "
+                "gateway or give it other machines",
+            )
+        if verdict is _Verdict.DUPLICATE:
+            result.events.append(event(EventKind.DUPLICATE))
             return result
-        if self.started and chunk.sequence > expected:
+        same = verdict in (_Verdict.CONTINUE, _Verdict.GAP)
+        if verdict in (_Verdict.GAP, _Verdict.TAKEOVER):
             self.segment += 1
             self._reset_segment()
-            result.events.append(StreamEvent(EventKind.GAP, chunk.machine_type, chunk.machine_id,
-                                             chunk.sequence, expected, self.segment))  # fmt: skip
+        if verdict is _Verdict.GAP:
+            result.events.append(event(EventKind.GAP))
+        elif verdict in (_Verdict.TAKEOVER, _Verdict.HANDOVER):
+            result.events.append(event(EventKind.TAKEOVER, self.owner, new_segment=verdict is _Verdict.TAKEOVER))
+        self.owner_origin_ns = max(self.owner_origin_ns, chunk.origin_ns) if same else chunk.origin_ns
         self.last_sequence = chunk.sequence
-        self.gateway_id = chunk.gateway_id
+        self.gateway_id, self.epoch = chunk.gateway_id, chunk.epoch
         self._anchor_sample, self._anchor_ns = self.samples_seen, chunk.start_ns
         self.samples_seen += chunk.n_samples
 
@@ -190,6 +297,8 @@ class StreamWindower:
             "machine_type": self.machine_type,
             "machine_id": self.machine_id,
             "gateway_id": self.gateway_id,
+            "epoch": self.epoch,
+            "owner_origin_ns": self.owner_origin_ns,
             "segment": self.segment,
             "last_sequence": self.last_sequence,
             "frames_done": self.frames_done,
@@ -204,21 +313,18 @@ class StreamWindower:
         return b"".join([_STATE_HEAD.pack(_STATE_MAGIC, _STATE_VERSION, len(head)), head,
                          self._tail.astype("<f4").tobytes(), self._pending.astype("<f4").tobytes()])  # fmt: skip
 
+    def take_producer(self, header: dict) -> None:
+        """Adopt the owner and its last sequence from a stored state's header (:func:`peek_state`)."""
+        self.gateway_id, self.epoch = header["gateway_id"], int(header["epoch"])
+        self.owner_origin_ns = int(header["owner_origin_ns"])
+        self.last_sequence = int(header["last_sequence"])
+
     @classmethod
-    def from_bytes(cls, data: bytes, params: FeatureParams) -> StreamWindower:
+    def from_bytes(cls, data: bytes, params: FeatureParams, *, claim_timeout_s: float = CLAIM_TIMEOUT_S
+                   ) -> StreamWindower:  # fmt: skip
         """Rebuild a windower; raises :class:`ContractError` for garbage or a state computed with other
         feature parameters (``FEATURE_PARAMS_MISMATCH``: its frames cannot continue a new definition)."""
-        if len(data) < _STATE_HEAD.size:
-            raise ContractError(Reason.TRUNCATED, f"windower state of {len(data)} bytes is too short")
-        magic, version, n_head = _STATE_HEAD.unpack_from(data)
-        if magic != _STATE_MAGIC:
-            raise ContractError(Reason.BAD_MAGIC, f"windower state starts with {magic!r}, not {_STATE_MAGIC!r}")
-        if version != _STATE_VERSION:
-            raise ContractError(Reason.UNSUPPORTED_VERSION, f"windower state version {version} (supported: 1)")
-        try:
-            h = json.loads(data[_STATE_HEAD.size : _STATE_HEAD.size + n_head])
-        except ValueError as exc:
-            raise ContractError(Reason.INVALID_FIELD, f"windower state header is not JSON: {exc}") from exc
+        h, n_head = _header(data)
         if h["params"] != params.canonical_json():
             diff = params.differences(FeatureParams.from_json(h["params"]))
             raise ContractError(Reason.FEATURE_PARAMS_MISMATCH, f"state was computed with other parameters: {diff}")
@@ -227,9 +333,9 @@ class StreamWindower:
         expected = off + 4 * (n_tail + params.n_mels * n_pending)
         if len(data) != expected:
             raise ContractError(Reason.LENGTH_MISMATCH, f"windower state has {len(data)} bytes, header says {expected}")
-        w = cls(params, h["machine_type"], h["machine_id"])
-        w.gateway_id = h["gateway_id"]
-        w.segment, w.last_sequence = int(h["segment"]), int(h["last_sequence"])
+        w = cls(params, h["machine_type"], h["machine_id"], claim_timeout_s=claim_timeout_s)
+        w.take_producer(h)
+        w.segment = int(h["segment"])
         w.frames_done, w.next_window = int(h["frames_done"]), int(h["next_window"])
         w.samples_seen = int(h["samples_seen"])
         w._anchor_sample, w._anchor_ns = int(h["anchor_sample"]), int(h["anchor_ns"])
@@ -240,8 +346,25 @@ class StreamWindower:
 
 
 def peek_state(data: bytes) -> dict:
-    """The JSON header of a stored state (segment, machine, params...) without checking the parameters."""
-    magic, _version, n_head = _STATE_HEAD.unpack_from(data)
+    """The JSON header of a stored state (segment, machine, owner, params...) without checking the parameters.
+
+    Any supported version; fields a version 1 state lacks come back with their migrated values.
+    """
+    return _header(data)[0]
+
+
+def _header(data: bytes) -> tuple[dict, int]:
+    if len(data) < _STATE_HEAD.size:
+        raise ContractError(Reason.TRUNCATED, f"windower state of {len(data)} bytes is too short")
+    magic, version, n_head = _STATE_HEAD.unpack_from(data)
     if magic != _STATE_MAGIC:
         raise ContractError(Reason.BAD_MAGIC, f"windower state starts with {magic!r}, not {_STATE_MAGIC!r}")
-    return json.loads(data[_STATE_HEAD.size : _STATE_HEAD.size + n_head])
+    if version not in (1, 2):
+        raise ContractError(Reason.UNSUPPORTED_VERSION, f"windower state version {version} (supported: 1, 2)")
+    try:
+        h = json.loads(data[_STATE_HEAD.size : _STATE_HEAD.size + n_head])
+    except ValueError as exc:
+        raise ContractError(Reason.INVALID_FIELD, f"windower state header is not JSON: {exc}") from exc
+    if version == 1:  # before producers had epochs: the owner is an epoch-0 (legacy) producer
+        h.update(epoch=0, owner_origin_ns=0)
+    return h, n_head

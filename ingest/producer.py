@@ -1,7 +1,8 @@
 """From audio blocks to ``audio.raw`` records: chunk building, and the shipper that never loses a chunk.
 
 :class:`ChunkBuilder` turns a source block into an :class:`~soundwatch.contracts.AudioChunk`
-(PCM16, per-machine sequence number from a durable :class:`~ingest.sequences.SequenceStore`).
+(PCM16, per-machine sequence number and the run's epoch from a durable
+:class:`~ingest.sequences.SequenceStore`).
 
 :class:`Shipper` owns the spool (the write-ahead log) and the kafka-python producer. The
 gateway loop appends encoded chunks with :meth:`Shipper.submit`; a background thread sends
@@ -34,6 +35,7 @@ from ingest.sequences import SequenceStore
 from ingest.spool import Spool, SpoolStats
 from soundwatch.contracts import AudioChunk, machine_key
 from soundwatch.errors import MissingDependency
+from soundwatch.kafka import is_permanent
 from soundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class ChunkBuilder:
             start_ns=int(block.start_ns),
             samples=quantize_pcm16(block.samples),
             origin_ns=time.time_ns() if origin_ns is None else origin_ns,
+            epoch=self.sequences.epoch,
         )
 
 
@@ -143,14 +146,6 @@ class ShipperStats:
     spool: SpoolStats
 
 
-_PERMANENT_ERRORS = (
-    "MessageSizeTooLargeError",
-    "RecordListTooLargeError",
-    "InvalidRecordError",
-    "CorruptRecordError",
-)
-
-
 class Shipper:
     """Sends spooled records to ``topic`` in order from a background thread; see the module docstring."""
 
@@ -184,6 +179,8 @@ class Shipper:
         self._probe_backoff = probe_interval_s
         self._fresh_producer_needed = True
         self._outage_started: float | None = time.monotonic()
+        self._last_ack_at: float | None = None  # when the broker last acknowledged a chunk
+        self._unacked_since: float | None = None  # first send after that acknowledgement
         self._outages = 0
         self._had_success = False
         self._warned_unreachable = False
@@ -302,6 +299,8 @@ class Shipper:
 
     def _send(self, position: int, key: bytes, value: bytes) -> None:
         size = len(key) + len(value)
+        if self._unacked_since is None:
+            self._unacked_since = time.monotonic()
         try:
             future = self._producer.send(self.topic, key=key, value=value)
         except Exception as exc:  # KafkaTimeoutError (no metadata), closed producer, ...: an outage
@@ -323,7 +322,7 @@ class Shipper:
             with self._lock:
                 if err is None:
                     self.spool.ack(position)
-                elif type(err).__name__ in _PERMANENT_ERRORS:
+                elif is_permanent(err):
                     self.spool.ack(position)  # resending cannot help: count and report it
                     self._rejected += 1
                     log.error(
@@ -335,11 +334,12 @@ class Shipper:
                 else:
                     self.spool.nack(position)
             if err is None:
+                self._last_ack_at, self._unacked_since = time.monotonic(), None
                 self._sent_chunks += 1
                 self._sent_bytes += size
                 if not self._online and self.spool.in_flight == 0:
                     self._back_online()  # the probe landed (or the last of an old batch): resume in order
-            elif type(err).__name__ not in _PERMANENT_ERRORS:
+            elif not is_permanent(err):
                 self._went_offline(err)
 
     def _went_offline(self, err: BaseException) -> None:
@@ -350,7 +350,9 @@ class Shipper:
         if self._online:
             self._online = False
             self._outages += 1
-            self._outage_started = time.monotonic()
+            # The outage began before this failure surfaced (a send fails only after its request or
+            # delivery timeout, 5-10 s): it is measured from the first send after the last acknowledgement.
+            self._outage_started = self._unacked_since or self._last_ack_at or time.monotonic()
             self._probe_backoff = self.probe_interval_s
             self._probe_at = time.monotonic() + self.probe_interval_s
             log.warning(
@@ -367,7 +369,8 @@ class Shipper:
         with self._lock:
             backlog = self.spool.pending_chunks
         if self._had_success:
-            log.warning("Kafka is reachable again after %.1f s; sending %d spooled chunks in order", took, backlog)
+            log.warning("Kafka is reachable again after an outage of %.1f s (from the first unacknowledged send); "
+                        "sending %d spooled chunks in order", took, backlog)  # fmt: skip
         elif backlog > 1:
             log.info("connected to Kafka; sending %d spooled chunks in order", backlog)
         self._had_success = True

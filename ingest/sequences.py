@@ -20,6 +20,12 @@ crashed run handed out; a clean close lists every machine and puts the floor bac
 
 One gateway process owns a state directory at a time (an ``flock`` on ``lock``);
 a second one gets a :class:`~soundwatch.errors.ConfigError` naming the directory.
+
+Epoch: every start also picks a new ``epoch`` (wall-clock ns, and always above the one in
+the file), written with the first fsync and carried by every chunk. ``(gateway_id, epoch)``
+names one run of the gateway, whose numbers are consecutive; the feature stage lets the
+newest epoch own a machine, so a gateway whose state was wiped (numbers restart at 0) or a
+replacement gateway is never mistaken for a replay (see :mod:`features.windower`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 
 from soundwatch.errors import BadInput, ConfigError
@@ -84,12 +91,14 @@ class SequenceStore:
             self._lock_fh.close()  # releases the flock
             raise
         self._reserved: dict[str, int] = dict(self._next)  # durable high-water marks
+        self.epoch = max(time.time_ns(), self._last_epoch + 1)  # this run's; later runs get larger ones
         self._closed = False
         # reserve one block for every machine this run meets for the first time (one fsync)
         self._persist(self._reserved, self._floor + self.block)
 
     def _load(self) -> dict[str, int]:
         self._floor = 0
+        self._last_epoch = 0
         if not self._path.exists():
             return {}
         try:
@@ -98,6 +107,7 @@ class SequenceStore:
                 raise ValueError(f"unknown version {data.get('version')!r}")
             marks = {str(k): int(v) for k, v in data["next"].items()}
             self._floor = int(data.get("floor", 0))
+            self._last_epoch = int(data.get("epoch", 0))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BadInput(
                 f"the sequence state file {self._path} is unreadable ({exc})",
@@ -109,7 +119,8 @@ class SequenceStore:
         return marks
 
     def _persist(self, marks: dict[str, int], floor: int) -> None:
-        payload = json.dumps({"version": _VERSION, "floor": floor, "next": marks}, sort_keys=True).encode()
+        payload = json.dumps({"version": _VERSION, "floor": floor, "next": marks, "epoch": self.epoch},
+                             sort_keys=True).encode()  # fmt: skip
         write_atomic(self._path, payload)
 
     def next(self, key: str) -> int:

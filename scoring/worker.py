@@ -19,7 +19,10 @@ machine + timestamp).
 An InfluxDB outage: points accumulate in the bounded buffer while the worker
 keeps scoring; when it is full the worker pauses its partitions (back-pressure)
 and resumes once writes succeed. Nothing is dropped and nothing is committed
-early. Bad records never stop the loop: they go to the dead-letter topic.
+early. Bad records never stop the loop: they go to the dead-letter topic, cut to a size
+that always fits (original size and SHA-256 in the headers); a record the broker refuses
+permanently (too large) is dead-lettered or, failing that, given up with an ERROR instead of
+being resent forever (:meth:`ScoringWorker._resend`).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from soundwatch.errors import ConfigError
 from soundwatch.influx import schema as ix
 from soundwatch.influx.schema import Point, alert_point, pipeline_point, score_point
 from soundwatch.influx.sink import BufferedSink, InfluxBackPressure
-from soundwatch.kafka import commit_offsets, ensure_topics, make_consumer, make_producer, send_dead_letter
+from soundwatch.kafka import commit_offsets, ensure_topics, is_permanent, make_consumer, make_producer, send_dead_letter
 from soundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,15 @@ class _FailedSend:
 
     def failed(self) -> bool:
         return True
+
+
+class _Abandoned:
+    """Stands in for a send given up on: even a header-only dead letter was refused permanently."""
+
+    exception = None
+
+    def failed(self) -> bool:
+        return False
 
 
 class ScoringWorker:
@@ -360,10 +372,39 @@ class ScoringWorker:
         for p in ready:
             for i, (fut, topic, key, value, letter) in enumerate(p.sends):
                 if fut.failed():
-                    log.warning("resending a record to %s after: %s", topic, fut.exception)
-                    p.sends[i] = self._send(topic, key, value, letter)
+                    p.sends[i] = self._resend(fut.exception, topic, key, value, letter)
                     delivered = False  # checked again on the next loop turn
         return delivered
+
+    def _resend(self, error: BaseException, topic: str, key: bytes | None, value: bytes,
+                letter: DeadLetter | None) -> list[Any]:  # fmt: skip
+        """What replaces a failed send: the same record after a transient error (broker away).
+
+        After a permanent one (:func:`~soundwatch.kafka.is_permanent`: the broker will never take
+        this record) resending would stall the partition forever. A Score/AlertEvent becomes an
+        ``undeliverable`` dead letter; a dead letter is sent again without its value (headers keep
+        the reason, size and hash); if even that is refused it is given up, loudly, and the batch
+        commits.
+        """
+        if not is_permanent(error):
+            log.warning("resending a record to %s after: %s", topic, error)
+            return self._send(topic, key, value, letter)
+        t = self.settings.kafka.topics
+        if letter is None:
+            log.error("%s refused a record permanently (%s); dead-lettering it as %s", topic, error,
+                      Reason.UNDELIVERABLE.value)  # fmt: skip
+            letter = DeadLetter(Reason.UNDELIVERABLE, f"{topic} refused the record: {type(error).__name__}: {error}",
+                                STAGE, topic)  # fmt: skip
+            self.metrics.dead_letters.labels(letter.reason.value).inc()
+            return self._send(t.deadletter, key, value, letter)
+        if letter.delivery_error:
+            log.error("the dead-letter topic %s refused even the header-only letter of %s[%s]@%s (%s); given up so "
+                      "the partition moves on", topic, letter.source_topic, letter.source_partition,
+                      letter.source_offset, error)  # fmt: skip
+            return [_Abandoned(), topic, key, value, letter]
+        log.error("the dead-letter topic %s refused the letter of %s[%s]@%s (%s); sending it without the value",
+                  topic, letter.source_topic, letter.source_partition, letter.source_offset, error)  # fmt: skip
+        return self._send(topic, key, value, letter.without_value(error))
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         from kafka import TopicPartition

@@ -46,6 +46,7 @@ _BENCH_COMMANDS: dict[str, tuple[str, str, str]] = {
     "ingest": ("ingest.cli", "bench", "Chunks/s one gateway sustains to the broker; machines it can carry."),
     "scoring": ("scoring.cli", "bench", "Windows/s one scoring worker sustains; batched vs one at a time."),
     "e2e": ("deploy.cli", "bench_e2e", "Chunk -> InfluxDB point latency with N machines; machines sustained."),
+    "faults": ("deploy.bench_faults", "bench_faults", "Fault injection on a private stack: lost windows per scenario."),
     "methods": ("training.cli", "bench_methods", "Every training method on the same data: AUC, pAUC, cost, compared."),
 }
 

@@ -4,19 +4,24 @@ Every message starts with the same 4-byte preamble::
 
     magic  b"SW"   2 bytes
     kind   u8      1 = audio chunk, 2 = feature window, 3 = score, 4 = alert event
-    version u8     schema version of that kind (currently 1 for all)
+    version u8     schema version of that kind (audio chunk 2, the others 1)
 
 followed by the kind's fields in network byte order. Strings are UTF-8 with a
 u16 length prefix. Decoding anything malformed raises :class:`ContractError`,
 whose ``reason`` is a short stable code a dead-letter record can carry.
+
+Versions: a decoder reads every version it lists; encoders write the newest. Audio chunk
+version 2 adds the gateway's ``epoch`` (version 1 chunks decode with ``epoch = 0``), so
+upgrade the feature workers before the gateways.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from typing import ClassVar
 
@@ -44,6 +49,8 @@ class Reason(str, Enum):
     WRONG_SAMPLE_RATE = "wrong_sample_rate"
     FEATURE_PARAMS_MISMATCH = "feature_params_mismatch"
     UNKNOWN_MACHINE_TYPE = "unknown_machine_type"
+    CONFLICTING_GATEWAY = "conflicting_gateway"  # another gateway (newer epoch) owns the machine right now
+    UNDELIVERABLE = "undeliverable"  # the broker refused a stage's output record permanently (e.g. too large)
 
 
 class ContractError(ValueError):
@@ -168,10 +175,13 @@ class AudioChunk:
     ``sequence`` is per machine and increases by one per chunk; a jump is a gap.
     ``samples`` is mono, int16 (PCM16, the default on the wire) or float32 in [-1, 1].
     ``origin_ns`` is the wall-clock time the gateway produced the chunk (for latency).
+    ``epoch`` identifies one run of the gateway (set at its start, larger for a later start;
+    0 = unknown, a version 1 chunk): ``(gateway_id, epoch)`` is the producer whose ``sequence``
+    numbers count up without reuse. See :mod:`features.windower` for how producers are ranked.
     """
 
     KIND: ClassVar[MessageKind] = MessageKind.AUDIO_CHUNK
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     machine_type: str
     machine_id: str
@@ -181,11 +191,14 @@ class AudioChunk:
     start_ns: int
     samples: np.ndarray
     origin_ns: int = 0
-    schema_version: int = 1
+    schema_version: int = 2
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         for name in ("machine_type", "machine_id", "gateway_id"):
             _check_id(name, getattr(self, name))
+        if not (0 <= self.epoch < 2**63):
+            raise ContractError(Reason.INVALID_FIELD, f"epoch={self.epoch} must be in [0, 2^63)")
         if not (0 < self.sample_rate <= 768_000):
             raise ContractError(Reason.INVALID_FIELD, f"sample_rate={self.sample_rate} Hz is outside 1..768000")
         if not (0 <= self.sequence < 2**63):
@@ -229,17 +242,23 @@ class AudioChunk:
         w.string(self.machine_id)
         w.string(self.gateway_id)
         fmt = self.sample_format
-        w.pack("IQqqBI", self.sample_rate, self.sequence, self.start_ns, self.origin_ns, int(fmt), self.n_samples)
+        w.pack("IQqqQBI", self.sample_rate, self.sequence, self.start_ns, self.origin_ns, self.epoch, int(fmt),
+               self.n_samples)  # fmt: skip
         w.raw(self.samples.astype(_DTYPES[fmt], copy=False).tobytes())
         return w.bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> AudioChunk:
-        r = _Reader(data, cls.KIND, (1,))
+        """Versions 1 (no epoch: read as 0) and 2 (``epoch`` after ``origin_ns``)."""
+        r = _Reader(data, cls.KIND, (1, 2))
         machine_type = r.string("machine_type")
         machine_id = r.string("machine_id")
         gateway_id = r.string("gateway_id")
-        sample_rate, sequence, start_ns, origin_ns, fmt_code, n = r.unpack("IQqqBI")
+        if r.version == 1:
+            sample_rate, sequence, start_ns, origin_ns, fmt_code, n = r.unpack("IQqqBI")
+            epoch = 0
+        else:
+            sample_rate, sequence, start_ns, origin_ns, epoch, fmt_code, n = r.unpack("IQqqQBI")
         if fmt_code not in SampleFormat._value2member_map_:
             raise ContractError(
                 Reason.UNSUPPORTED_DTYPE, f"sample format code {fmt_code} (known: 1=PCM16, 2=FLOAT32)"
@@ -262,6 +281,7 @@ class AudioChunk:
             samples=samples,
             origin_ns=origin_ns,
             schema_version=r.version,
+            epoch=epoch,
         )
 
 
@@ -484,7 +504,17 @@ def peek_kind(data: bytes) -> MessageKind:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """Why a record was set aside. Sent to the dead-letter topic with the original bytes as value."""
+    """Why a record was set aside. Sent to the dead-letter topic with the original bytes as value.
+
+    A dead letter must always fit, or a huge bad record would block its partition forever:
+    :meth:`fit` cuts the value to :attr:`MAX_VALUE_BYTES` (and the key to :attr:`MAX_KEY_BYTES`)
+    and records the original value's size and SHA-256, so the original can still be identified.
+    ``delivery_error`` says why even that copy could not be delivered, when a stage had to fall
+    back to a letter without the value (see :meth:`without_value`).
+    """
+
+    MAX_VALUE_BYTES: ClassVar[int] = 512 * 1024  # under any producer's max request size (aiokafka: 1 MB)
+    MAX_KEY_BYTES: ClassVar[int] = 1024
 
     reason: Reason
     detail: str
@@ -492,16 +522,41 @@ class DeadLetter:
     source_topic: str = ""
     source_partition: int = -1
     source_offset: int = -1
+    original_size: int = -1  # bytes of the original value (-1: not recorded)
+    sha256: str = ""  # hex digest of the original value
+    truncated: bool = False  # the letter's value is only the first MAX_VALUE_BYTES of the original (or empty)
+    delivery_error: str = ""
+
+    def fit(self, key: bytes | None, value: bytes | None) -> tuple[DeadLetter, bytes | None, bytes]:
+        """``(letter, key, value)`` ready to send: sizes bounded, original size and hash in the letter."""
+        value = bytes(value or b"")
+        cut = len(value) > self.MAX_VALUE_BYTES
+        letter = replace(self, original_size=len(value), sha256=hashlib.sha256(value).hexdigest(),
+                         truncated=self.truncated or cut)  # fmt: skip
+        if key is not None and len(key) > self.MAX_KEY_BYTES:
+            key = bytes(key[: self.MAX_KEY_BYTES])
+        return letter, key, value[: self.MAX_VALUE_BYTES]
+
+    def without_value(self, error: BaseException | str) -> DeadLetter:
+        """This letter for sending with an empty value, after ``error`` refused the fitted one."""
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        return replace(self, truncated=True, delivery_error=text[:1024])
 
     def headers(self) -> list[tuple[str, bytes]]:
-        return [
+        out = [
             ("sw-reason", self.reason.value.encode()),
             ("sw-detail", self.detail.encode("utf-8", "replace")[:4096]),
             ("sw-stage", self.stage.encode()),
             ("sw-source-topic", self.source_topic.encode()),
             ("sw-source-partition", str(self.source_partition).encode()),
             ("sw-source-offset", str(self.source_offset).encode()),
+            ("sw-original-size", str(self.original_size).encode()),
+            ("sw-sha256", self.sha256.encode()),
+            ("sw-truncated", b"1" if self.truncated else b"0"),
         ]
+        if self.delivery_error:
+            out.append(("sw-delivery-error", self.delivery_error.encode("utf-8", "replace")[:1024]))
+        return out
 
     @classmethod
     def from_headers(cls, headers: list[tuple[str, bytes]] | None) -> DeadLetter:
@@ -515,6 +570,10 @@ class DeadLetter:
             source_topic=h.get("sw-source-topic", ""),
             source_partition=int(h.get("sw-source-partition", "-1")),
             source_offset=int(h.get("sw-source-offset", "-1")),
+            original_size=int(h.get("sw-original-size", "-1")),
+            sha256=h.get("sw-sha256", ""),
+            truncated=h.get("sw-truncated", "0") == "1",
+            delivery_error=h.get("sw-delivery-error", ""),
         )
 
     @classmethod

@@ -123,8 +123,34 @@ def ensure_topics(settings: Settings, names: list[str] | None = None, partitions
         admin.close()
 
 
+# Errors no resend can cure: the record itself is refused (too large, malformed). Retrying them
+# forever stalls a partition; senders treat them as permanent (kafka-python and aiokafka names).
+PERMANENT_SEND_ERRORS = frozenset({
+    "MessageSizeTooLargeError",
+    "RecordListTooLargeError",
+    "RecordTooLargeError",
+    "InvalidRecordError",
+    "CorruptRecordError",
+    "CorruptRecordException",
+})  # fmt: skip
+
+
+def is_permanent(error: BaseException | None) -> bool:
+    """True when ``error`` from a send means the broker will never take this record."""
+    return error is not None and type(error).__name__ in PERMANENT_SEND_ERRORS
+
+
 def send_dead_letter(producer, settings: Settings, key: bytes | None, value: bytes | None, letter: DeadLetter):
-    """Publish the original record with the reason in headers; returns the send future."""
-    log.warning("dead-lettered record from %s[%s]@%s: %s: %s", letter.source_topic, letter.source_partition,
-                letter.source_offset, letter.reason.value, letter.detail)  # fmt: skip
-    return producer.send(settings.kafka.topics.deadletter, key=key, value=value or b"", headers=letter.headers())
+    """Publish the record with the reason in headers; returns the send future.
+
+    The value is cut to :attr:`DeadLetter.MAX_VALUE_BYTES` (original size and SHA-256 in the headers),
+    so a letter always fits the producer's request size. Should the broker still refuse it
+    (:func:`is_permanent`), resend ``letter.without_value(error)``: headers only, nothing to refuse.
+    """
+    letter, key, value = letter.fit(key, value)
+    log.warning("dead-lettered record from %s[%s]@%s (%d bytes%s): %s: %s", letter.source_topic,
+                letter.source_partition, letter.source_offset, letter.original_size,
+                ", truncated" if letter.truncated else "", letter.reason.value, letter.detail)  # fmt: skip
+    if letter.delivery_error:
+        value = b""
+    return producer.send(settings.kafka.topics.deadletter, key=key, value=value, headers=letter.headers())

@@ -12,6 +12,7 @@ from features_helpers import chunks_of, pcm16, real_clips
 
 import features.app as feature_app
 from features.app import WindowingProcessor
+from features.windower import StreamWindower
 from features.windows import offline_windows
 from soundwatch.contracts import DeadLetter, FeatureWindow, Reason, machine_key
 from soundwatch.settings import load_settings
@@ -61,10 +62,18 @@ def processor(settings, table, out, dead, monkeypatch) -> WindowingProcessor:
     async def earliest(topic, partition):
         return 0
 
+    async def end(topic, partition):  # what the broker says the partition's end offset is (None: no answer)
+        return proc.log_end.get((topic, partition))  # type: ignore[attr-defined]
+
+    async def value_at(topic, partition, offset):  # the value the log holds at an offset (None: not there)
+        return proc.log_values.get((topic, partition, offset))  # type: ignore[attr-defined]
+
     monkeypatch.setattr(feature_app, "read_emitted_tail", read_back)
     seeks: list = []
-    proc = WindowingProcessor(settings, table, out, dead, seek=seek, earliest=earliest)
+    proc = WindowingProcessor(settings, table, out, dead, seek=seek, earliest=earliest, end=end, value_at=value_at)
     proc.seeks = seeks  # type: ignore[attr-defined]
+    proc.log_end = {}  # type: ignore[attr-defined]
+    proc.log_values = {}  # type: ignore[attr-defined]
     return proc
 
 
@@ -171,3 +180,202 @@ def test_a_partition_starts_at_its_earliest_offset(settings, monkeypatch):
     proc = processor(settings, table, out, dead, monkeypatch)
     run(proc, msgs[2:4])  # the first records were dropped before anything was processed
     assert proc.seeks == [("audio.raw", 0, 0)] and out.records == []
+
+
+# --------------------------------------------------------------------------- a recreated topic (issue 16.1)
+def whole_stream_windows(out: FakeTopic) -> list[FeatureWindow]:
+    return [FeatureWindow.decode(v) for _, v, _, _ in out.records]
+
+
+@pytest.mark.parametrize("sign", ["content", "end_offset"])
+def test_a_recreated_input_topic_is_resynchronised_and_no_new_chunk_is_dropped(settings, monkeypatch, sign):
+    """The broker lost its data: the gateway's next chunks arrive at offsets 0, 1, ... while the table says 10
+    is next. They are new audio. Either sign finds it: a chunk newer than the machine's state, or (when the
+    first record of the new log is a chunk the gateway resent after the outage, seen before) the broker's end
+    offset below the stored one."""
+    pcm = pcm16(real_clips()[8])
+    chunks = chunks_of(pcm, list(range(16_000, pcm.size, 16_000)))
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, messages(chunks[:6], partition=1))  # the old log: offsets 0..5, next offset 6
+    new_log = chunks[6:] if sign == "content" else chunks[5:]  # chunk 5 resent: its ack was lost in the outage
+    if sign == "end_offset":
+        proc.log_end[("audio.raw", 1)] = len(new_log)  # below 6
+    run(proc, messages(new_log, partition=1, first_offset=0))
+    windows = whole_stream_windows(out)
+    _, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
+    assert [(w.segment, w.start_frame) for w in windows] == [(0, int(s)) for s in starts]  # nothing lost
+    assert proc.stats.topic_resyncs == 1 and proc.stats.replayed == 0 and proc.seeks == []
+    assert proc.stats.chunks_skipped == 0 and proc.stats.duplicates == (1 if sign == "end_offset" else 0)
+    assert feature_app._position(table[feature_app._offset_key("audio.raw", 1)])[0] == len(new_log)
+
+
+def test_a_new_log_that_outgrew_the_old_position_is_found_by_the_gap_and_read_from_its_start(settings, monkeypatch):
+    """The gateway refilled the recreated topic past the old position before the worker fetched again: the
+    consumer, still at offset 6, silently skips offsets 0..5 of the new log. The sequence gap that follows makes
+    the worker compare offset 5 with the record it processed there: another record, so it reads the new log
+    from its start."""
+    pcm = np.concatenate([pcm16(c) for c in real_clips()[8:10]])  # 20 s
+    chunks = chunks_of(pcm, list(range(16_000, pcm.size, 16_000)))
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, messages(chunks[:6], partition=1))  # old log: offsets 0..5
+    before = len(out.records)
+    new_log = messages(chunks[6:], partition=1, first_offset=0)
+    proc.log_end[("audio.raw", 1)] = len(new_log)
+    proc.log_values.update({("audio.raw", 1, m.offset): m.value for m in new_log})
+    run(proc, new_log[6:7])  # what the consumer fetches at its old position: chunk 12 -> a gap
+    assert proc.seeks == [("audio.raw", 1, 0)] and len(out.records) == before and proc.stats.gaps == 0
+    run(proc, new_log[7:8] + new_log)  # one fetched before the seek (ignored), then the new log from 0
+    windows = whole_stream_windows(out)
+    _, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
+    assert [(w.segment, w.start_frame) for w in windows] == [(0, int(s)) for s in starts]
+    assert proc.stats.topic_resyncs == 1 and proc.stats.chunks_skipped == 0
+
+
+def test_a_real_gap_in_the_same_log_is_counted_not_resynchronised(settings, monkeypatch):
+    pcm = pcm16(real_clips()[8])
+    chunks = chunks_of(pcm, list(range(16_000, pcm.size, 16_000)))
+    msgs = messages(chunks[:4] + chunks[6:], partition=1)  # chunks 4 and 5 never reached the topic
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    proc.log_end[("audio.raw", 1)] = len(msgs)
+    proc.log_values.update({("audio.raw", 1, m.offset): m.value for m in msgs})
+    run(proc, msgs)
+    assert proc.stats.topic_resyncs == 0 and proc.seeks == []
+    assert proc.stats.gaps == 1 and proc.stats.chunks_skipped == 2
+
+
+def test_a_true_replay_is_still_skipped_and_chunks_lost_with_the_old_log_are_counted(settings, monkeypatch):
+    pcm = pcm16(real_clips()[9])
+    chunks = chunks_of(pcm, list(range(16_000, pcm.size, 16_000)))
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, messages(chunks[:4]))
+    proc.log_end[("audio.raw", 2)] = 4  # the same log: a restarted consumer re-reads 1..3
+    run(proc, messages(chunks[1:4], first_offset=1))
+    assert proc.stats.replayed == 3 and proc.stats.topic_resyncs == 0
+    # now the log is replaced, and chunks 4 and 5 were in the old one only: lost with it, and counted
+    run(proc, messages(chunks[6:], first_offset=0))
+    assert proc.stats.topic_resyncs == 1 and proc.stats.chunks_skipped == 2 and proc.stats.gaps == 1
+    assert {w.segment for w in whole_stream_windows(out)} == {0, 1}
+
+
+# --------------------------------------------------------------------------- producers (issue 16.5)
+def chunks_from(pcm, gateway: str, epoch: int, origin0: int, first_sequence: int = 0) -> list:
+    """1 s chunks of ``pcm`` from one gateway run, made one second apart (origin_ns)."""
+    from dataclasses import replace
+
+    plain = chunks_of(pcm, list(range(16_000, pcm.size, 16_000)), first_sequence=first_sequence)
+    return [replace(c, gateway_id=gateway, epoch=epoch, origin_ns=origin0 + i * 10**9) for i, c in enumerate(plain)]
+
+
+def test_a_second_gateway_for_one_machine_never_mixes_into_a_window_and_its_chunks_are_dead_lettered(
+        settings, monkeypatch):  # fmt: skip
+    t0 = 1_800_000_000 * 10**9
+    pcm_a, pcm_b = pcm16(real_clips()[10]), pcm16(real_clips()[11])
+    a = chunks_from(pcm_a, "gw-plant", epoch=t0, origin0=t0, first_sequence=279)  # running for a while
+    b = chunks_from(pcm_b, "gw-plant", epoch=t0 + 4 * 10**9, origin0=t0 + 4 * 10**9)  # same id, wiped state
+    # a's first 4 chunks, then both interleaved: b (newest epoch) wins while it is live
+    stream_ = a[:4] + [c for pair in zip(b[:4], a[4:8], strict=True) for c in pair]
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, messages(stream_))
+    letters = [DeadLetter.from_headers(h) for _, _, _, h in dead.records]
+    assert [x.reason for x in letters] == [Reason.CONFLICTING_GATEWAY] * 4
+    assert [v for _, v, _, _ in dead.records] == [c.encode() for c in a[4:8]]  # the whole chunks, for inspection
+    assert proc.stats.chunks_conflicting == 4 and proc.stats.takeovers == 1 and proc.stats.chunks_skipped == 0
+    windows = whole_stream_windows(out)
+    assert {w.segment for w in windows} == {0, 1}
+    by_seg = {seg: [w for w in windows if w.segment == seg] for seg in (0, 1)}
+    ref_a, _ = offline_windows(pcm_a[:64_000].astype(np.float32) / 32768, params=settings.features)
+    ref_b, _ = offline_windows(pcm_b[:64_000].astype(np.float32) / 32768, params=settings.features)
+    for got, ref in ((by_seg[0], ref_a), (by_seg[1], ref_b)):  # each segment is exactly one source's audio
+        assert len(got) == len(ref) and max(np.abs(w.values - r).max() for w, r in zip(got, ref, strict=True)) < 1e-3
+
+
+def test_a_gateway_restarted_with_fresh_state_is_not_taken_for_a_replay(settings, monkeypatch):
+    """Sequences restart at 0 under a new epoch: before epochs the machine went dark ('duplicate/old')."""
+    t0 = 1_800_000_000 * 10**9
+    pcm = pcm16(real_clips()[12])
+    first = chunks_from(pcm[:96_000], "gw-1", epoch=t0, origin0=t0, first_sequence=90)
+    second = chunks_from(pcm[96_000:], "gw-1", epoch=t0 + 60 * 10**9, origin0=t0 + 60 * 10**9)
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, messages(first + second))
+    windows = whole_stream_windows(out)
+    _, s1 = offline_windows(pcm[96_000:].astype(np.float32) / 32768, params=settings.features)
+    assert [w.start_frame for w in windows if w.segment == 1] == s1.tolist()
+    assert proc.stats.duplicates == 0 and proc.stats.takeovers == 1 and dead.records == []
+
+
+def test_an_older_gateway_takes_the_machine_back_when_the_newer_one_went_silent(settings, monkeypatch):
+    t0 = 1_800_000_000 * 10**9
+    pcm = np.concatenate([pcm16(c) for c in real_clips()[13:16]])  # 30 s
+    old = chunks_from(pcm, "gw-a", epoch=t0, origin0=t0)
+    brief = chunks_from(pcm[:32_000], "gw-b", epoch=t0 + 10**9, origin0=t0 + 2 * 10**9)  # ran for 2 s, stopped
+    stream_ = old[:2] + brief + old[2:]
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, messages(stream_))
+    conflicting = [DeadLetter.from_headers(h).reason for _, _, _, h in dead.records]
+    # gw-a's chunks made within 10 s (CLAIM_TIMEOUT_S) of gw-b's last one (t0 + 3 s) are refused: 2..13
+    assert len(conflicting) == 12 and set(conflicting) == {Reason.CONFLICTING_GATEWAY}
+    assert proc.stats.takeovers == 2
+    back = [w for w in whole_stream_windows(out) if w.segment == 2]  # from chunk 14 on, a fresh segment
+    _, starts = offline_windows(pcm[14 * 16_000 :].astype(np.float32) / 32768, params=settings.features)
+    assert [w.start_frame for w in back] == starts.tolist()
+    last_owner = StreamWindower.from_bytes(table[machine_key("fan", "id_00")], settings.features)
+    assert (last_owner.gateway_id, last_owner.epoch) == ("gw-a", t0)
+
+
+# --------------------------------------------------------------------------- dead letters always fit (16.2, 16.6)
+class SizeLimitedTopic(FakeTopic):
+    """Refuses values over ``limit`` bytes at send time, as aiokafka's producer does over max_request_size."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refused = 0
+
+    async def send(self, *, key, value, partition=None, headers=None, force=False):
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        if len(value) > self.limit:
+            self.refused += 1
+            raise MessageSizeTooLargeError(f"The message is {len(value)} bytes when serialized")
+        return await super().send(key=key, value=value, partition=partition, headers=headers, force=force)
+
+
+@pytest.mark.parametrize("limit", [1024 * 1024, 100])
+def test_an_oversized_bad_record_is_dead_lettered_cut_down_and_the_partition_moves_on(settings, monkeypatch, limit):
+    import hashlib
+
+    pcm = pcm16(real_clips()[14])
+    good = chunks_of(pcm, list(range(16_000, pcm.size, 16_000)))
+    key = machine_key("fan", "id_00")
+    huge = b"\x00" + bytes(10 * 1024 * 1024)  # 10 MB of garbage
+    table, out, dead = FakeTable(), FakeTopic(), SizeLimitedTopic(limit)
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, [Msg("audio.raw", 0, 0, key, huge), Msg("audio.raw", 0, 1, key, b"")] +
+        messages(good, partition=0, first_offset=2))  # fmt: skip
+    letters = [DeadLetter.from_headers(h) for _, _, _, h in dead.records]
+    assert [x.reason for x in letters] == [Reason.BAD_MAGIC, Reason.EMPTY_PAYLOAD]
+    big = letters[0]
+    assert big.original_size == len(huge) and big.sha256 == hashlib.sha256(huge).hexdigest() and big.truncated
+    assert len(dead.records[0][1]) == (DeadLetter.MAX_VALUE_BYTES if limit > 100 else 0)
+    assert (big.delivery_error != "") == (limit == 100)
+    _, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
+    assert [w.start_frame for w in whole_stream_windows(out)] == starts.tolist()
+
+
+def test_health_fields_count_skipped_conflicting_and_resyncs_since_start(settings):
+    ticker = feature_app._HealthTicker(settings, feature_app.StreamStats())
+    ticker.stats.chunks_skipped, ticker.stats.chunks_conflicting, ticker.stats.topic_resyncs = 5, 2, 1
+    first = ticker.fields(consumer_lag=3)
+    assert (first["chunks_skipped"], first["chunks_conflicting"], first["topic_resyncs"]) == (5, 2, 1)
+    assert all(type(first[k]) is int for k in ("chunks_skipped", "chunks_conflicting", "topic_resyncs"))
+    ticker.stats.chunks_skipped += 1
+    second = ticker.fields(consumer_lag=None)  # counters: a point lost on the way loses no count
+    assert (second["chunks_skipped"], second["chunks_conflicting"], second["topic_resyncs"]) == (6, 2, 1)
+    assert "1 topic resyncs" in ticker.stats.line() and "6 chunks skipped" in ticker.stats.line()

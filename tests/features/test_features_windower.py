@@ -167,3 +167,63 @@ def test_window_metadata_times_and_origin():
     assert (w0.last_sequence, w0.origin_ns) == (completing.sequence, completing.origin_ns)
     assert all(b.end_ns - a.end_ns == 32 * 512 * 62_500 for a, b in zip(windows, windows[1:], strict=False))
     assert FeatureWindow.decode(w0.encode()).values.tobytes() == w0.values.tobytes()
+
+
+def _as_version_1(state: bytes) -> bytes:
+    """A state as the windower wrote it before producers had epochs (format version 1)."""
+    import json
+    import struct
+
+    head = struct.Struct(">3sBI")
+    _, _, n = head.unpack_from(state)
+    h = json.loads(state[head.size : head.size + n])
+    del h["epoch"], h["owner_origin_ns"]
+    raw = json.dumps(h, separators=(",", ":")).encode()
+    return head.pack(b"SWW", 1, len(raw)) + raw + state[head.size + n :]
+
+
+def test_a_version_1_state_migrates_and_continues_exactly():
+    index = 9
+    chunks = chunks_of(pcm16(CLIPS[index]), list(range(16_000, 160_000, 16_000)))
+    first, _, w = stream(chunks[:4])
+    old = _as_version_1(w.to_bytes())
+    assert old[3] == 1 and peek_state(old)["epoch"] == 0 and peek_state(old)["last_sequence"] == 3
+    migrated = StreamWindower.from_bytes(old, P)
+    assert (migrated.epoch, migrated.owner_origin_ns, migrated.gateway_id) == (0, 0, "gw-test")
+    rest, events, _ = stream(chunks[4:], migrated)
+    assert events == []
+    assert_same_as_offline(first + rest, index)
+    assert migrated.to_bytes()[3] == 2  # written back in the current format
+
+
+def _from(chunks: list[AudioChunk], gateway: str, epoch: int, origin0: int = 10**18) -> list[AudioChunk]:
+    from dataclasses import replace
+
+    return [replace(c, gateway_id=gateway, epoch=epoch, origin_ns=origin0 + i * 10**9) for i, c in enumerate(chunks)]
+
+
+def test_a_clean_gateway_restart_continues_the_segment_and_a_wiped_one_starts_a_new_one():
+    index = 11
+    chunks = chunks_of(pcm16(CLIPS[index]), list(range(16_000, 160_000, 16_000)))
+    run1, run2 = _from(chunks[:5], "gw", 100), _from(chunks[5:], "gw", 200, 10**18 + 5 * 10**9)
+    windows, events, _ = stream(run1 + run2)  # numbers continue at 5: the same stream
+    assert [(e.kind, e.new_segment, e.missing) for e in events] == [(EventKind.TAKEOVER, False, 0)]
+    assert_same_as_offline(windows, index)
+    wiped = _from(chunks_of(pcm16(CLIPS[index]), list(range(16_000, 160_000, 16_000))), "gw", 300, 2 * 10**18)
+    w = StreamWindower(P)
+    stream(run1, w)
+    more, events, _ = stream(wiped, w)  # numbers restart at 0 under a newer epoch: a new stream, no loss
+    assert [(e.kind, e.new_segment, e.segment) for e in events] == [(EventKind.TAKEOVER, True, 1)]
+    assert [x.start_frame for x in more] == offline(index)[1].tolist() and {x.segment for x in more} == {1}
+    with pytest.raises(ContractError) as err:  # the superseded run, still sending: refused, state untouched
+        before = w.to_bytes()
+        w.push(_from(chunks[5:6], "gw", 100, 2 * 10**18)[0])
+    assert err.value.reason is Reason.CONFLICTING_GATEWAY and w.to_bytes() == before
+
+
+def test_version_1_chunks_keep_the_rules_before_epochs():
+    chunks = chunks_of(pcm16(CLIPS[12]), list(range(16_000, 160_000, 16_000)))
+    mixed = _from(chunks[:3], "gw-a", 0) + _from(chunks[3:], "gw-b", 0)  # no epochs: one producer per machine
+    windows, events, _ = stream(mixed)
+    assert events == []
+    assert_same_as_offline(windows, 12)

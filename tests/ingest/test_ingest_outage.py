@@ -227,3 +227,45 @@ def test_without_idempotence_order_still_holds(isolated_settings: Settings) -> N
     assert {m: [c.sequence for c in v] for m, v in arrived.items()} == {
         m: list(range(10)) for m in ("fan/id_00", "pump/id_02", "valve/id_04")
     }
+
+
+def test_the_reported_outage_covers_the_whole_time_the_broker_was_away(
+    isolated_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 'reachable again' line once said 5.3 s for a 21 s outage: a send fails only after its
+    request/delivery timeout, and the outage was counted from that failure."""
+    import re
+
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    settings = broker.settings(isolated_settings)
+    topic = settings.kafka.topics.audio_raw
+    down_s = 8.0
+    try:
+        ensure_topics(settings, [topic], 4)
+        stop = threading.Event()
+        worker = threading.Thread(
+            target=lambda: run_gateway(settings, _sim(speed=4.0), gateway_id="gw-span", stop=stop,
+                                       flush_timeout_s=30.0)  # fmt: skip
+        )
+        with caplog.at_level(logging.WARNING, logger="ingest.producer"):
+            worker.start()
+            wait_for_records(settings, topic, 30)
+            killed = time.monotonic()
+            broker.kill()
+            time.sleep(down_s)
+            broker.start()
+            back = time.monotonic()
+            ensure_topics(settings, [topic], 4)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any("reachable again" in r.message for r in caplog.records):
+                time.sleep(0.2)
+            stop.set()
+            worker.join(timeout=60)
+        lines = [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
+        assert lines, "the gateway never said the broker was back"
+        reported = float(re.search(r"reachable again\D*([\d.]+) s", lines[0]).group(1))
+        assert reported >= back - killed - 0.5, f"{lines[0]!r} for a {back - killed:.1f} s outage"
+        assert reported <= back - killed + 6.0, f"{lines[0]!r} for a {back - killed:.1f} s outage"
+    finally:
+        broker.kill()

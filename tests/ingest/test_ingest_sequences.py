@@ -76,3 +76,28 @@ def test_a_crash_before_a_new_machine_was_recorded_still_never_reuses(tmp_path: 
         assert store.next("m/7") == 10
     with SequenceStore(tmp_path, block=10) as store:  # a clean close lists them all: no new gaps
         assert store.peek("m/7") == 11 and store.peek("m/0") == 11
+
+
+def test_every_start_has_a_larger_epoch_even_when_the_clock_went_back(tmp_path: Path) -> None:
+    import json
+    import time
+
+    import numpy as np
+
+    from ingest.producer import Block, ChunkBuilder
+
+    with SequenceStore(tmp_path) as store:
+        first = store.epoch
+        chunk = ChunkBuilder("gw-1", 16_000, store).build(Block("fan", "id_00", np.zeros(160, np.float32), 0))
+    assert chunk.epoch == first and abs(first - time.time_ns()) < 60 * 10**9  # wall-clock ns
+    with SequenceStore(tmp_path) as store:
+        assert store.epoch > first
+    state = tmp_path / "sequences.json"
+    data = json.loads(state.read_text())
+    future = time.time_ns() + 3600 * 10**9  # written under a clock an hour ahead, since corrected
+    state.write_text(json.dumps({**data, "epoch": future}))
+    with SequenceStore(tmp_path) as store:
+        assert store.epoch == future + 1
+    state.write_text(json.dumps({k: v for k, v in data.items() if k != "epoch"}))  # a file from before epochs
+    with SequenceStore(tmp_path) as store:
+        assert store.epoch > first and store.next("fan/id_00") == 1

@@ -50,10 +50,12 @@ def _window(**kw) -> FeatureWindow:
 @given(mt=ids, mid=ids, gw=ids, sr=st.integers(1, 768_000), seq=i63, start=signed, origin=signed,
        pcm=hnp.arrays(np.int16, st.integers(1, 3000)))  # fmt: skip
 def test_audio_chunk_pcm16_round_trip(mt, mid, gw, sr, seq, start, origin, pcm):
-    chunk = AudioChunk(mt, mid, gw, sr, seq, start, pcm, origin)
+    epoch = seq // 3  # any value in [0, 2^63)
+    chunk = AudioChunk(mt, mid, gw, sr, seq, start, pcm, origin, epoch=epoch)
     back = AudioChunk.decode(chunk.encode())
     assert (back.machine_type, back.machine_id, back.gateway_id) == (mt, mid, gw)
     assert (back.sample_rate, back.sequence, back.start_ns, back.origin_ns) == (sr, seq, start, origin)
+    assert back.epoch == epoch and back.schema_version == 2
     assert back.samples.dtype == np.int16
     np.testing.assert_array_equal(back.samples, pcm)
     assert back.n_samples == pcm.size
@@ -144,12 +146,12 @@ def test_wrong_magic_and_wrong_kind():
 
 
 def _header_offset_of_format(data: bytes) -> int:
-    # preamble(4) + 3 length-prefixed strings, then IQqq (4+8+8+8) then the format byte
+    # preamble(4) + 3 length-prefixed strings, then IQqq (4+8+8+8), version 2: + Q epoch, then the format byte
     pos = 4
     for _ in range(3):
         (n,) = struct.unpack_from(">H", data, pos)
         pos += 2 + n
-    return pos + 28
+    return pos + (28 if data[3] == 1 else 36)
 
 
 def test_wrong_dtype_code():
@@ -245,6 +247,50 @@ def test_dead_letter_headers_round_trip():
     back = DeadLetter.from_headers(letter.headers())
     assert back == letter
     assert back.reason is Reason.BAD_MAGIC
+
+
+def _v1_chunk_bytes(samples: np.ndarray) -> bytes:
+    """An audio chunk exactly as soundwatch wrote it before version 2 (no epoch), built field by field."""
+
+    def string(text: str) -> bytes:
+        return struct.pack(">H", len(text)) + text.encode()
+
+    head = b"SW" + bytes([1, 1]) + string("fan") + string("id_00") + string("gw-old")
+    fields = struct.pack(">IQqqBI", 16_000, 41, 1_700_000_000_000_000_000, 123, 1, samples.size)
+    return head + fields + samples.astype(">i2").tobytes()
+
+
+def test_version_1_chunks_still_decode_with_epoch_0():
+    samples = np.array([1, -2, 300, -32768], dtype=np.int16)
+    chunk = AudioChunk.decode(_v1_chunk_bytes(samples))
+    assert chunk.schema_version == 1 and chunk.epoch == 0
+    assert (chunk.machine_id, chunk.gateway_id, chunk.sequence, chunk.origin_ns) == ("id_00", "gw-old", 41, 123)
+    np.testing.assert_array_equal(chunk.samples, samples)
+    assert AudioChunk.decode(chunk.encode()).schema_version == 2  # re-encoded as the newest version
+    with pytest.raises(ContractError) as info:
+        _chunk(epoch=-1)
+    assert info.value.reason is Reason.INVALID_FIELD
+
+
+def test_dead_letter_fit_bounds_the_value_and_records_size_and_hash():
+    import hashlib
+
+    letter = DeadLetter(Reason.BAD_MAGIC, "not a chunk", "features", "audio.raw", 3, 1234)
+    huge = bytes(range(256)) * (10 * 1024 * 1024 // 256)  # 10 MB
+    fitted, key, value = letter.fit(b"k" * 5000, huge)
+    assert len(value) == DeadLetter.MAX_VALUE_BYTES and value == huge[: DeadLetter.MAX_VALUE_BYTES]
+    assert key is not None and len(key) == DeadLetter.MAX_KEY_BYTES
+    assert fitted.truncated and fitted.original_size == len(huge)
+    assert fitted.sha256 == hashlib.sha256(huge).hexdigest()
+    assert sum(len(k) + len(v) for k, v in fitted.headers()) < 8 * 1024
+    assert DeadLetter.from_headers(fitted.headers()) == fitted
+    small, _, same = letter.fit(None, b"abc")
+    assert same == b"abc" and not small.truncated and small.original_size == 3
+    empty, _, nothing = letter.fit(None, None)
+    assert nothing == b"" and empty.original_size == 0
+    bare = fitted.without_value(ValueError("too large"))
+    back = DeadLetter.from_headers(bare.headers())
+    assert back.delivery_error == "ValueError: too large" and back.truncated and back.sha256 == fitted.sha256
 
 
 def test_audio_as_float32_scaling():

@@ -1,0 +1,477 @@
+"""A private pipeline to break on purpose, and the accounting of what came out of it.
+
+Used by `soundwatch bench faults` and the reliability tests. Each :class:`FaultPipeline` has its
+OWN Kafka-protocol broker (Tansu, memory storage) on a free port — it may be killed and restarted
+without touching the shared one — optionally its own InfluxDB, and otherwise the shared Redis and
+InfluxDB under unique names (key prefix, database) that are removed at the end. The feature and
+scoring workers are the real ``soundwatch`` commands in separate processes; gateways run
+in-process (:func:`ingest.gateway.run_gateway`) so that the accounting knows every block they took.
+
+Accounting (:meth:`FaultPipeline.account`):
+
+* ``chunks_acked``: chunks the gateways' brokers acknowledged (their reports; a run that ends with
+  chunks undelivered or dropped says so);
+* ``windows_implied``: the windows those chunks must give, computed from the gateways' own record
+  of each block: per machine and gateway run, every stretch of consecutive chunks not refused as
+  ``conflicting_gateway`` is one segment of ``n_windows(complete_frames(samples))`` windows;
+* ``points_distinct``: ``asd_score`` points in InfluxDB (a point is one machine and window end time);
+* ``duplicates``: windows published more than once on the features topic (same machine, segment,
+  start frame), as the topic holds them at the end;
+* ``dead_lettered`` (and ``conflicting``): records on the dead-letter topic;
+* ``lost = windows_implied - points_distinct`` — must be 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from deploy.pipeline import StageProcess
+from ingest.gateway import GatewayReport, run_gateway
+from ingest.producer import Block
+from soundwatch.contracts import AudioChunk, ContractError, DeadLetter, FeatureWindow, Reason
+from soundwatch.errors import ServiceUnavailable
+from soundwatch.params import FeatureParams
+from soundwatch.settings import Settings, load_settings
+
+TOPIC_NAMES = ("audio_raw", "features", "alerts", "scores", "deadletter")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise ServiceUnavailable(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s")
+
+
+class PrivateBroker:
+    """A Tansu broker of our own on a free port (memory storage: a restart loses every topic)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        from deploy.local_stack import tansu_binary
+
+        self.binary = tansu_binary()
+        self.port = free_port()
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> PrivateBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"tansu-{self.port}.log", "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "broker", "--storage-engine", "memory://tansu/",
+                                          "--listener-url", url, "--advertised-listener-url", url],
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)  # fmt: skip
+        _wait_port(self.port, 20, "the private broker")
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+class PrivateInflux:
+    """An influxd 1.x of our own on free ports; its data survives :meth:`kill` + :meth:`start`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        from deploy.local_stack import _require_binary, influx_config
+
+        self.binary = _require_binary("influxd", "apt-get install -y influxdb")
+        self.port, rpc = free_port(), free_port()
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "influxdb.conf").write_text(influx_config(state_dir, http_port=self.port, rpc_port=rpc))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> PrivateInflux:
+        with open(self.state_dir / "influxd.log", "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-config", str(self.state_dir / "influxdb.conf")], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/ping", timeout=1).status_code == 204:
+                    return self
+            time.sleep(0.2)
+        raise ServiceUnavailable(f"the private influxd did not answer within {timeout_s:.0f} s; see "
+                                 f"{self.state_dir / 'influxd.log'}")  # fmt: skip
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+def plumbing_model(registry_root: Path, machine_type: str, machine_ids: list[str], params: FeatureParams) -> str:
+    """Register a real but untrained ``clp`` artifact (seeded, small) that never alerts.
+
+    The fault bench measures delivery, not detection quality: any model with the right feature
+    parameters will do, and training one would cost minutes.
+    """
+    import numpy as np
+    import torch
+
+    from training.models import ArcMarginHead, Encoder, EncoderConfig
+    from training.registry import Artifact, ModelRegistry
+
+    torch.manual_seed(0)
+    cfg = EncoderConfig(n_mels=params.n_mels, window_frames=params.window_frames, channels=(8, 16), embedding_dim=32)
+    enc = Encoder(cfg)
+    rng = np.random.default_rng(0)
+    tilt = np.linspace(-20, -70, params.n_mels, dtype=np.float32)[None, :, None]
+    enc.norm.fit(torch.from_numpy((tilt + rng.normal(0, 3, (64, params.n_mels, params.window_frames)))
+                                  .astype(np.float32)))  # fmt: skip
+    head = ArcMarginHead(cfg.embedding_dim, len(machine_ids), 30.0, 0.5)
+    artifact = Artifact(
+        machine_type=machine_type, method="clp", score_kind="neglogp", feature_params=params, median_k=3,
+        model_config={"encoder": cfg.to_dict(), "head": {"n_classes": len(machine_ids), "scale": 30.0,
+                                                         "margin": 0.5}},
+        state={"encoder": enc.state_dict(), "head": head.state_dict()}, class_map=list(machine_ids),
+        id_classes={m: [i] for i, m in enumerate(machine_ids)}, thresholds={m: 1e9 for m in machine_ids},
+        default_threshold=1e9, threshold_rule="fault bench: never alerts",
+        data_summary={"source": "deploy.fault_stack (untrained, plumbing only)"},
+    )  # fmt: skip
+    return ModelRegistry(registry_root).save(artifact)
+
+
+class RecordedSource:
+    """A source wrapper that records the samples of every block per machine, and can be held (``gate``)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.sample_rate = source.sample_rate
+        self.samples: dict[str, list[int]] = {}
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def describe(self) -> str:
+        return f"recorded {self.source.describe()}"
+
+    def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
+        gen = self.source.blocks(stop)
+        try:
+            for block in gen:
+                while not self.gate.is_set():  # held: no audio is taken (the machine is quiet)
+                    if stop.wait(0.05):
+                        return
+                self.samples.setdefault(f"{block.machine_type}/{block.machine_id}", []).append(len(block.samples))
+                yield block
+        finally:
+            gen.close()
+
+
+@dataclass
+class GatewayRun:
+    """One run of a gateway (one epoch) in a thread; ``report`` once it stopped."""
+
+    settings: Settings
+    gateway_id: str
+    source: RecordedSource
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    report: GatewayReport | None = None
+    epoch: int = 0
+    error: BaseException | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> GatewayRun:
+        def target() -> None:
+            try:
+                self.report = run_gateway(self.settings, self.source, gateway_id=self.gateway_id,
+                                          stop=self.stop_event, flush_timeout_s=60.0)  # fmt: skip
+            except BaseException as exc:  # surfaced by stop()
+                self.error = exc
+
+        self._thread = threading.Thread(target=target, name=f"gateway-{self.gateway_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> GatewayReport:
+        self.stop_event.set()
+        assert self._thread is not None
+        self._thread.join(timeout=120)
+        if self.error is not None:
+            raise self.error
+        if self.report is None:
+            raise RuntimeError(f"gateway {self.gateway_id} did not stop within 120 s")
+        state = self.settings.ingest.state_dir / self.gateway_id / "sequences.json"
+        self.epoch = int(json.loads(state.read_text())["epoch"])
+        return self.report
+
+
+class FaultPipeline:
+    """Private topics, database and names; real feature + scoring worker processes; gateways on demand."""
+
+    def __init__(self, base: Settings, work_dir: Path, machines: list[str], *, influx: PrivateInflux | None = None,
+                 registry_root: Path | None = None) -> None:  # fmt: skip
+        self.tag = uuid.uuid4().hex[:8]
+        self.work_dir = work_dir
+        self.machines = machines
+        self.broker = PrivateBroker(work_dir / "broker").start()
+        try:
+            self.influx = influx
+            topics = {n: f"faults{self.tag}.{n}" for n in TOPIC_NAMES}
+            b = base
+            self.settings = load_settings(
+                kafka={**b.kafka.model_dump(), "bootstrap_servers": self.broker.bootstrap,
+                       "topics": {**topics, "partitions": 4}},
+                influx={**b.influx.model_dump(), "database": f"faults_{self.tag}",
+                        **({"url": influx.url} if influx else {})},
+                redis={**b.redis.model_dump(), "key_prefix": f"faults:{self.tag}"},
+                ingest={**b.ingest.model_dump(), "state_dir": work_dir / "gateway-state",
+                        "spool_dir": work_dir / "gateway-spool", "compression": "none"},
+                stream={**b.stream.model_dump(), "app_id": f"faults-features-{self.tag}",
+                        "data_dir": work_dir / "faust"},
+                scoring={**b.scoring.model_dump(), "group_id": f"faults-scoring-{self.tag}", "metrics_port": 0,
+                         "device": "cpu", "max_batch": 32, "max_wait_ms": 50},
+                features=b.features.model_dump(), services=b.services.model_dump(),
+                registry_root=registry_root or work_dir / "registry",
+            )  # fmt: skip
+            self.ensure_topics()
+            self._influx_q("CREATE DATABASE")
+            env = self.settings.to_env()
+            logs = work_dir / "logs"
+            self.features = StageProcess("features", ["features", "run", "--web-port", "0"], logs / "features.log", env)
+            self.scoring = StageProcess("scoring", ["score", "run"], logs / "scoring.log", env)
+            self.runs: list[GatewayRun] = []
+        except BaseException:
+            self.broker.kill()
+            raise
+
+    # ------------------------------------------------------------------ lifecycle
+    def ensure_topics(self) -> None:
+        """Create the pipeline topics (what an operator does after a broker lost its data: `services up`)."""
+        from soundwatch.kafka import ensure_topics
+
+        ensure_topics(self.settings)
+
+    def start_workers(self) -> None:
+        self.features.start()
+        self.scoring.start()
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.stop_event.set()
+        for stage in (self.features, self.scoring):
+            stage.stop(30)
+        self.broker.kill()
+        with contextlib.suppress(requests.RequestException):
+            self._influx_q("DROP DATABASE")
+        with contextlib.suppress(Exception):  # tidying only: the names are unique anyway
+            import redis
+
+            client = redis.Redis.from_url(self.settings.redis.url, **self.settings.redis.client_kwargs())
+            keys = list(client.scan_iter(f"{self.settings.redis.key_prefix}:*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
+
+    def _influx_q(self, verb: str) -> None:
+        i = self.settings.influx
+        requests.post(f"{i.url}/query", data={"q": f'{verb} "{i.database}"'}, timeout=10)
+
+    def kill9(self, stage: StageProcess) -> None:
+        assert stage.proc is not None
+        stage.proc.send_signal(signal.SIGKILL)
+        stage.proc.wait(timeout=10)
+
+    # ------------------------------------------------------------------ gateways and records
+    def gateway(self, machines: list[str], *, gateway_id: str = "gw-faults", state: str = "a",
+                speed: float = 2.0) -> GatewayRun:  # fmt: skip
+        """Start a simulator gateway for ``machines``; ``state`` names its state/spool directories."""
+        from ingest.sources.simulator import SimulatorSource, parse_machines
+
+        ing = self.settings.ingest
+        s = self.settings.model_copy(update={"ingest": ing.model_copy(update={
+            "state_dir": ing.state_dir / state, "spool_dir": ing.spool_dir / state})})  # fmt: skip
+        sr = self.settings.features.sample_rate
+        source = RecordedSource(SimulatorSource(parse_machines(",".join(machines)), sr,
+                                                int(sr * ing.chunk_seconds), speed=speed))  # fmt: skip
+        run = GatewayRun(s, gateway_id, source).start()
+        self.runs.append(run)
+        return run
+
+    def wipe_gateway_state(self, state: str = "a") -> None:
+        ing = self.settings.ingest
+        for d in (ing.state_dir / state, ing.spool_dir / state):
+            shutil.rmtree(d, ignore_errors=True)
+
+    def inject(self, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        """Produce raw records (bad ones, huge ones) straight to ``topic``."""
+        from soundwatch.kafka import make_producer
+
+        producer = make_producer(self.settings, max_request_size=32 * 1024 * 1024)
+        try:
+            for key, value in records:
+                producer.send(topic, key=key, value=value)
+            producer.flush(30)
+        finally:
+            producer.close()
+
+    # ------------------------------------------------------------------ waiting
+    def points(self) -> dict[str, int]:
+        """Distinct ``asd_score`` points per machine (one per machine and window end time)."""
+        rows = self._query('SELECT count("score") FROM "asd_score" GROUP BY "machine_type", "machine_id"')
+        return {f"{r['machine_type']}/{r['machine_id']}": int(r["count"]) for r in rows}
+
+    def _query(self, q: str) -> list[dict]:
+        i = self.settings.influx
+        resp = requests.get(f"{i.url}/query", params={"db": i.database, "q": q, "epoch": "ns"}, timeout=10)
+        resp.raise_for_status()
+        rows = []
+        for series in resp.json()["results"][0].get("series", []):
+            for values in series["values"]:
+                rows.append(dict(zip(series["columns"], values, strict=True)) | series.get("tags", {}))
+        return rows
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                if predicate():
+                    return
+            time.sleep(0.5)
+        raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}; logs in {self.work_dir / 'logs'}")
+
+    def wait_flowing(self, timeout_s: float = 120.0) -> None:
+        """Until every gateway machine has points: both workers joined and data flows end to end."""
+        self.wait_for(lambda: set(self.points()) >= set(self.machines), timeout_s, "the first points of every machine")
+
+    def wait_quiet(self, quiet_s: float = 4.0, timeout_s: float = 120.0) -> None:
+        """Until the point counts stopped changing for ``quiet_s`` (the pipeline drained)."""
+        last: dict[str, int] | None = None
+        since = time.monotonic()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                now = self.points()
+                if now != last:
+                    last, since = now, time.monotonic()
+                elif time.monotonic() - since >= quiet_s:
+                    return
+            time.sleep(0.5)
+        raise TimeoutError(f"points still changing after {timeout_s:.0f} s; logs in {self.work_dir / 'logs'}")
+
+    # ------------------------------------------------------------------ accounting
+    def read(self, topic: str) -> list[Any]:
+        """Every record of ``topic`` on the private broker now."""
+        from kafka import TopicPartition
+
+        from soundwatch.kafka import make_consumer
+
+        consumer = make_consumer(self.settings, group_id=None)
+        try:
+            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+            if not parts:
+                return []
+            ends = consumer.end_offsets(parts)
+            consumer.assign(parts)
+            consumer.seek_to_beginning(*parts)
+            out: list[Any] = []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in parts):
+                for records in consumer.poll(timeout_ms=500).values():
+                    out.extend(records)
+            return out
+        finally:
+            consumer.close()
+
+    def account(self) -> dict[str, Any]:
+        """The scenario's figures (see the module docstring); call after the gateways stopped and it drained."""
+        from features.logmel import complete_frames
+        from features.windows import n_windows
+
+        params = self.settings.features
+        letters = self.read(self.settings.kafka.topics.deadletter)
+        refused: set[tuple[str, str, int, int]] = set()  # (machine, gateway, epoch, sequence)
+        reasons: Counter[str] = Counter()
+        for rec in letters:
+            letter = DeadLetter.from_headers(rec.headers)
+            reasons[letter.reason.value] += 1
+            if letter.reason is Reason.CONFLICTING_GATEWAY:
+                with contextlib.suppress(ContractError):
+                    c = AudioChunk.decode(rec.value)
+                    refused.add((f"{c.machine_type}/{c.machine_id}", c.gateway_id, c.epoch, c.sequence))
+        implied: Counter[str] = Counter()
+        acked = 0
+        incomplete = []
+        for run in self.runs:
+            report = run.report
+            assert report is not None, "account() before the gateways stopped"
+            acked += report.chunks_sent
+            if report.undelivered_chunks or report.dropped_chunks:
+                incomplete.append(f"{run.gateway_id}: {report.undelivered_chunks} undelivered, "
+                                  f"{report.dropped_chunks} dropped")  # fmt: skip
+            for machine, sizes in run.source.samples.items():
+                stretch = 0
+                for seq, n in enumerate(sizes):  # fresh state: the i-th block of a run is sequence i
+                    if (machine, run.gateway_id, run.epoch, seq) in refused:
+                        implied[machine] += n_windows(complete_frames(stretch, params), params)
+                        stretch = 0
+                    else:
+                        stretch += n
+                implied[machine] += n_windows(complete_frames(stretch, params), params)
+        windows = Counter()
+        for rec in self.read(self.settings.kafka.topics.features):
+            with contextlib.suppress(ContractError):
+                w = FeatureWindow.decode(rec.value)
+                windows[(w.machine_type, w.machine_id, w.segment, w.start_frame)] += 1
+        points = self.points()
+        lost_by_machine = {m: implied[m] - points.get(m, 0) for m in sorted(implied)}
+        return {
+            "chunks_acked": acked,
+            "windows_implied": sum(implied.values()),
+            "points_distinct": sum(points.values()),
+            "duplicates": sum(n - 1 for n in windows.values()),
+            "dead_lettered": len(letters),
+            "conflicting": reasons.get(Reason.CONFLICTING_GATEWAY.value, 0),
+            "dead_letter_reasons": dict(sorted(reasons.items())),
+            "lost": sum(lost_by_machine.values()),
+            "lost_by_machine": lost_by_machine,
+            "reported_by_features": self._features_health(),
+            **({"incomplete_gateway_runs": incomplete} if incomplete else {}),
+        }
+
+    def _features_health(self) -> dict[str, int]:
+        """What the feature workers reported in their ``pipeline`` points: counters since each started (one
+        series per worker process), summed over workers; a point every 10 s, so the last counts may be missing."""
+        fields = ("chunks_skipped", "chunks_conflicting", "topic_resyncs")
+        try:
+            rows = self._query("SELECT " + ", ".join(f'max("{f}") AS "{f}"' for f in fields) +
+                               " FROM \"pipeline\" WHERE \"stage\" = 'features' GROUP BY \"worker\"")  # fmt: skip
+        except (requests.RequestException, KeyError, ValueError):
+            return {}
+        return {f: sum(int(r.get(f) or 0) for r in rows) for f in fields}
