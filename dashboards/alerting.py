@@ -241,9 +241,11 @@ AUDIO_LOSS_RUNBOOK = (
     "partitions concerned. "
     "2. Chunks skipped: audio was lost upstream — typically the broker lost or truncated audio.raw "
     "(restart without persistent storage, topic recreated); check the broker, then the gateways' spools. "
-    "3. Chunks conflicting: two gateways publish audio for one machine (a replaced gateway still running, "
+    "3. Topic resyncs: the broker lost or recreated audio.raw; the feature workers read the new log from its "
+    "start (README, Reliability: what to do after a broker lost its data). "
+    "4. Chunks conflicting: two gateways publish audio for one machine (a replaced gateway still running, "
     "a copied configuration); the older one's chunks go to the dead-letter topic — stop or reconfigure it. "
-    "4. Machines whose audio stopped show as STALE on the fleet dashboard."
+    "5. Machines whose audio stopped show as STALE on the fleet dashboard."
 )
 
 
@@ -253,7 +255,8 @@ def audio_loss_rule(grafana: GrafanaSettings) -> Json:
     lookback = AUDIO_LOSS_LOOKBACK_S
     summary = (
         '{{ printf "%.0f" $values.SR.Value }} audio chunks lost and {{ printf "%.0f" $values.CR.Value }} '
-        f"chunks from a second gateway of the same machine in the last {lookback // 60} minutes"
+        f"chunks from a second gateway of the same machine in the last {lookback // 60} minutes; "
+        '{{ printf "%.0f" $values.RR.Value }} audio.raw partitions found recreated or truncated'
     )
     return {
         "uid": AUDIO_LOSS_UID,
@@ -265,9 +268,11 @@ def audio_loss_rule(grafana: GrafanaSettings) -> Json:
         "data": [
             _influx_query("S", ds, q.features_counter_increase(ix.CHUNKS_SKIPPED), lookback),
             _influx_query("C", ds, q.features_counter_increase(ix.CHUNKS_CONFLICTING), lookback),
+            _influx_query("R", ds, q.features_counter_increase(ix.TOPIC_RESYNCS), lookback),
             _reduce_last("SR", "S"),
             _reduce_last("CR", "C"),
-            _expression("E", {"type": "math", "expression": "$SR + $CR > 0"}),
+            _reduce_last("RR", "R"),
+            _expression("E", {"type": "math", "expression": "$SR + $CR + $RR > 0"}),
         ],
         "for": "0s",
         "noDataState": "OK",  # no feature worker reporting is the machines' staleness, not this rule
@@ -276,8 +281,9 @@ def audio_loss_rule(grafana: GrafanaSettings) -> Json:
         "labels": {**APP_LABEL, "severity": "warning", "scope": "pipeline"},
         "annotations": {
             "summary": summary,
-            "description": "The feature workers' chunks_skipped / chunks_conflicting counters grew: audio was "
-            "lost before it could be scored, or two gateways claim one machine.",
+            "description": "The feature workers' chunks_skipped / chunks_conflicting / topic_resyncs counters "
+            "grew: audio was lost before it could be scored, two gateways claim one machine, or the broker lost "
+            "or recreated audio.raw.",
             "runbook": AUDIO_LOSS_RUNBOOK,
             "dashboard_url": f"{grafana.url.rstrip('/')}/d/{PIPELINE_UID}/soundwatch-pipeline",
         },

@@ -44,7 +44,9 @@ from deploy.pipeline import StageProcess
 from ingest.gateway import GatewayReport, run_gateway
 from ingest.producer import Block
 from soundwatch.contracts import AudioChunk, ContractError, DeadLetter, FeatureWindow, Reason
-from soundwatch.errors import ServiceUnavailable
+from soundwatch.errors import ServiceUnavailable, SoundwatchError
+from soundwatch.influx import schema as ix
+from soundwatch.influx.client import InfluxClient
 from soundwatch.params import FeatureParams
 from soundwatch.settings import Settings, load_settings
 
@@ -261,7 +263,8 @@ class FaultPipeline:
                 registry_root=registry_root or work_dir / "registry",
             )  # fmt: skip
             self.ensure_topics()
-            self._influx_q("CREATE DATABASE")
+            with InfluxClient(self.settings.influx) as client:
+                client.create_database()
             env = self.settings.to_env()
             logs = work_dir / "logs"
             self.features = StageProcess("features", ["features", "run", "--web-port", "0"], logs / "features.log", env)
@@ -288,8 +291,8 @@ class FaultPipeline:
         for stage in (self.features, self.scoring):
             stage.stop(30)
         self.broker.kill()
-        with contextlib.suppress(requests.RequestException):
-            self._influx_q("DROP DATABASE")
+        with contextlib.suppress(SoundwatchError), InfluxClient(self.settings.influx) as client:
+            client.drop_database()
         with contextlib.suppress(Exception):  # tidying only: the names are unique anyway
             import redis
 
@@ -298,10 +301,6 @@ class FaultPipeline:
             if keys:
                 client.delete(*keys)
             client.close()
-
-    def _influx_q(self, verb: str) -> None:
-        i = self.settings.influx
-        requests.post(f"{i.url}/query", data={"q": f'{verb} "{i.database}"'}, timeout=10)
 
     def kill9(self, stage: StageProcess) -> None:
         assert stage.proc is not None
@@ -344,23 +343,18 @@ class FaultPipeline:
     # ------------------------------------------------------------------ waiting
     def points(self) -> dict[str, int]:
         """Distinct ``asd_score`` points per machine (one per machine and window end time)."""
-        rows = self._query('SELECT count("score") FROM "asd_score" GROUP BY "machine_type", "machine_id"')
+        rows = self._query(f'SELECT count("{ix.SCORE}") FROM "{ix.SCORE_MEASUREMENT}" '
+                           f'GROUP BY "{ix.MACHINE_TYPE}", "{ix.MACHINE_ID}"')
         return {f"{r['machine_type']}/{r['machine_id']}": int(r["count"]) for r in rows}
 
     def _query(self, q: str) -> list[dict]:
-        i = self.settings.influx
-        resp = requests.get(f"{i.url}/query", params={"db": i.database, "q": q, "epoch": "ns"}, timeout=10)
-        resp.raise_for_status()
-        rows = []
-        for series in resp.json()["results"][0].get("series", []):
-            for values in series["values"]:
-                rows.append(dict(zip(series["columns"], values, strict=True)) | series.get("tags", {}))
-        return rows
+        with InfluxClient(self.settings.influx) as client:
+            return [row | series.tags for series in client.query(q, epoch="ns") for row in series.rows()]
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with contextlib.suppress(requests.RequestException):
+            with contextlib.suppress(ServiceUnavailable):  # InfluxDB away for a moment (the outage scenario)
                 if predicate():
                     return
             time.sleep(0.5)
@@ -376,7 +370,7 @@ class FaultPipeline:
         since = time.monotonic()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with contextlib.suppress(requests.RequestException):
+            with contextlib.suppress(ServiceUnavailable):
                 now = self.points()
                 if now != last:
                     last, since = now, time.monotonic()
@@ -468,10 +462,11 @@ class FaultPipeline:
     def _features_health(self) -> dict[str, int]:
         """What the feature workers reported in their ``pipeline`` points: counters since each started (one
         series per worker process), summed over workers; a point every 10 s, so the last counts may be missing."""
-        fields = ("chunks_skipped", "chunks_conflicting", "topic_resyncs")
+        fields = (ix.CHUNKS_SKIPPED, ix.CHUNKS_CONFLICTING, ix.TOPIC_RESYNCS)
         try:
-            rows = self._query("SELECT " + ", ".join(f'max("{f}") AS "{f}"' for f in fields) +
-                               " FROM \"pipeline\" WHERE \"stage\" = 'features' GROUP BY \"worker\"")  # fmt: skip
-        except (requests.RequestException, KeyError, ValueError):
+            selected = ", ".join(f'max("{f}") AS "{f}"' for f in fields)
+            rows = self._query(f'SELECT {selected} FROM "{ix.PIPELINE_MEASUREMENT}" '
+                               f"WHERE \"{ix.STAGE}\" = '{ix.STAGE_FEATURES}' GROUP BY \"{ix.WORKER}\"")
+        except SoundwatchError:
             return {}
         return {f: sum(int(r.get(f) or 0) for r in rows) for f in fields}

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from features.windower import EventKind, StreamEvent, StreamWindower, peek_state
 from soundwatch.contracts import AudioChunk, ContractError, DeadLetter, FeatureWindow, Reason, machine_key
+from soundwatch.influx import schema as ix
 from soundwatch.kafka import is_permanent
 from soundwatch.settings import KafkaSettings, Settings
 
@@ -677,7 +678,7 @@ class _HealthTicker:
     ``worker`` series).
     """
 
-    COUNTERS = ("chunks_skipped", "chunks_conflicting", "topic_resyncs")
+    COUNTERS = (ix.CHUNKS_SKIPPED, ix.CHUNKS_CONFLICTING, ix.TOPIC_RESYNCS)
 
     def __init__(self, settings: Settings, stats: StreamStats) -> None:
         import os

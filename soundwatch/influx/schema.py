@@ -61,6 +61,7 @@ WRITE_ERRORS = "write_errors"
 BUFFER_POINTS = "buffer_points"
 CHUNKS_SKIPPED = "chunks_skipped"  # features stage: audio chunks lost (counter)
 CHUNKS_CONFLICTING = "chunks_conflicting"  # features stage: chunks of a machine two gateways claim (counter)
+TOPIC_RESYNCS = "topic_resyncs"  # features stage: input partitions found recreated/truncated (counter)
 
 # stage tag values
 STAGE_INGEST = "ingest"

@@ -35,7 +35,7 @@ HOUR_S = 3600
 MEDIAN_K = 5
 STALE_AFTER_S = 60
 SKIPPED = 3  # chunks the feature worker skipped 2 minutes before now
-COUNTERS = {"chunks_skipped", "chunks_conflicting"}  # written as ints, like the feature worker does
+COUNTERS = {"chunks_skipped", "chunks_conflicting", "topic_resyncs"}  # written as ints, like the feature worker does
 
 FAN0 = Machine("fan", "id_00")
 FAN2 = Machine("fan", "id_02")
@@ -162,6 +162,7 @@ def make_scenario(now_s: int) -> Scenario:
                     "consumer_lag": 5,
                     "chunks_skipped": SKIPPED if t >= now_s - 120 else 0,
                     "chunks_conflicting": 0,
+                    "topic_resyncs": 0,
                 },
             }
         )

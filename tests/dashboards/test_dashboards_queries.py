@@ -240,7 +240,7 @@ def test_alert_rules_decide_per_machine(isolated_settings, scenario):
 
 
 def test_audio_loss_rule_fires_when_a_feature_worker_counter_grows(isolated_settings, scenario):
-    """Fleet-wide rule on the features stage's chunks_skipped / chunks_conflicting counters over 5 minutes."""
+    """Fleet-wide rule on the features stage's chunks_skipped / chunks_conflicting / topic_resyncs counters (5 min)."""
     sc, g = scenario, isolated_settings.grafana
     client = InfluxClient(isolated_settings.influx)
     (group,) = [gr for gr in alerting.rule_groups(g, KNOWN) if gr["title"] == alerting.PIPELINE_GROUP]
@@ -248,7 +248,7 @@ def test_audio_loss_rule_fires_when_a_feature_worker_counter_grows(isolated_sett
     assert rule["uid"] == alerting.AUDIO_LOSS_UID and rule["labels"]["app"] == "soundwatch"
     now = evaluate(rule, client, now_ms=int(time.time() * 1000))  # the counter grew 2 min ago
     assert now.state == "firing"
-    assert now.values["SR"] == SKIPPED and now.values["CR"] == 0
+    assert now.values["SR"] == SKIPPED and now.values["CR"] == 0 and now.values["RR"] == 0
     earlier = evaluate(rule, client, now_ms=(sc.now_s - 600) * 1000)  # counters flat in that 5 min window
     assert earlier.state == "normal" and earlier.values["SR"] == 0
     before_data = evaluate(rule, client, now_ms=(sc.start_s - 3600) * 1000)  # no feature worker reporting
