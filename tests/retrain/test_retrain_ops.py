@@ -76,28 +76,29 @@ def test_retrain_needs_once_or_schedule_and_a_valid_cron() -> None:
 def _deploy_commands() -> list[list[str]]:
     cmds = [line.split()[1:] for unit in (DEPLOY / "systemd").glob("*.service")
             for line in unit.read_text().splitlines() if line.startswith("ExecStart=")]  # fmt: skip
-    for doc in yaml.safe_load_all((DEPLOY / "k8s" / "base" / "retrain-cronjob.yaml").read_text()):
-        spec = doc.get("spec", {})
-        pod = spec.get("template", {}).get("spec") or spec.get("jobTemplate", {}).get("spec", {}).get(
-            "template", {}).get("spec")  # fmt: skip
-        cmds += [c["args"] for c in (pod or {}).get("containers", [])]
-    return cmds
+    return cmds + [c["args"] for c in _archive_pod()["containers"]]
+
+
+def _archive_pod() -> dict:
+    (deployment,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "base" / "archive.yaml").read_text())
+                     if d and d.get("kind") == "Deployment"]  # fmt: skip
+    return deployment["spec"]["template"]["spec"]
 
 
 def test_deploy_files_run_real_commands() -> None:
     cmds = _deploy_commands()
-    assert cmds[[c[0] for c in cmds].index("retrain")][:2] == ["retrain", "--once"]
-    assert {c[0] for c in cmds} == {"retrain", "archive"} and len(cmds) == 4
+    starts = sorted(c[:2] for c in cmds)
+    assert starts == [["archive", "run"], ["archive", "run"], ["retrain", "--once"], ["retrain", "--schedule"]]
     for args in cmds:
         r = CliRunner().invoke(_cli(), [*args, "--help"])
         assert r.exit_code == 0, f"`soundwatch {' '.join(args)}`: {r.output}"
-    cron = next(yaml.safe_load_all((DEPLOY / "k8s" / "base" / "retrain-cronjob.yaml").read_text()))
-    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    env = pod["containers"][0]["envFrom"]
-    assert {"configMapRef": {"name": "soundwatch-config"}} in env and {
-        "secretRef": {"name": "soundwatch-secrets"}
-    } in env
+    pod = _archive_pod()  # the nightly retraining runs beside the archive writer (one SQLite writer, one node)
+    (retrain,) = [c for c in pod["containers"] if c["args"][0] == "retrain"]
+    env = retrain["envFrom"]
+    assert {"configMapRef": {"name": "soundwatch-config"}} in env
+    assert {"secretRef": {"name": "soundwatch-secrets"}} in env
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "soundwatch-models"}} in pod["volumes"]
+    assert {m["mountPath"] for m in retrain["volumeMounts"]} >= {"/models", "/archive"}
     timer = (DEPLOY / "systemd" / "soundwatch-retrain.timer").read_text()
     assert "Unit=soundwatch-retrain.service" in timer and "OnCalendar=" in timer
 
