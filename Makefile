@@ -16,7 +16,7 @@ help:
 	@echo "make test      run the test suite against the local services (sets everything up first)"
 	@echo "make setup     create $(VENV) and install soundwatch with its test extras"
 	@echo "make services  start the local Kafka-protocol broker, Redis and InfluxDB on 127.0.0.1"
-	@echo "make lint      ruff"
+	@echo "make lint      ruff check, ruff format --check"
 
 system-deps:
 	@bash deploy/scripts/install-system-deps.sh
@@ -45,6 +45,7 @@ demo: system-deps setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf var reports .pytest_cache .hypothesis

@@ -74,9 +74,7 @@ def folder_uid(grafana: GrafanaSettings) -> str:
     """Stable folder uid from the folder title (Grafana uids: <= 40 chars of [A-Za-z0-9_-])."""
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", grafana.folder).strip("-").lower()
     if not slug:
-        raise ConfigError(
-            f"folder name {grafana.folder!r} has no usable characters", "set SOUNDWATCH_GRAFANA__FOLDER"
-        )
+        raise ConfigError(f"folder name {grafana.folder!r} has no usable characters", "set SOUNDWATCH_GRAFANA__FOLDER")
     return slug[:40]
 
 
@@ -126,9 +124,7 @@ def _expression(ref: str, model: Json) -> Json:
 
 
 def _reduce_last(ref: str, of: str) -> Json:
-    return _expression(
-        ref, {"type": "reduce", "expression": of, "reducer": "last", "settings": {"mode": "dropNN"}}
-    )
+    return _expression(ref, {"type": "reduce", "expression": of, "reducer": "last", "settings": {"mode": "dropNN"}})
 
 
 def _labels(machine: Machine, severity: str) -> dict[str, str]:
@@ -140,9 +136,7 @@ def _labels(machine: Machine, severity: str) -> dict[str, str]:
     }
 
 
-def _annotations(
-    grafana: GrafanaSettings, machine: Machine, summary: str, description: str
-) -> dict[str, str]:
+def _annotations(grafana: GrafanaSettings, machine: Machine, summary: str, description: str) -> dict[str, str]:
     return {
         "summary": summary,
         "description": description,
@@ -383,9 +377,7 @@ class AlertingConfig:
 
 
 def build(grafana: GrafanaSettings, machines: Sequence[Machine]) -> AlertingConfig:
-    return AlertingConfig(
-        rule_groups(grafana, machines), contact_points(grafana), notification_policy(grafana)
-    )
+    return AlertingConfig(rule_groups(grafana, machines), contact_points(grafana), notification_policy(grafana))
 
 
 def _fmt_interval(seconds: int) -> str:

@@ -105,8 +105,7 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
         "Machines reporting",
         ds,
         [p.target("A", ds, q.FLEET_REPORTING)],
-        description=f"Machines that wrote a score in the last {grafana.nodata_after} "
-        f"(of {len(machines)} known).",
+        description=f"Machines that wrote a score in the last {grafana.nodata_after} (of {len(machines)} known).",
         no_value="0",
         thresholds={
             "mode": "absolute",
@@ -143,9 +142,7 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
     lay.place(bars, 12, 8)
     lay.newline()
 
-    status_targets = [
-        p.target(_refid(i), ds, q.machine_status(m), alias=m.key) for i, m in enumerate(machines)
-    ]
+    status_targets = [p.target(_refid(i), ds, q.machine_status(m), alias=m.key) for i, m in enumerate(machines)]
     grid = p.stat(
         "Status",
         ds,
@@ -204,8 +201,10 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
         [p.target("A", ds, q.FLEET_MACHINE_STATUS, table=True)],
         description="Every machine the scoring workers know, from their latest status report: state "
         "(STALE = no audio for scoring.stale_after_s), seconds since its last audio, time of the report.",
-        overrides=[p.override("state", custom__cellOptions={"type": "color-background"}, mappings=p.STATE_MAPPINGS),
-                   p.override("seconds_since_audio", unit="s", decimals=0)],  # fmt: skip
+        overrides=[
+            p.override("state", custom__cellOptions={"type": "color-background"}, mappings=p.STATE_MAPPINGS),
+            p.override("seconds_since_audio", unit="s", decimals=0),
+        ],
     )
     status["timeFrom"] = grafana.nodata_after
     lay.place(status, 24, max(6, 3 + len(machines)))
@@ -219,9 +218,7 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
     )
 
 
-def _annotation(
-    name: str, ds_uid: str, query: str, color: str, *, text_column: str, tags_column: str = ""
-) -> p.Json:
+def _annotation(name: str, ds_uid: str, query: str, color: str, *, text_column: str, tags_column: str = "") -> p.Json:
     return {
         "name": name,
         "datasource": p.datasource(ds_uid),

@@ -22,9 +22,7 @@ app = typer.Typer(help="Grafana dashboards and alerting as code: export, push, r
 
 MachinesOpt = Annotated[
     str | None,
-    typer.Option(
-        "--machines", "-m", help="machines as TYPE/ID, comma separated (default: the model registry)"
-    ),
+    typer.Option("--machines", "-m", help="machines as TYPE/ID, comma separated (default: the model registry)"),
 ]
 FromInflux = Annotated[
     bool, typer.Option("--from-influx", help="use the machines that have written scores to InfluxDB")
@@ -35,16 +33,10 @@ def resolve_machines(settings: Settings, machines: str | None, from_influx: bool
     """The machine list for a command, from the first source the user chose (see module doc)."""
     if machines:
         return parse_machines(machines)
-    found = (
-        machines_from_influx(settings.influx)
-        if from_influx
-        else machines_from_registry(settings.registry_root)
-    )
+    found = machines_from_influx(settings.influx) if from_influx else machines_from_registry(settings.registry_root)
     if not found:
         where = (
-            f"InfluxDB database {settings.influx.database!r}"
-            if from_influx
-            else f"registry {settings.registry_root}"
+            f"InfluxDB database {settings.influx.database!r}" if from_influx else f"registry {settings.registry_root}"
         )
         raise BadInput(f"no machines found in the {where}", "pass --machines TYPE/ID,... explicitly")
     return found
@@ -76,14 +68,10 @@ def export_cmd(
 
 @app.command("push")
 def push_cmd(
-    url: Annotated[
-        str | None, typer.Option("--url", help="Grafana base URL (default settings.grafana.url)")
-    ] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Grafana base URL (default settings.grafana.url)")] = None,
     token: Annotated[
         str | None,
-        typer.Option(
-            "--token", help="service-account token (default settings.grafana.token)", envvar="GRAFANA_TOKEN"
-        ),
+        typer.Option("--token", help="service-account token (default settings.grafana.token)", envvar="GRAFANA_TOKEN"),
     ] = None,
     machines: MachinesOpt = None,
     from_influx: FromInflux = False,
@@ -110,9 +98,7 @@ def render_cmd(
     minutes: Annotated[float, typer.Option(help="time range: the last N minutes")] = 60.0,
     machine: Annotated[
         list[str] | None,
-        typer.Option(
-            "--machine", help="drill-down PNG only for TYPE/ID (repeatable; default: every machine)"
-        ),
+        typer.Option("--machine", help="drill-down PNG only for TYPE/ID (repeatable; default: every machine)"),
     ] = None,
 ) -> None:
     """Draw the fleet and machine dashboards' data (same InfluxQL as Grafana) into PNG files."""
@@ -122,8 +108,6 @@ def render_cmd(
     found = resolve_machines(settings, machines, from_influx)
     end_ms = int(time.time() * 1000)
     drill = parse_machines(",".join(machine)) if machine else None
-    paths = render(
-        settings, out, found, start_ms=end_ms - int(minutes * 60_000), end_ms=end_ms, drill_down=drill
-    )
+    paths = render(settings, out, found, start_ms=end_ms - int(minutes * 60_000), end_ms=end_ms, drill_down=drill)
     err_console.print(f"wrote {len(paths)} PNG files under {out}")
     typer.echo(json.dumps([str(p) for p in paths], indent=2))

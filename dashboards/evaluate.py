@@ -56,14 +56,10 @@ def evaluate(rule: dict[str, Any], client: InfluxClient, *, now_ms: int) -> Eval
         ref, model = item["refId"], item["model"]
         if item["datasourceUid"] != "__expr__":
             rng = item["relativeTimeRange"]
-            query = interpolate(
-                model["query"], start_ms=now_ms - 1000 * rng["from"], end_ms=now_ms - 1000 * rng["to"]
-            )
+            query = interpolate(model["query"], start_ms=now_ms - 1000 * rng["from"], end_ms=now_ms - 1000 * rng["to"])
             series = client.query(query)
             if len(series) > 1:
-                raise BadInput(
-                    f"query {ref} of rule {rule['title']!r} returned {len(series)} series, expected 1"
-                )
+                raise BadInput(f"query {ref} of rule {rule['title']!r} returned {len(series)} series, expected 1")
             values[ref] = _last_number(series[0].values) if series else None
             continue
         kind = model["type"]
@@ -83,9 +79,7 @@ def evaluate(rule: dict[str, Any], client: InfluxClient, *, now_ms: int) -> Eval
     result = values[rule["condition"]]
     if result is None:
         no_data = rule["noDataState"]
-        return Evaluation(
-            "firing" if no_data == "Alerting" else "nodata" if no_data == "NoData" else "normal", values
-        )
+        return Evaluation("firing" if no_data == "Alerting" else "nodata" if no_data == "NoData" else "normal", values)
     return Evaluation("firing" if result != 0 else "normal", values)
 
 

@@ -60,9 +60,7 @@ def parse_machines(text: str) -> list[Machine]:
     pairs: list[tuple[str, str]] = []
     for item in items:
         if item.count("/") != 1:
-            raise BadInput(
-                f"machine {item!r} is not of the form TYPE/ID", "e.g. --machines fan/id_00,pump/id_02"
-            )
+            raise BadInput(f"machine {item!r} is not of the form TYPE/ID", "e.g. --machines fan/id_00,pump/id_02")
         machine_type, machine_id = item.split("/")
         pairs.append((machine_type, machine_id))
     return check_machines(pairs)

@@ -216,9 +216,7 @@ def bargauge(
     )
 
 
-def status_history(
-    title: str, ds_uid: str, targets: list[Json], *, description: str, thresholds: Json
-) -> Json:
+def status_history(title: str, ds_uid: str, targets: list[Json], *, description: str, thresholds: Json) -> Json:
     """Rows = series (machines), columns = time buckets, colour = value: a per-machine heat map."""
     return _panel(
         "status-history",

@@ -203,9 +203,7 @@ def push(
     ds = datasource(settings, secrets="inline")
     ds_view = {k: v for k, v in ds.items() if k != "secureJsonData"}
     have = g.get("read the data source", api.datasource.get_datasource_by_uid, ds["uid"])
-    if have is not None and any(
-        not (have.get("secureJsonFields") or {}).get(k) for k in ds.get("secureJsonData", {})
-    ):
+    if have is not None and any(not (have.get("secureJsonFields") or {}).get(k) for k in ds.get("secureJsonData", {})):
         have = {**have, "url": None}  # a secret Grafana does not have yet: force an update
     g.upsert(
         "datasource",
@@ -239,10 +237,7 @@ def push(
 
     # contact points: one named contact point, one integration per uid
     config = alerting.build(grafana, machines)
-    existing = (
-        g.call("list contact points", api.alertingprovisioning.get_contactpoints, alerting.CONTACT_POINT)
-        or []
-    )
+    existing = g.call("list contact points", api.alertingprovisioning.get_contactpoints, alerting.CONTACT_POINT) or []
     by_uid = {cp.get("uid"): cp for cp in existing if cp.get("name") == alerting.CONTACT_POINT}
     for cp in config.contact_points:
         g.upsert(
@@ -274,9 +269,7 @@ def push(
     for group in config.groups:
         for rule in group["rules"]:
             wanted.add(rule["uid"])
-            have = g.get(
-                f"read alert rule {rule['uid']}", api.alertingprovisioning.get_alertrule, rule["uid"]
-            )
+            have = g.get(f"read alert rule {rule['uid']}", api.alertingprovisioning.get_alertrule, rule["uid"])
             g.upsert(
                 "alert-rule",
                 rule["uid"],

@@ -49,8 +49,7 @@ _SELECTED = _machine(f"${VAR_TYPE}", f"${VAR_MACHINE}")
 # ---------------------------------------------------------------- fleet overview
 # Latest median score divided by the threshold: 1.0 is the alert line for every machine.
 FLEET_RATIO_LATEST = (
-    f'SELECT last({_MEDIAN}) / last({_THRESHOLD}) AS "ratio" FROM "{SCORE}" '
-    f"WHERE $timeFilter GROUP BY {_BY_MACHINE}"
+    f'SELECT last({_MEDIAN}) / last({_THRESHOLD}) AS "ratio" FROM "{SCORE}" WHERE $timeFilter GROUP BY {_BY_MACHINE}'
 )
 FLEET_RATIO_OVER_TIME = (
     f'SELECT max({_MEDIAN}) / max({_THRESHOLD}) AS "ratio" FROM "{SCORE}" '
@@ -59,7 +58,7 @@ FLEET_RATIO_OVER_TIME = (
 FLEET_OVER_THRESHOLD = (
     'SELECT count("ratio") AS "machines" FROM ('
     f'SELECT last({_MEDIAN}) / last({_THRESHOLD}) AS "ratio" FROM "{SCORE}" '
-    f"WHERE $timeFilter GROUP BY {_BY_MACHINE}) WHERE \"ratio\" >= 1"
+    f'WHERE $timeFilter GROUP BY {_BY_MACHINE}) WHERE "ratio" >= 1'
 )
 FLEET_REPORTING = (
     'SELECT count("last") AS "machines" FROM ('
@@ -106,21 +105,17 @@ MACHINE_ANOMALOUS_WINDOWS = (
     f"WHERE {_SELECTED} AND {_ANOMALOUS} = true AND $timeFilter GROUP BY time($__interval) fill(0)"
 )
 MACHINE_RATIO_LATEST = (
-    f'SELECT last({_MEDIAN}) / last({_THRESHOLD}) AS "ratio" FROM "{SCORE}" '
-    f"WHERE {_SELECTED} AND $timeFilter"
+    f'SELECT last({_MEDIAN}) / last({_THRESHOLD}) AS "ratio" FROM "{SCORE}" WHERE {_SELECTED} AND $timeFilter'
 )
 MACHINE_STATE_NOW = f'SELECT last({_STATE}) AS "state" FROM "{STATUS}" WHERE {_SELECTED} AND $timeFilter'
 MACHINE_SECONDS_SINCE_AUDIO = (
     f'SELECT last({_SINCE}) AS "seconds_since_audio" FROM "{STATUS}" WHERE {_SELECTED} AND $timeFilter'
 )
 MACHINE_WINDOWS_BY_MODEL = (
-    f'SELECT count({_SCORE}) AS "windows" FROM "{SCORE}" WHERE {_SELECTED} AND $timeFilter '
-    f"GROUP BY {_MODEL}"
+    f'SELECT count({_SCORE}) AS "windows" FROM "{SCORE}" WHERE {_SELECTED} AND $timeFilter GROUP BY {_MODEL}'
 )
 # annotations
-MACHINE_ALERT_EVENTS = (
-    f'SELECT {_STATE}, {_MEDIAN}, {_THRESHOLD} FROM "{ALERT}" WHERE {_SELECTED} AND $timeFilter'
-)
+MACHINE_ALERT_EVENTS = f'SELECT {_STATE}, {_MEDIAN}, {_THRESHOLD} FROM "{ALERT}" WHERE {_SELECTED} AND $timeFilter'
 # First window of each model version in the range: marks where a new model took over. The tag is
 # selected as a column too (allowed beside a selector), so Grafana can use it as annotation text.
 MACHINE_MODEL_CHANGES = (
@@ -138,12 +133,10 @@ PIPELINE_INGEST_RATE = (
     f"WHERE {_STAGE} = '{ix.STAGE_INGEST}' AND $timeFilter GROUP BY time($__interval), {_WORKER} fill(none)"
 )
 PIPELINE_THROUGHPUT = (
-    f'SELECT mean({_q(ix.WINDOWS_PER_S)}) AS "windows_per_s" FROM "{PIPELINE}" WHERE $timeFilter '
-    f"GROUP BY {_BY_WORKER}"
+    f'SELECT mean({_q(ix.WINDOWS_PER_S)}) AS "windows_per_s" FROM "{PIPELINE}" WHERE $timeFilter GROUP BY {_BY_WORKER}'
 )
 PIPELINE_CONSUMER_LAG = (
-    f'SELECT max({_q(ix.CONSUMER_LAG)}) AS "consumer_lag" FROM "{PIPELINE}" WHERE $timeFilter '
-    f"GROUP BY {_BY_WORKER}"
+    f'SELECT max({_q(ix.CONSUMER_LAG)}) AS "consumer_lag" FROM "{PIPELINE}" WHERE $timeFilter GROUP BY {_BY_WORKER}'
 )
 # write_errors is a counter since worker start: the per-interval increase is what matters, and
 # non_negative_difference ignores the drop when a worker restarts.
@@ -152,8 +145,7 @@ PIPELINE_WRITE_ERRORS = (
     f"WHERE $timeFilter GROUP BY {_BY_WORKER}"
 )
 PIPELINE_BUFFER = (
-    f'SELECT max({_q(ix.BUFFER_POINTS)}) AS "buffer_points" FROM "{PIPELINE}" WHERE $timeFilter '
-    f"GROUP BY {_BY_WORKER}"
+    f'SELECT max({_q(ix.BUFFER_POINTS)}) AS "buffer_points" FROM "{PIPELINE}" WHERE $timeFilter GROUP BY {_BY_WORKER}'
 )
 PIPELINE_SCORING_RATE_NOW = (
     'SELECT sum("w") AS "windows_per_s" FROM ('

@@ -78,9 +78,7 @@ class PanelRunner:
             from dashboards.alerting import duration_s
 
             start = max(start, self.end_ms - 1000 * duration_s(time_from))
-        text = interpolate(
-            query, start_ms=start, end_ms=self.end_ms, interval=self.interval, variables=self.variables
-        )
+        text = interpolate(query, start_ms=start, end_ms=self.end_ms, interval=self.interval, variables=self.variables)
         return self.client.query(text)
 
     def panel(self, board: dict[str, Any], title: str) -> list[NamedSeries]:
@@ -129,9 +127,7 @@ _STATE_STYLE = {
 }
 
 
-def render_fleet(
-    settings: Settings, machines: Sequence[Machine], out: Path, *, start_ms: int, end_ms: int
-) -> Path:
+def render_fleet(settings: Settings, machines: Sequence[Machine], out: Path, *, start_ms: int, end_ms: int) -> Path:
     """Fleet overview PNG: latest ratio bars, status grid, per-machine heat map over time."""
     import matplotlib
 
@@ -172,9 +168,7 @@ def render_fleet(
         r, c = divmod(i, cols)
         color, label = _STATE_STYLE.get(str(status.get(key)), ("#9e9e9e", "no data"))
         ax_status.add_patch(plt.Rectangle((c + 0.04, r + 0.06), 0.92, 0.88, color=color))
-        ax_status.text(
-            c + 0.5, r + 0.5, f"{key}\n{label}", ha="center", va="center", color="white", fontsize=9
-        )
+        ax_status.text(c + 0.5, r + 0.5, f"{key}\n{label}", ha="center", va="center", color="white", fontsize=9)
 
     series = {s.name: s for s in heat}
     all_times = sorted({t for s in heat for t in s.times_ms})
@@ -238,9 +232,7 @@ def render_machine(
     def minutes(t: int) -> float:
         return (t - start_ms) / 60000
 
-    fig, (ax, ax2) = plt.subplots(
-        2, 1, figsize=(12, 6), sharex=True, height_ratios=[3, 1], constrained_layout=True
-    )
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(12, 6), sharex=True, height_ratios=[3, 1], constrained_layout=True)
     styles = {
         "score": dict(color="#8AB8FF", linewidth=0.8),
         "score_median": dict(color="blue", linewidth=1.8),
@@ -275,9 +267,7 @@ def render_machine(
         )
     ax.set_ylabel("anomaly score")
     ax.legend(loc="upper left")
-    ax.set_title(
-        f"{machine.key}: raw and median score, threshold, alerts (red/green) and model versions (purple)"
-    )
+    ax.set_title(f"{machine.key}: raw and median score, threshold, alerts (red/green) and model versions (purple)")
     for s in anomalous:
         ax2.bar(
             [minutes(t) for t in s.times_ms],

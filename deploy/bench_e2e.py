@@ -28,12 +28,19 @@ def _private(settings: Settings, tag: str) -> Settings:
     from soundwatch.settings import load_settings
 
     topics = {n: f"bench{tag}.{n}" for n in ("audio_raw", "features", "alerts", "scores", "deadletter")}
-    return load_settings(**{**settings.model_dump(),
-                            "kafka": {**settings.kafka.model_dump(), "topics": {**topics, "partitions": 4}},
-                            "influx": {**settings.influx.model_dump(), "database": f"bench_{tag}"},
-                            "scoring": {**settings.scoring.model_dump(), "group_id": f"bench-{tag}", "metrics_port": 0},
-                            "stream": {**settings.stream.model_dump(), "app_id": f"bench-features-{tag}",
-                                       "data_dir": Path(settings.stream.data_dir) / f"bench-{tag}"}})  # fmt: skip
+    return load_settings(
+        **{
+            **settings.model_dump(),
+            "kafka": {**settings.kafka.model_dump(), "topics": {**topics, "partitions": 4}},
+            "influx": {**settings.influx.model_dump(), "database": f"bench_{tag}"},
+            "scoring": {**settings.scoring.model_dump(), "group_id": f"bench-{tag}", "metrics_port": 0},
+            "stream": {
+                **settings.stream.model_dump(),
+                "app_id": f"bench-features-{tag}",
+                "data_dir": Path(settings.stream.data_dir) / f"bench-{tag}",
+            },
+        }
+    )
 
 
 def _machines(n: int) -> str:
@@ -57,15 +64,17 @@ def run_step(settings: Settings, n: int, seconds: float, log_dir: Path) -> tuple
     with InfluxClient(s.influx) as influx:
         influx.create_database()
         try:
-            result = run_scenario(s, PlantSource(kind="sim", machines=_machines(n)), duration_s=seconds,
-                                  log_dir=log_dir / f"n{n}")  # fmt: skip
+            result = run_scenario(
+                s, PlantSource(kind="sim", machines=_machines(n)), duration_s=seconds, log_dir=log_dir / f"n{n}"
+            )
         finally:
             influx.drop_database()
     return result, s
 
 
-def run_bench(settings: Settings, machines: int, seconds: float, max_machines: int, log_dir: Path,
-              say=lambda m: None) -> dict[str, Any]:  # fmt: skip
+def run_bench(
+    settings: Settings, machines: int, seconds: float, max_machines: int, log_dir: Path, say=lambda m: None
+) -> dict[str, Any]:
     from deploy.demo import ensure_models
 
     ensure_models(settings, PlantSource(kind="sim", machines=_machines(max(machines, 6))), log_dir / "work", epochs=8)
@@ -73,8 +82,14 @@ def run_bench(settings: Settings, machines: int, seconds: float, max_machines: i
     t0 = time.perf_counter()
     say(f"step: {machines} machines for {seconds:.0f} s ...")
     main, _ = run_step(settings, machines, seconds, log_dir)
-    steps = [{"machines": machines, "latency_p50_s": main.p(50), "latency_p99_s": main.p(99),
-              "sustained": _sustained(main, window_s)}]  # fmt: skip
+    steps = [
+        {
+            "machines": machines,
+            "latency_p50_s": main.p(50),
+            "latency_p99_s": main.p(99),
+            "sustained": _sustained(main, window_s),
+        }
+    ]
     best = machines if steps[0]["sustained"] else 0
     n = machines * 2
     while steps[-1]["sustained"] and n <= max_machines:

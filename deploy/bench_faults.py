@@ -59,8 +59,9 @@ class FaultBench:
         self.influxes.clear()
 
     def pipeline(self, name: str, influx: PrivateInflux | None = None) -> FaultPipeline:
-        p = FaultPipeline(self.settings, self.work_dir / name, MACHINES, influx=influx,
-                          registry_root=self.registry_root)  # fmt: skip
+        p = FaultPipeline(
+            self.settings, self.work_dir / name, MACHINES, influx=influx, registry_root=self.registry_root
+        )
         self.pipelines.append(p)
         p.start_workers()
         return p
@@ -180,8 +181,14 @@ def _bad_records(b: FaultBench) -> dict[str, Any]:
     sample = AudioChunk("fan", "id_00", "gw-faults", 16_000, 0, 0, np.zeros(160, np.int16))
     wrong_rate = AudioChunk("fan", "id_00", "gw-faults", 44_100, 0, 0, sample.samples).encode()
     huge = b"\x00" + bytes(10 * 1024 * 1024)
-    audio_bad = [(key, huge), (key, b""), (key, b"garbage"), (key, sample.encode()[:30]), (key, wrong_rate),
-                 (b"fan/someone-else", sample.encode())]  # fmt: skip
+    audio_bad = [
+        (key, huge),
+        (key, b""),
+        (key, b"garbage"),
+        (key, sample.encode()[:30]),
+        (key, wrong_rate),
+        (b"fan/someone-else", sample.encode()),
+    ]
     features_bad = [(key, huge), (key, b""), (key, b"SW\x02\x07not a window")]
     p.inject(t.audio_raw, audio_bad)
     p.inject(t.features, features_bad)
@@ -225,8 +232,12 @@ def _second_gateway(b: FaultBench) -> dict[str, Any]:
     return result
 
 
-def run_bench(settings: Settings, names: list[str] | None = None, work_dir: Path | None = None,
-              say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:  # fmt: skip
+def run_bench(
+    settings: Settings,
+    names: list[str] | None = None,
+    work_dir: Path | None = None,
+    say: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
     """Run the named scenarios (default: all) one after another; the JSON-able result."""
     unknown = sorted(set(names or []) - set(SCENARIOS))
     if unknown:
@@ -283,6 +294,8 @@ def bench_faults(
     typer.echo(json.dumps(result))
     failed = [name for name, r in result["scenarios"].items() if not r.get("ok")]
     if failed:
-        err_console.print(f"[red]fault scenarios failed: {', '.join(failed)}[/red] (lost data, duplicates or an "
-                          "error; see their figures above and the worker logs with --keep DIR)")  # fmt: skip
+        err_console.print(
+            f"[red]fault scenarios failed: {', '.join(failed)}[/red] (lost data, duplicates or an "
+            "error; see their figures above and the worker logs with --keep DIR)"
+        )
         raise typer.Exit(ExitCode.ERROR)

@@ -18,14 +18,19 @@ run_app = typer.Typer(help="Run pipeline stages as separate, supervised processe
 def _run_group() -> None:
     """Run pipeline stages as separate, supervised processes."""
 
+
 SourceOpt = Annotated[str, typer.Option("--source", help="sim (simulated plant) or files (replay recordings)")]
-DataOpt = Annotated[Path | None, typer.Option("--data", help="files: folder of WAV/FLAC recordings (DCASE names)",
-                                              exists=True, file_okay=False)]  # fmt: skip
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", help="files: folder of WAV/FLAC recordings (DCASE names)", exists=True, file_okay=False),
+]
 MachinesOpt = Annotated[str, typer.Option("--machines", help="sim: type/id list or a count")]
-FaultOpt = Annotated[list[str] | None, typer.Option("--fault", help="sim: fault schedule, repeatable, e.g. "
-                                                    "fan/id_02:bearing_ticks@60s")]  # fmt: skip
-DurationOpt = Annotated[float | None, typer.Option("--duration", min=1.0, help="stop after this many seconds "
-                                                   "(default: until Ctrl-C)")]  # fmt: skip
+FaultOpt = Annotated[
+    list[str] | None, typer.Option("--fault", help="sim: fault schedule, repeatable, e.g. fan/id_02:bearing_ticks@60s")
+]
+DurationOpt = Annotated[
+    float | None, typer.Option("--duration", min=1.0, help="stop after this many seconds (default: until Ctrl-C)")
+]
 
 
 def _source(source: str, data: Path | None, machines: str, faults: list[str], speed: float):
@@ -62,8 +67,13 @@ def run_all(
     settings = get_settings()
     if _is_local(settings):
         LocalStack(settings).require("kafka", "redis", "influxdb")
-    stages = pipeline_stages(settings, _source(source, data, machines, fault or [], speed), log_dir=log_dir,
-                             feature_workers=feature_workers, scoring_workers=scoring_workers)  # fmt: skip
+    stages = pipeline_stages(
+        settings,
+        _source(source, data, machines, fault or [], speed),
+        log_dir=log_dir,
+        feature_workers=feature_workers,
+        scoring_workers=scoring_workers,
+    )
     Pipeline(stages, say=lambda m: err_console.print(m)).run(duration)
 
 
@@ -78,10 +88,12 @@ def demo(
     fault: FaultOpt = None,
     duration: DurationOpt = None,
     out: Annotated[Path, typer.Option("--out", help="report, Grafana provisioning, logs")] = Path("var/demo"),
-    train_epochs: Annotated[int, typer.Option("--train-epochs", min=1, help="epochs per stage when a model "
-                                              "must be trained first")] = 8,  # fmt: skip
-    keep_services: Annotated[bool, typer.Option("--keep-services",
-                                                help="leave the services running at the end")] = False,
+    train_epochs: Annotated[
+        int, typer.Option("--train-epochs", min=1, help="epochs per stage when a model must be trained first")
+    ] = 8,
+    keep_services: Annotated[
+        bool, typer.Option("--keep-services", help="leave the services running at the end")
+    ] = False,
 ) -> None:
     """The whole product on one machine: services, a model, gateway -> features -> scoring, a live view,
     and an HTML report (score timelines, alert spectrograms, dashboards) when it stops.
@@ -92,8 +104,13 @@ def demo(
     from deploy.demo import DEFAULT_FAULT, DemoOptions, run_demo
 
     faults = fault if fault is not None else ([DEFAULT_FAULT] if source == "sim" else [])
-    options = DemoOptions(source=_source(source, data, machines, faults, 1.0), out_dir=out, duration_s=duration,
-                          train_epochs=train_epochs, keep_services=keep_services)  # fmt: skip
+    options = DemoOptions(
+        source=_source(source, data, machines, faults, 1.0),
+        out_dir=out,
+        duration_s=duration,
+        train_epochs=train_epochs,
+        keep_services=keep_services,
+    )
     run_demo(get_settings(), options)
 
 

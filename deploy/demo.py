@@ -70,11 +70,15 @@ def ensure_signing_key(settings: Settings, key_file: Path = DEMO_KEY_FILE) -> Se
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
-        err_console.print(f"no registry signing key configured: generated one for the demo in {key_file} "
-                          f"(mode 0600); set {KEY_ENV} for a real plant", highlight=False)  # fmt: skip
+        err_console.print(
+            f"no registry signing key configured: generated one for the demo in {key_file} "
+            f"(mode 0600); set {KEY_ENV} for a real plant",
+            highlight=False,
+        )
     elif stat.S_IMODE(key_file.stat().st_mode) & 0o077:
-        err_console.print(f"[yellow]{key_file} is readable by other users: `chmod 600 {key_file}`[/yellow]",
-                          highlight=False)  # fmt: skip
+        err_console.print(
+            f"[yellow]{key_file} is readable by other users: `chmod 600 {key_file}`[/yellow]", highlight=False
+        )
     key = key_file.read_text().strip()
     os.environ[KEY_ENV] = key  # inherited by the processes the demo starts; never printed
     get_settings.cache_clear()
@@ -112,14 +116,30 @@ def ensure_models(settings: Settings, source: PlantSource, work_dir: Path, epoch
     missing = [t for t in types if registry.current_version(t) is None and registry.latest_version(t) is None]
     if missing:
         data = _training_data(source, missing, work_dir)
-        err_console.print(f"no model registered for {', '.join(missing)}: training one on {data} "
-                          f"({epochs} epochs per stage; a few minutes on 2 CPU cores) ...")  # fmt: skip
+        err_console.print(
+            f"no model registered for {', '.join(missing)}: training one on {data} "
+            f"({epochs} epochs per stage; a few minutes on 2 CPU cores) ..."
+        )
         for mtype in missing:
-            cmd = [sys.executable, "-m", "soundwatch.cli", "train", "--data", str(data), "--machine-type", mtype,
-                   "--epochs", str(epochs), "--registry", str(settings.registry_root)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "soundwatch.cli",
+                "train",
+                "--data",
+                str(data),
+                "--machine-type",
+                mtype,
+                "--epochs",
+                str(epochs),
+                "--registry",
+                str(settings.registry_root),
+            ]
             if subprocess.run(cmd, env=os.environ.copy()).returncode != 0:
-                raise BadInput(f"training the {mtype} model failed (see the messages above)",
-                               "fix the cause, or train yourself: soundwatch train --data DIR")  # fmt: skip
+                raise BadInput(
+                    f"training the {mtype} model failed (see the messages above)",
+                    "fix the cause, or train yourself: soundwatch train --data DIR",
+                )
     versions = {}
     for mtype in types:
         version = registry.current_version(mtype)
@@ -168,18 +188,28 @@ def live_table(observer: PipelineObserver, started: float, note: str) -> Group:
         if observer.is_stale(v, now_ns):  # its last score is old: say so instead of showing it as current
             silent_s = v.seconds_since_audio if v.seconds_since_audio is not None else (now_ns - v.received_ns) / 1e9
             state = Text("STALE", style="bold black on dark_orange")
-            gauge = Text(f"no audio for {silent_s:.0f} s" if v.received_ns or v.seconds_since_audio else "no audio",
-                         style="dim")  # fmt: skip
+            gauge = Text(
+                f"no audio for {silent_s:.0f} s" if v.received_ns or v.seconds_since_audio else "no audio", style="dim"
+            )
             median = Text(median, style="dim")
         else:
             alerting = v.state.value == "alerting"
             state = Text("ALERTING", style="bold white on red") if alerting else Text("normal", "green")
             gauge = Text(f"{bar} {ratio:4.2f}", style="red" if ratio >= 1 else "cyan") if bar else Text("-")
-        table.add_row(v.key, v.model_version, str(len(v.scores)), median,
-                      f"{v.thresholds[-1]:.3f}" if v.thresholds else "-", gauge, state)  # fmt: skip
+        table.add_row(
+            v.key,
+            v.model_version,
+            str(len(v.scores)),
+            median,
+            f"{v.thresholds[-1]:.3f}" if v.thresholds else "-",
+            gauge,
+            state,
+        )
     elapsed = time.monotonic() - started
-    footer = Text(f"{elapsed:6.0f} s elapsed · {observer.windows_per_s():5.1f} windows/s scored · "
-                  f"latency chunk→score p50 {percentile(latencies, 50):.2f} s · {note}")  # fmt: skip
+    footer = Text(
+        f"{elapsed:6.0f} s elapsed · {observer.windows_per_s():5.1f} windows/s scored · "
+        f"latency chunk→score p50 {percentile(latencies, 50):.2f} s · {note}"
+    )
     return Group(table, footer)
 
 
@@ -245,8 +275,10 @@ def finish(settings: Settings, views: list[MachineView], out: Path, started: flo
             paths = render(settings, out / "dashboards", machines, start_ms=start_ms, end_ms=end_ms)
             images = [(p.stem.replace("_", " "), p) for p in paths]
         except Exception as exc:  # a rendering problem must not cost the report; say what happened
-            err_console.print(f"[yellow]dashboard rendering failed ({type(exc).__name__}: {exc}); "
-                              "the report has the score timelines only[/yellow]")
+            err_console.print(
+                f"[yellow]dashboard rendering failed ({type(exc).__name__}: {exc}); "
+                "the report has the score timelines only[/yellow]"
+            )
     alerts = sum(len(v.alert_spans()) for v in views)
     summary = {
         "machines": str(len(views)),

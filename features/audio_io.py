@@ -55,8 +55,13 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     if file_rate != sample_rate:
         import soxr
 
-        log.warning("%s: resampling from %d Hz to %d Hz (features are defined at %d Hz)", path, file_rate,
-                    sample_rate, sample_rate)  # fmt: skip
+        log.warning(
+            "%s: resampling from %d Hz to %d Hz (features are defined at %d Hz)",
+            path,
+            file_rate,
+            sample_rate,
+            sample_rate,
+        )
         audio = soxr.resample(audio, file_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return audio
 

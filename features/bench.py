@@ -51,9 +51,21 @@ def bench_audio(seconds: float, params: FeatureParams, data_dir: Path | None = N
 def _librosa(audio: np.ndarray, p: FeatureParams) -> np.ndarray:
     import librosa
 
-    mel = librosa.feature.melspectrogram(y=audio, sr=p.sample_rate, n_fft=p.n_fft, hop_length=p.hop_length,
-                                         n_mels=p.n_mels, fmin=p.fmin, fmax=p.fmax, power=p.power, center=True,
-                                         pad_mode="constant", window="hann", htk=False, norm="slaney")  # fmt: skip
+    mel = librosa.feature.melspectrogram(
+        y=audio,
+        sr=p.sample_rate,
+        n_fft=p.n_fft,
+        hop_length=p.hop_length,
+        n_mels=p.n_mels,
+        fmin=p.fmin,
+        fmax=p.fmax,
+        power=p.power,
+        center=True,
+        pad_mode="constant",
+        window="hann",
+        htk=False,
+        norm="slaney",
+    )
     return librosa.power_to_db(mel, ref=1.0, amin=p.amin, top_db=None)
 
 
@@ -80,8 +92,9 @@ def _cpu_seconds(fn: Any, repeats: int) -> list[float]:
     return out
 
 
-def logmel_bench(seconds: float = 320.0, repeats: int = 5, params: FeatureParams | None = None,
-                 data_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def logmel_bench(
+    seconds: float = 320.0, repeats: int = 5, params: FeatureParams | None = None, data_dir: Path | None = None
+) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     p = params or FeatureParams()
@@ -96,9 +109,13 @@ def logmel_bench(seconds: float = 320.0, repeats: int = 5, params: FeatureParams
         for clip in audio:
             _librosa(clip, p)
 
-    runs = {"ours": lambda: log_mel(audio, params=p), "librosa": lambda: _librosa(audio, p),
-            "librosa_per_clip": librosa_per_clip, "floor": lambda: _floor(audio, p),
-            "floor_ducc0": lambda: _floor(audio, p, "ducc0")}  # fmt: skip
+    runs = {
+        "ours": lambda: log_mel(audio, params=p),
+        "librosa": lambda: _librosa(audio, p),
+        "librosa_per_clip": librosa_per_clip,
+        "floor": lambda: _floor(audio, p),
+        "floor_ducc0": lambda: _floor(audio, p, "ducc0"),
+    }
     times: dict[str, list[float]] = {k: [] for k in runs}
     with threadpool_limits(limits=1):
         for _ in range(repeats):  # interleaved, so drifting machine load hits all alike
@@ -123,8 +140,9 @@ def logmel_bench(seconds: float = 320.0, repeats: int = 5, params: FeatureParams
     }
 
 
-def stream_bench(settings: Settings, audio_seconds: float = 480.0, machines: int = 4,
-                 timeout_s: float = 180.0) -> dict[str, Any]:  # fmt: skip
+def stream_bench(
+    settings: Settings, audio_seconds: float = 480.0, machines: int = 4, timeout_s: float = 180.0
+) -> dict[str, Any]:
     """Sustained rate of one Faust worker through the broker, on private topics.
 
     A backlog of ``audio_seconds`` (``machines`` machines, 1 s PCM16 chunks) is produced first, then one
@@ -148,23 +166,32 @@ def stream_bench(settings: Settings, audio_seconds: float = 480.0, machines: int
     producer = make_producer(s)
     for i in range(pcm.shape[1] // chunk):
         for m in range(machines):
-            c = AudioChunk("bench", f"m{m:02d}", "bench", p.sample_rate, i, i * 1_000_000_000,
-                           pcm[m, i * chunk : (i + 1) * chunk])  # fmt: skip
+            c = AudioChunk(
+                "bench", f"m{m:02d}", "bench", p.sample_rate, i, i * 1_000_000_000, pcm[m, i * chunk : (i + 1) * chunk]
+            )
             producer.send(names["audio_raw"], key=machine_key("bench", f"m{m:02d}"), value=c.encode())
     producer.flush()
     producer.close()
     n_samples = (pcm.shape[1] // chunk) * chunk  # per machine
     expected = machines * n_windows(complete_frames(n_samples, p), p)
     env = dict(os.environ)
-    env.update({"SOUNDWATCH_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
-                "SOUNDWATCH_KAFKA__TOPICS__AUDIO_RAW": names["audio_raw"],
-                "SOUNDWATCH_KAFKA__TOPICS__FEATURES": names["features"],
-                "SOUNDWATCH_KAFKA__TOPICS__DEADLETTER": names["deadletter"],
-                "SOUNDWATCH_STREAM__APP_ID": f"bench-{u}",
-                "SOUNDWATCH_STREAM__DATA_DIR": str(Path(settings.stream.data_dir) / f"bench-{u}")})  # fmt: skip
+    env.update(
+        {
+            "SOUNDWATCH_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+            "SOUNDWATCH_KAFKA__TOPICS__AUDIO_RAW": names["audio_raw"],
+            "SOUNDWATCH_KAFKA__TOPICS__FEATURES": names["features"],
+            "SOUNDWATCH_KAFKA__TOPICS__DEADLETTER": names["deadletter"],
+            "SOUNDWATCH_STREAM__APP_ID": f"bench-{u}",
+            "SOUNDWATCH_STREAM__DATA_DIR": str(Path(settings.stream.data_dir) / f"bench-{u}"),
+        }
+    )
     log_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; not a pipe: a chatty worker would block on a full one
-    worker = subprocess.Popen([sys.executable, "-m", "features.cli", "run", "--web-port", "0"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=log_file)  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "features.cli", "run", "--web-port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file,
+    )
     stamps: list[int] = []
     consumer = make_consumer(s, names["features"], group_id=None)
     try:

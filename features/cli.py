@@ -13,8 +13,12 @@ import typer
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput, SoundwatchError
 
-app = typer.Typer(help="Log-mel features: the Faust stream worker and offline extraction.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)  # fmt: skip
+app = typer.Typer(
+    help="Log-mel features: the Faust stream worker and offline extraction.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
@@ -32,7 +36,7 @@ def run(
         typer.Option(
             "--web-port", help="worker web server port on 127.0.0.1; 0 disables it (default: stream.workers_web_port)"
         ),
-    ] = None,  # fmt: skip
+    ] = None,
 ) -> None:
     """Start one Faust worker (audio.raw -> features.logmel). Stop with Ctrl-C or SIGTERM.
 
@@ -75,8 +79,14 @@ def extract_file(path: Path, out: Path, params_json: str) -> int:
     windows, starts = offline_windows(audio, params=params)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, windows=windows, start_frames=starts, params=np.array(params_json), source=np.array(str(path)),
-             n_samples=np.array(audio.size, dtype=np.int64))  # fmt: skip
+    np.savez(
+        tmp,
+        windows=windows,
+        start_frames=starts,
+        params=np.array(params_json),
+        source=np.array(str(path)),
+        n_samples=np.array(audio.size, dtype=np.int64),
+    )
     tmp.replace(out)  # a crash never leaves a half-written file under the final name
     return int(starts.size)
 
@@ -86,7 +96,7 @@ def extract(
     source: Annotated[
         Path,
         typer.Argument(help="an audio file, or a folder searched recursively for WAV/FLAC/OGG", show_default=False),
-    ],  # fmt: skip
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder (mirrors the input tree)")],
     fmt: Annotated[
         str,
@@ -124,8 +134,10 @@ def extract(
             progress.advance(task)
     err_console.print(f"{len(files) - len(failed)} file(s), {total} windows -> {out}", highlight=False)
     if failed:
-        raise BadInput(f"{len(failed)} of {len(files)} file(s) could not be read (listed above)",
-                       "fix or remove them and run again; the others were written")  # fmt: skip
+        raise BadInput(
+            f"{len(failed)} of {len(files)} file(s) could not be read (listed above)",
+            "fix or remove them and run again; the others were written",
+        )
 
 
 def bench(
@@ -134,10 +146,10 @@ def bench(
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="best of this many runs each")] = 5,
     stream: Annotated[
         bool, typer.Option("--stream/--no-stream", help="also measure one Faust worker through the local broker")
-    ] = True,  # fmt: skip
+    ] = True,
     stream_seconds: Annotated[
         float, typer.Option("--stream-seconds", help="audio seconds sent through the stream")
-    ] = 480.0,  # fmt: skip
+    ] = 480.0,
 ) -> None:
     """Log-mel speed against librosa and a bare rfft+matmul floor, and the stream's real-time factor."""
     from features.bench import logmel_bench, stream_bench

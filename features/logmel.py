@@ -155,8 +155,9 @@ def _bank(params: FeatureParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 
 
 @numba.njit(cache=True, nogil=True)
-def _mel_kernel(spec, lo_src, lo_conj, hi_src, hi_conj, lo, hi, off, weight, half_power, amin, out, out_col, p,
-                acc):  # pragma: no cover - jitted  # fmt: skip
+def _mel_kernel(
+    spec, lo_src, lo_conj, hi_src, hi_conj, lo, hi, off, weight, half_power, amin, out, out_col, p, acc
+):  # pragma: no cover - jitted
     """Unwindowed frame spectra -> ``out[r, :, out_col + f]`` = Hann-windowed mel power, floored at ``amin``
     (float32, not yet in dB).
 
@@ -262,8 +263,9 @@ def frames_db(audio: np.ndarray, n_frames: int, *, params: FeatureParams, pad_le
         seg = seg_buf[: n_rows * length].reshape(n_rows, length)
         seg[:, : max(0, -a)] = 0.0
         seg[:, max(0, -a) :] = x2[rows, max(0, a) : a + length]
-        frames = np.lib.stride_tricks.as_strided(seg, shape=(n_rows, n_cols, n_fft),
-                                                 strides=(seg.strides[0], hop * 8, 8), writeable=False)  # fmt: skip
+        frames = np.lib.stride_tricks.as_strided(
+            seg, shape=(n_rows, n_cols, n_fft), strides=(seg.strides[0], hop * 8, 8), writeable=False
+        )
         spec = spec_buf[: n_bins * n_rows * n_cols].reshape(n_bins, n_rows, n_cols)
         ducc0.fft.r2c(frames, axes=(2,), out=spec.transpose(1, 2, 0), nthreads=1)
         _mel_kernel(spec.view(np.float64), *edges, *bank, half_power, amin, out2[rows], cols.start, p, acc)

@@ -108,12 +108,13 @@ class StreamEvent:
     def __str__(self) -> str:
         who = f"{self.machine_type}/{self.machine_id}"
         if self.kind is EventKind.GAP:
-            return (f"{who}: sequence gap, expected {self.expected} got {self.sequence} "
-                    f"({self.missing} chunk(s) missing); new segment {self.segment}")  # fmt: skip
+            return (
+                f"{who}: sequence gap, expected {self.expected} got {self.sequence} "
+                f"({self.missing} chunk(s) missing); new segment {self.segment}"
+            )
         if self.kind is EventKind.TAKEOVER:
             how = f"new segment {self.segment}" if self.new_segment else f"continues segment {self.segment}"
-            return (f"{who}: gateway {self.producer} took over from {self.previous} at chunk {self.sequence} "
-                    f"({how})")  # fmt: skip
+            return f"{who}: gateway {self.producer} took over from {self.previous} at chunk {self.sequence} ({how})"
         return f"{who}: duplicate/old chunk {self.sequence} (expected {self.expected}) ignored"
 
 
@@ -126,8 +127,14 @@ class PushResult:
 class StreamWindower:
     """Incremental log-mel windows for one machine (see the module docstring for the rules)."""
 
-    def __init__(self, params: FeatureParams, machine_type: str | None = None, machine_id: str | None = None, *,
-                 claim_timeout_s: float = CLAIM_TIMEOUT_S) -> None:  # fmt: skip
+    def __init__(
+        self,
+        params: FeatureParams,
+        machine_type: str | None = None,
+        machine_id: str | None = None,
+        *,
+        claim_timeout_s: float = CLAIM_TIMEOUT_S,
+    ) -> None:
         self.params = params
         self._params_json = params.canonical_json()
         self.machine_type = machine_type
@@ -222,8 +229,17 @@ class StreamWindower:
         producer = f"{chunk.gateway_id}@{chunk.epoch}"
 
         def event(kind: EventKind, previous: str = "", new_segment: bool = False) -> StreamEvent:
-            return StreamEvent(kind, chunk.machine_type, chunk.machine_id, chunk.sequence, expected, self.segment,
-                               producer, previous, new_segment)  # fmt: skip
+            return StreamEvent(
+                kind,
+                chunk.machine_type,
+                chunk.machine_id,
+                chunk.sequence,
+                expected,
+                self.segment,
+                producer,
+                previous,
+                new_segment,
+            )
 
         if verdict is _Verdict.CONFLICT:
             raise ContractError(
@@ -310,8 +326,14 @@ class StreamWindower:
             "pending": int(self._pending.shape[1]),
         }
         head = json.dumps(header, separators=(",", ":")).encode()
-        return b"".join([_STATE_HEAD.pack(_STATE_MAGIC, _STATE_VERSION, len(head)), head,
-                         self._tail.astype("<f4").tobytes(), self._pending.astype("<f4").tobytes()])  # fmt: skip
+        return b"".join(
+            [
+                _STATE_HEAD.pack(_STATE_MAGIC, _STATE_VERSION, len(head)),
+                head,
+                self._tail.astype("<f4").tobytes(),
+                self._pending.astype("<f4").tobytes(),
+            ]
+        )
 
     def take_producer(self, header: dict) -> None:
         """Adopt the owner and its last sequence from a stored state's header (:func:`peek_state`)."""
@@ -320,8 +342,9 @@ class StreamWindower:
         self.last_sequence = int(header["last_sequence"])
 
     @classmethod
-    def from_bytes(cls, data: bytes, params: FeatureParams, *, claim_timeout_s: float = CLAIM_TIMEOUT_S
-                   ) -> StreamWindower:  # fmt: skip
+    def from_bytes(
+        cls, data: bytes, params: FeatureParams, *, claim_timeout_s: float = CLAIM_TIMEOUT_S
+    ) -> StreamWindower:
         """Rebuild a windower; raises :class:`ContractError` for garbage or a state computed with other
         feature parameters (``FEATURE_PARAMS_MISMATCH``: its frames cannot continue a new definition)."""
         h, n_head = _header(data)

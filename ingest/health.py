@@ -34,15 +34,17 @@ class GatewayHealth:
     def report(self, chunks_per_s: float, sent_per_s: float, st: ShipperStats) -> bool:
         """Write the current numbers; True when InfluxDB took them."""
         sp = st.spool
-        return self._reporter.report({
-            "chunks_per_s": float(chunks_per_s),
-            "sent_chunks_per_s": float(sent_per_s),
-            "buffer_points": int(sp.pending_chunks),
-            "spool_bytes": int(sp.pending_bytes),
-            "spool_oldest_s": float(sp.oldest_age_s),
-            "dropped_chunks": int(sp.dropped_chunks),
-            "online": bool(st.online),
-        })
+        return self._reporter.report(
+            {
+                "chunks_per_s": float(chunks_per_s),
+                "sent_chunks_per_s": float(sent_per_s),
+                "buffer_points": int(sp.pending_chunks),
+                "spool_bytes": int(sp.pending_bytes),
+                "spool_oldest_s": float(sp.oldest_age_s),
+                "dropped_chunks": int(sp.dropped_chunks),
+                "online": bool(st.online),
+            }
+        )
 
     def close(self) -> None:
         self._reporter.close()

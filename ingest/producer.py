@@ -369,8 +369,12 @@ class Shipper:
         with self._lock:
             backlog = self.spool.pending_chunks
         if self._had_success:
-            log.warning("Kafka is reachable again after an outage of %.1f s (from the first unacknowledged send); "
-                        "sending %d spooled chunks in order", took, backlog)  # fmt: skip
+            log.warning(
+                "Kafka is reachable again after an outage of %.1f s (from the first unacknowledged send); "
+                "sending %d spooled chunks in order",
+                took,
+                backlog,
+            )
         elif backlog > 1:
             log.info("connected to Kafka; sending %d spooled chunks in order", backlog)
         self._had_success = True

@@ -119,8 +119,9 @@ class SequenceStore:
         return marks
 
     def _persist(self, marks: dict[str, int], floor: int) -> None:
-        payload = json.dumps({"version": _VERSION, "floor": floor, "next": marks, "epoch": self.epoch},
-                             sort_keys=True).encode()  # fmt: skip
+        payload = json.dumps(
+            {"version": _VERSION, "floor": floor, "next": marks, "epoch": self.epoch}, sort_keys=True
+        ).encode()
         write_atomic(self._path, payload)
 
     def next(self, key: str) -> int:

@@ -26,8 +26,9 @@ Transition = Literal["raise", "resolve"]
 class AlertMachine:
     """One machine's alert state. ``update(anomalous)`` returns ``"raise"``/``"resolve"`` on a change."""
 
-    def __init__(self, alert_after: int, resolve_after: int, state: AlertState = AlertState.NORMAL,
-                 run: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, alert_after: int, resolve_after: int, state: AlertState = AlertState.NORMAL, run: int = 0
+    ) -> None:
         if alert_after < 1 or resolve_after < 1:
             raise ValueError(f"alert_after ({alert_after}) and resolve_after ({resolve_after}) must be >= 1")
         self.alert_after = alert_after
@@ -55,8 +56,7 @@ class AlertMachine:
 
     @classmethod
     def restore(cls, data: dict[str, object], alert_after: int, resolve_after: int) -> AlertMachine:
-        return cls(alert_after, resolve_after, AlertState(str(data.get("state", "normal"))),
-                   int(data.get("run", 0)))  # type: ignore[call-overload]  # fmt: skip
+        return cls(alert_after, resolve_after, AlertState(str(data.get("state", "normal"))), int(data.get("run", 0)))  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,10 @@ def observe(machine: AlertMachine, obs: Observation) -> AlertEvent | None:
         return None
     runs = machine.alert_after if change == "raise" else machine.resolve_after
     word = "over" if change == "raise" else "at or under"
-    message = (f"{obs.machine_type}/{obs.machine_id}: median score {obs.score_median:.3f} {word} threshold "
-               f"{obs.threshold:.3f} for {runs} consecutive windows")  # fmt: skip
+    message = (
+        f"{obs.machine_type}/{obs.machine_id}: median score {obs.score_median:.3f} {word} threshold "
+        f"{obs.threshold:.3f} for {runs} consecutive windows"
+    )
     return AlertEvent(
         machine_type=obs.machine_type,
         machine_id=obs.machine_id,

@@ -50,8 +50,10 @@ def _ensure_model(settings: Settings, registry: Path | None, machine_type: str |
         if machine_type is None and types:
             return root, types[0]
         if registry is not None:
-            raise BadInput(f"no model{' for ' + machine_type if machine_type else ''} in registry {root}",
-                           "train one with `soundwatch train`, or leave out --registry")  # fmt: skip
+            raise BadInput(
+                f"no model{' for ' + machine_type if machine_type else ''} in registry {root}",
+                "train one with `soundwatch train`, or leave out --registry",
+            )
     return BENCH_REGISTRY, _train_small(settings, machine_type or BENCH_TYPE, device)
 
 
@@ -62,11 +64,21 @@ def _train_small(settings: Settings, machine_type: str, device: str) -> str:
     from training.synthetic import write_dcase_dataset
     from training.train import TrainConfig, train_machine_type
 
-    err_console.print(f"no model in {settings.registry_root}: training a small {machine_type} clp model on "
-                      f"synthetic audio into {BENCH_REGISTRY} (once)")  # fmt: skip
+    err_console.print(
+        f"no model in {settings.registry_root}: training a small {machine_type} clp model on "
+        f"synthetic audio into {BENCH_REGISTRY} (once)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        write_dcase_dataset(tmp, [machine_type], ids_per_type=2, n_train=6, n_test_normal=0, n_test_anomaly=0,
-                            seconds=6.0, sample_rate=settings.features.sample_rate)  # fmt: skip
+        write_dcase_dataset(
+            tmp,
+            [machine_type],
+            ids_per_type=2,
+            n_train=6,
+            n_test_normal=0,
+            n_test_anomaly=0,
+            seconds=6.0,
+            sample_rate=settings.features.sample_rate,
+        )
         records = scan_dataset(tmp, machine_type)
         cfg = TrainConfig(method="clp", epochs=2, device=device, median_k=settings.scoring.median_k)
         result = train_machine_type(records, settings.features, cfg)
@@ -98,10 +110,21 @@ def _messages(machine_type: str, n: int, n_machines: int, params: FeatureParams,
     for i in range(n):
         m, j = i % n_machines, i // n_machines
         start = 1_700_000_000_000_000_000 + j * hop_ns
-        msgs.append(FeatureWindow(machine_type=machine_type, machine_id=f"m{m:04d}", gateway_id="bench", segment=0,
-                                  start_frame=j * params.hop_frames, start_ns=start,
-                                  end_ns=start + int(params.window_seconds * 1e9), origin_ns=start, last_sequence=j,
-                                  feature_params=params.canonical_json(), values=pool[i]).encode())  # fmt: skip
+        msgs.append(
+            FeatureWindow(
+                machine_type=machine_type,
+                machine_id=f"m{m:04d}",
+                gateway_id="bench",
+                segment=0,
+                start_frame=j * params.hop_frames,
+                start_ns=start,
+                end_ns=start + int(params.window_seconds * 1e9),
+                origin_ns=start,
+                last_sequence=j,
+                feature_params=params.canonical_json(),
+                values=pool[i],
+            ).encode()
+        )
     return msgs
 
 
@@ -117,17 +140,32 @@ def _run(core: ScoringCore, msgs: list[bytes], batch: int) -> tuple[float, float
         for s in result.scored:
             sc = s.score
             sc.encode()
-            score_point(machine_type=sc.machine_type, machine_id=sc.machine_id, model_version=sc.model_version,
-                        end_ns=sc.timestamp_ns, score=sc.score, score_median=sc.score_median, threshold=sc.threshold,
-                        anomalous=sc.anomalous).to_line()  # fmt: skip
+            score_point(
+                machine_type=sc.machine_type,
+                machine_id=sc.machine_id,
+                model_version=sc.model_version,
+                end_ns=sc.timestamp_ns,
+                score=sc.score,
+                score_median=sc.score_median,
+                threshold=sc.threshold,
+                anomalous=sc.anomalous,
+            ).to_line()
         scored += len(result.scored)
         if result.rejected:
             raise BadInput(f"bench windows were rejected: {result.rejected[0].error}")
     return time.perf_counter() - started, inference, scored
 
 
-def run_bench(settings: Settings, *, registry: Path | None, machine_type: str | None, n_windows: int,
-              n_machines: int, max_batch: int, device: str) -> dict[str, Any]:  # fmt: skip
+def run_bench(
+    settings: Settings,
+    *,
+    registry: Path | None,
+    machine_type: str | None,
+    n_windows: int,
+    n_machines: int,
+    max_batch: int,
+    device: str,
+) -> dict[str, Any]:
     import torch
 
     from training.registry import ModelRegistry
@@ -147,8 +185,10 @@ def run_bench(settings: Settings, *, registry: Path | None, machine_type: str | 
     if model is None:
         raise BadInput(f"cannot load the {mtype} model from {root}: {core.models.why_missing(mtype)}")
     params = model.feature_params
-    err_console.print(f"bench: {mtype}/{model.version} ({getattr(model, 'method', '?')}) on {dev}, "
-                      f"{n_windows} windows from {n_machines} machines, batch {max_batch}")  # fmt: skip
+    err_console.print(
+        f"bench: {mtype}/{model.version} ({getattr(model, 'method', '?')}) on {dev}, "
+        f"{n_windows} windows from {n_machines} machines, batch {max_batch}"
+    )
     pool = _window_pool(mtype, list(getattr(model, "machine_ids", [])), params, min(n_windows, 256))
     msgs = _messages(mtype, n_windows, n_machines, params, pool[np.arange(n_windows) % len(pool)])
     _run(core, msgs[:max_batch], max_batch)  # warm-up: first-call allocations, cuDNN autotuning

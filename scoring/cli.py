@@ -18,8 +18,9 @@ from soundwatch.choices import Device
 from soundwatch.console import err_console
 from soundwatch.settings import Settings, get_settings
 
-app = typer.Typer(help="Score feature windows: batched inference, median filter, alerts, InfluxDB.",
-                  no_args_is_help=True)  # fmt: skip
+app = typer.Typer(
+    help="Score feature windows: batched inference, median filter, alerts, InfluxDB.", no_args_is_help=True
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,12 @@ def _with_overrides(settings: Settings, registry: Path | None, **scoring: Any) -
 def run(
     registry: Annotated[
         Path | None, typer.Option("--registry", help="model registry root (default: settings registry_root)")
-    ] = None,  # fmt: skip
+    ] = None,
     device: Annotated[Device | None, typer.Option("--device", help="where the model runs")] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", min=1, help="windows per forward pass")] = None,
     max_wait_ms: Annotated[
         int | None, typer.Option("--max-wait-ms", min=0, help="longest a window waits for its batch")
-    ] = None,  # fmt: skip
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", min=0, max=65535, help="Prometheus port (0 = any free port)")
     ] = None,
@@ -70,8 +71,14 @@ def run(
 ) -> None:
     """Run a scoring worker in the consumer group until SIGINT/SIGTERM (then flush and commit)."""
     _set_threads(threads)
-    settings = _with_overrides(get_settings(), registry, device=None if device is None else Device(device).value,
-                               max_batch=max_batch, max_wait_ms=max_wait_ms, metrics_port=metrics_port)  # fmt: skip
+    settings = _with_overrides(
+        get_settings(),
+        registry,
+        device=None if device is None else Device(device).value,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        metrics_port=metrics_port,
+    )
     from scoring.worker import ScoringWorker
 
     worker = ScoringWorker(settings)
@@ -82,9 +89,12 @@ def run(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    worker.run(on_started=lambda w: err_console.print(
-        f"scoring worker {w.worker_id}: {settings.kafka.topics.features} -> InfluxDB {settings.influx.url}, "
-        f"device {w.device}, metrics on {settings.scoring.metrics_host}:{w.metrics.port}"))  # fmt: skip
+    worker.run(
+        on_started=lambda w: err_console.print(
+            f"scoring worker {w.worker_id}: {settings.kafka.topics.features} -> InfluxDB {settings.influx.url}, "
+            f"device {w.device}, metrics on {settings.scoring.metrics_host}:{w.metrics.port}"
+        )
+    )
 
 
 def bench(
@@ -95,7 +105,7 @@ def bench(
         help="registry with the model to benchmark "
         "(default: settings registry_root; a small synthetic model is "
         "trained when it is empty)",
-    ),  # fmt: skip
+    ),
     machine_type: str | None = typer.Option(None, "--machine-type", help="model to use (default: first type)"),
     windows: int = typer.Option(2048, "--windows", min=64, help="windows scored in the batched run"),
     machines: int = typer.Option(64, "--machines", min=1, help="distinct machines the windows come from"),
@@ -109,9 +119,15 @@ def bench(
     _set_threads(threads)
 
     settings = get_settings()
-    result = run_bench(settings, registry=registry, machine_type=machine_type, n_windows=windows,
-                       n_machines=machines, max_batch=max_batch or settings.scoring.max_batch,
-                       device=Device(device).value)  # fmt: skip
+    result = run_bench(
+        settings,
+        registry=registry,
+        machine_type=machine_type,
+        n_windows=windows,
+        n_machines=machines,
+        max_batch=max_batch or settings.scoring.max_batch,
+        device=Device(device).value,
+    )
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -122,8 +138,7 @@ def bench(
 if __name__ == "__main__":
     import sys
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("kafka", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     app()

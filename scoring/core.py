@@ -92,8 +92,10 @@ class ParamsCheck:
         if not diff:
             return None
         fields = ", ".join(f"{name}: window {a!r} vs model {b!r}" for name, (a, b) in sorted(diff.items()))
-        return (f"window computed with feature parameters that differ from model "
-                f"{model.machine_type}/{model.version}: {fields}")  # fmt: skip
+        return (
+            f"window computed with feature parameters that differ from model "
+            f"{model.machine_type}/{model.version}: {fields}"
+        )
 
 
 class ScoringCore(Generic[C]):
@@ -136,8 +138,11 @@ class ScoringCore(Generic[C]):
             return ContractError(Reason.FEATURE_PARAMS_MISMATCH, problem)
         fp = model.feature_params
         if window.values.shape != (fp.n_mels, fp.window_frames):
-            return ContractError(Reason.INVALID_FIELD, f"window shape {window.values.shape} is not the model's "
-                                 f"[n_mels={fp.n_mels}, window_frames={fp.window_frames}]")  # fmt: skip
+            return ContractError(
+                Reason.INVALID_FIELD,
+                f"window shape {window.values.shape} is not the model's "
+                f"[n_mels={fp.n_mels}, window_frames={fp.window_frames}]",
+            )
         return None
 
     def _score_group(self, model: ScoringModel, group: list[tuple[FeatureWindow, C]], out: BatchResult[C]) -> None:
@@ -154,9 +159,10 @@ class ScoringCore(Generic[C]):
                     scores.extend(float(s) for s in part_scores)
         except Exception as exc:  # a failing model must not stop the worker; the records stay replayable in the DLQ
             log.exception("model %s/%s failed on a batch of %d windows", model.machine_type, model.version, len(group))
-            err = ContractError(Reason.INVALID_FIELD,
-                                f"model {model.machine_type}/{model.version} failed on this window: "
-                                f"{type(exc).__name__}: {exc}")  # fmt: skip
+            err = ContractError(
+                Reason.INVALID_FIELD,
+                f"model {model.machine_type}/{model.version} failed on this window: {type(exc).__name__}: {exc}",
+            )
             out.rejected.extend(Rejected(ctx, err) for _, ctx in group)
             return
         finally:
@@ -185,8 +191,17 @@ class ScoringCore(Generic[C]):
         threshold = float(model.threshold_for(window.machine_id))
         obs = Observation(window.machine_type, window.machine_id, model.version, window.end_ns, median, threshold)
         alert = state.alert_step(obs)
-        score = Score(machine_type=window.machine_type, machine_id=window.machine_id, model_version=model.version,
-                      timestamp_ns=window.end_ns, score=raw, score_median=median, threshold=threshold,
-                      anomalous=obs.anomalous, segment=window.segment, start_frame=window.start_frame,
-                      origin_ns=window.origin_ns)  # fmt: skip
+        score = Score(
+            machine_type=window.machine_type,
+            machine_id=window.machine_id,
+            model_version=model.version,
+            timestamp_ns=window.end_ns,
+            score=raw,
+            score_median=median,
+            threshold=threshold,
+            anomalous=obs.anomalous,
+            segment=window.segment,
+            start_frame=window.start_frame,
+            origin_ns=window.origin_ns,
+        )
         return Scored(window, ctx, score, alert)

@@ -21,40 +21,49 @@ class ScoringMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.windows = Counter("soundwatch_scoring_windows", "windows scored (rate() = windows/s)",
-                               ["machine_type"], registry=r)  # fmt: skip
+        self.windows = Counter(
+            "soundwatch_scoring_windows", "windows scored (rate() = windows/s)", ["machine_type"], registry=r
+        )
         self.windows_per_s = Gauge(
             "soundwatch_scoring_windows_per_second",
             "windows scored per second over the last report interval",
             registry=r,
         )
-        self.batch_size = Histogram("soundwatch_scoring_batch_size", "windows per micro-batch",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)  # fmt: skip
+        self.batch_size = Histogram(
+            "soundwatch_scoring_batch_size",
+            "windows per micro-batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
         self.inference_ms = Histogram(
             "soundwatch_scoring_inference_ms",
             "model forward time per micro-batch (ms)",
             buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
             registry=r,
         )
-        self.consumer_lag = Gauge("soundwatch_scoring_consumer_lag", "records behind the partition end",
-                                  ["partition"], registry=r)  # fmt: skip
-        self.write_errors = Counter("soundwatch_scoring_influx_write_errors", "failed InfluxDB write requests",
-                                    registry=r)  # fmt: skip
+        self.consumer_lag = Gauge(
+            "soundwatch_scoring_consumer_lag", "records behind the partition end", ["partition"], registry=r
+        )
+        self.write_errors = Counter(
+            "soundwatch_scoring_influx_write_errors", "failed InfluxDB write requests", registry=r
+        )
         self.rejected_points = Counter(
             "soundwatch_scoring_influx_rejected_points",
             "points InfluxDB refused as malformed (dropped)",
             registry=r,
         )
         self.buffer_points = Gauge("soundwatch_scoring_buffer_points", "points waiting for InfluxDB", registry=r)
-        self.dead_letters = Counter("soundwatch_scoring_dead_letters", "records sent to the dead-letter topic",
-                                    ["reason"], registry=r)  # fmt: skip
+        self.dead_letters = Counter(
+            "soundwatch_scoring_dead_letters", "records sent to the dead-letter topic", ["reason"], registry=r
+        )
         self.alerts = Counter("soundwatch_scoring_alert_events", "alert state changes", ["current"], registry=r)
-        self.paused = Gauge("soundwatch_scoring_paused", "1 while consumption is paused by back-pressure",
-                            registry=r)  # fmt: skip
+        self.paused = Gauge("soundwatch_scoring_paused", "1 while consumption is paused by back-pressure", registry=r)
         self.model_reloads = Counter("soundwatch_scoring_model_reloads", "hot model swaps", registry=r)
-        self.stale_machines = Gauge("soundwatch_scoring_stale_machines",
-                                    "known machines of this worker's partitions without audio for stale_after_s",
-                                    registry=r)  # fmt: skip
+        self.stale_machines = Gauge(
+            "soundwatch_scoring_stale_machines",
+            "known machines of this worker's partitions without audio for stale_after_s",
+            registry=r,
+        )
         self.port: int | None = None
         self._server: Any = None
 

@@ -57,8 +57,10 @@ def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if has_cuda else "cpu"
     if requested == "cuda" and not has_cuda:
-        raise ConfigError("SOUNDWATCH_SCORING__DEVICE=cuda but torch sees no CUDA device",
-                          "use device auto or cpu, or install a CUDA build of torch")  # fmt: skip
+        raise ConfigError(
+            "SOUNDWATCH_SCORING__DEVICE=cuda but torch sees no CUDA device",
+            "use device auto or cpu, or install a CUDA build of torch",
+        )
     return requested
 
 
@@ -69,8 +71,14 @@ class ModelCache:
     type does not hit the registry's disk for every window.
     """
 
-    def __init__(self, source: ModelSource, device: str = "cpu", negative_ttl_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic, optimize: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        source: ModelSource,
+        device: str = "cpu",
+        negative_ttl_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        optimize: bool = True,
+    ) -> None:
         self._source = source
         self.device = device
         self.optimize = optimize
@@ -101,8 +109,10 @@ class ModelCache:
         try:
             known = self._source.machine_types()
             if machine_type not in known:
-                raise LookupError(f"no model for machine type {machine_type!r} in the registry "
-                                  f"(known: {sorted(known)}); train one with `soundwatch train`")  # fmt: skip
+                raise LookupError(
+                    f"no model for machine type {machine_type!r} in the registry "
+                    f"(known: {sorted(known)}); train one with `soundwatch train`"
+                )
             model = self._source.load(machine_type, version, device=self.device)
         except Exception as exc:  # a broken artifact must not stop the worker: the windows are dead-lettered
             reason = str(exc) if isinstance(exc, LookupError) else f"model for {machine_type!r} cannot be loaded: {exc}"
@@ -114,8 +124,9 @@ class ModelCache:
             freeze_encoder(model)
         old = self._models.get(machine_type)
         self._models[machine_type] = model
-        log.info("model %s/%s on %s%s", machine_type, model.version, self.device,
-                 f" (replaces {old.version})" if old else "")  # fmt: skip
+        log.info(
+            "model %s/%s on %s%s", machine_type, model.version, self.device, f" (replaces {old.version})" if old else ""
+        )
         return model
 
     def reload(self, machine_type: str, version: str | None) -> bool:
@@ -144,8 +155,9 @@ class ModelCache:
                 log.debug("cannot read current version of %s: %s", machine_type, exc)
                 continue
             except Exception as exc:  # e.g. a current-version value that is not a version name: say so, keep scoring
-                log.warning("ignoring the current version of %s: %s; still scoring with %s",
-                            machine_type, exc, model.version)  # fmt: skip
+                log.warning(
+                    "ignoring the current version of %s: %s; still scoring with %s", machine_type, exc, model.version
+                )
                 continue
             if current and current != model.version and self.reload(machine_type, current):
                 changed.append((machine_type, current))

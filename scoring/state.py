@@ -90,13 +90,22 @@ class MachineState:
 
     # -------------------------------------------------------------- persistence
     def to_json(self) -> str:
-        return json.dumps({"v": 1, "k": self.k, "model_version": self.model_version,
-                           "alert": self.alert.snapshot(), "last_alert_end_ns": self.last_alert_end_ns,
-                           "history": [[t, s] for t, s in self.history]}, separators=(",", ":"))  # fmt: skip
+        return json.dumps(
+            {
+                "v": 1,
+                "k": self.k,
+                "model_version": self.model_version,
+                "alert": self.alert.snapshot(),
+                "last_alert_end_ns": self.last_alert_end_ns,
+                "history": [[t, s] for t, s in self.history],
+            },
+            separators=(",", ":"),
+        )
 
     @classmethod
-    def from_json(cls, text: str | bytes, *, alert_after: int, resolve_after: int,
-                  replay_margin: int = DEFAULT_REPLAY_MARGIN) -> MachineState:  # fmt: skip
+    def from_json(
+        cls, text: str | bytes, *, alert_after: int, resolve_after: int, replay_margin: int = DEFAULT_REPLAY_MARGIN
+    ) -> MachineState:
         data = json.loads(text)
         if data.get("v") != 1:
             raise ValueError(f"unknown machine state format {data.get('v')!r}")
@@ -146,8 +155,14 @@ class StateStore:
 class StateTable:
     """All machines' states in this worker: created, loaded from the store, marked dirty, saved."""
 
-    def __init__(self, store: StateStore | None, *, alert_after: int, resolve_after: int,
-                 replay_margin: int = DEFAULT_REPLAY_MARGIN) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: StateStore | None,
+        *,
+        alert_after: int,
+        resolve_after: int,
+        replay_margin: int = DEFAULT_REPLAY_MARGIN,
+    ) -> None:
         self._store = store
         self._alert_after = alert_after
         self._resolve_after = resolve_after
@@ -165,9 +180,12 @@ class StateTable:
             return
         for key, raw in self._store.load(missing).items():
             try:
-                self._states[key] = MachineState.from_json(raw, alert_after=self._alert_after,
-                                                           resolve_after=self._resolve_after,
-                                                           replay_margin=self._replay_margin)  # fmt: skip
+                self._states[key] = MachineState.from_json(
+                    raw,
+                    alert_after=self._alert_after,
+                    resolve_after=self._resolve_after,
+                    replay_margin=self._replay_margin,
+                )
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring unreadable saved state of %s: %s", key, exc)
 
@@ -175,8 +193,9 @@ class StateTable:
         """The machine's state for ``model_version`` with filter length ``k`` (created if new)."""
         state = self._states.get(machine_key)
         if state is None:
-            state = MachineState(k, model_version, AlertMachine(self._alert_after, self._resolve_after),
-                                 self._replay_margin)  # fmt: skip
+            state = MachineState(
+                k, model_version, AlertMachine(self._alert_after, self._resolve_after), self._replay_margin
+            )
             self._states[machine_key] = state
         elif state.k != k:
             state = MachineState(k, model_version, state.alert, self._replay_margin, state.last_alert_end_ns)

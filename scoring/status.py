@@ -99,8 +99,9 @@ class KnownMachines:
         try:
             stored = self._client.hgetall(self.key)
         except Exception as exc:
-            log.warning("cannot read the known machines from Redis (%s); reporting the %d known here",
-                        exc, len(self._machines))  # fmt: skip
+            log.warning(
+                "cannot read the known machines from Redis (%s); reporting the %d known here", exc, len(self._machines)
+            )
             return False
         for raw_key, raw in stored.items():
             machine = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
@@ -120,16 +121,22 @@ class KnownMachines:
         return {m: seen for m, seen in sorted(self._machines.items()) if seen.partition in partitions}
 
 
-def status_points(machines: dict[str, LastAudio], *, now_ns: int, stale_after_s: float,
-                  alerting: Callable[[str], bool]) -> list[Point]:  # fmt: skip
+def status_points(
+    machines: dict[str, LastAudio], *, now_ns: int, stale_after_s: float, alerting: Callable[[str], bool]
+) -> list[Point]:
     """One ``machine_status`` point per machine at ``now_ns``: seconds since audio, stale, alerting."""
     points = []
     for machine, seen in machines.items():
         machine_type, _, machine_id = machine.partition("/")
         since_s = max(0.0, (now_ns - seen.received_ns) / NS)
-        points.append(machine_status_point(machine_type=machine_type, machine_id=machine_id,
-                                           seconds_since_audio=since_s, alerting=alerting(machine),
-                                           stale=since_s > stale_after_s, time_ns=now_ns))  # fmt: skip
+        points.append(
+            machine_status_point(
+                machine_type=machine_type,
+                machine_id=machine_id,
+                seconds_since_audio=since_s,
+                alerting=alerting(machine),
+                stale=since_s > stale_after_s,
+                time_ns=now_ns,
+            )
+        )
     return points
-
-

@@ -118,8 +118,15 @@ class _Abandoned:
 class ScoringWorker:
     """Consumer-group member scoring ``settings.kafka.topics.features``. ``run()`` blocks until ``stop()``."""
 
-    def __init__(self, settings: Settings, *, source: ModelSource | None = None, sink: BufferedSink | None = None,
-                 worker_id: str | None = None, report_every_s: float = _REPORT_EVERY_S) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: ModelSource | None = None,
+        sink: BufferedSink | None = None,
+        worker_id: str | None = None,
+        report_every_s: float = _REPORT_EVERY_S,
+    ) -> None:
         self.settings = settings
         self.report_every_s = report_every_s  # windows/s + lag gauges and the InfluxDB `pipeline` point
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -168,8 +175,9 @@ class ScoringWorker:
             )
         import redis
 
-        self._redis = redis.Redis.from_url(s.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                                           **s.redis.client_kwargs())  # fmt: skip
+        self._redis = redis.Redis.from_url(
+            s.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0, **s.redis.client_kwargs()
+        )
         if self._source is None:
             from training.registry import ModelRegistry
 
@@ -184,11 +192,13 @@ class ScoringWorker:
         )
         self.known = KnownMachines(self._redis, s.redis.key_prefix, s.scoring.group_id)
         self._stale: set[str] = set()
-        self.core: ScoringCore[_Item] = ScoringCore(self.models, self.states, max_batch=s.scoring.max_batch,
-                                                    default_k=s.scoring.median_k)  # fmt: skip
+        self.core: ScoringCore[_Item] = ScoringCore(
+            self.models, self.states, max_batch=s.scoring.max_batch, default_k=s.scoring.median_k
+        )
         self.sink = self._sink or BufferedSink.from_settings(s.influx)
-        self.batcher: MicroBatcher[_Item] = MicroBatcher(lambda it: it.window.machine_type if it.window else "",
-                                                        s.scoring.max_batch, s.scoring.max_wait_ms)  # fmt: skip
+        self.batcher: MicroBatcher[_Item] = MicroBatcher(
+            lambda it: it.window.machine_type if it.window else "", s.scoring.max_batch, s.scoring.max_wait_ms
+        )
         t = s.kafka.topics
         try:
             ensure_topics(s, [t.alerts, t.scores, t.deadletter])
@@ -201,12 +211,17 @@ class ScoringWorker:
         self._last_check = self._last_report = time.monotonic()
         self._last_status = float("-inf")  # report the known machines as soon as partitions are assigned
         self._reported_windows = 0
-        log.info("scoring worker %s: group %s on %s, device %s", self.worker_id, s.scoring.group_id, t.features,
-                 self.device)  # fmt: skip
+        log.info(
+            "scoring worker %s: group %s on %s, device %s", self.worker_id, s.scoring.group_id, t.features, self.device
+        )
 
     def _shutdown(self) -> None:
-        log.info("scoring worker %s stopping: flushing %d batched windows and %d buffered points",
-                 self.worker_id, len(self.batcher), len(self.sink))  # fmt: skip
+        log.info(
+            "scoring worker %s stopping: flushing %d batched windows and %d buffered points",
+            self.worker_id,
+            len(self.batcher),
+            len(self.sink),
+        )
         try:
             if self._held is not None:
                 self._relieve(block_s=self.settings.influx.timeout_s)
@@ -215,11 +230,20 @@ class ScoringWorker:
             self.sink.flush(block_s=3 * self.settings.influx.timeout_s)
             self._commit_ready()
             if len(self.sink):
-                log.warning("%d points were not written before shutdown; their records stay uncommitted and will "
-                            "be replayed by the next worker", len(self.sink))  # fmt: skip
+                log.warning(
+                    "%d points were not written before shutdown; their records stay uncommitted and will "
+                    "be replayed by the next worker",
+                    len(self.sink),
+                )
         finally:
-            for close in (lambda: self._consumer.close(autocommit=False), self._producer.close, self.sink.close,
-                          self.reloads.close, self.metrics.close, self._redis.close):  # fmt: skip
+            for close in (
+                lambda: self._consumer.close(autocommit=False),
+                self._producer.close,
+                self.sink.close,
+                self.reloads.close,
+                self.metrics.close,
+                self._redis.close,
+            ):
                 try:
                     close()
                 except Exception as exc:  # closing must go on for the other clients
@@ -270,18 +294,33 @@ class ScoringWorker:
             key = machine_key(sc.machine_type, sc.machine_id)
             self.known.observe(f"{sc.machine_type}/{sc.machine_id}", s.context.partition, s.window.end_ns, received_ns)
             pending.sends.append(self._send(t.scores, key, sc.encode()))
-            points.append(score_point(machine_type=sc.machine_type, machine_id=sc.machine_id,
-                                      model_version=sc.model_version, end_ns=sc.timestamp_ns, score=sc.score,
-                                      score_median=sc.score_median, threshold=sc.threshold,
-                                      anomalous=sc.anomalous))  # fmt: skip
+            points.append(
+                score_point(
+                    machine_type=sc.machine_type,
+                    machine_id=sc.machine_id,
+                    model_version=sc.model_version,
+                    end_ns=sc.timestamp_ns,
+                    score=sc.score,
+                    score_median=sc.score_median,
+                    threshold=sc.threshold,
+                    anomalous=sc.anomalous,
+                )
+            )
             self.metrics.windows.labels(sc.machine_type).inc()
             if s.alert is not None:
                 a = s.alert
                 log.warning("alert %s -> %s: %s", a.previous.value, a.current.value, a.message)
                 pending.sends.append(self._send(t.alerts, key, a.encode()))
-                points.append(alert_point(machine_type=a.machine_type, machine_id=a.machine_id,
-                                          state=a.current.value, score_median=a.score_median,
-                                          threshold=a.threshold, time_ns=a.timestamp_ns))  # fmt: skip
+                points.append(
+                    alert_point(
+                        machine_type=a.machine_type,
+                        machine_id=a.machine_id,
+                        state=a.current.value,
+                        score_median=a.score_median,
+                        threshold=a.threshold,
+                        time_ns=a.timestamp_ns,
+                    )
+                )
                 self.metrics.alerts.labels(a.current.value).inc()
         self.windows_scored += len(result.scored)
         self.metrics.batch_size.observe(len(items))
@@ -376,8 +415,9 @@ class ScoringWorker:
                     delivered = False  # checked again on the next loop turn
         return delivered
 
-    def _resend(self, error: BaseException, topic: str, key: bytes | None, value: bytes,
-                letter: DeadLetter | None) -> list[Any]:  # fmt: skip
+    def _resend(
+        self, error: BaseException, topic: str, key: bytes | None, value: bytes, letter: DeadLetter | None
+    ) -> list[Any]:
         """What replaces a failed send: the same record after a transient error (broker away).
 
         After a permanent one (:func:`~soundwatch.kafka.is_permanent`: the broker will never take
@@ -391,19 +431,36 @@ class ScoringWorker:
             return self._send(topic, key, value, letter)
         t = self.settings.kafka.topics
         if letter is None:
-            log.error("%s refused a record permanently (%s); dead-lettering it as %s", topic, error,
-                      Reason.UNDELIVERABLE.value)  # fmt: skip
-            letter = DeadLetter(Reason.UNDELIVERABLE, f"{topic} refused the record: {type(error).__name__}: {error}",
-                                STAGE, topic)  # fmt: skip
+            log.error(
+                "%s refused a record permanently (%s); dead-lettering it as %s",
+                topic,
+                error,
+                Reason.UNDELIVERABLE.value,
+            )
+            letter = DeadLetter(
+                Reason.UNDELIVERABLE, f"{topic} refused the record: {type(error).__name__}: {error}", STAGE, topic
+            )
             self.metrics.dead_letters.labels(letter.reason.value).inc()
             return self._send(t.deadletter, key, value, letter)
         if letter.delivery_error:
-            log.error("the dead-letter topic %s refused even the header-only letter of %s[%s]@%s (%s); given up so "
-                      "the partition moves on", topic, letter.source_topic, letter.source_partition,
-                      letter.source_offset, error)  # fmt: skip
+            log.error(
+                "the dead-letter topic %s refused even the header-only letter of %s[%s]@%s (%s); given up so "
+                "the partition moves on",
+                topic,
+                letter.source_topic,
+                letter.source_partition,
+                letter.source_offset,
+                error,
+            )
             return [_Abandoned(), topic, key, value, letter]
-        log.error("the dead-letter topic %s refused the letter of %s[%s]@%s (%s); sending it without the value",
-                  topic, letter.source_topic, letter.source_partition, letter.source_offset, error)  # fmt: skip
+        log.error(
+            "the dead-letter topic %s refused the letter of %s[%s]@%s (%s); sending it without the value",
+            topic,
+            letter.source_topic,
+            letter.source_partition,
+            letter.source_offset,
+            error,
+        )
         return self._send(topic, key, value, letter.without_value(error))
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -412,8 +469,11 @@ class ScoringWorker:
         from kafka.structs import OffsetAndMetadata
 
         owned = self._consumer.assignment()
-        commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()
-                  if TopicPartition(t, p) in owned}  # fmt: skip
+        commit = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+            for (t, p), o in offsets.items()
+            if TopicPartition(t, p) in owned
+        }
         if not commit:
             return
         try:
@@ -482,10 +542,16 @@ class ScoringWorker:
                 lag = max(0, high - pos)
                 lag_total += lag
                 self.metrics.consumer_lag.labels(str(tp.partition)).set(lag)
-        health = pipeline_point(STAGE, self.worker_id,
-                                {ix.WINDOWS_PER_S: float(rate), ix.CONSUMER_LAG: int(lag_total),
-                                 ix.WRITE_ERRORS: int(self.sink.stats.write_errors),
-                                 ix.BUFFER_POINTS: int(len(self.sink))})  # fmt: skip
+        health = pipeline_point(
+            STAGE,
+            self.worker_id,
+            {
+                ix.WINDOWS_PER_S: float(rate),
+                ix.CONSUMER_LAG: int(lag_total),
+                ix.WRITE_ERRORS: int(self.sink.stats.write_errors),
+                ix.BUFFER_POINTS: int(len(self.sink)),
+            },
+        )
         if self._held is None and self.sink.room > 1:
             self.sink.add([health])  # not tied to any offset: a lost health point costs nothing
 
@@ -499,8 +565,9 @@ class ScoringWorker:
             return
         self.states.prefetch(machines)  # alert states of machines not scored since this worker started
         stale_after_s = self.settings.scoring.stale_after_s
-        points = status_points(machines, now_ns=time.time_ns(), stale_after_s=stale_after_s,
-                               alerting=self.states.alerting)  # fmt: skip
+        points = status_points(
+            machines, now_ns=time.time_ns(), stale_after_s=stale_after_s, alerting=self.states.alerting
+        )
         stale = {f"{p.tags[ix.MACHINE_TYPE]}/{p.tags[ix.MACHINE_ID]}" for p in points if p.fields[ix.STALE]}
         for machine in sorted(stale - self._stale):
             log.warning("machine %s is stale: no audio scored for more than %.0f s", machine, stale_after_s)

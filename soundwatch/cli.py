@@ -94,10 +94,14 @@ app = typer.Typer(
     add_completion=False,
 )
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
-services_app = typer.Typer(help="Start, stop and check the local Kafka broker, Redis and InfluxDB.",
-                           no_args_is_help=True)  # fmt: skip
-bench_app = typer.Typer(cls=_lazy_group(_BENCH_COMMANDS), no_args_is_help=True,
-                        help="Benchmarks that print one JSON object (compared with a reference in the same run).")
+services_app = typer.Typer(
+    help="Start, stop and check the local Kafka broker, Redis and InfluxDB.", no_args_is_help=True
+)
+bench_app = typer.Typer(
+    cls=_lazy_group(_BENCH_COMMANDS),
+    no_args_is_help=True,
+    help="Benchmarks that print one JSON object (compared with a reference in the same run).",
+)
 app.add_typer(config_app, name="config")
 app.add_typer(services_app, name="services")
 app.add_typer(bench_app, name="bench")
@@ -107,8 +111,9 @@ _state = {"debug": False}
 
 @app.callback()
 def _root(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file", exists=True,
-                                                dir_okay=False)] = None,  # fmt: skip
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML settings file", exists=True, dir_okay=False)
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and debug logs")] = False,
 ) -> None:
     if config is not None:
@@ -189,8 +194,10 @@ def services_status(
 
 
 # typer >= 0.2x bundles its own copy of click: its usage errors are not click.ClickException
-_CLICK_ERRORS: tuple[type[Exception], ...] = (click.ClickException, *(
-    (typer.TyperException,) if hasattr(typer, "TyperException") else ()))  # fmt: skip
+_CLICK_ERRORS: tuple[type[Exception], ...] = (
+    click.ClickException,
+    *((typer.TyperException,) if hasattr(typer, "TyperException") else ()),
+)
 
 
 def _traceback_if_debug() -> None:

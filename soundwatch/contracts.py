@@ -242,8 +242,16 @@ class AudioChunk:
         w.string(self.machine_id)
         w.string(self.gateway_id)
         fmt = self.sample_format
-        w.pack("IQqqQBI", self.sample_rate, self.sequence, self.start_ns, self.origin_ns, self.epoch, int(fmt),
-               self.n_samples)  # fmt: skip
+        w.pack(
+            "IQqqQBI",
+            self.sample_rate,
+            self.sequence,
+            self.start_ns,
+            self.origin_ns,
+            self.epoch,
+            int(fmt),
+            self.n_samples,
+        )
         w.raw(self.samples.astype(_DTYPES[fmt], copy=False).tobytes())
         return w.bytes()
 
@@ -260,9 +268,7 @@ class AudioChunk:
         else:
             sample_rate, sequence, start_ns, origin_ns, epoch, fmt_code, n = r.unpack("IQqqQBI")
         if fmt_code not in SampleFormat._value2member_map_:
-            raise ContractError(
-                Reason.UNSUPPORTED_DTYPE, f"sample format code {fmt_code} (known: 1=PCM16, 2=FLOAT32)"
-            )
+            raise ContractError(Reason.UNSUPPORTED_DTYPE, f"sample format code {fmt_code} (known: 1=PCM16, 2=FLOAT32)")
         fmt = SampleFormat(fmt_code)
         if n == 0:
             raise ContractError(Reason.EMPTY_PAYLOAD, "header declares 0 samples")
@@ -340,8 +346,18 @@ class FeatureWindow:
         w.string(self.machine_id)
         w.string(self.gateway_id)
         w.string(self.feature_params)
-        w.pack("QQqqqQBHH", self.segment, self.start_frame, self.start_ns, self.end_ns, self.origin_ns,
-               self.last_sequence, 2, self.n_mels, self.n_frames)  # fmt: skip
+        w.pack(
+            "QQqqqQBHH",
+            self.segment,
+            self.start_frame,
+            self.start_ns,
+            self.end_ns,
+            self.origin_ns,
+            self.last_sequence,
+            2,
+            self.n_mels,
+            self.n_frames,
+        )
         w.raw(self.values.astype(">f4", copy=False).tobytes())
         return w.bytes()
 
@@ -352,9 +368,7 @@ class FeatureWindow:
         machine_id = r.string("machine_id")
         gateway_id = r.string("gateway_id")
         params = r.string("feature_params")
-        segment, start_frame, start_ns, end_ns, origin_ns, last_seq, fmt_code, n_mels, n_frames = r.unpack(
-            "QQqqqQBHH"
-        )
+        segment, start_frame, start_ns, end_ns, origin_ns, last_seq, fmt_code, n_mels, n_frames = r.unpack("QQqqqQBHH")
         if fmt_code != SampleFormat.FLOAT32:
             raise ContractError(Reason.UNSUPPORTED_DTYPE, f"feature values format code {fmt_code}, expected 2=FLOAT32")
         if n_mels == 0 or n_frames == 0:
@@ -409,8 +423,17 @@ class Score:
         w.string(self.machine_type)
         w.string(self.machine_id)
         w.string(self.model_version)
-        w.pack("qdddBQQq", self.timestamp_ns, self.score, self.score_median, self.threshold, int(self.anomalous),
-               self.segment, self.start_frame, self.origin_ns)  # fmt: skip
+        w.pack(
+            "qdddBQQq",
+            self.timestamp_ns,
+            self.score,
+            self.score_median,
+            self.threshold,
+            int(self.anomalous),
+            self.segment,
+            self.start_frame,
+            self.origin_ns,
+        )
         return w.bytes()
 
     @classmethod
@@ -481,8 +504,9 @@ class AlertEvent:
             try:
                 states.append(AlertState(text))
             except ValueError as exc:
-                raise ContractError(Reason.INVALID_FIELD, f"{name} state {text!r} is not one of "
-                                    f"{[s.value for s in AlertState]}") from exc  # fmt: skip
+                raise ContractError(
+                    Reason.INVALID_FIELD, f"{name} state {text!r} is not one of {[s.value for s in AlertState]}"
+                ) from exc
         message = r.string("message")
         (n_extra,) = r.unpack("H")
         extra = {r.string("extra key"): r.string("extra value") for _ in range(n_extra)}
@@ -531,8 +555,9 @@ class DeadLetter:
         """``(letter, key, value)`` ready to send: sizes bounded, original size and hash in the letter."""
         value = bytes(value or b"")
         cut = len(value) > self.MAX_VALUE_BYTES
-        letter = replace(self, original_size=len(value), sha256=hashlib.sha256(value).hexdigest(),
-                         truncated=self.truncated or cut)  # fmt: skip
+        letter = replace(
+            self, original_size=len(value), sha256=hashlib.sha256(value).hexdigest(), truncated=self.truncated or cut
+        )
         if key is not None and len(key) > self.MAX_KEY_BYTES:
             key = bytes(key[: self.MAX_KEY_BYTES])
         return letter, key, value[: self.MAX_VALUE_BYTES]
@@ -577,8 +602,9 @@ class DeadLetter:
         )
 
     @classmethod
-    def from_error(cls, error: ContractError, stage: str, topic: str = "", partition: int = -1,
-                   offset: int = -1) -> DeadLetter:  # fmt: skip
+    def from_error(
+        cls, error: ContractError, stage: str, topic: str = "", partition: int = -1, offset: int = -1
+    ) -> DeadLetter:
         return cls(error.reason, error.detail, stage, topic, partition, offset)
 
 

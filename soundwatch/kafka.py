@@ -16,8 +16,9 @@ def _require_crc32c() -> None:
     try:
         import crc32c  # noqa: F401
     except ImportError as exc:  # without it kafka-python falls back to pure-Python CRC, ~10x slower
-        raise MissingDependency("the crc32c package is missing (kafka-python would be ~10x slower)",
-                                "pip install crc32c") from exc  # fmt: skip
+        raise MissingDependency(
+            "the crc32c package is missing (kafka-python would be ~10x slower)", "pip install crc32c"
+        ) from exc
 
 
 def _unreachable(settings: Settings, exc: Exception) -> ServiceUnavailable:
@@ -58,8 +59,12 @@ def make_producer(settings: Settings, **overrides: Any):  # -> kafka.KafkaProduc
     from kafka.errors import KafkaError
 
     _require_crc32c()
-    kw: dict[str, Any] = {**settings.kafka.client_kwargs(), "acks": "all", "linger_ms": 5,
-                          "max_request_size": 8 * 1024 * 1024}  # fmt: skip
+    kw: dict[str, Any] = {
+        **settings.kafka.client_kwargs(),
+        "acks": "all",
+        "linger_ms": 5,
+        "max_request_size": 8 * 1024 * 1024,
+    }
     kw.update(overrides)
     try:
         return KafkaProducer(**kw)
@@ -125,14 +130,16 @@ def ensure_topics(settings: Settings, names: list[str] | None = None, partitions
 
 # Errors no resend can cure: the record itself is refused (too large, malformed). Retrying them
 # forever stalls a partition; senders treat them as permanent (kafka-python and aiokafka names).
-PERMANENT_SEND_ERRORS = frozenset({
-    "MessageSizeTooLargeError",
-    "RecordListTooLargeError",
-    "RecordTooLargeError",
-    "InvalidRecordError",
-    "CorruptRecordError",
-    "CorruptRecordException",
-})  # fmt: skip
+PERMANENT_SEND_ERRORS = frozenset(
+    {
+        "MessageSizeTooLargeError",
+        "RecordListTooLargeError",
+        "RecordTooLargeError",
+        "InvalidRecordError",
+        "CorruptRecordError",
+        "CorruptRecordException",
+    }
+)
 
 
 def is_permanent(error: BaseException | None) -> bool:
@@ -148,9 +155,16 @@ def send_dead_letter(producer, settings: Settings, key: bytes | None, value: byt
     (:func:`is_permanent`), resend ``letter.without_value(error)``: headers only, nothing to refuse.
     """
     letter, key, value = letter.fit(key, value)
-    log.warning("dead-lettered record from %s[%s]@%s (%d bytes%s): %s: %s", letter.source_topic,
-                letter.source_partition, letter.source_offset, letter.original_size,
-                ", truncated" if letter.truncated else "", letter.reason.value, letter.detail)  # fmt: skip
+    log.warning(
+        "dead-lettered record from %s[%s]@%s (%d bytes%s): %s: %s",
+        letter.source_topic,
+        letter.source_partition,
+        letter.source_offset,
+        letter.original_size,
+        ", truncated" if letter.truncated else "",
+        letter.reason.value,
+        letter.detail,
+    )
     if letter.delivery_error:
         value = b""
     return producer.send(settings.kafka.topics.deadletter, key=key, value=value, headers=letter.headers())

@@ -49,9 +49,7 @@ class FeatureParams(BaseModel):
         if self.fmax is not None and not (self.fmin < self.fmax <= nyquist):
             raise ValueError(f"need fmin < fmax <= sample_rate/2 ({nyquist}); got fmin={self.fmin}, fmax={self.fmax}")
         if self.hop_frames > self.window_frames:
-            raise ValueError(
-                f"hop_frames ({self.hop_frames}) > window_frames ({self.window_frames}) would skip audio"
-            )
+            raise ValueError(f"hop_frames ({self.hop_frames}) > window_frames ({self.window_frames}) would skip audio")
         return self
 
     @property

@@ -59,13 +59,15 @@ def _credentials_out_of_url(data: Any, section: str) -> Any:
         given = out.get("password")
         given = given.get_secret_value() if isinstance(given, SecretStr) else given
         if given and given != unquote(password):
-            raise ValueError(f"{section}.url holds a password and {section}.password another one: keep only "
-                             f"{section}.password")  # fmt: skip
+            raise ValueError(
+                f"{section}.url holds a password and {section}.password another one: keep only {section}.password"
+            )
         out["password"] = SecretStr(unquote(password))
     if user:
         if out.get("username") and out["username"] != unquote(user):
-            raise ValueError(f"{section}.url names a user and {section}.username another one: keep only "
-                             f"{section}.username")  # fmt: skip
+            raise ValueError(
+                f"{section}.url names a user and {section}.username another one: keep only {section}.username"
+            )
         out["username"] = unquote(user)
     return out
 
@@ -103,8 +105,11 @@ class KafkaSettings(_Section):
             kw["sasl_mechanism"] = self.sasl_mechanism
             kw["sasl_plain_username"] = self.sasl_username
             kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
-        for key, value in (("ssl_cafile", self.ssl_cafile), ("ssl_certfile", self.ssl_certfile),
-                           ("ssl_keyfile", self.ssl_keyfile)):  # fmt: skip
+        for key, value in (
+            ("ssl_cafile", self.ssl_cafile),
+            ("ssl_certfile", self.ssl_certfile),
+            ("ssl_keyfile", self.ssl_keyfile),
+        ):
             if value is not None:
                 kw[key] = str(value)
         return kw
@@ -268,9 +273,7 @@ class ServicesSettings(_Section):
 class Settings(BaseSettings):
     """All soundwatch settings. Read with :func:`load_settings`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SOUNDWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="SOUNDWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
@@ -295,8 +298,10 @@ class Settings(BaseSettings):
     @classmethod
     def _strong_signing_key(cls, key: SecretStr | None) -> SecretStr | None:
         if key is not None and len(key.get_secret_value()) < MIN_SIGNING_KEY_CHARS:
-            raise ValueError(f"must be at least {MIN_SIGNING_KEY_CHARS} characters; generate one with "
-                             "`python -c 'import secrets; print(secrets.token_hex(32))'`")  # fmt: skip
+            raise ValueError(
+                f"must be at least {MIN_SIGNING_KEY_CHARS} characters; generate one with "
+                "`python -c 'import secrets; print(secrets.token_hex(32))'`"
+            )
         return key
 
     @classmethod
@@ -389,8 +394,9 @@ def load_settings(**overrides: Any) -> Settings:
             env = "SOUNDWATCH_" + "__".join(str(p).upper() for p in err["loc"])
             lines.append(f"  {loc}: {err['msg']} (env {env})")
         # `from None`: pydantic's own error text repeats the input values, secrets included
-        raise ConfigError("invalid settings:\n" + "\n".join(lines),
-                          "fix the value in your environment or TOML file") from None
+        raise ConfigError(
+            "invalid settings:\n" + "\n".join(lines), "fix the value in your environment or TOML file"
+        ) from None
     except ValueError as exc:  # TOML syntax errors
         raise ConfigError(f"cannot read settings: {exc}", "check the TOML file named by SOUNDWATCH_CONFIG") from exc
     for secret in settings.secret_values():

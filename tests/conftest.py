@@ -55,8 +55,9 @@ class CliRun:
 
 
 @pytest.fixture
-def run_soundwatch(capsys: pytest.CaptureFixture[str],
-                   monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., CliRun]]:  # fmt: skip
+def run_soundwatch(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., CliRun]]:
     """``run("models", "show", ...)``: the console script's ``main()`` in this process, as a user runs it
     (exit code, stdout, stderr); logger levels that ``--debug`` changes are restored afterwards."""
     noisy = ("", "kafka", "aiokafka", "faust", "mode", "urllib3")

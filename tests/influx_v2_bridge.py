@@ -61,9 +61,12 @@ class V2Bridge:
                     return self._reply(401, b'{"code":"unauthorized","message":"bad token"}')
                 if q.get("org") != bridge.org or "bucket" not in q:
                     return self._reply(400, b'{"code":"invalid","message":"org/bucket"}')
-                resp = requests.post(f"{bridge.upstream}/write",
-                                     params={"db": q["bucket"], "precision": q.get("precision", "ns")},
-                                     data=body, timeout=10)  # fmt: skip
+                resp = requests.post(
+                    f"{bridge.upstream}/write",
+                    params={"db": q["bucket"], "precision": q.get("precision", "ns")},
+                    data=body,
+                    timeout=10,
+                )
                 self._reply(resp.status_code, resp.content)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -50,8 +50,9 @@ class PrivateInfluxd:
 
     def start(self, timeout_s: float = 30.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen([INFLUXD, "-config", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [INFLUXD, "-config", str(self.config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:  # /ping is a liveness probe: no query, no credentials
@@ -68,8 +69,9 @@ class PrivateInfluxd:
         from soundwatch.settings import InfluxSettings
 
         with InfluxClient(InfluxSettings(url=self.url)) as client:
-            client.execute(f"CREATE USER {quote_ident(username)} WITH PASSWORD {quote_literal(password)} "
-                           "WITH ALL PRIVILEGES")  # fmt: skip
+            client.execute(
+                f"CREATE USER {quote_ident(username)} WITH PASSWORD {quote_literal(password)} WITH ALL PRIVILEGES"
+            )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

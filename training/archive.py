@@ -105,12 +105,24 @@ class ArchiveIndex:
         with self._lock, self._db:
             self._db.execute(
                 f"INSERT INTO segments ({_COLUMNS}, created_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (seg.machine_type, seg.machine_id, seg.start_ns, seg.end_ns, seg.first_sequence, seg.last_sequence,
-                 seg.sample_rate, seg.n_samples, seg.path, seg.n_bytes, time.time_ns()),
-            )  # fmt: skip
+                (
+                    seg.machine_type,
+                    seg.machine_id,
+                    seg.start_ns,
+                    seg.end_ns,
+                    seg.first_sequence,
+                    seg.last_sequence,
+                    seg.sample_rate,
+                    seg.n_samples,
+                    seg.path,
+                    seg.n_bytes,
+                    time.time_ns(),
+                ),
+            )
 
-    def segments(self, machine_type: str, machine_id: str, t_from_ns: int | None = None,
-                 t_to_ns: int | None = None) -> list[Segment]:  # fmt: skip
+    def segments(
+        self, machine_type: str, machine_id: str, t_from_ns: int | None = None, t_to_ns: int | None = None
+    ) -> list[Segment]:
         """Segments of one machine overlapping ``[t_from_ns, t_to_ns)``, in time order."""
         lo = -(2**62) if t_from_ns is None else t_from_ns
         hi = 2**62 if t_to_ns is None else t_to_ns
@@ -231,8 +243,9 @@ class ArchiveWriter:
             self._flush(key)  # a gap, a sequence restart or a rate change starts a new segment
             seg = None
         if seg is None:
-            seg = _Open(chunk.machine_type, chunk.machine_id, chunk.sample_rate, chunk.start_ns, chunk.sequence,
-                        chunk.sequence)  # fmt: skip
+            seg = _Open(
+                chunk.machine_type, chunk.machine_id, chunk.sample_rate, chunk.start_ns, chunk.sequence, chunk.sequence
+            )
             self._open[key] = seg
         seg.blocks.append(_pcm16(chunk))
         seg.n_samples += chunk.n_samples
@@ -294,12 +307,30 @@ class ArchiveWriter:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-        self.index.add(Segment(seg.machine_type, seg.machine_id, seg.start_ns, seg.end_ns, seg.first_sequence,
-                               seg.last_sequence, seg.sample_rate, seg.n_samples, rel.as_posix(),
-                               final.stat().st_size))  # fmt: skip
+        self.index.add(
+            Segment(
+                seg.machine_type,
+                seg.machine_id,
+                seg.start_ns,
+                seg.end_ns,
+                seg.first_sequence,
+                seg.last_sequence,
+                seg.sample_rate,
+                seg.n_samples,
+                rel.as_posix(),
+                final.stat().st_size,
+            )
+        )
         self.segments_written += 1
-        log.debug("archived %s/%s seq %d-%d (%.1f s) -> %s", seg.machine_type, seg.machine_id, seg.first_sequence,
-                  seg.last_sequence, seg.n_samples / seg.sample_rate, rel)  # fmt: skip
+        log.debug(
+            "archived %s/%s seq %d-%d (%.1f s) -> %s",
+            seg.machine_type,
+            seg.machine_id,
+            seg.first_sequence,
+            seg.last_sequence,
+            seg.n_samples / seg.sample_rate,
+            rel,
+        )
         self.enforce_retention()
 
     def enforce_retention(self) -> int:
@@ -339,9 +370,11 @@ class ArchiveReader:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         if not (self.root / "index.sqlite3").is_file():
-            raise BadInput(f"no audio archive at {self.root} (index.sqlite3 missing)",
-                           "run `soundwatch archive run` so the archive consumer records audio.raw, "
-                           "or point SOUNDWATCH_ARCHIVE__ROOT at the archive")  # fmt: skip
+            raise BadInput(
+                f"no audio archive at {self.root} (index.sqlite3 missing)",
+                "run `soundwatch archive run` so the archive consumer records audio.raw, "
+                "or point SOUNDWATCH_ARCHIVE__ROOT at the archive",
+            )
         self.index = ArchiveIndex(self.root)
 
     def close(self) -> None:
@@ -361,8 +394,10 @@ class ArchiveReader:
         known = ", ".join(f"{t}/{i}" for t, i in self.machines()) or "none archived yet"
         if not hits:
             raise BadInput(f"machine {machine!r} has no archived audio", f"known machines: {known}")
-        raise BadInput(f"machine id {machine!r} exists for several types", "write it as TYPE/ID, one of: "
-                       + ", ".join(f"{t}/{i}" for t, i in hits))  # fmt: skip
+        raise BadInput(
+            f"machine id {machine!r} exists for several types",
+            "write it as TYPE/ID, one of: " + ", ".join(f"{t}/{i}" for t, i in hits),
+        )
 
     def read_range(self, machine_type: str, machine_id: str, t_from_ns: int, t_to_ns: int) -> list[AudioPiece]:
         """Archived audio of one machine within ``[t_from_ns, t_to_ns)``, as contiguous pieces.
@@ -396,8 +431,7 @@ class ArchiveReader:
             if b <= a:
                 continue
             start = seg.start_ns + a * NS // sr
-            contiguous = (prev is not None and a == 0 and seg.first_sequence == prev.last_sequence + 1
-                          and sr == run_rate)  # fmt: skip
+            contiguous = prev is not None and a == 0 and seg.first_sequence == prev.last_sequence + 1 and sr == run_rate
             if not contiguous:
                 close_run()
                 run_start, run_rate = start, sr
@@ -453,8 +487,13 @@ class ArchiveConsumer:
         self._consumer = make_consumer(self.settings, group_id=self.config.group_id, max_poll_records=200)
         self._consumer.subscribe([topic], listener=_Listener())
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        log.info("archiving %s into %s (group %s, %.0f s segments)", topic, self.config.root, self.config.group_id,
-                 self.config.segment_seconds)  # fmt: skip
+        log.info(
+            "archiving %s into %s (group %s, %.0f s segments)",
+            topic,
+            self.config.root,
+            self.config.group_id,
+            self.config.segment_seconds,
+        )
         try:
             while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 try:
@@ -556,5 +595,13 @@ def running_archive(settings: Settings, config: ArchiveSettings) -> Iterator[Arc
             raise errors[0]
 
 
-__all__ = ["ArchiveSettings", "ArchiveConsumer", "ArchiveIndex", "ArchiveReader", "ArchiveWriter", "AudioPiece",
-           "Segment", "running_archive"]  # fmt: skip
+__all__ = [
+    "ArchiveSettings",
+    "ArchiveConsumer",
+    "ArchiveIndex",
+    "ArchiveReader",
+    "ArchiveWriter",
+    "AudioPiece",
+    "Segment",
+    "running_archive",
+]

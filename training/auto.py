@@ -59,10 +59,17 @@ class AutoResult:
     criterion: str
 
     def table(self) -> list[dict[str, Any]]:
-        return [{"method": c.method, "criterion": None if c.criterion is None else round(c.criterion, 4),
-                 "train_s": None if c.result is None else round(c.result.seconds, 1),
-                 "score": None if c.result is None else c.result.artifact.score_kind, "note": c.note,
-                 "chosen": c is self.winner} for c in self.candidates]  # fmt: skip
+        return [
+            {
+                "method": c.method,
+                "criterion": None if c.criterion is None else round(c.criterion, 4),
+                "train_s": None if c.result is None else round(c.result.seconds, 1),
+                "score": None if c.result is None else c.result.artifact.score_kind,
+                "note": c.note,
+                "chosen": c is self.winner,
+            }
+            for c in self.candidates
+        ]
 
     def artifacts_in_save_order(self) -> list[Artifact]:
         """Losers first, the winner last (newest version), each with the selection table in its metrics."""
@@ -83,19 +90,30 @@ def parse_methods(spec: str | None) -> tuple[str, ...]:
     wanted = [m.strip() for m in spec.split(",") if m.strip()]
     bad = [m for m in wanted if m not in METHODS]
     if bad or not wanted:
-        raise BadInput(f"unknown method(s) in --methods: {', '.join(bad) or spec!r}",
-                       hint=f"choose from: {', '.join(METHODS)}")  # fmt: skip
+        raise BadInput(
+            f"unknown method(s) in --methods: {', '.join(bad) or spec!r}", hint=f"choose from: {', '.join(METHODS)}"
+        )
     return tuple(m for m in AUTO_ORDER if m in wanted)
 
 
-def train_auto(records: Sequence[ClipRecord], params: FeatureParams, cfg: TrainConfig, *,
-               methods: Sequence[str] = AUTO_ORDER, time_budget_s: float | None = None,
-               validation: Sequence[ClipRecord] = (), parent_version: str | None = None) -> AutoResult:  # fmt: skip
+def train_auto(
+    records: Sequence[ClipRecord],
+    params: FeatureParams,
+    cfg: TrainConfig,
+    *,
+    methods: Sequence[str] = AUTO_ORDER,
+    time_budget_s: float | None = None,
+    validation: Sequence[ClipRecord] = (),
+    parent_version: str | None = None,
+) -> AutoResult:
     """Train ``methods`` on one machine type's records within ``time_budget_s`` and pick the best."""
     labelled = list(validation)
     use_labels = len({r.is_anomaly for r in labelled}) == 2
-    criterion = ("mean AUC over machine IDs on the labelled validation clips" if use_labels else
-                 "mean pseudo-anomaly clip AUC on held-out normal clips")  # fmt: skip
+    criterion = (
+        "mean AUC over machine IDs on the labelled validation clips"
+        if use_labels
+        else "mean pseudo-anomaly clip AUC on held-out normal clips"
+    )
     t0 = time.perf_counter()
     candidates: list[Candidate] = []
     last: tuple[str, float] | None = None
@@ -128,14 +146,25 @@ def _heldout_criterion(artifact: Artifact) -> float:
 
 def _labelled_auc(artifact: Artifact, clips: Sequence[ClipRecord]) -> float:
     """Mean AUC over machine IDs of the artifact's stream-equivalent clip scores on labelled clips."""
-    scorer = WindowScorer.build(artifact.method, artifact.score_kind, artifact.model_config, artifact.state,
-                                artifact.id_classes, artifact.bank, artifact.knn_k)  # fmt: skip
+    scorer = WindowScorer.build(
+        artifact.method,
+        artifact.score_kind,
+        artifact.model_config,
+        artifact.state,
+        artifact.id_classes,
+        artifact.bank,
+        artifact.knn_k,
+    )
     ws = load_windows(clips, artifact.feature_params, desc="validation features", progress=False)
     scores = scorer.score(ws.windows, ws.machine_ids()) if len(ws.windows) else np.zeros(0)
-    results = [ClipResult(rec, clip_score(scores[ws.clip == i], artifact.median_k), math.inf)
-               for i, rec in enumerate(ws.records)]  # fmt: skip
+    results = [
+        ClipResult(rec, clip_score(scores[ws.clip == i], artifact.median_k), math.inf)
+        for i, rec in enumerate(ws.records)
+    ]
     aucs = [m[0] for m in (clip_metrics(v) for v in by_machine(results).values()) if m is not None]
     if not aucs:
-        raise BadInput("the validation clips have no machine with both normal and anomalous clips",
-                       hint="--validation needs <type>/test/{normal,anomaly}_id_XX_*.wav of one machine")  # fmt: skip
+        raise BadInput(
+            "the validation clips have no machine with both normal and anomalous clips",
+            hint="--validation needs <type>/test/{normal,anomaly}_id_XX_*.wav of one machine",
+        )
     return float(np.mean(aucs))

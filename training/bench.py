@@ -47,8 +47,15 @@ def honest_split(src: Path, dst: Path) -> Path:
     return dst
 
 
-def methods_bench(data: Path | None, out_dir: Path, methods: Sequence[str], *, epochs: int | None = None,
-                  params: FeatureParams | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def methods_bench(
+    data: Path | None,
+    out_dir: Path,
+    methods: Sequence[str],
+    *,
+    epochs: int | None = None,
+    params: FeatureParams | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train ``methods`` on every type of ``data`` (see the module docstring) and compare them."""
     params = params or FeatureParams()
     with tempfile.TemporaryDirectory(prefix="soundwatch-methods-") as tmp:
@@ -57,8 +64,17 @@ def methods_bench(data: Path | None, out_dir: Path, methods: Sequence[str], *, e
             from training.synthetic import write_dcase_dataset
 
             data_dir = root / "synthetic"
-            write_dcase_dataset(data_dir, ["fan", "pump"], ids_per_type=3, n_train=10, n_test_normal=6,
-                                n_test_anomaly=6, seconds=10.0, sample_rate=params.sample_rate, seed=0)  # fmt: skip
+            write_dcase_dataset(
+                data_dir,
+                ["fan", "pump"],
+                ids_per_type=3,
+                n_train=10,
+                n_test_normal=6,
+                n_test_anomaly=6,
+                seconds=10.0,
+                sample_rate=params.sample_rate,
+                seed=0,
+            )
             source = "synthetic benchmark (fan, pump; 3 machines each)"
         elif any(r.split == "train" for r in scan_dataset(data)):
             data_dir, source = data, str(data)

@@ -63,9 +63,7 @@ def filtered_scores(window_scores: np.ndarray, clip_of_window: np.ndarray, k: in
 
 def clip_scores(window_scores: np.ndarray, clip_of_window: np.ndarray, k: int) -> dict[int, float]:
     """Clip score per clip index, exactly as :func:`scoring.filters.clip_score`."""
-    return {
-        int(c): clip_score(np.asarray(window_scores)[clip_of_window == c], k) for c in np.unique(clip_of_window)
-    }
+    return {int(c): clip_score(np.asarray(window_scores)[clip_of_window == c], k) for c in np.unique(clip_of_window)}
 
 
 # -- pseudo-anomalies (normal data only) ------------------------------------------------------------
@@ -112,8 +110,7 @@ def pseudo_anomaly_auc(
     result: dict[str, float] = {}
     for name, perturb in PERTURBATIONS.items():
         pseudo = [
-            clip_score(score_fn(perturb(w, rng), [m] * len(w)), k)
-            for w, m in zip(clip_windows, clip_ids, strict=True)
+            clip_score(score_fn(perturb(w, rng), [m] * len(w)), k) for w, m in zip(clip_windows, clip_ids, strict=True)
         ]
         result[name] = _auc(normal, pseudo)
     ids = sorted(set(clip_ids))

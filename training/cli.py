@@ -25,8 +25,9 @@ from training.methods import METHOD_HELP, METHODS
 from training.registry import ModelRegistry
 from training.train import TrainConfig, train_machine_type
 
-DataOpt = Annotated[Path, typer.Option("--data", help="DCASE-layout folder: <type>/{train,test}/*.wav",
-                                       exists=True, file_okay=False)]  # fmt: skip
+DataOpt = Annotated[
+    Path, typer.Option("--data", help="DCASE-layout folder: <type>/{train,test}/*.wav", exists=True, file_okay=False)
+]
 RegistryOpt = Annotated[
     Path | None, typer.Option("--registry", help="model registry root (default: settings registry_root)")
 ]
@@ -36,9 +37,12 @@ Method = Enum("Method", {m: m for m in METHODS}, type=str)  # type: ignore[misc]
 TrainMethod = Enum("TrainMethod", {m: m for m in (*METHODS, "auto")}, type=str)  # type: ignore[misc]
 MethodOpt = Annotated[
     TrainMethod,
-    typer.Option("--method", help="; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
-                 + "; auto: train the candidates and keep the best on held-out normal data"),
-]  # fmt: skip
+    typer.Option(
+        "--method",
+        help="; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
+        + "; auto: train the candidates and keep the best on held-out normal data",
+    ),
+]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto (GPU when present), cpu or cuda")]
 
 
@@ -65,10 +69,14 @@ def train(
     ] = None,
     validation: Annotated[
         Path | None,
-        typer.Option("--validation", exists=True, file_okay=False,
-                     help="with --method auto: labelled clips (<type>/test/{normal,anomaly}_*) that decide instead "
-                          "of the held-out normal criterion; never use your test set here"),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--validation",
+            exists=True,
+            file_okay=False,
+            help="with --method auto: labelled clips (<type>/test/{normal,anomaly}_*) that decide instead "
+            "of the held-out normal criterion; never use your test set here",
+        ),
+    ] = None,
 ) -> None:
     """Train one model per machine type on <type>/train/normal_* clips and save it in the registry.
 
@@ -90,16 +98,23 @@ def train(
             err_console.print(f"[yellow]skip {mtype}: no train/normal_* clips[/yellow]")
             continue
         parent = reg.latest_version(mtype)
-        cfg = TrainConfig(method=method_name, epochs=epochs, seed=seed, device=device_name,
-                          median_k=settings.scoring.median_k)  # fmt: skip
+        cfg = TrainConfig(
+            method=method_name, epochs=epochs, seed=seed, device=device_name, median_k=settings.scoring.median_k
+        )
         err_console.print(f"training {mtype} ({method_name}, {len(mine)} clips) ...")
         if method_name == "auto":
             from training.auto import parse_methods, train_auto
 
             val = scan_dataset(validation, mtype) if validation is not None else []
-            auto = train_auto(mine, settings.features, cfg, methods=parse_methods(methods),
-                              time_budget_s=None if time_budget is None else 60.0 * time_budget, validation=val,
-                              parent_version=parent)  # fmt: skip
+            auto = train_auto(
+                mine,
+                settings.features,
+                cfg,
+                methods=parse_methods(methods),
+                time_budget_s=None if time_budget is None else 60.0 * time_budget,
+                validation=val,
+                parent_version=parent,
+            )
             _print_auto_table(mtype, auto.criterion, auto.table())
             artifacts = auto.artifacts_in_save_order()
             result_seconds = sum(c.result.seconds for c in auto.candidates if c.result is not None)
@@ -113,8 +128,10 @@ def train(
             version = reg.save(art)
             sel = art.metrics.get("score_selection", {})
             crit = {k: round(v["mean"], 3) for k, v in sel.get("candidates", {}).items()}
-            err_console.print(f"[green]{mtype} {version}[/green] ({art.method}) saved in {reg.root / mtype / version} "
-                              f"(score={art.score_kind}, criterion={crit})")  # fmt: skip
+            err_console.print(
+                f"[green]{mtype} {version}[/green] ({art.method}) saved in {reg.root / mtype / version} "
+                f"(score={art.score_kind}, criterion={crit})"
+            )
         err_console.print(f"{mtype}: trained in {result_seconds:.1f} s")
         try:
             reg.set_current(mtype, version)
@@ -166,9 +183,14 @@ def evaluate(
         err_console.print(f"comparison written to {out_dir}/compare.md, compare.json, compare.png")
         return
     report = run_evaluate(
-        data, _registry(registry), machine_type=machine_type, method=method_name,
-        results_dir=results or plots or Path("var/evaluate"), plots_dir=plots, device=device_name,
-    )  # fmt: skip
+        data,
+        _registry(registry),
+        machine_type=machine_type,
+        method=method_name,
+        results_dir=results or plots or Path("var/evaluate"),
+        plots_dir=plots,
+        device=device_name,
+    )
     report["seconds"] = round(time.perf_counter() - t0, 2)
     for item in report["skipped"]:
         err_console.print(f"[yellow]skipped {item['path']}: {item['reason']}[/yellow]")
@@ -177,8 +199,10 @@ def evaluate(
         return
     for mtype, m in report["per_type"].items():
         model = report["models"][mtype]
-        typer.echo(f"{mtype:12s} {model['method']}/{model['score']} {model['version']}: "
-                   f"AUC {m['auc_mean']:.3f}  pAUC {m['pauc_mean']:.3f}  worst-ID AUC {m['mauc']:.3f}")  # fmt: skip
+        typer.echo(
+            f"{mtype:12s} {model['method']}/{model['score']} {model['version']}: "
+            f"AUC {m['auc_mean']:.3f}  pAUC {m['pauc_mean']:.3f}  worst-ID AUC {m['mauc']:.3f}"
+        )
         for row in (r for r in report["per_id"] if r["machine_type"] == mtype):
             typer.echo(f"    {row['machine_id']:12s} AUC {row['auc']:.3f}  pAUC {row['pauc']:.3f}")
     o = report["overall"]
@@ -189,9 +213,13 @@ def evaluate(
 def bench_methods(
     data: Annotated[
         Path | None,
-        typer.Option("--data", exists=True, file_okay=False,
-                     help="DCASE folder (default: the synthetic benchmark; test-only folders get an honest split)"),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--data",
+            exists=True,
+            file_okay=False,
+            help="DCASE folder (default: the synthetic benchmark; test-only folders get an honest split)",
+        ),
+    ] = None,
     methods: Annotated[str | None, typer.Option("--methods", help="comma-separated (default: all)")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="per stage (default: each method's)")] = None,
     out: Annotated[Path, typer.Option("--out", help="where compare.md/.json/.png go")] = Path("var/bench-methods"),

@@ -35,8 +35,15 @@ def newest_per_method(registry: ModelRegistry, machine_type: str, device: str = 
     return {method: registry.load(machine_type, version, device) for method, version in newest.items()}
 
 
-def compare(data: Path, registry: ModelRegistry, *, machine_type: str | None = None, out_dir: Path | None = None,
-            device: str = "cpu", progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def compare(
+    data: Path,
+    registry: ModelRegistry,
+    *,
+    machine_type: str | None = None,
+    out_dir: Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
     """The comparison report (rows as in :data:`COLUMNS`, plus per-method means over types)."""
     import torch
 
@@ -56,8 +63,9 @@ def compare(data: Path, registry: ModelRegistry, *, machine_type: str | None = N
             for method, model in sorted(models.items()):
                 key = model.feature_params.canonical_json()
                 if key not in windows:
-                    windows[key] = load_windows(mine, model.feature_params, desc=f"{mtype} test features",
-                                                progress=progress)  # fmt: skip
+                    windows[key] = load_windows(
+                        mine, model.feature_params, desc=f"{mtype} test features", progress=progress
+                    )
                 ws = windows[key]
                 t0 = time.process_time()
                 results = score_window_set(model, ws)
@@ -66,20 +74,26 @@ def compare(data: Path, registry: ModelRegistry, *, machine_type: str | None = N
     finally:
         torch.set_num_threads(threads)
     if not rows:
-        raise BadInput(f"no models in {registry.root} for the types under {data}",
-                       hint="train some first: `soundwatch train --data DIR --method M` for each method")  # fmt: skip
+        raise BadInput(
+            f"no models in {registry.root} for the types under {data}",
+            hint="train some first: `soundwatch train --data DIR --method M` for each method",
+        )
     report = {"rows": rows, "per_method": _per_method(rows)}
     if out_dir is not None:
         write_outputs(report, out_dir)
     return report
 
 
-def _row(mtype: str, method: str, model: Any, results: list[ClipResult], cpu_s: float,
-         n_windows: int) -> dict[str, Any]:  # fmt: skip
+def _row(
+    mtype: str, method: str, model: Any, results: list[ClipResult], cpu_s: float, n_windows: int
+) -> dict[str, Any]:
     per_id = [m for m in (clip_metrics(v) for v in by_machine(results).values()) if m is not None]
     aucs = [a for a, _ in per_id]
     return {
-        "machine_type": mtype, "method": method, "score": model.score_kind, "version": model.version,
+        "machine_type": mtype,
+        "method": method,
+        "score": model.score_kind,
+        "version": model.version,
         "auc": float(np.mean(aucs)) if aucs else None,
         "pauc": float(np.mean([p for _, p in per_id])) if per_id else None,
         "auc_hmean": float(hmean(np.maximum(aucs, 1e-12))) if aucs else None,
@@ -87,7 +101,7 @@ def _row(mtype: str, method: str, model: Any, results: list[ClipResult], cpu_s: 
         "train_s": model.metadata.get("metrics", {}).get("train_seconds"),
         "infer_ms_per_window": round(1000.0 * cpu_s / max(1, n_windows), 3),
         "n_ids": len(per_id),
-    }  # fmt: skip
+    }
 
 
 def _per_method(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -113,17 +127,26 @@ def markdown(report: dict[str, Any]) -> str:
     def f(v: Any, nd: int = 3) -> str:
         return "–" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
-    lines = ["| type | method | score | IDs | AUC | pAUC | mAUC | train s | infer ms/window |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| type | method | score | IDs | AUC | pAUC | mAUC | train s | infer ms/window |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["rows"]:
-        lines.append(f"| {r['machine_type']} | {r['method']} | {r['score']} | {r['n_ids']} | {f(r['auc'])} | "
-                     f"{f(r['pauc'])} | {f(r['mauc'])} | {f(r['train_s'], 1)} | "
-                     f"{f(r['infer_ms_per_window'], 2)} |")  # fmt: skip
-    lines += ["", "| method (mean over types) | AUC | pAUC | mAUC | train s (sum) | infer ms/window |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {r['machine_type']} | {r['method']} | {r['score']} | {r['n_ids']} | {f(r['auc'])} | "
+            f"{f(r['pauc'])} | {f(r['mauc'])} | {f(r['train_s'], 1)} | "
+            f"{f(r['infer_ms_per_window'], 2)} |"
+        )
+    lines += [
+        "",
+        "| method (mean over types) | AUC | pAUC | mAUC | train s (sum) | infer ms/window |",
+        "|---|---|---|---|---|---|",
+    ]
     for method, m in report["per_method"].items():
-        lines.append(f"| {method} | {f(m['auc'])} | {f(m['pauc'])} | {f(m['mauc'])} | {f(m['train_s'], 1)} | "
-                     f"{f(m['infer_ms_per_window'], 2)} |")  # fmt: skip
+        lines.append(
+            f"| {method} | {f(m['auc'])} | {f(m['pauc'])} | {f(m['mauc'])} | {f(m['train_s'], 1)} | "
+            f"{f(m['infer_ms_per_window'], 2)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -142,12 +165,19 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> None:
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(types) * max(1, len(methods)) / 3), 3.6))
     for i, method in enumerate(methods):
-        vals = [next((r["auc"] or 0.0 for r in report["rows"] if r["machine_type"] == t and r["method"] == method),
-                     0.0) for t in types]  # fmt: skip
+        vals = [
+            next((r["auc"] or 0.0 for r in report["rows"] if r["machine_type"] == t and r["method"] == method), 0.0)
+            for t in types
+        ]
         ax.bar(np.arange(len(types)) + i * width - 0.4 + width / 2, vals, width, label=method)
     ax.axhline(0.5, color="k", ls=":", lw=0.8)
-    ax.set(xticks=np.arange(len(types)), xticklabels=types, ylim=(0, 1), ylabel="AUC (mean over IDs)",
-           title="methods compared on the same test clips")  # fmt: skip
+    ax.set(
+        xticks=np.arange(len(types)),
+        xticklabels=types,
+        ylim=(0, 1),
+        ylabel="AUC (mean over IDs)",
+        title="methods compared on the same test clips",
+    )
     ax.legend(fontsize=7, ncol=min(len(methods), 6))
     fig.tight_layout()
     fig.savefig(out_dir / "compare.png", dpi=100)

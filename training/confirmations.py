@@ -65,9 +65,10 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise BadInput(f"cannot read the time {text!r}",
-                       "use ISO-8601 (2026-11-23T14:00:00Z), 'now', a relative form (-2h, -30m, -1d) "
-                       "or epoch seconds") from exc  # fmt: skip
+        raise BadInput(
+            f"cannot read the time {text!r}",
+            "use ISO-8601 (2026-11-23T14:00:00Z), 'now', a relative form (-2h, -30m, -1d) or epoch seconds",
+        ) from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * NS)
@@ -91,8 +92,9 @@ class AlertSpan:
         return self.start_ns < t_to and t_from < self.end_ns
 
 
-def spans_from_transitions(machine_type: str, machine_id: str, transitions: Iterable[tuple[int, str]],
-                           pad_ns: int = 0) -> list[AlertSpan]:  # fmt: skip
+def spans_from_transitions(
+    machine_type: str, machine_id: str, transitions: Iterable[tuple[int, str]], pad_ns: int = 0
+) -> list[AlertSpan]:
     """``(time_ns, new_state)`` changes -> alerting spans (a trailing raise stays open)."""
     spans: list[AlertSpan] = []
     start: int | None = None
@@ -110,8 +112,9 @@ def spans_from_transitions(machine_type: str, machine_id: str, transitions: Iter
 class AlertHistory:
     """Alert state changes of a machine, from InfluxDB ``asd_alert`` and the ``alerts`` topic."""
 
-    def __init__(self, settings: Settings, alert_pad_s: float = 30.0, use_influx: bool = True,
-                 use_kafka: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, settings: Settings, alert_pad_s: float = 30.0, use_influx: bool = True, use_kafka: bool = True
+    ) -> None:
         self.settings = settings
         self.pad_ns = int(alert_pad_s * NS)
         self.use_influx = use_influx
@@ -122,8 +125,10 @@ class AlertHistory:
         transitions: set[tuple[int, str]] = set()
         failures: list[str] = []
         answered = 0
-        for name, enabled, fetch in (("InfluxDB", self.use_influx, self._influx),
-                                     ("Kafka", self.use_kafka, self._kafka)):  # fmt: skip
+        for name, enabled, fetch in (
+            ("InfluxDB", self.use_influx, self._influx),
+            ("Kafka", self.use_kafka, self._kafka),
+        ):
             if not enabled:
                 continue
             try:
@@ -132,15 +137,18 @@ class AlertHistory:
             except ServiceUnavailable as exc:
                 failures.append(f"{name}: {exc.message}")
         if answered == 0:
-            raise ServiceUnavailable("cannot check the machine's alert history: " + "; ".join(failures),
-                                     "start the services, or pass --force to confirm without the check "
-                                     "(recorded as forced)")  # fmt: skip
+            raise ServiceUnavailable(
+                "cannot check the machine's alert history: " + "; ".join(failures),
+                "start the services, or pass --force to confirm without the check (recorded as forced)",
+            )
         return spans_from_transitions(machine_type, machine_id, transitions, self.pad_ns)
 
     def _influx(self, machine_type: str, machine_id: str) -> set[tuple[int, str]]:
-        q = (f"SELECT {quote_ident(ix.STATE)} FROM {quote_ident(ix.ALERT_MEASUREMENT)} "
-             f"WHERE {quote_ident(ix.MACHINE_TYPE)} = {quote_literal(machine_type)} "
-             f"AND {quote_ident(ix.MACHINE_ID)} = {quote_literal(machine_id)}")  # fmt: skip
+        q = (
+            f"SELECT {quote_ident(ix.STATE)} FROM {quote_ident(ix.ALERT_MEASUREMENT)} "
+            f"WHERE {quote_ident(ix.MACHINE_TYPE)} = {quote_literal(machine_type)} "
+            f"AND {quote_ident(ix.MACHINE_ID)} = {quote_literal(machine_id)}"
+        )
         try:
             with InfluxClient(self.settings.influx) as client:
                 series = client.query(q, epoch="ns")
@@ -148,8 +156,9 @@ class AlertHistory:
             if "database not found" in exc.error:  # no alert was ever written
                 return set()
             raise ServiceUnavailable(exc.message, exc.hint) from exc
-        return {(int(t), str(state)) for s in series for t, state in zip(s.column("time"), s.column(ix.STATE),
-                                                                          strict=True)}  # fmt: skip
+        return {
+            (int(t), str(state)) for s in series for t, state in zip(s.column("time"), s.column(ix.STATE), strict=True)
+        }
 
     def _kafka(self, machine_type: str, machine_id: str) -> set[tuple[int, str]]:
         """Read the whole alerts topic (state changes only, so it stays small)."""
@@ -225,13 +234,21 @@ class ConfirmedInterval:
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> ConfirmedInterval:
         return cls(
-            id=int(h["id"]), machine_type=h["machine_type"], machine_id=h["machine_id"],
-            from_ns=int(h["from_ns"]), to_ns=int(h["to_ns"]), by=h["by"], at_ns=int(h["at_ns"]),
-            note=h.get("note", ""), forced=h.get("forced") == "1",
+            id=int(h["id"]),
+            machine_type=h["machine_type"],
+            machine_id=h["machine_id"],
+            from_ns=int(h["from_ns"]),
+            to_ns=int(h["to_ns"]),
+            by=h["by"],
+            at_ns=int(h["at_ns"]),
+            note=h.get("note", ""),
+            forced=h.get("forced") == "1",
             alerts=[tuple(a) for a in json.loads(h.get("alerts", "[]"))],  # type: ignore[misc]
-            revoked=h.get("revoked") == "1", revoked_by=h.get("revoked_by", ""),
-            revoked_at_ns=int(h.get("revoked_at_ns", "0")), revoke_note=h.get("revoke_note", ""),
-        )  # fmt: skip
+            revoked=h.get("revoked") == "1",
+            revoked_by=h.get("revoked_by", ""),
+            revoked_at_ns=int(h.get("revoked_at_ns", "0")),
+            revoke_note=h.get("revoke_note", ""),
+        )
 
     def as_json(self) -> dict[str, object]:
         d = asdict(self)
@@ -244,9 +261,11 @@ class AlertOverlap(BadInput):
 
     def __init__(self, machine: str, spans: list[AlertSpan]) -> None:
         listed = ", ".join(f"{format_time(s.start_ns)}..{format_time(s.end_ns)}" for s in spans)
-        super().__init__(f"{machine}: the range overlaps {len(spans)} alert(s): {listed}",
-                         "check that these alerts were false alarms, then repeat with --force "
-                         "(the overlap is recorded in the audit trail)")  # fmt: skip
+        super().__init__(
+            f"{machine}: the range overlaps {len(spans)} alert(s): {listed}",
+            "check that these alerts were false alarms, then repeat with --force "
+            "(the overlap is recorded in the audit trail)",
+        )
         self.spans = spans
 
 
@@ -265,8 +284,9 @@ class ConfirmationStore:
         if client is None:
             import redis
 
-            client = redis.Redis.from_url(redis_settings.url, decode_responses=True, socket_timeout=10,
-                                          **redis_settings.client_kwargs())  # fmt: skip
+            client = redis.Redis.from_url(
+                redis_settings.url, decode_responses=True, socket_timeout=10, **redis_settings.client_kwargs()
+            )
         self.r = client
         self._url = redis_settings.url
 
@@ -285,17 +305,29 @@ class ConfirmationStore:
             ) from exc
 
     # -- writes -----------------------------------------------------------------------------
-    def confirm(self, machine_type: str, machine_id: str, from_ns: int, to_ns: int, *, by: str | None = None,
-                note: str = "", force: bool = False, alerts: AlertHistory | None = None,
-                now_ns: int | None = None) -> ConfirmedInterval:  # fmt: skip
+    def confirm(
+        self,
+        machine_type: str,
+        machine_id: str,
+        from_ns: int,
+        to_ns: int,
+        *,
+        by: str | None = None,
+        note: str = "",
+        force: bool = False,
+        alerts: AlertHistory | None = None,
+        now_ns: int | None = None,
+    ) -> ConfirmedInterval:
         """Record ``[from_ns, to_ns)`` as normal. Overlapping alerts raise :class:`AlertOverlap` unless ``force``."""
         now_ns = time.time_ns() if now_ns is None else now_ns
         machine = f"{machine_type}/{machine_id}"
         if to_ns <= from_ns:
             raise BadInput(f"{machine}: --to ({format_time(to_ns)}) must be after --from ({format_time(from_ns)})")
         if from_ns > now_ns:
-            raise BadInput(f"{machine}: the range starts in the future ({format_time(from_ns)})",
-                           "only audio that was heard can be confirmed")  # fmt: skip
+            raise BadInput(
+                f"{machine}: the range starts in the future ({format_time(from_ns)})",
+                "only audio that was heard can be confirmed",
+            )
         to_ns = min(to_ns, now_ns)
         overlapping: list[AlertSpan] = []
         if alerts is not None:
@@ -308,27 +340,45 @@ class ConfirmationStore:
         if overlapping and not force:
             raise AlertOverlap(machine, overlapping)
         new_id = int(self._call("allocating an interval id", self.r.incr, self._k("seq")))
-        iv = ConfirmedInterval(new_id, machine_type, machine_id, from_ns, to_ns, by or default_user(), now_ns,
-                               note, bool(force and (overlapping or "alert check unavailable" in note)),
-                               [(s.start_ns, s.end_ns) for s in overlapping])  # fmt: skip
+        iv = ConfirmedInterval(
+            new_id,
+            machine_type,
+            machine_id,
+            from_ns,
+            to_ns,
+            by or default_user(),
+            now_ns,
+            note,
+            bool(force and (overlapping or "alert check unavailable" in note)),
+            [(s.start_ns, s.end_ns) for s in overlapping],
+        )
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self._k("interval", str(new_id)), mapping=iv.to_hash())
         pipe.zadd(self._k("ids"), {str(new_id): new_id})
         pipe.zadd(self._k("machine", machine), {str(new_id): from_ns})
         pipe.xadd(self._k("audit"), self._audit_fields("confirm", iv, iv.by, now_ns, note))
         self._call("recording the confirmation", pipe.execute)
-        log.info("confirmed %s %s..%s as normal (#%d by %s%s)", machine, format_time(from_ns), format_time(to_ns),
-                 new_id, iv.by, ", FORCED over alerts" if iv.forced else "")  # fmt: skip
+        log.info(
+            "confirmed %s %s..%s as normal (#%d by %s%s)",
+            machine,
+            format_time(from_ns),
+            format_time(to_ns),
+            new_id,
+            iv.by,
+            ", FORCED over alerts" if iv.forced else "",
+        )
         return iv
 
-    def revoke(self, interval_id: int, *, by: str | None = None, note: str = "",
-               now_ns: int | None = None) -> ConfirmedInterval:  # fmt: skip
+    def revoke(
+        self, interval_id: int, *, by: str | None = None, note: str = "", now_ns: int | None = None
+    ) -> ConfirmedInterval:
         """Mark an interval revoked (kept for the audit trail; retraining ignores it from now on)."""
         now_ns = time.time_ns() if now_ns is None else now_ns
         iv = self.get(interval_id)
         if iv.revoked:
-            raise BadInput(f"interval #{interval_id} was already revoked by {iv.revoked_by} at "
-                           f"{format_time(iv.revoked_at_ns)}")  # fmt: skip
+            raise BadInput(
+                f"interval #{interval_id} was already revoked by {iv.revoked_by} at {format_time(iv.revoked_at_ns)}"
+            )
         by = by or default_user()
         fields = {"revoked": "1", "revoked_by": by, "revoked_at_ns": str(now_ns), "revoke_note": note}
         pipe = self.r.pipeline(transaction=True)
@@ -339,9 +389,18 @@ class ConfirmationStore:
 
     @staticmethod
     def _audit_fields(action: str, iv: ConfirmedInterval, by: str, at_ns: int, note: str) -> dict[str, str]:
-        return {"action": action, "interval": str(iv.id), "machine": iv.machine, "from_ns": str(iv.from_ns),
-                "to_ns": str(iv.to_ns), "by": by, "at_ns": str(at_ns), "note": note,
-                "forced": str(int(iv.forced)), "alerts": json.dumps(iv.alerts)}  # fmt: skip
+        return {
+            "action": action,
+            "interval": str(iv.id),
+            "machine": iv.machine,
+            "from_ns": str(iv.from_ns),
+            "to_ns": str(iv.to_ns),
+            "by": by,
+            "at_ns": str(at_ns),
+            "note": note,
+            "forced": str(int(iv.forced)),
+            "alerts": json.dumps(iv.alerts),
+        }
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, interval_id: int) -> ConfirmedInterval:
@@ -350,12 +409,19 @@ class ConfirmationStore:
             raise BadInput(f"no confirmed-normal interval #{interval_id}", "see `soundwatch normal list`")
         return ConfirmedInterval.from_hash(h)
 
-    def intervals(self, machine_type: str | None = None, machine_id: str | None = None, *,
-             include_revoked: bool = False, since_ns: int | None = None) -> list[ConfirmedInterval]:  # fmt: skip
+    def intervals(
+        self,
+        machine_type: str | None = None,
+        machine_id: str | None = None,
+        *,
+        include_revoked: bool = False,
+        since_ns: int | None = None,
+    ) -> list[ConfirmedInterval]:
         """Intervals, oldest first; ``since_ns`` keeps those whose range ends after it."""
         if machine_type and machine_id:
-            ids = self._call("listing intervals", self.r.zrange, self._k("machine", f"{machine_type}/{machine_id}"),
-                             0, -1)  # fmt: skip
+            ids = self._call(
+                "listing intervals", self.r.zrange, self._k("machine", f"{machine_type}/{machine_id}"), 0, -1
+            )
         else:
             ids = self._call("listing intervals", self.r.zrange, self._k("ids"), 0, -1)
         pipe = self.r.pipeline(transaction=False)
@@ -378,5 +444,13 @@ class ConfirmationStore:
         return [{"entry": eid, **fields} for eid, fields in rows]
 
 
-__all__ = ["AlertHistory", "AlertOverlap", "AlertSpan", "ConfirmationStore", "ConfirmedInterval", "format_time",
-           "parse_time", "spans_from_transitions"]  # fmt: skip
+__all__ = [
+    "AlertHistory",
+    "AlertOverlap",
+    "AlertSpan",
+    "ConfirmationStore",
+    "ConfirmedInterval",
+    "format_time",
+    "parse_time",
+    "spans_from_transitions",
+]

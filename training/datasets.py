@@ -72,9 +72,16 @@ def parse_clip_name(path: Path, machine_type: str, split: Split) -> ClipRecord |
     if m:
         section = f"section_{m['section']}"
         return ClipRecord(
-            path, machine_type, section, m["label"], split, "dcase2021",  # type: ignore[arg-type]
-            section=section, domain=m["domain"], attributes=m["attrs"] or "",
-        )  # fmt: skip
+            path,
+            machine_type,
+            section,
+            m["label"],
+            split,
+            "dcase2021",  # type: ignore[arg-type]
+            section=section,
+            domain=m["domain"],
+            attributes=m["attrs"] or "",
+        )
     return None
 
 
@@ -163,8 +170,10 @@ def clip_windows(path: Path, params: FeatureParams) -> np.ndarray:
     except Exception as exc:  # soundfile/audioread raise many types for corrupt files
         raise BadInput(f"{path}: unreadable audio ({type(exc).__name__}: {exc})") from exc
     if sr != params.sample_rate:
-        raise BadInput(f"{path}: sample rate {sr} Hz, the model uses {params.sample_rate} Hz",
-                       hint="resample the file or train with matching feature parameters")  # fmt: skip
+        raise BadInput(
+            f"{path}: sample rate {sr} Hz, the model uses {params.sample_rate} Hz",
+            hint="resample the file or train with matching feature parameters",
+        )
     min_samples = (params.window_frames - 1) * params.hop_length + 1
     if n_samples < min_samples:
         raise BadInput(f"{path}: {n_samples / sr:.2f} s is shorter than one window ({params.window_seconds:.2f} s)")

@@ -140,8 +140,10 @@ def evaluate(
         results, bad = score_clips(model, [r for r in records if r.machine_type == mtype], progress)
         skipped += bad
         if not results:
-            raise BadInput(f"no test clip of {mtype!r} under {data} could be read:\n" + _unreadable_listing(bad),
-                           hint="fix or remove these files, or leave the type out with --machine-type")  # fmt: skip
+            raise BadInput(
+                f"no test clip of {mtype!r} under {data} could be read:\n" + _unreadable_listing(bad),
+                hint="fix or remove these files, or leave the type out with --machine-type",
+            )
         by_id = by_machine(results)
         aucs, paucs = [], []
         for mid in sorted(by_id):
@@ -149,18 +151,26 @@ def evaluate(
             if m is None:
                 log.warning("%s/%s: test clips of only one label, no AUC", mtype, mid)
                 continue
-            per_id.append({"machine_type": mtype, "machine_id": mid, "auc": m[0], "pauc": m[1],
-                           "n_normal": sum(not r.record.is_anomaly for r in by_id[mid]),
-                           "n_anomaly": sum(r.record.is_anomaly for r in by_id[mid])})  # fmt: skip
+            per_id.append(
+                {
+                    "machine_type": mtype,
+                    "machine_id": mid,
+                    "auc": m[0],
+                    "pauc": m[1],
+                    "n_normal": sum(not r.record.is_anomaly for r in by_id[mid]),
+                    "n_anomaly": sum(r.record.is_anomaly for r in by_id[mid]),
+                }
+            )
             aucs.append(m[0])
             paucs.append(m[1])
         if aucs:
             per_type[mtype] = {
-                "auc_mean": float(np.mean(aucs)), "pauc_mean": float(np.mean(paucs)),
+                "auc_mean": float(np.mean(aucs)),
+                "pauc_mean": float(np.mean(paucs)),
                 "auc_hmean": float(hmean(np.maximum(aucs, 1e-12))),
                 "pauc_hmean": float(hmean(np.maximum(paucs, 1e-12))),
                 "mauc": float(np.min(aucs)),
-            }  # fmt: skip
+            }
         if results_dir is not None:
             write_csvs(results_dir, mtype, by_id)
         if plots_dir is not None:
@@ -169,8 +179,13 @@ def evaluate(
         "auc_mean": float(np.mean([t["auc_mean"] for t in per_type.values()])) if per_type else None,
         "pauc_mean": float(np.mean([t["pauc_mean"] for t in per_type.values()])) if per_type else None,
     }
-    return {"per_id": per_id, "per_type": per_type, "overall": overall, "models": models,
-            "skipped": [{"path": p, "reason": r} for p, r in skipped]}  # fmt: skip
+    return {
+        "per_id": per_id,
+        "per_type": per_type,
+        "overall": overall,
+        "models": models,
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+    }
 
 
 def write_csvs(out: Path, mtype: str, by_id: dict[str, list[ClipResult]]) -> None:
@@ -200,8 +215,11 @@ def write_plots(out: Path, mtype: str, model: LoadedModel, by_id: dict[str, list
         ax.plot(fpr, tpr, label=f"{mid} (AUC {auc(y, [r.score for r in results]):.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.axvline(MAX_FPR, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate",
-           title=f"{mtype} — {model.method}/{model.score_kind} {model.version}")  # fmt: skip
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"{mtype} — {model.method}/{model.score_kind} {model.version}",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / f"roc_{mtype}.png", dpi=100)

@@ -155,9 +155,17 @@ def decide(candidate: ModelReport, current: ModelReport | None, config: GateSett
             limit = p + config.far_tolerance
             ok = c <= limit + 1e-12
             verb = "within" if ok else "exceeds"
-            checks.append(Check(f"far_{source}", c, p, limit, ok,
-                                f"false-alarm rate on {source} normal audio {c:.3f} vs current {p:.3f} "
-                                f"({verb} the limit {limit:.3f} = current + {config.far_tolerance})"))  # fmt: skip
+            checks.append(
+                Check(
+                    f"far_{source}",
+                    c,
+                    p,
+                    limit,
+                    ok,
+                    f"false-alarm rate on {source} normal audio {c:.3f} vs current {p:.3f} "
+                    f"({verb} the limit {limit:.3f} = current + {config.far_tolerance})",
+                )
+            )
         for name, tol in (("auc", config.auc_tolerance), ("pauc", config.pauc_tolerance)):
             c, p = getattr(candidate, name), getattr(current, name)
             if c is None or p is None:
@@ -166,20 +174,31 @@ def decide(candidate: ModelReport, current: ModelReport | None, config: GateSett
             ok = c >= limit - 1e-12
             what = "fell to" if c < p else "is"
             verdict = "within" if ok else "below"
-            text = (f"{name.upper()} on labelled test clips {what} {c:.3f} vs current {p:.3f} "
-                    f"({verdict} the limit {limit:.3f} = current - {tol})")  # fmt: skip
+            text = (
+                f"{name.upper()} on labelled test clips {what} {c:.3f} vs current {p:.3f} "
+                f"({verdict} the limit {limit:.3f} = current - {tol})"
+            )
             checks.append(Check(name, c, p, limit, ok, text))
     if config.far_target is not None and candidate.far.get("confirmed") is not None:
         c = float(candidate.far["confirmed"])  # type: ignore[arg-type]
         ok = c <= config.far_target
-        checks.append(Check("far_target", c, None, config.far_target, ok,
-                            f"false-alarm rate on confirmed audio {c:.3f} "
-                            f"({'meets' if ok else 'misses'} the target {config.far_target})"))  # fmt: skip
+        checks.append(
+            Check(
+                "far_target",
+                c,
+                None,
+                config.far_target,
+                ok,
+                f"false-alarm rate on confirmed audio {c:.3f} "
+                f"({'meets' if ok else 'misses'} the target {config.far_target})",
+            )
+        )
     return GateDecision(all(c.passed for c in checks), checks, candidate, current, config)
 
 
-def run_gate(candidate: ScoringModel, current: ScoringModel | None, clips: Sequence[EvalClip],
-             config: GateSettings | None = None) -> GateDecision:  # fmt: skip
+def run_gate(
+    candidate: ScoringModel, current: ScoringModel | None, clips: Sequence[EvalClip], config: GateSettings | None = None
+) -> GateDecision:
     """Evaluate both models on ``clips`` and decide."""
     config = config or GateSettings()
     cand = evaluate(candidate, clips)

@@ -74,8 +74,10 @@ def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]  # fmt: skip
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     return [*layers, nn.ReLU6()] if act else layers
 
 
@@ -87,8 +89,9 @@ class InvertedResidual(nn.Module):
         super().__init__()
         mid = cin * expansion
         self.residual = stride == 1 and cin == cout
-        self.body = nn.Sequential(*_conv_bn(cin, mid, 1), *_conv_bn(mid, mid, 3, stride, groups=mid),
-                                  *_conv_bn(mid, cout, 1, act=False))  # fmt: skip
+        self.body = nn.Sequential(
+            *_conv_bn(cin, mid, 1), *_conv_bn(mid, mid, 3, stride, groups=mid), *_conv_bn(mid, cout, 1, act=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x) if self.residual else self.body(x)
@@ -104,8 +107,10 @@ def _mobilenetv2_trunk(channels: tuple[int, ...]) -> nn.Sequential:
     n = len(channels)
     layers: list[nn.Module] = [*_conv_bn(1, channels[0], 3, stride=2 if n > 1 else 1)]
     for i in range(1, n):
-        layers += [InvertedResidual(channels[i - 1], channels[i], 2 if i < n - 1 else 1, expansion=4),
-                   InvertedResidual(channels[i], channels[i], 1, expansion=2)]  # fmt: skip
+        layers += [
+            InvertedResidual(channels[i - 1], channels[i], 2 if i < n - 1 else 1, expansion=4),
+            InvertedResidual(channels[i], channels[i], 1, expansion=2),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -229,9 +234,15 @@ class FrameAE(nn.Module):
             return [nn.Linear(i, o), nn.BatchNorm1d(o), nn.ReLU()]
 
         self.net = nn.Sequential(
-            *layer(d, h), *layer(h, h), *layer(h, h), *layer(h, b),
-            *layer(b, h), *layer(h, h), *layer(h, h), nn.Linear(h, d),
-        )  # fmt: skip
+            *layer(d, h),
+            *layer(h, h),
+            *layer(h, h),
+            *layer(h, b),
+            *layer(b, h),
+            *layer(h, h),
+            *layer(h, h),
+            nn.Linear(h, d),
+        )
 
     def contexts(self, windows: torch.Tensor) -> torch.Tensor:
         """[B, n_mels, W] -> [B, W-context+1, context*n_mels] (frame-major like the baseline)."""

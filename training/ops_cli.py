@@ -28,17 +28,25 @@ from soundwatch.settings import MIN_SIGNING_KEY_CHARS, ArchiveSettings, Settings
 
 log = logging.getLogger(__name__)
 
-normal_app = typer.Typer(help="Confirm audio ranges as normal (retraining learns from them), list, revoke.",
-                         no_args_is_help=True, add_completion=False)  # fmt: skip
-models_app = typer.Typer(help="Model versions: list, show, promote, roll back, sign.", no_args_is_help=True,
-                         add_completion=False)  # fmt: skip
-archive_app = typer.Typer(help="The raw-audio archive that retraining reads.", no_args_is_help=True,
-                          add_completion=False)  # fmt: skip
+normal_app = typer.Typer(
+    help="Confirm audio ranges as normal (retraining learns from them), list, revoke.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+models_app = typer.Typer(
+    help="Model versions: list, show, promote, roll back, sign.", no_args_is_help=True, add_completion=False
+)
+archive_app = typer.Typer(
+    help="The raw-audio archive that retraining reads.", no_args_is_help=True, add_completion=False
+)
 
-ArchiveRoot = Annotated[Path | None, typer.Option("--archive-root", help="archive folder (default: "
-                                                  "SOUNDWATCH_ARCHIVE__ROOT or var/archive)")]  # fmt: skip
-RegistryRoot = Annotated[Path | None, typer.Option("--registry", help="model registry root (default: settings "
-                                                   "registry_root)")]  # fmt: skip
+ArchiveRoot = Annotated[
+    Path | None,
+    typer.Option("--archive-root", help="archive folder (default: SOUNDWATCH_ARCHIVE__ROOT or var/archive)"),
+]
+RegistryRoot = Annotated[
+    Path | None, typer.Option("--registry", help="model registry root (default: settings registry_root)")
+]
 AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 
 
@@ -58,8 +66,9 @@ def _registry(settings: Settings):  # -> ModelRegistry
     return ModelRegistry.from_settings(settings)
 
 
-def _resolve_machine(machine: str, machine_type: str | None, settings: Settings, archive_root: Path | None
-                     ) -> tuple[str, str]:  # fmt: skip
+def _resolve_machine(
+    machine: str, machine_type: str | None, settings: Settings, archive_root: Path | None
+) -> tuple[str, str]:
     """``TYPE/ID``; or ``ID`` with --machine-type; or an ``ID`` that one archived/known machine type has."""
     if "/" in machine:
         mtype, mid = machine.split("/", 1)
@@ -90,10 +99,14 @@ def _resolve_machine(machine: str, machine_type: str | None, settings: Settings,
     if len(candidates) == 1:
         return candidates.pop()
     if not candidates:
-        raise BadInput(f"machine {machine!r} is unknown (not in the archive nor in any model)",
-                       "write it as TYPE/ID or add --machine-type")  # fmt: skip
-    raise BadInput(f"machine id {machine!r} exists for several types",
-                   "write it as one of: " + ", ".join(f"{t}/{i}" for t, i in sorted(candidates)))  # fmt: skip
+        raise BadInput(
+            f"machine {machine!r} is unknown (not in the archive nor in any model)",
+            "write it as TYPE/ID or add --machine-type",
+        )
+    raise BadInput(
+        f"machine id {machine!r} exists for several types",
+        "write it as one of: " + ", ".join(f"{t}/{i}" for t, i in sorted(candidates)),
+    )
 
 
 # ---------------------------------------------------------------------------- normal
@@ -101,14 +114,14 @@ def _resolve_machine(machine: str, machine_type: str | None, settings: Settings,
 def normal_confirm(
     machine: Annotated[
         str, typer.Option("--machine", "-m", help="TYPE/ID, or ID (with --machine-type or when only one type has it)")
-    ],  # fmt: skip
+    ],
     t_from: Annotated[str, typer.Option("--from", help="start: ISO-8601, -2h, now, epoch seconds")],
     t_to: Annotated[str, typer.Option("--to", help="end: ISO-8601, -10m, now, epoch seconds")],
     by: Annotated[str | None, typer.Option("--by", help="who confirms (default: $SOUNDWATCH_USER or login)")] = None,
     note: Annotated[str, typer.Option("--note", help="why this audio is normal")] = "",
     force: Annotated[
         bool, typer.Option("--force", help="confirm even though the range overlaps alerts (recorded as forced)")
-    ] = False,  # fmt: skip
+    ] = False,
     machine_type: Annotated[str | None, typer.Option("--machine-type", help="type of a bare --machine ID")] = None,
     archive_root: ArchiveRoot = None,
     as_json: AsJson = False,
@@ -119,15 +132,26 @@ def normal_confirm(
     settings = _settings()
     mtype, mid = _resolve_machine(machine, machine_type, settings, archive_root)
     now = time.time_ns()  # one "now" for both ends, so "-2h".."-1h" is exactly one hour
-    iv = ConfirmationStore(settings.redis).confirm(mtype, mid, parse_time(t_from, now), parse_time(t_to, now), by=by,
-                                                   note=note, force=force, alerts=AlertHistory(settings),
-                                                   now_ns=now)  # fmt: skip
+    iv = ConfirmationStore(settings.redis).confirm(
+        mtype,
+        mid,
+        parse_time(t_from, now),
+        parse_time(t_to, now),
+        by=by,
+        note=note,
+        force=force,
+        alerts=AlertHistory(settings),
+        now_ns=now,
+    )
     if as_json:
         typer.echo(json.dumps(iv.as_json()))
         return
     forced = f" [yellow]FORCED over {len(iv.alerts)} alert(s)[/yellow]" if iv.forced else ""
-    err_console.print(f"confirmed #{iv.id}: {iv.machine} {format_time(iv.from_ns)} .. {format_time(iv.to_ns)} "
-                      f"({iv.duration_s:.0f} s) by {iv.by}{forced}", highlight=False)  # fmt: skip
+    err_console.print(
+        f"confirmed #{iv.id}: {iv.machine} {format_time(iv.from_ns)} .. {format_time(iv.to_ns)} "
+        f"({iv.duration_s:.0f} s) by {iv.by}{forced}",
+        highlight=False,
+    )
 
 
 @normal_app.command("list")
@@ -155,8 +179,10 @@ def normal_list(
         err_console.print("no confirmed-normal intervals")
     for iv in items:
         flags = (" FORCED" if iv.forced else "") + (f" REVOKED by {iv.revoked_by}" if iv.revoked else "")
-        typer.echo(f"#{iv.id:<5} {iv.machine:<24} {format_time(iv.from_ns)} .. {format_time(iv.to_ns)} "
-                   f"{iv.duration_s:>8.0f} s  by {iv.by}{flags}  {iv.note}")  # fmt: skip
+        typer.echo(
+            f"#{iv.id:<5} {iv.machine:<24} {format_time(iv.from_ns)} .. {format_time(iv.to_ns)} "
+            f"{iv.duration_s:>8.0f} s  by {iv.by}{flags}  {iv.note}"
+        )
 
 
 @normal_app.command("revoke")
@@ -190,8 +216,10 @@ def normal_audit(
         return
     for e in entries:
         forced = " FORCED" if e.get("forced") == "1" else ""
-        typer.echo(f"{format_time(int(e['at_ns']))} {e['action']:<8} #{e['interval']:<5} {e['machine']:<24} "
-                   f"by {e['by']}{forced}  {e.get('note', '')}")  # fmt: skip
+        typer.echo(
+            f"{format_time(int(e['at_ns']))} {e['action']:<8} #{e['interval']:<5} {e['machine']:<24} "
+            f"by {e['by']}{forced}  {e.get('note', '')}"
+        )
 
 
 # ---------------------------------------------------------------------------- models
@@ -239,11 +267,20 @@ def models_list(
                 meta, problem = _metadata(reg, mtype, v), None
             except ArtifactError as exc:
                 meta, problem = {}, exc.message
-            rows.append({"machine_type": mtype, "version": v, "current": v == current,
-                         "parent": meta.get("parent_version"), "method": meta.get("method"),
-                         "created_at": meta.get("created_at"), "gate": _gate_text(meta),
-                         "data_cutoff": meta.get("data_summary", {}).get("data_cutoff"),
-                         "verified": problem is None, "problem": problem})  # fmt: skip
+            rows.append(
+                {
+                    "machine_type": mtype,
+                    "version": v,
+                    "current": v == current,
+                    "parent": meta.get("parent_version"),
+                    "method": meta.get("method"),
+                    "created_at": meta.get("created_at"),
+                    "gate": _gate_text(meta),
+                    "data_cutoff": meta.get("data_summary", {}).get("data_cutoff"),
+                    "verified": problem is None,
+                    "problem": problem,
+                }
+            )
     if as_json:
         typer.echo(json.dumps(rows))
         return
@@ -255,8 +292,10 @@ def models_list(
             typer.echo(f"{mark} {r['machine_type']:<14} {r['version']:<7} REFUSED: {r['problem']}")
             continue
         parent = r["parent"] or "-"
-        typer.echo(f"{mark} {r['machine_type']:<14} {r['version']:<7} {r['method'] or '':<4} parent={parent:<7} "
-                   f"gate={r['gate']:<8} created={r['created_at']}  cutoff={r['data_cutoff']}")  # fmt: skip
+        typer.echo(
+            f"{mark} {r['machine_type']:<14} {r['version']:<7} {r['method'] or '':<4} parent={parent:<7} "
+            f"gate={r['gate']:<8} created={r['created_at']}  cutoff={r['data_cutoff']}"
+        )
 
 
 @models_app.command("show")
@@ -286,8 +325,10 @@ def models_promote(
     meta = _metadata(reg, machine_type, version)
     gate = meta.get("metrics", {}).get("gate")
     if gate and not gate.get("passed") and not force:
-        raise BadInput(f"{machine_type} {version} was refused by the promotion gate: " + "; ".join(gate["reasons"]),
-                       "pass --force to promote it anyway")  # fmt: skip
+        raise BadInput(
+            f"{machine_type} {version} was refused by the promotion gate: " + "; ".join(gate["reasons"]),
+            "pass --force to promote it anyway",
+        )
     reg.set_current(machine_type, version)
     err_console.print(f"{machine_type}: {version} is current; scoring workers reload it")
 
@@ -297,7 +338,7 @@ def models_rollback(
     machine_type: Annotated[str, typer.Argument(help="machine type")],
     to: Annotated[
         str | None, typer.Option("--to", help="version to return to (default: the current version's parent)")
-    ] = None,  # fmt: skip
+    ] = None,
     registry: RegistryRoot = None,
 ) -> None:
     """Return to an earlier version (default: the parent of the current one)."""
@@ -305,8 +346,10 @@ def models_rollback(
     current = reg.resolve_version(machine_type)
     target = to or _metadata(reg, machine_type, current).get("parent_version")
     if not target:
-        raise BadInput(f"{machine_type} {current} has no parent version to roll back to",
-                       "name one with --to VERSION (see `soundwatch models list`)")  # fmt: skip
+        raise BadInput(
+            f"{machine_type} {current} has no parent version to roll back to",
+            "name one with --to VERSION (see `soundwatch models list`)",
+        )
     reg.set_current(machine_type, target)  # checks the name and verifies the artifact first
     err_console.print(f"{machine_type}: rolled back {current} -> {target}; scoring workers reload it")
 
@@ -314,8 +357,10 @@ def models_rollback(
 def _read_key_file(path: Path) -> str:
     key = path.read_text().strip()
     if len(key) < MIN_SIGNING_KEY_CHARS:
-        raise BadInput(f"{path} holds no key of at least {MIN_SIGNING_KEY_CHARS} characters",
-                       "put the previous registry_signing_key in the file, on one line")  # fmt: skip
+        raise BadInput(
+            f"{path} holds no key of at least {MIN_SIGNING_KEY_CHARS} characters",
+            "put the previous registry_signing_key in the file, on one line",
+        )
     return key
 
 
@@ -324,10 +369,14 @@ def models_sign(
     machine_type: Annotated[str | None, typer.Option("--machine-type", help="only this type")] = None,
     previous_key_file: Annotated[
         Path | None,
-        typer.Option("--previous-key-file", exists=True, dir_okay=False,
-                     help="key rotation: a file holding the key the registry is signed with now; its signatures "
-                     "are verified before the new key's are added"),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--previous-key-file",
+            exists=True,
+            dir_okay=False,
+            help="key rotation: a file holding the key the registry is signed with now; its signatures "
+            "are verified before the new key's are added",
+        ),
+    ] = None,
     registry: RegistryRoot = None,
     as_json: AsJson = False,
 ) -> None:
@@ -342,46 +391,57 @@ def models_sign(
 
     settings = _settings(registry)
     if settings.registry_signing_key is None:
-        raise ConfigError("no registry signing key is configured, so there is nothing to sign with",
-                          "set SOUNDWATCH_REGISTRY_SIGNING_KEY (generate one with `python -c 'import secrets; "
-                          "print(secrets.token_hex(32))'`) and give the same key to every worker")  # fmt: skip
+        raise ConfigError(
+            "no registry signing key is configured, so there is nothing to sign with",
+            "set SOUNDWATCH_REGISTRY_SIGNING_KEY (generate one with `python -c 'import secrets; "
+            "print(secrets.token_hex(32))'`) and give the same key to every worker",
+        )
     previous = [ArtifactSigner(_read_key_file(previous_key_file))] if previous_key_file else []
     reg = _registry(settings)
     rows = reg.sign_all(machine_type, previous)
     if as_json:
-        typer.echo(json.dumps([{"machine_type": t, "version": v, "outcome": o, "problem": e.message if e else None}
-                               for t, v, o, e in rows]))  # fmt: skip
+        typer.echo(
+            json.dumps(
+                [
+                    {"machine_type": t, "version": v, "outcome": o, "problem": e.message if e else None}
+                    for t, v, o, e in rows
+                ]
+            )
+        )
     else:
         for t, v, outcome, exc in rows:
             colour = "red" if exc else "green"
             detail = f": {exc.message}" if exc else ""
             err_console.print(f"[{colour}]{t} {v}: {outcome}[/{colour}]{escape(detail)}", highlight=False)
     counts = {o: sum(1 for r in rows if r[2] == o) for o in ("signed", "re-signed", "already signed", "refused")}
-    err_console.print(f"{reg.root}: " + ", ".join(f"{n} {o}" for o, n in counts.items())
-                      + f" (key id {reg.signer.key_id})")  # fmt: skip
+    err_console.print(
+        f"{reg.root}: " + ", ".join(f"{n} {o}" for o, n in counts.items()) + f" (key id {reg.signer.key_id})"
+    )
     refused = [(t, v, e) for t, v, _, e in rows if e is not None]
     if refused:
-        raise BadInput(f"{len(refused)} version(s) not signed with this key (workers with it refuse them): "
-                       + ", ".join(f"{t} {v}" for t, v, _ in refused),
-                       "signed with another key: pass that key with --previous-key-file; failed a check "
-                       "(see above): retrain, or restore the version from backup")  # fmt: skip
+        raise BadInput(
+            f"{len(refused)} version(s) not signed with this key (workers with it refuse them): "
+            + ", ".join(f"{t} {v}" for t, v, _ in refused),
+            "signed with another key: pass that key with --previous-key-file; failed a check "
+            "(see above): retrain, or restore the version from backup",
+        )
 
 
 # ---------------------------------------------------------------------------- retrain
 def retrain(
     machine_type: Annotated[
         str | None, typer.Option("--machine-type", help="one machine type (default: every type with a model)")
-    ] = None,  # fmt: skip
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="run one round and exit")] = False,
     schedule: Annotated[
         str | None, typer.Option("--schedule", help="cron expression, e.g. '0 3 * * *'; runs until stopped")
-    ] = None,  # fmt: skip
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
             "--data", help="original training data (DCASE layout): replay, earlier validation set, labelled test clips"
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     archive_root: ArchiveRoot = None,
     registry: RegistryRoot = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="fine-tuning epochs")] = None,
@@ -393,10 +453,10 @@ def retrain(
             "(default, cannot forget); head = fine-tune the projection + ID head, conv trunk frozen; "
             "full = fine-tune everything. ae always fine-tunes. Default: settings retrain.encoder_update",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     min_seconds: Annotated[
         float | None, typer.Option("--min-seconds", min=0, help="least new confirmed audio for a round")
-    ] = None,  # fmt: skip
+    ] = None,
     device: Annotated[Device | None, typer.Option("--device", help="where to fine-tune")] = None,
     far_tolerance: Annotated[
         float | None,
@@ -422,7 +482,7 @@ def retrain(
 
     Defaults come from settings [retrain] (env SOUNDWATCH_RETRAIN__<FIELD>, e.g.
     SOUNDWATCH_RETRAIN__GATE__FAR_TOLERANCE); flags win.
-    """  # fmt: skip
+    """
     from training.retrain import retrain_round, run_schedule
 
     if once == (schedule is not None):
@@ -430,16 +490,26 @@ def retrain(
     from training.retrain import ENCODER_MODES
 
     if encoder_update is not None and encoder_update not in ENCODER_MODES:
-        raise ConfigError(f"--encoder-update {encoder_update!r} is not one of {', '.join(ENCODER_MODES)}",
-                          "pass --encoder-update bank|head|full")  # fmt: skip
+        raise ConfigError(
+            f"--encoder-update {encoder_update!r} is not one of {', '.join(ENCODER_MODES)}",
+            "pass --encoder-update bank|head|full",
+        )
     settings = _settings(registry)
-    given = {"data_root": data, "epochs": epochs, "min_confirmed_seconds": min_seconds,
-             "device": None if device is None else Device(device).value,
-             "encoder_update": encoder_update}  # fmt: skip
+    given = {
+        "data_root": data,
+        "epochs": epochs,
+        "min_confirmed_seconds": min_seconds,
+        "device": None if device is None else Device(device).value,
+        "encoder_update": encoder_update,
+    }
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     base = settings.retrain
-    tolerances = {"far_tolerance": far_tolerance, "auc_tolerance": auc_tolerance, "pauc_tolerance": pauc_tolerance,
-                  "far_target": far_target}  # fmt: skip
+    tolerances = {
+        "far_tolerance": far_tolerance,
+        "auc_tolerance": auc_tolerance,
+        "pauc_tolerance": pauc_tolerance,
+        "far_target": far_target,
+    }
     gate = base.gate.model_copy(update={k: v for k, v in tolerances.items() if v is not None})
     cfg = base.model_copy(update={**overrides, "gate": gate})
     archive = _archive_config(archive_root)
@@ -448,10 +518,20 @@ def retrain(
         outcomes = retrain_round(settings, machine_type, cfg, archive)
         for o in outcomes:
             if as_json:
-                typer.echo(json.dumps({"machine_type": o.machine_type, "parent_version": o.parent_version,
-                                       "version": o.version, "promoted": o.promoted, "message": o.message,
-                                       "gate": o.decision.to_dict() if o.decision else None, "stats": o.stats},
-                                      default=str))  # fmt: skip
+                typer.echo(
+                    json.dumps(
+                        {
+                            "machine_type": o.machine_type,
+                            "parent_version": o.parent_version,
+                            "version": o.version,
+                            "promoted": o.promoted,
+                            "message": o.message,
+                            "gate": o.decision.to_dict() if o.decision else None,
+                            "stats": o.stats,
+                        },
+                        default=str,
+                    )
+                )
             else:
                 colour = "green" if o.promoted else ("yellow" if o.version else "white")
                 err_console.print(f"[{colour}]{o.message}[/{colour}]", highlight=False)
@@ -476,7 +556,7 @@ def archive_run(
     archive_root: ArchiveRoot = None,
     segment_seconds: Annotated[
         float | None, typer.Option("--segment-seconds", min=1, help="audio per FLAC segment")
-    ] = None,  # fmt: skip
+    ] = None,
     group: Annotated[str | None, typer.Option("--group", help="consumer group id")] = None,
     max_age_days: Annotated[float | None, typer.Option("--max-age-days", min=0.01, help="retention by age")] = None,
     max_gb: Annotated[float | None, typer.Option("--max-gb", min=0.001, help="retention by size")] = None,
@@ -484,16 +564,24 @@ def archive_run(
     """Record audio.raw into rolling FLAC segments until SIGINT/SIGTERM (then flush and commit)."""
     from training.archive import ArchiveConsumer
 
-    cfg = _archive_config(archive_root, segment_seconds=segment_seconds, group_id=group,
-                          max_age_s=max_age_days * 86400 if max_age_days else None,
-                          max_bytes=int(max_gb * 1024**3) if max_gb else None)  # fmt: skip
+    cfg = _archive_config(
+        archive_root,
+        segment_seconds=segment_seconds,
+        group_id=group,
+        max_age_s=max_age_days * 86400 if max_age_days else None,
+        max_bytes=int(max_gb * 1024**3) if max_gb else None,
+    )
     settings = _settings()
-    err_console.print(f"archiving {settings.kafka.topics.audio_raw} -> {cfg.root} ({cfg.segment_seconds:.0f} s "
-                      f"segments, group {cfg.group_id})")  # fmt: skip
+    err_console.print(
+        f"archiving {settings.kafka.topics.audio_raw} -> {cfg.root} ({cfg.segment_seconds:.0f} s "
+        f"segments, group {cfg.group_id})"
+    )
     consumer = ArchiveConsumer(settings, cfg)
     consumer.run(install_signals=True)
-    err_console.print(f"archive stopped: {consumer.chunks} chunks, {consumer.writer.segments_written} segments, "
-                      f"{consumer.writer.duplicates} duplicates, {consumer.dead_letters} dead letters")  # fmt: skip
+    err_console.print(
+        f"archive stopped: {consumer.chunks} chunks, {consumer.writer.segments_written} segments, "
+        f"{consumer.writer.duplicates} duplicates, {consumer.dead_letters} dead letters"
+    )
 
 
 @archive_app.command("list")
@@ -507,17 +595,26 @@ def archive_list(archive_root: ArchiveRoot = None, as_json: AsJson = False) -> N
         rows: list[dict[str, Any]] = []
         for mtype, mid in reader.machines():
             segs = reader.index.segments(mtype, mid)
-            rows.append({"machine": f"{mtype}/{mid}", "segments": len(segs), "from_ns": segs[0].start_ns,
-                         "to_ns": segs[-1].end_ns, "seconds": sum(s.n_samples / s.sample_rate for s in segs),
-                         "bytes": sum(s.n_bytes for s in segs)})  # fmt: skip
+            rows.append(
+                {
+                    "machine": f"{mtype}/{mid}",
+                    "segments": len(segs),
+                    "from_ns": segs[0].start_ns,
+                    "to_ns": segs[-1].end_ns,
+                    "seconds": sum(s.n_samples / s.sample_rate for s in segs),
+                    "bytes": sum(s.n_bytes for s in segs),
+                }
+            )
     finally:
         reader.close()
     if as_json:
         typer.echo(json.dumps(rows))
         return
     for r in rows:
-        typer.echo(f"{r['machine']:<24} {r['segments']:>5} segments {r['seconds']:>9.0f} s "
-                   f"{format_time(r['from_ns'])} .. {format_time(r['to_ns'])} {r['bytes'] / 1e6:8.1f} MB")  # fmt: skip
+        typer.echo(
+            f"{r['machine']:<24} {r['segments']:>5} segments {r['seconds']:>9.0f} s "
+            f"{format_time(r['from_ns'])} .. {format_time(r['to_ns'])} {r['bytes'] / 1e6:8.1f} MB"
+        )
 
 
 __all__ = ["archive_app", "models_app", "normal_app", "retrain"]

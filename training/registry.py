@@ -151,8 +151,9 @@ class ArtifactSigner:
         if not mine:
             return None
         expected = self.mac(meta)
-        return any(isinstance(e.get("mac"), str) and hmac.compare_digest(e["mac"].encode(), expected.encode())
-                   for e in mine)  # fmt: skip
+        return any(
+            isinstance(e.get("mac"), str) and hmac.compare_digest(e["mac"].encode(), expected.encode()) for e in mine
+        )
 
 
 @dataclass(frozen=True)
@@ -220,8 +221,12 @@ class ModelRegistry:
     ``registry_signing_key``, so every registry a process opens enforces the same policy.
     """
 
-    def __init__(self, root: Path | str, redis_settings: RedisSettings | None = None,
-                 signing_key: SecretStr | str | None | _Default = FROM_SETTINGS) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: Path | str,
+        redis_settings: RedisSettings | None = None,
+        signing_key: SecretStr | str | None | _Default = FROM_SETTINGS,
+    ) -> None:
         self.root = Path(root)
         self.redis_settings = redis_settings
         self._redis: Any = None
@@ -244,9 +249,12 @@ class ModelRegistry:
             import redis
 
             self._redis = redis.Redis.from_url(
-                self.redis_settings.url, socket_timeout=3, socket_connect_timeout=3, decode_responses=True,
+                self.redis_settings.url,
+                socket_timeout=3,
+                socket_connect_timeout=3,
+                decode_responses=True,
                 **self.redis_settings.client_kwargs(),
-            )  # fmt: skip
+            )
         return self._redis
 
     def _key(self, machine_type: str) -> str:
@@ -301,8 +309,9 @@ class ModelRegistry:
     def machine_types(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if is_machine_type(p.name) and p.is_dir() and self.versions(p.name))  # fmt: skip
+        return sorted(
+            p.name for p in self.root.iterdir() if is_machine_type(p.name) and p.is_dir() and self.versions(p.name)
+        )
 
     def versions(self, machine_type: str) -> list[str]:
         d = self.root / check_machine_type(machine_type)
@@ -387,13 +396,16 @@ class ModelRegistry:
         """A file of a version directory, refused when a link takes it out of that directory."""
         path = real / name
         if not path.resolve().is_relative_to(real):
-            raise ArtifactError(f"{named / name} is a link out of its version directory: refusing to read it",
-                                hint="restore the version from backup or retrain")  # fmt: skip
+            raise ArtifactError(
+                f"{named / name} is a link out of its version directory: refusing to read it",
+                hint="restore the version from backup or retrain",
+            )
         try:
             return path.read_bytes()
         except OSError as exc:
-            raise ArtifactError(f"cannot read {named / name}: {exc}",
-                                hint="retrain, or restore the version from backup") from exc  # fmt: skip
+            raise ArtifactError(
+                f"cannot read {named / name}: {exc}", hint="retrain, or restore the version from backup"
+            ) from exc
 
     def _signatures(self, named: Path, real: Path) -> list[dict[str, Any]]:
         if not (real / SIGNATURE).exists():
@@ -404,8 +416,9 @@ class ModelRegistry:
             if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
                 raise TypeError("signatures is not a list of objects")
         except (ValueError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"unreadable {named / SIGNATURE}: {exc}",
-                                hint="restore the version from backup, or retrain") from exc  # fmt: skip
+            raise ArtifactError(
+                f"unreadable {named / SIGNATURE}: {exc}", hint="restore the version from backup, or retrain"
+            ) from exc
         return entries
 
     def _check_signature(self, named: Path, real: Path, meta: dict[str, Any]) -> None:
@@ -516,8 +529,16 @@ class ModelRegistry:
         meta = v.meta
         try:
             state = torch.load(io.BytesIO(v.blobs[WEIGHTS]), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, TypeError,
-                AttributeError, ImportError) as exc:  # fmt: skip
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            zipfile.BadZipFile,
+            RuntimeError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            ImportError,
+        ) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ArtifactError(
                 f"{v.path / WEIGHTS} is not a plain tensor file: torch refused to load it with weights_only=True "
@@ -529,9 +550,14 @@ class ModelRegistry:
             with np.load(io.BytesIO(v.blobs[BANK])) as npz:
                 bank = {m: npz[f"b{i}"] for i, m in enumerate(meta["bank_ids"])}
             scorer = WindowScorer.build(
-                meta["method"], meta["score_kind"], meta["model_config"], state,
-                {k: list(v) for k, v in meta["id_classes"].items()}, bank, int(meta["knn_k"]),
-            )  # fmt: skip
+                meta["method"],
+                meta["score_kind"],
+                meta["model_config"],
+                state,
+                {k: list(v) for k, v in meta["id_classes"].items()},
+                bank,
+                int(meta["knn_k"]),
+            )
         except (OSError, KeyError, RuntimeError, ValueError, TypeError, zipfile.BadZipFile) as exc:
             raise ArtifactError(f"cannot rebuild the model in {v.path}: {exc}", hint="retrain this model") from exc
         return LoadedModel(meta, scorer, v.path).to(device)
@@ -560,14 +586,18 @@ class ModelRegistry:
         if mine:
             return "already signed"
         if mine is False:
-            raise ArtifactError(f"{named} carries a signature by this key that does not match: it was tampered with",
-                                hint="retrain, or restore the directory from backup")  # fmt: skip
+            raise ArtifactError(
+                f"{named} carries a signature by this key that does not match: it was tampered with",
+                hint="retrain, or restore the directory from backup",
+            )
         outcome = "signed"
         if entries:
             verdicts = [p.check(verified.meta, entries) for p in previous]
             if False in verdicts:
-                raise ArtifactError(f"{named} does not match its signature by a previous key: it was tampered with",
-                                    hint="retrain, or restore the directory from backup")  # fmt: skip
+                raise ArtifactError(
+                    f"{named} does not match its signature by a previous key: it was tampered with",
+                    hint="retrain, or restore the directory from backup",
+                )
             if True not in verdicts:
                 others = ", ".join(sorted({str(e.get("key_id")) for e in entries}))
                 raise ArtifactError(
@@ -578,8 +608,9 @@ class ModelRegistry:
         _write_signatures(real / SIGNATURE, [*entries, self.signer.entry(verified.meta)])
         return outcome
 
-    def sign_all(self, machine_type: str | None = None, previous: Sequence[ArtifactSigner] = ()
-                 ) -> list[tuple[str, str, str, ArtifactError | None]]:  # fmt: skip
+    def sign_all(
+        self, machine_type: str | None = None, previous: Sequence[ArtifactSigner] = ()
+    ) -> list[tuple[str, str, str, ArtifactError | None]]:
         """:meth:`sign` every version (of one type); ``(type, version, outcome, error)`` rows, refusals included."""
         rows: list[tuple[str, str, str, ArtifactError | None]] = []
         for mtype in [machine_type] if machine_type else self.machine_types():

@@ -123,14 +123,21 @@ def _windows_of(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     return np.asarray(windows, dtype=np.float32)
 
 
-def blocks_from_pieces(pieces: Sequence[AudioPiece], params: FeatureParams, block_seconds: float,
-                       interval_id: int = 0) -> list[Block]:  # fmt: skip
+def blocks_from_pieces(
+    pieces: Sequence[AudioPiece], params: FeatureParams, block_seconds: float, interval_id: int = 0
+) -> list[Block]:
     """Cut contiguous audio into blocks and window each block separately."""
     out: list[Block] = []
     for piece in pieces:
         if piece.sample_rate != params.sample_rate:
-            log.warning("skipping %.1f s of %s/%s at %d Hz: the model uses %d Hz", piece.duration_s,
-                        piece.machine_type, piece.machine_id, piece.sample_rate, params.sample_rate)  # fmt: skip
+            log.warning(
+                "skipping %.1f s of %s/%s at %d Hz: the model uses %d Hz",
+                piece.duration_s,
+                piece.machine_type,
+                piece.machine_id,
+                piece.sample_rate,
+                params.sample_rate,
+            )
             continue
         step = int(block_seconds * params.sample_rate)
         for a in range(0, piece.samples.size, step):
@@ -141,10 +148,15 @@ def blocks_from_pieces(pieces: Sequence[AudioPiece], params: FeatureParams, bloc
     return out
 
 
-def gather_confirmed(store: ConfirmationStore, reader: ArchiveReader, machine_type: str, since_ns: int,
-                     params: FeatureParams, block_seconds: float,
-                     intervals: Sequence[ConfirmedInterval] | None = None,
-                     ) -> tuple[list[Block], list[dict]]:  # fmt: skip
+def gather_confirmed(
+    store: ConfirmationStore,
+    reader: ArchiveReader,
+    machine_type: str,
+    since_ns: int,
+    params: FeatureParams,
+    block_seconds: float,
+    intervals: Sequence[ConfirmedInterval] | None = None,
+) -> tuple[list[Block], list[dict]]:
     """Blocks of confirmed-normal archived audio after ``since_ns`` and what was used, per interval."""
     if intervals is None:
         intervals = store.intervals(machine_type=machine_type, since_ns=since_ns)
@@ -156,16 +168,31 @@ def gather_confirmed(store: ConfirmationStore, reader: ArchiveReader, machine_ty
         got = blocks_from_pieces(pieces, params, block_seconds, iv.id)
         seconds = sum(p.duration_s for p in pieces)
         if seconds == 0:
-            log.warning("confirmed interval #%d (%s %s..%s) has no archived audio", iv.id, iv.machine,
-                        format_time(t0), format_time(iv.to_ns))  # fmt: skip
-        used.append({"interval": iv.id, "machine_id": iv.machine_id, "from_ns": t0, "to_ns": iv.to_ns,
-                     "seconds": round(seconds, 3), "by": iv.by, "forced": iv.forced})  # fmt: skip
+            log.warning(
+                "confirmed interval #%d (%s %s..%s) has no archived audio",
+                iv.id,
+                iv.machine,
+                format_time(t0),
+                format_time(iv.to_ns),
+            )
+        used.append(
+            {
+                "interval": iv.id,
+                "machine_id": iv.machine_id,
+                "from_ns": t0,
+                "to_ns": iv.to_ns,
+                "seconds": round(seconds, 3),
+                "by": iv.by,
+                "forced": iv.forced,
+            }
+        )
         blocks += got
     return blocks, used
 
 
-def split_blocks(blocks: Sequence[Block], calib_fraction: float, gate_fraction: float,
-                 seed: int) -> tuple[list[Block], list[Block], list[Block]]:  # fmt: skip
+def split_blocks(
+    blocks: Sequence[Block], calib_fraction: float, gate_fraction: float, seed: int
+) -> tuple[list[Block], list[Block], list[Block]]:
     """(fit, calib, gate) per machine; a machine with fewer than 3 blocks only contributes to fit."""
     rng = np.random.default_rng(seed)
     fit: list[Block] = []
@@ -195,8 +222,16 @@ class EarlierData:
     root: str | None = None
 
 
-def load_earlier_data(root: Path | None, machine_type: str, params: FeatureParams, *, holdout_fraction: float,
-                      seed: int, replay_clips: int, progress: bool) -> EarlierData:  # fmt: skip
+def load_earlier_data(
+    root: Path | None,
+    machine_type: str,
+    params: FeatureParams,
+    *,
+    holdout_fraction: float,
+    seed: int,
+    replay_clips: int,
+    progress: bool,
+) -> EarlierData:
     """Re-derive the original split (same rule and seed as training) from the DCASE folder."""
     if root is None:
         return EarlierData()
@@ -314,8 +349,13 @@ def fine_tune(
             trainable = [p for p in [*encoder.parameters(), *head.parameters()] if p.requires_grad]
             opt = torch.optim.Adam(trainable, lr=cfg.lr)
             ce = nn.CrossEntropyLoss()
-            for _ in tqdm(range(cfg.epochs), desc=f"fine-tune ({encoder_mode}, ArcFace)", unit="epoch",
-                          disable=not cfg.progress, leave=False):  # fmt: skip
+            for _ in tqdm(
+                range(cfg.epochs),
+                desc=f"fine-tune ({encoder_mode}, ArcFace)",
+                unit="epoch",
+                disable=not cfg.progress,
+                leave=False,
+            ):
                 encoder.train()
                 _freeze_batchnorm(encoder)
                 if encoder_mode == "head":
@@ -359,8 +399,20 @@ def fine_tune(
         for mid in sorted(set(src.bank) - set(bank)):  # old embeddings live in the old space: not reusable
             log.warning("machine %s has no windows this round; its kNN score falls back to the union bank", mid)
         scorer.bank = {k: torch.from_numpy(v).to(device) for k, v in bank.items()}
-        return Candidate(parent.method, scorer.score_kind, model_config, state, class_map, id_classes, class_source,
-                         bank, int(meta["knn_k"]), scorer, losses, encoder_mode)  # fmt: skip
+        return Candidate(
+            parent.method,
+            scorer.score_kind,
+            model_config,
+            state,
+            class_map,
+            id_classes,
+            class_source,
+            bank,
+            int(meta["knn_k"]),
+            scorer,
+            losses,
+            encoder_mode,
+        )
     # ae: continue the reconstruction objective
     ae = copy.deepcopy(src.ae).to(device)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
@@ -376,12 +428,24 @@ def fine_tune(
     ae.eval()
     state = {"ae": {k: v.detach().cpu() for k, v in ae.state_dict().items()}}
     scorer = WindowScorer("ae", "recon", None, None, ae, {}, {}, int(meta["knn_k"]), device)
-    return Candidate(parent.method, scorer.score_kind, model_config, state, class_map, id_classes, class_source,
-                     bank, int(meta["knn_k"]), scorer, losses)  # fmt: skip
+    return Candidate(
+        parent.method,
+        scorer.score_kind,
+        model_config,
+        state,
+        class_map,
+        id_classes,
+        class_source,
+        bank,
+        int(meta["knn_k"]),
+        scorer,
+        losses,
+    )
 
 
-def calibrate(scorer: Any, clips: Sequence[tuple[str, np.ndarray]], median_k: int,
-              machine_ids: Sequence[str]) -> tuple[dict[str, float], float, str]:  # fmt: skip
+def calibrate(
+    scorer: Any, clips: Sequence[tuple[str, np.ndarray]], median_k: int, machine_ids: Sequence[str]
+) -> tuple[dict[str, float], float, str]:
     """Per-machine thresholds on median-filtered window scores of normal ``clips`` (machine, windows)."""
     from scoring.filters import causal_median
     from training.calibration import fit_threshold
@@ -415,9 +479,16 @@ class _InMemoryModel:
 
 
 # ---------------------------------------------------------------------------- one round
-def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | None = None, *,
-                 archive: ArchiveSettings | None = None, registry: Any = None,
-                 store: ConfirmationStore | None = None, score_kind: str | None = None) -> RetrainOutcome:  # fmt: skip
+def retrain_once(
+    settings: Settings,
+    machine_type: str,
+    cfg: RetrainSettings | None = None,
+    *,
+    archive: ArchiveSettings | None = None,
+    registry: Any = None,
+    store: ConfirmationStore | None = None,
+    score_kind: str | None = None,
+) -> RetrainOutcome:
     """One retraining round for ``machine_type`` (see the module docstring). ``cfg.encoder_update``
     (encoder methods only): ``bank`` (default), ``head`` or ``full``; ``score_kind`` overrides the
     candidate's score (default: ``knn`` for ``bank``, else the parent's)."""
@@ -442,20 +513,34 @@ def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | N
         blocks, used = gather_confirmed(store, reader, machine_type, cutoff_ns, params, cfg.block_seconds)
         new_seconds = sum(u["seconds"] for u in used)
         if new_seconds < cfg.min_confirmed_seconds or not blocks:
-            msg = (f"{machine_type}: {new_seconds:.0f} s of confirmed-normal audio since {format_time(cutoff_ns)} "
-                   f"(need {cfg.min_confirmed_seconds:.0f} s); nothing to do")  # fmt: skip
-            return RetrainOutcome(machine_type, parent_version, None, False, None, msg,
-                                  {"new_seconds": new_seconds, "intervals": len(used)})  # fmt: skip
+            msg = (
+                f"{machine_type}: {new_seconds:.0f} s of confirmed-normal audio since {format_time(cutoff_ns)} "
+                f"(need {cfg.min_confirmed_seconds:.0f} s); nothing to do"
+            )
+            return RetrainOutcome(
+                machine_type,
+                parent_version,
+                None,
+                False,
+                None,
+                msg,
+                {"new_seconds": new_seconds, "intervals": len(used)},
+            )
         fit, calib, gate_blocks = split_blocks(blocks, cfg.calib_fraction, cfg.gate_fraction, cfg.seed)
 
         # 3. replay: a pool of earlier training clips + earlier confirmed audio still archived
         n_new = sum(len(b.windows) for b in fit)
         n_replay = int(min(cfg.replay_max_windows, cfg.replay_ratio * n_new))
         data_root = cfg.data_root or (Path(summary["data_root"]) if summary.get("data_root") else None)
-        earlier = load_earlier_data(data_root, machine_type, params, holdout_fraction=cfg.holdout_fraction,
-                                    seed=int(summary.get("seed", cfg.seed)),
-                                    replay_clips=math.ceil(cfg.replay_max_windows / CLIP_WINDOWS),
-                                    progress=cfg.progress)  # fmt: skip
+        earlier = load_earlier_data(
+            data_root,
+            machine_type,
+            params,
+            holdout_fraction=cfg.holdout_fraction,
+            seed=int(summary.get("seed", cfg.seed)),
+            replay_clips=math.ceil(cfg.replay_max_windows / CLIP_WINDOWS),
+            progress=cfg.progress,
+        )
         pool = list(earlier.replay)
         previous = [u for u in summary.get("confirmed", []) if u.get("to_ns", 0) <= cutoff_ns]
         rng = np.random.default_rng(cfg.seed + 2)
@@ -474,8 +559,12 @@ def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | N
     pick = np.sort(np.random.default_rng(cfg.seed + 4).choice(len(pool_w), min(n_replay, len(pool_w)), replace=False))
     replay_w, replay_ids = pool_w[pick], [pool_ids[i] for i in pick]
     if not len(pool_w):
-        log.warning("%s: no earlier training data to replay (data_root=%s): the model may forget earlier sounds; "
-                    "pass --data with the original training folder", machine_type, data_root)  # fmt: skip
+        log.warning(
+            "%s: no earlier training data to replay (data_root=%s): the model may forget earlier sounds; "
+            "pass --data with the original training folder",
+            machine_type,
+            data_root,
+        )
     new_w = [b.windows for b in fit]
     new_ids = [b.machine_id for b in fit for _ in range(len(b.windows))]
     fit_w = np.concatenate([*new_w, replay_w])
@@ -484,9 +573,17 @@ def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | N
     bank_w = np.concatenate([*new_w, pool_w])
 
     # 4. fine-tune from the current version
-    cand = fine_tune(parent, fit_w, fit_ids, cfg, bank_windows=bank_w, bank_ids=new_ids + pool_ids,
-                     bank_new=np.arange(len(bank_w)) < len(new_ids),
-                     encoder_mode=cfg.encoder_update, score_kind=score_kind)  # fmt: skip
+    cand = fine_tune(
+        parent,
+        fit_w,
+        fit_ids,
+        cfg,
+        bank_windows=bank_w,
+        bank_ids=new_ids + pool_ids,
+        bank_new=np.arange(len(bank_w)) < len(new_ids),
+        encoder_mode=cfg.encoder_update,
+        score_kind=score_kind,
+    )
 
     # 5. thresholds on calibration blocks + the earlier validation clips
     machine_ids = sorted(set(parent.machine_ids) | {b.machine_id for b in blocks})
@@ -511,28 +608,52 @@ def retrain_once(settings: Settings, machine_type: str, cfg: RetrainSettings | N
 
     new_cutoff = max(cutoff_ns, max(u["to_ns"] for u in used))
     stats = {
-        "new_seconds": round(new_seconds, 2), "intervals": [u["interval"] for u in used],
+        "new_seconds": round(new_seconds, 2),
+        "intervals": [u["interval"] for u in used],
         "blocks": {"fit": len(fit), "calib": len(calib), "gate": len(gate_blocks)},
-        "new_windows": n_new, "replay_windows": int(len(replay_w)), "bank_pool_windows": int(len(pool_w)),
-        "encoder_update": cand.encoder_mode, "score_kind": [parent.score_kind, cand.score_kind],
+        "new_windows": n_new,
+        "replay_windows": int(len(replay_w)),
+        "bank_pool_windows": int(len(pool_w)),
+        "encoder_update": cand.encoder_mode,
+        "score_kind": [parent.score_kind, cand.score_kind],
         "threshold_policy": threshold_policy,
-        "epochs": 0 if cand.encoder_mode == "bank" else cfg.epochs, "lr": cfg.lr,
-        "fine_tune_loss": cand.losses, "seconds": round(time.perf_counter() - t_start, 2),
-    }  # fmt: skip
+        "epochs": 0 if cand.encoder_mode == "bank" else cfg.epochs,
+        "lr": cfg.lr,
+        "fine_tune_loss": cand.losses,
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
     data_summary = {
-        "kind": "retrain", "parent_version": parent_version, "data_root": earlier.root or summary.get("data_root"),
+        "kind": "retrain",
+        "parent_version": parent_version,
+        "data_root": earlier.root or summary.get("data_root"),
         "data_cutoff": datetime.fromtimestamp(new_cutoff / NS, UTC).isoformat(),
-        "previous_data_cutoff": summary.get("data_cutoff"), "confirmed": (summary.get("confirmed", []) + used)[-500:],
-        "seed": int(summary.get("seed", cfg.seed)), "trained_at": datetime.now(UTC).isoformat(), **stats,
-    }  # fmt: skip
+        "previous_data_cutoff": summary.get("data_cutoff"),
+        "confirmed": (summary.get("confirmed", []) + used)[-500:],
+        "seed": int(summary.get("seed", cfg.seed)),
+        "trained_at": datetime.now(UTC).isoformat(),
+        **stats,
+    }
     metrics = {"gate": decision.to_dict(), "retrain": stats, "threshold_calibration": rule}
     artifact = Artifact(
-        machine_type=machine_type, method=cand.method, score_kind=cand.score_kind, feature_params=params,
-        median_k=parent.median_k, model_config=cand.model_config, state=cand.state, class_map=cand.class_map,
-        id_classes=cand.id_classes, thresholds=thresholds, default_threshold=default_thr, threshold_rule=rule,
-        knn_k=cand.knn_k, bank=cand.bank, data_summary=data_summary, metrics=metrics, parent_version=parent_version,
+        machine_type=machine_type,
+        method=cand.method,
+        score_kind=cand.score_kind,
+        feature_params=params,
+        median_k=parent.median_k,
+        model_config=cand.model_config,
+        state=cand.state,
+        class_map=cand.class_map,
+        id_classes=cand.id_classes,
+        thresholds=thresholds,
+        default_threshold=default_thr,
+        threshold_rule=rule,
+        knn_k=cand.knn_k,
+        bank=cand.bank,
+        data_summary=data_summary,
+        metrics=metrics,
+        parent_version=parent_version,
         class_source=cand.class_source,
-    )  # fmt: skip
+    )
     version = registry.save(artifact)
     if decision.passed:
         registry.set_current(machine_type, version)
@@ -549,13 +670,15 @@ def machine_types_to_retrain(settings: Settings, registry: Any = None) -> list[s
     registry = registry or ModelRegistry(settings.registry_root, settings.redis)
     types = registry.machine_types()
     if not types:
-        raise BadInput(f"no trained models under {settings.registry_root}",
-                       "train one first with `soundwatch train --data DIR`")  # fmt: skip
+        raise BadInput(
+            f"no trained models under {settings.registry_root}", "train one first with `soundwatch train --data DIR`"
+        )
     return types
 
 
-def retrain_round(settings: Settings, machine_type: str | None, cfg: RetrainSettings,
-                  archive: ArchiveSettings) -> list[RetrainOutcome]:  # fmt: skip
+def retrain_round(
+    settings: Settings, machine_type: str | None, cfg: RetrainSettings, archive: ArchiveSettings
+) -> list[RetrainOutcome]:
     """One round over one or all machine types; one type failing does not stop the others."""
     types = [machine_type] if machine_type else machine_types_to_retrain(settings)
     outcomes = []
@@ -570,8 +693,9 @@ def retrain_round(settings: Settings, machine_type: str | None, cfg: RetrainSett
     return outcomes
 
 
-def run_schedule(cron: str, job: Callable[[], object], stop: threading.Event | None = None,
-                 now: Callable[[], float] = time.time) -> None:  # fmt: skip
+def run_schedule(
+    cron: str, job: Callable[[], object], stop: threading.Event | None = None, now: Callable[[], float] = time.time
+) -> None:
     """Run ``job`` at every time ``cron`` names until ``stop`` is set; errors are logged, never fatal."""
     from croniter import croniter
 

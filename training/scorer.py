@@ -54,8 +54,16 @@ class WindowScorer:
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def build(cls, method: str, score_kind: str, model_config: dict, state: dict[str, dict],
-              id_classes: dict[str, list[int]], bank: dict[str, np.ndarray], knn_k: int) -> WindowScorer:  # fmt: skip
+    def build(
+        cls,
+        method: str,
+        score_kind: str,
+        model_config: dict,
+        state: dict[str, dict],
+        id_classes: dict[str, list[int]],
+        bank: dict[str, np.ndarray],
+        knn_k: int,
+    ) -> WindowScorer:
         """Rebuild from an artifact's config, state dicts and bank (see registry)."""
         enc = head = ae = None
         if method != "ae":  # every other method's artifact is an encoder + optional ID classifier

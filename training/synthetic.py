@@ -403,8 +403,7 @@ def write_dcase_dataset(
             jobs += [("train", "normal", i, None) for i in range(n_train)]
             jobs += [("test", "normal", n_train + i, None) for i in range(n_test_normal)]
             jobs += [
-                ("test", "anomaly", n_train + n_test_normal + i, faults[i % len(faults)])
-                for i in range(n_test_anomaly)
+                ("test", "anomaly", n_train + n_test_normal + i, faults[i % len(faults)]) for i in range(n_test_anomaly)
             ]
             for split, label, instance, fault in jobs:
                 audio = render_clip(

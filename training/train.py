@@ -83,8 +83,9 @@ class TrainResult:
 
 
 # -- data preparation ---------------------------------------------------------------------------
-def leave_one_clip_out_knn(scorer: WindowScorer, fit: WindowSet, emb: np.ndarray, median_k: int, seed: int,
-                           device: torch.device) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def leave_one_clip_out_knn(
+    scorer: WindowScorer, fit: WindowSet, emb: np.ndarray, median_k: int, seed: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Median-filtered kNN scores of every fit clip against its machine's bank without that clip's windows."""
     full_bank = scorer.bank
     fit_ids = np.array(fit.machine_ids())
@@ -146,8 +147,9 @@ def choose_classes(records: Sequence[ClipRecord]) -> tuple[str, list[str], Calla
 
 
 # -- ae --------------------------------------------------------------------------------------------
-def _train_ae(ws: WindowSet, cfg: TrainConfig, device: torch.device, gen: torch.Generator,
-              metrics: dict[str, Any]) -> FrameAE:  # fmt: skip
+def _train_ae(
+    ws: WindowSet, cfg: TrainConfig, device: torch.device, gen: torch.Generator, metrics: dict[str, Any]
+) -> FrameAE:
     ae = FrameAE(AEConfig(n_mels=ws.windows.shape[1]))
     # One scalar mean/std: keeps the baseline's equal weighting of all mel bins in the MSE.
     ae.norm.fit(norm_sample(ws.windows, cfg.seed), per_bin=False)
@@ -199,11 +201,14 @@ def train_machine_type(
     fit = load_windows(fit_recs, params, desc=f"{mtype} features (fit)", progress=cfg.progress)
     hold = load_windows(hold_recs, params, desc=f"{mtype} features (held out)", progress=cfg.progress)
     if len(fit.records) == 0:
-        raise BadInput(f"every training clip of {mtype!r} was unusable",
-                       hint="; ".join(s.reason for s in fit.skipped[:3]))  # fmt: skip
+        raise BadInput(
+            f"every training clip of {mtype!r} was unusable", hint="; ".join(s.reason for s in fit.skipped[:3])
+        )
     if len(fit.windows) < 2:
-        raise BadInput(f"{mtype!r} has {len(fit.windows)} usable training window(s); training needs at least 2",
-                       hint=f"add normal training clips of at least {params.window_seconds:.1f} s")  # fmt: skip
+        raise BadInput(
+            f"{mtype!r} has {len(fit.windows)} usable training window(s); training needs at least 2",
+            hint=f"add normal training clips of at least {params.window_seconds:.1f} s",
+        )
     metrics: dict[str, Any] = {}
     machine_ids = sorted({r.machine_id for r in fit.records} | {r.machine_id for r in hold.records})
 
@@ -249,14 +254,18 @@ def train_machine_type(
     calib_clips = [calib.clip_windows(i) for i in range(len(calib.records))]
     calib_ids = [r.machine_id for r in calib.records]
     criteria = {
-        kind: pseudo_anomaly_auc(lambda w, m, kind=kind: scorer.score(w, m, kind), calib_clips, calib_ids,
-                                 cfg.median_k, cfg.seed)  # fmt: skip
+        kind: pseudo_anomaly_auc(
+            lambda w, m, kind=kind: scorer.score(w, m, kind), calib_clips, calib_ids, cfg.median_k, cfg.seed
+        )
         for kind in kinds
     }
     score_kind = choose_score_kind(criteria)
     scorer.score_kind = score_kind
-    metrics["score_selection"] = {"criterion": "mean pseudo-anomaly clip AUC on held-out normal clips",
-                                  "candidates": criteria, "chosen": score_kind}  # fmt: skip
+    metrics["score_selection"] = {
+        "criterion": "mean pseudo-anomaly clip AUC on held-out normal clips",
+        "candidates": criteria,
+        "chosen": score_kind,
+    }
 
     # Thresholds on the median-filtered held-out window scores, per machine.
     win_scores = scorer.score(calib.windows, calib.machine_ids())
@@ -297,12 +306,25 @@ def train_machine_type(
         "epochs": cfg.stage_epochs(),
     }
     artifact = Artifact(
-        machine_type=mtype, method=cfg.method, score_kind=score_kind, feature_params=params,
-        median_k=cfg.median_k, model_config=model_config, state=state, class_map=class_names,
-        id_classes=id_classes, thresholds=thresholds, default_threshold=default_threshold,
-        threshold_rule=rule, knn_k=cfg.knn_k, bank=bank, data_summary=data_summary, metrics=metrics,
-        parent_version=parent_version, class_source=class_source,
-    )  # fmt: skip
+        machine_type=mtype,
+        method=cfg.method,
+        score_kind=score_kind,
+        feature_params=params,
+        median_k=cfg.median_k,
+        model_config=model_config,
+        state=state,
+        class_map=class_names,
+        id_classes=id_classes,
+        thresholds=thresholds,
+        default_threshold=default_threshold,
+        threshold_rule=rule,
+        knn_k=cfg.knn_k,
+        bank=bank,
+        data_summary=data_summary,
+        metrics=metrics,
+        parent_version=parent_version,
+        class_source=class_source,
+    )
     skipped = [(str(s.path), s.reason) for s in fit.skipped + hold.skipped]
     if not math.isfinite(default_threshold):
         raise BadInput(f"calibration of {mtype!r} produced a non-finite threshold", hint="check the training audio")

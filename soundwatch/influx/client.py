@@ -38,8 +38,9 @@ _CREDENTIALS_HINT = (
 class InfluxWriteError(SoundwatchError):
     """A write failed. ``retryable`` is False only when the server rejected the data itself."""
 
-    def __init__(self, message: str, hint: str | None = None, *, retryable: bool = True,
-                 status: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, message: str, hint: str | None = None, *, retryable: bool = True, status: int | None = None
+    ) -> None:
         super().__init__(message, hint)
         self.retryable = retryable
         self.status = status
@@ -130,11 +131,14 @@ class InfluxClient:
         """Write line-protocol ``lines`` (nanosecond timestamps) or raise :class:`InfluxWriteError`."""
         body = "\n".join(lines).encode()
         try:
-            resp = self._session.post(self.url + self._write_path, params=self._write_params, data=body,
-                                      timeout=self.timeout_s)  # fmt: skip
+            resp = self._session.post(
+                self.url + self._write_path, params=self._write_params, data=body, timeout=self.timeout_s
+            )
         except requests.RequestException as exc:
-            raise InfluxWriteError(f"cannot reach {self.where}: {_describe(exc)}",
-                                   "start InfluxDB (soundwatch services up) or fix SOUNDWATCH_INFLUX__URL") from exc
+            raise InfluxWriteError(
+                f"cannot reach {self.where}: {_describe(exc)}",
+                "start InfluxDB (soundwatch services up) or fix SOUNDWATCH_INFLUX__URL",
+            ) from exc
         if resp.status_code not in (200, 204):
             raise _write_error(resp.status_code, resp.text, self.where)
 
@@ -163,15 +167,20 @@ class InfluxClient:
         try:
             resp = self._session.request(method, self.url + "/query", params=params, timeout=self.timeout_s)
         except requests.RequestException as exc:
-            raise ServiceUnavailable(f"cannot reach InfluxDB at {self.shown_url}: {_describe(exc)}",
-                                     "start it (`soundwatch services up`) or fix SOUNDWATCH_INFLUX__URL") from exc
+            raise ServiceUnavailable(
+                f"cannot reach InfluxDB at {self.shown_url}: {_describe(exc)}",
+                "start it (`soundwatch services up`) or fix SOUNDWATCH_INFLUX__URL",
+            ) from exc
         status = resp.status_code
         if status in (401, 403):
-            raise ConfigError(f"InfluxDB at {self.shown_url} refused the credentials (HTTP {status}) for {q!r}",
-                              _CREDENTIALS_HINT)  # fmt: skip
+            raise ConfigError(
+                f"InfluxDB at {self.shown_url} refused the credentials (HTTP {status}) for {q!r}", _CREDENTIALS_HINT
+            )
         if status == 404:
-            raise ConfigError(f"InfluxDB at {self.shown_url} has no /query endpoint (HTTP 404)",
-                              "fix SOUNDWATCH_INFLUX__URL (scheme, host and port of the InfluxDB HTTP API)")
+            raise ConfigError(
+                f"InfluxDB at {self.shown_url} has no /query endpoint (HTTP 404)",
+                "fix SOUNDWATCH_INFLUX__URL (scheme, host and port of the InfluxDB HTTP API)",
+            )
         if status >= 500:
             raise ServiceUnavailable(
                 f"InfluxDB at {self.shown_url} failed on {q!r} (HTTP {status}): {_body(resp.text)}",
@@ -184,12 +193,17 @@ class InfluxClient:
         results = payload.get("results", [])
         error = payload.get("error") or next((r["error"] for r in results if "error" in r), "")
         if status != 200 or error:
-            raise InfluxQueryError(f"InfluxDB rejected {q!r} (HTTP {status}): {error or _body(resp.text)}",
-                                   "check the statement and the database name", error=error)  # fmt: skip
+            raise InfluxQueryError(
+                f"InfluxDB rejected {q!r} (HTTP {status}): {error or _body(resp.text)}",
+                "check the statement and the database name",
+                error=error,
+            )
         if not results:
             return []
-        return [Series(s.get("name", ""), dict(s.get("tags") or {}), list(s["columns"]), list(s.get("values") or []))
-                for s in results[0].get("series", [])]  # fmt: skip
+        return [
+            Series(s.get("name", ""), dict(s.get("tags") or {}), list(s["columns"]), list(s.get("values") or []))
+            for s in results[0].get("series", [])
+        ]
 
 
 def _describe(exc: Exception) -> str:
@@ -204,14 +218,20 @@ def _body(text: str) -> str:
 def _write_error(status: int, body: str, where: str) -> InfluxWriteError:
     text = _body(body)
     if status in (400, 422):  # malformed points, field-type conflicts, outside retention: retrying cannot help
-        return InfluxWriteError(f"{where} rejected the points (HTTP {status}): {text}",
-                                "this is a bug or a field-type conflict in the database; the points are dropped",
-                                retryable=False, status=status)  # fmt: skip
+        return InfluxWriteError(
+            f"{where} rejected the points (HTTP {status}): {text}",
+            "this is a bug or a field-type conflict in the database; the points are dropped",
+            retryable=False,
+            status=status,
+        )
     hints = {
         401: _CREDENTIALS_HINT,
         403: "the credentials lack write permission on this database/bucket",
         404: "the database/bucket does not exist: create it (CREATE DATABASE ...) or fix the name",
     }
-    return InfluxWriteError(f"{where} answered HTTP {status}: {text}",
-                            hints.get(status, "InfluxDB is overloaded or failing; the write is retried"),
-                            retryable=True, status=status)  # fmt: skip
+    return InfluxWriteError(
+        f"{where} answered HTTP {status}: {text}",
+        hints.get(status, "InfluxDB is overloaded or failing; the write is retried"),
+        retryable=True,
+        status=status,
+    )

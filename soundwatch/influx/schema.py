@@ -124,36 +124,66 @@ class Point:
 
 
 # ---------------------------------------------------------------- builders
-def score_point(*, machine_type: str, machine_id: str, model_version: str, end_ns: int, score: float,
-                score_median: float, threshold: float, anomalous: bool) -> Point:  # fmt: skip
+def score_point(
+    *,
+    machine_type: str,
+    machine_id: str,
+    model_version: str,
+    end_ns: int,
+    score: float,
+    score_median: float,
+    threshold: float,
+    anomalous: bool,
+) -> Point:
     """The ``asd_score`` point of one window (timestamp = window end, so replays overwrite)."""
     return Point(
         SCORE_MEASUREMENT,
         {MACHINE_TYPE: machine_type, MACHINE_ID: machine_id, MODEL_VERSION: model_version},
-        {SCORE: float(score), SCORE_MEDIAN: float(score_median), THRESHOLD: float(threshold),
-         ANOMALOUS: bool(anomalous)},  # fmt: skip
+        {
+            SCORE: float(score),
+            SCORE_MEDIAN: float(score_median),
+            THRESHOLD: float(threshold),
+            ANOMALOUS: bool(anomalous),
+        },
         end_ns,
     )
 
 
-def alert_point(*, machine_type: str, machine_id: str, state: str, score_median: float, threshold: float,
-                time_ns: int) -> Point:  # fmt: skip
+def alert_point(
+    *, machine_type: str, machine_id: str, state: str, score_median: float, threshold: float, time_ns: int
+) -> Point:
     """The ``asd_alert`` point of an alert state change (Grafana annotations read it)."""
-    return Point(ALERT_MEASUREMENT, {MACHINE_TYPE: machine_type, MACHINE_ID: machine_id},
-                 {STATE: state, SCORE_MEDIAN: float(score_median), THRESHOLD: float(threshold)},
-                 time_ns)  # fmt: skip
+    return Point(
+        ALERT_MEASUREMENT,
+        {MACHINE_TYPE: machine_type, MACHINE_ID: machine_id},
+        {STATE: state, SCORE_MEDIAN: float(score_median), THRESHOLD: float(threshold)},
+        time_ns,
+    )
 
 
-def machine_status_point(*, machine_type: str, machine_id: str, seconds_since_audio: float, alerting: bool,
-                         stale: bool, time_ns: int) -> Point:  # fmt: skip
+def machine_status_point(
+    *, machine_type: str, machine_id: str, seconds_since_audio: float, alerting: bool, stale: bool, time_ns: int
+) -> Point:
     """The ``machine_status`` point of one known machine at ``time_ns`` (wall clock)."""
     state = MachineState.of(alerting=alerting, stale=stale)
-    return Point(MACHINE_STATUS_MEASUREMENT, {MACHINE_TYPE: machine_type, MACHINE_ID: machine_id},
-                 {SECONDS_SINCE_AUDIO: float(seconds_since_audio), STATE: state.value, ALERTING: int(alerting),
-                  STALE: int(stale)}, time_ns)  # fmt: skip
+    return Point(
+        MACHINE_STATUS_MEASUREMENT,
+        {MACHINE_TYPE: machine_type, MACHINE_ID: machine_id},
+        {
+            SECONDS_SINCE_AUDIO: float(seconds_since_audio),
+            STATE: state.value,
+            ALERTING: int(alerting),
+            STALE: int(stale),
+        },
+        time_ns,
+    )
 
 
 def pipeline_point(stage: str, worker: str, fields: Mapping[str, FieldValue], time_ns: int | None = None) -> Point:
     """A ``pipeline`` health point of one worker (wall-clock time unless ``time_ns`` is given)."""
-    return Point(PIPELINE_MEASUREMENT, {STAGE: stage, WORKER: worker}, dict(fields),
-                 time.time_ns() if time_ns is None else time_ns)  # fmt: skip
+    return Point(
+        PIPELINE_MEASUREMENT,
+        {STAGE: stage, WORKER: worker},
+        dict(fields),
+        time.time_ns() if time_ns is None else time_ns,
+    )

@@ -80,8 +80,11 @@ class BufferedSink:
 
     @classmethod
     def from_settings(cls, settings: InfluxSettings, writer: LineWriter | None = None) -> BufferedSink:
-        return cls(writer or InfluxClient(settings), batch_size=settings.batch_size,
-                   max_buffer_points=settings.max_buffer_points)  # fmt: skip
+        return cls(
+            writer or InfluxClient(settings),
+            batch_size=settings.batch_size,
+            max_buffer_points=settings.max_buffer_points,
+        )
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -140,8 +143,13 @@ class BufferedSink:
                 self.stats.consecutive_failures += 1
                 delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (self.stats.consecutive_failures - 1))
                 self._next_try_at = self.clock() + delay
-                log.warning("InfluxDB write failed (attempt %d, next in %.1fs, %d points buffered): %s",
-                            self.stats.consecutive_failures, delay, len(self._lines), exc)  # fmt: skip
+                log.warning(
+                    "InfluxDB write failed (attempt %d, next in %.1fs, %d points buffered): %s",
+                    self.stats.consecutive_failures,
+                    delay,
+                    len(self._lines),
+                    exc,
+                )
                 if self.clock() >= deadline:
                     return False
                 continue

@@ -132,9 +132,7 @@ class Scenario:
 
 def make_scenario(now_s: int) -> Scenario:
     start = now_s - HOUR_S
-    sc = Scenario(
-        now_s, start, anomaly_from_s=now_s - 1200, model_switch_s=now_s - 1800, silent_from_s=now_s - 1800
-    )
+    sc = Scenario(now_s, start, anomaly_from_s=now_s - 1200, model_switch_s=now_s - 1800, silent_from_s=now_s - 1800)
     medians = {m: StreamingMedian(MEDIAN_K) for m in KNOWN}
     for k, t in enumerate(range(start + STEP_S, now_s, STEP_S)):
         for m in (FAN0, FAN2, PUMP0):
@@ -197,8 +195,15 @@ def make_scenario(now_s: int) -> Scenario:
                 continue
             since = float(t - heard)
             alerting = (m == FAN0 and t >= fan0_alert_s) or (m == FAN2 and now_s - 3000 <= t < now_s - 2900)
-            sc.status.append({"t": t, "machine": m, "seconds_since_audio": since, "alerting": alerting,
-                              "stale": since > STALE_AFTER_S})  # fmt: skip
+            sc.status.append(
+                {
+                    "t": t,
+                    "machine": m,
+                    "seconds_since_audio": since,
+                    "alerting": alerting,
+                    "stale": since > STALE_AFTER_S,
+                }
+            )
     sc.alerts = [
         {"t": now_s - 3000, "machine": FAN2, "state": "alerting", "score_median": 1.6, "threshold": 1.5},
         {"t": now_s - 2900, "machine": FAN2, "state": "normal", "score_median": 1.1, "threshold": 1.5},

@@ -153,11 +153,7 @@ class FakeGrafana:
             if body.get("folderUid") and body["folderUid"] not in self.folders:
                 return 400, {"message": "folder not found"}
             old = self.dashboards.get(uid)
-            if (
-                old is not None
-                and not body.get("overwrite")
-                and board.get("version") != old["dashboard"]["version"]
-            ):
+            if old is not None and not body.get("overwrite") and board.get("version") != old["dashboard"]["version"]:
                 return 412, {
                     "message": "The dashboard has been changed by someone else",
                     "status": "version-mismatch",
@@ -180,9 +176,7 @@ class FakeGrafana:
             return 200, copy.deepcopy(self.dashboards[rest[1]])
         return 404, {"message": "Dashboard not found"}
 
-    def _provisioning(
-        self, method: str, rest: list[str], query: dict[str, list[str]], body: Any
-    ) -> tuple[int, Any]:
+    def _provisioning(self, method: str, rest: list[str], query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         if rest[:1] == ["alert-rules"]:
             return self._rules(method, rest[1:], body)
         if rest[:1] == ["folder"] and rest[2:3] == ["rule-groups"]:
@@ -191,16 +185,12 @@ class FakeGrafana:
                 return 404, {"message": "rule group not found"}
             if method == "PUT":
                 self.groups[key] = body["interval"]
-            rules = [
-                self._public_rule(u) for u, r in self.rules.items() if (r["folderUID"], r["ruleGroup"]) == key
-            ]
+            rules = [self._public_rule(u) for u, r in self.rules.items() if (r["folderUID"], r["ruleGroup"]) == key]
             return 200, {"title": key[1], "folderUid": key[0], "interval": self.groups[key], "rules": rules}
         if rest == ["contact-points"]:
             if method == "GET":
                 name = query.get("name", [None])[0]
-                return 200, [
-                    copy.deepcopy(c) for c in self.contact_points.values() if name in (None, c["name"])
-                ]
+                return 200, [copy.deepcopy(c) for c in self.contact_points.values() if name in (None, c["name"])]
             if method == "POST":
                 self.contact_points[body["uid"]] = {**copy.deepcopy(body), "provenance": "api"}
                 return 202, self.contact_points[body["uid"]]
@@ -221,8 +211,7 @@ class FakeGrafana:
                 missing = _receivers(body) - names
                 if missing:
                     return 400, {
-                        "message": f"invalid object specification: receiver '{sorted(missing)[0]}' "
-                        "does not exist"
+                        "message": f"invalid object specification: receiver '{sorted(missing)[0]}' does not exist"
                     }
                 self.policy = copy.deepcopy(body)
                 return 202, {"message": "policies updated"}
@@ -265,11 +254,7 @@ class FakeGrafana:
                 return f"data source {item['datasourceUid']} does not exist"
         if rule["condition"] not in {d["refId"] for d in rule["data"]}:
             return "condition refers to an unknown refId"
-        titles = {
-            r["title"]
-            for u, r in self.rules.items()
-            if u != rule["uid"] and r["folderUID"] == rule["folderUID"]
-        }
+        titles = {r["title"] for u, r in self.rules.items() if u != rule["uid"] and r["folderUID"] == rule["folderUID"]}
         if rule["title"] in titles:
             return "a rule with the same title already exists in the folder"
         return None

@@ -129,14 +129,10 @@ def test_cli_bad_machine_raises_bad_input(settings, tmp_path):
 
 def test_cli_push_twice(settings):
     with FakeGrafana("tok") as grafana:
-        first = runner.invoke(
-            app, ["push", "--url", grafana.url, "--token", "tok", "--machines", "fan/id_00"]
-        )
+        first = runner.invoke(app, ["push", "--url", grafana.url, "--token", "tok", "--machines", "fan/id_00"])
         assert first.exit_code == 0, first.output
         assert len(json.loads(first.stdout)["created"]) == 1 + 1 + 3 + 1 + 2 + 1  # ... rules: 2 + audio loss
-        second = runner.invoke(
-            app, ["push", "--url", grafana.url, "--token", "tok", "--machines", "fan/id_00"]
-        )
+        second = runner.invoke(app, ["push", "--url", grafana.url, "--token", "tok", "--machines", "fan/id_00"])
         assert second.exit_code == 0, second.output
         report = json.loads(second.stdout)
         assert report["created"] == report["updated"] == report["deleted"] == []
@@ -168,9 +164,7 @@ def test_cli_render_and_from_influx(isolated_settings, scenario, tmp_path, monke
     monkeypatch.setenv("SOUNDWATCH_INFLUX__DATABASE", isolated_settings.influx.database)
     get_settings.cache_clear()
     try:
-        result = runner.invoke(
-            app, ["render", "--out", str(tmp_path), "--from-influx", "--machine", "fan/id_02"]
-        )
+        result = runner.invoke(app, ["render", "--out", str(tmp_path), "--from-influx", "--machine", "fan/id_02"])
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
@@ -187,9 +181,7 @@ def _save_untrained_model(root, machine_type: str, machine_ids: list[str]) -> No
 
     params = FeatureParams()
     torch.manual_seed(0)
-    cfg = EncoderConfig(
-        n_mels=params.n_mels, window_frames=params.window_frames, channels=(4,), embedding_dim=8
-    )
+    cfg = EncoderConfig(n_mels=params.n_mels, window_frames=params.window_frames, channels=(4,), embedding_dim=8)
     encoder, head = Encoder(cfg), ArcMarginHead(cfg.embedding_dim, len(machine_ids), 30.0, 0.5)
     ModelRegistry(root).save(
         Artifact(
@@ -221,8 +213,6 @@ def test_machines_from_the_model_registry(tmp_path, settings, monkeypatch):
 
     monkeypatch.setenv("SOUNDWATCH_REGISTRY_ROOT", str(root))
     get_settings.cache_clear()
-    result = runner.invoke(
-        app, ["export", "--out", str(tmp_path / "out")]
-    )  # no --machines: the registry decides
+    result = runner.invoke(app, ["export", "--out", str(tmp_path / "out")])  # no --machines: the registry decides
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["machines"] == ["fan/id_00", "fan/id_02", "valve/id_04"]

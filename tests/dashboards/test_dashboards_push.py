@@ -31,9 +31,7 @@ def grafana():
 def test_first_push_creates_everything_in_dependency_order(settings, grafana):
     report = push(grafana.url, TOKEN, settings, KNOWN)
     n_rules = 2 * len(KNOWN) + 1  # two per machine, one fleet-wide audio-loss rule
-    assert (
-        len(report.created) == 1 + 1 + 3 + 1 + n_rules
-    )  # folder, data source, dashboards, contact point, rules
+    assert len(report.created) == 1 + 1 + 3 + 1 + n_rules  # folder, data source, dashboards, contact point, rules
     assert report.updated == ["policy:root"] and report.deleted == []
     paths = [(r.method, r.path) for r in grafana.writes]
     assert paths[:6] == [
@@ -74,9 +72,7 @@ def test_second_push_sends_no_write(settings, grafana):
     versions = {uid: d["dashboard"]["version"] for uid, d in grafana.dashboards.items()}
     report = push(grafana.url, TOKEN, settings, KNOWN)
     second = grafana.requests[before:]
-    assert second and all(r.method == "GET" for r in second), [
-        (r.method, r.path) for r in second if r.method != "GET"
-    ]
+    assert second and all(r.method == "GET" for r in second), [(r.method, r.path) for r in second if r.method != "GET"]
     assert not report.changed and len(report.unchanged) == 1 + 1 + 3 + 1 + 1 + 2 * len(KNOWN) + 1
     assert {uid: d["dashboard"]["version"] for uid, d in grafana.dashboards.items()} == versions
 
@@ -91,12 +87,8 @@ def test_changed_settings_update_only_what_changed(settings, grafana):
     writes = [(r.method, r.path) for r in grafana.requests[before:] if r.method != "GET"]
     anomaly_uids = {alerting.rule_uid("anomaly", m) for m in (FAN0, FAN2, PUMP0)}
     slider = KNOWN[3]
-    assert sorted(report.updated) == sorted(f"alert-rule:{u}" for u in anomaly_uids) + [
-        "dashboard:soundwatch-fleet"
-    ]
-    assert sorted(report.deleted) == sorted(
-        f"alert-rule:{alerting.rule_uid(k, slider)}" for k in ("anomaly", "nodata")
-    )
+    assert sorted(report.updated) == sorted(f"alert-rule:{u}" for u in anomaly_uids) + ["dashboard:soundwatch-fleet"]
+    assert sorted(report.deleted) == sorted(f"alert-rule:{alerting.rule_uid(k, slider)}" for k in ("anomaly", "nodata"))
     assert sorted(writes) == sorted(
         [("PUT", f"/api/v1/provisioning/alert-rules/{u}") for u in anomaly_uids]
         + [("POST", "/api/dashboards/db")]  # the fleet status grid lost a tile

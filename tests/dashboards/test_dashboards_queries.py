@@ -37,9 +37,7 @@ def test_fleet_overview_panels(isolated_settings, scenario):
     board = fleet_dashboard(g, KNOWN)
     run = _runner(isolated_settings, sc)
 
-    latest = {
-        n: s.values[-1] for n, s in _by_name(run.panel(board, "Median score / threshold (latest)")).items()
-    }
+    latest = {n: s.values[-1] for n, s in _by_name(run.panel(board, "Median score / threshold (latest)")).items()}
     expected = {m.key: sc.of(m)[-1].score_median / sc.of(m)[-1].threshold for m in (FAN0, FAN2, PUMP0)}
     assert latest.keys() == expected.keys()  # slider never reported: no bar
     for key, value in expected.items():
@@ -200,9 +198,7 @@ def test_pipeline_health_panels(isolated_settings, scenario):
     assert sum(errors["scoring/s-1"].values) == counter[-1][1] - first_bucket_max
     assert set(errors["scoring/s-2"].values) == {0.0}
     buffered = _by_name(run.panel(board, "Buffered points"))
-    assert (
-        max(buffered["scoring/s-1"].values) == max(v for _, v in truth("scoring", "s-1", "buffer_points")) > 0
-    )
+    assert max(buffered["scoring/s-1"].values) == max(v for _, v in truth("scoring", "s-1", "buffer_points")) > 0
     (rate_now,) = run.panel(board, "Scoring throughput now")
     assert rate_now.values == [2.5]
     (lag_now,) = run.panel(board, "Max consumer lag now")
@@ -265,23 +261,17 @@ def test_every_query_runs_and_returns_data(isolated_settings, scenario):
     for board in (fleet_dashboard(g, reporting), machine_dashboard(g, reporting), pipeline_dashboard(g)):
         queries += [t["query"] for p in board["panels"] for t in p.get("targets", [])]
         queries += [
-            a["target"]["query"]
-            for a in board["annotations"]["list"]
-            if "target" in a and "query" in a["target"]
+            a["target"]["query"] for a in board["annotations"]["list"] if "target" in a and "query" in a["target"]
         ]
         queries += [v["query"] for v in board["templating"]["list"]]
     for group in alerting.rule_groups(g, [FAN0]):  # the machine rules and the fleet-wide pipeline rule
-        queries += [
-            d["model"]["query"] for r in group["rules"] for d in r["data"] if d["datasourceUid"] != "__expr__"
-        ]
+        queries += [d["model"]["query"] for r in group["rules"] for d in r["data"] if d["datasourceUid"] != "__expr__"]
     # 11 fleet + 12 machine (incl. annotations, variables) + 7 pipeline + 3 machine rule + 2 pipeline rule
     assert len(queries) >= 35
     empty = []
     for text in queries:
         series = client.query(
-            interpolate(
-                text, start_ms=sc.start_ms, end_ms=int(time.time() * 1000), interval="1m", variables=variables
-            )
+            interpolate(text, start_ms=sc.start_ms, end_ms=int(time.time() * 1000), interval="1m", variables=variables)
         )
         if not series:
             empty.append(text)

@@ -43,11 +43,7 @@ def lost(original: Any, roundtrip: Any, path: str = "") -> list[str]:
     if isinstance(original, list):
         if not isinstance(roundtrip, list) or len(original) != len(roundtrip):
             return [f"{path}: list changed"]
-        return [
-            p
-            for i, (a, b) in enumerate(zip(original, roundtrip, strict=True))
-            for p in lost(a, b, f"{path}[{i}]")
-        ]
+        return [p for i, (a, b) in enumerate(zip(original, roundtrip, strict=True)) for p in lost(a, b, f"{path}[{i}]")]
     return [] if original == roundtrip else [f"{path}: {original!r} -> {roundtrip!r}"]
 
 
@@ -128,9 +124,7 @@ def test_rules_carry_labels_annotations_and_settings(grafana):
         "machine_id": "id_00",
     }
     assert anomaly["noDataState"] == "OK" and anomaly["condition"] == "C"
-    assert (
-        "$values.B" in anomaly["annotations"]["summary"] and "$values.TH" in anomaly["annotations"]["summary"]
-    )
+    assert "$values.B" in anomaly["annotations"]["summary"] and "$values.TH" in anomaly["annotations"]["summary"]
     assert anomaly["annotations"]["dashboard_url"].endswith("var-machine_type=fan&var-machine=id_00")
     assert anomaly["annotations"]["__dashboardUid__"] == "soundwatch-machine"
     assert "confirmed-normal" in anomaly["annotations"]["runbook"]

@@ -20,10 +20,20 @@ def _legacy_version(root: Path) -> str:
 
     from training.registry import Artifact, ModelRegistry
 
-    artifact = Artifact(machine_type="fan", method="clp", score_kind="knn", feature_params=FeatureParams(),
-                        median_k=3, model_config={}, state={"encoder": {"w": torch.zeros(2)}}, class_map=["id_00"],
-                        id_classes={"id_00": [0]}, thresholds={"id_00": 1.0}, default_threshold=1.0,
-                        threshold_rule="test")  # fmt: skip
+    artifact = Artifact(
+        machine_type="fan",
+        method="clp",
+        score_kind="knn",
+        feature_params=FeatureParams(),
+        median_k=3,
+        model_config={},
+        state={"encoder": {"w": torch.zeros(2)}},
+        class_map=["id_00"],
+        id_classes={"id_00": [0]},
+        thresholds={"id_00": 1.0},
+        default_threshold=1.0,
+        threshold_rule="test",
+    )
     return ModelRegistry(root, signing_key=None).save(artifact)
 
 
@@ -53,7 +63,8 @@ def test_the_demo_generates_a_private_key_once_and_signs_older_models(
 
 def test_a_configured_key_is_used_and_nothing_is_written(tmp_path: Path) -> None:
     key_file = tmp_path / "var" / "registry-signing.key"
-    settings = load_settings(registry_root=tmp_path / "registry",
-                             registry_signing_key=SecretStr("configured-key-0123456789"))  # fmt: skip
+    settings = load_settings(
+        registry_root=tmp_path / "registry", registry_signing_key=SecretStr("configured-key-0123456789")
+    )
     assert ensure_signing_key(settings, key_file) is settings
     assert not key_file.exists()

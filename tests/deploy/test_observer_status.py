@@ -38,9 +38,10 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
 
 
 def test_live_view_shows_stale_machines(isolated_settings: Settings):
-    s = load_settings(**{k: getattr(isolated_settings, k).model_dump() for k in ("kafka", "redis", "influx")},
-                      scoring={**isolated_settings.scoring.model_dump(), "status_interval_s": 1.0,
-                               "stale_after_s": 3.0})  # fmt: skip
+    s = load_settings(
+        **{k: getattr(isolated_settings, k).model_dump() for k in ("kafka", "redis", "influx")},
+        scoring={**isolated_settings.scoring.model_dump(), "status_interval_s": 1.0, "stale_after_s": 3.0},
+    )
     observer = PipelineObserver(s, keep_windows=False).start()
     try:
         # two machines score now; the workers report fan/id_01 as stale (its audio stopped 75 s ago)
@@ -52,14 +53,31 @@ def test_live_view_shows_stale_machines(isolated_settings: Settings):
         producer.close()
         now = time.time_ns()
         with InfluxClient(s.influx) as influx:
-            influx.write([
-                machine_status_point(machine_type="fan", machine_id="id_00", seconds_since_audio=0.4, alerting=False,
-                                     stale=False, time_ns=now).to_line(),
-                machine_status_point(machine_type="fan", machine_id="id_01", seconds_since_audio=75.0, alerting=False,
-                                     stale=True, time_ns=now).to_line(),
-            ])  # fmt: skip
-        _wait(lambda: {v.key: v.status for v in observer.snapshot()} == {"fan/id_00": "normal", "fan/id_01": "stale"},
-              30, "the workers' status in the view")  # fmt: skip
+            influx.write(
+                [
+                    machine_status_point(
+                        machine_type="fan",
+                        machine_id="id_00",
+                        seconds_since_audio=0.4,
+                        alerting=False,
+                        stale=False,
+                        time_ns=now,
+                    ).to_line(),
+                    machine_status_point(
+                        machine_type="fan",
+                        machine_id="id_01",
+                        seconds_since_audio=75.0,
+                        alerting=False,
+                        stale=True,
+                        time_ns=now,
+                    ).to_line(),
+                ]
+            )
+        _wait(
+            lambda: {v.key: v.status for v in observer.snapshot()} == {"fan/id_00": "normal", "fan/id_01": "stale"},
+            30,
+            "the workers' status in the view",
+        )
         views = {v.key: v for v in observer.snapshot()}
         assert not observer.is_stale(views["fan/id_00"]) and observer.is_stale(views["fan/id_01"])
         rows = _rows(observer)

@@ -31,8 +31,14 @@ SECRETS = {
 
 def _run(args: list[str], tmp_path) -> str:
     env = {**os.environ, **SECRETS, "SOUNDWATCH_SERVICES__STATE_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "soundwatch.cli", "--debug", *args], env=env,
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "soundwatch.cli", "--debug", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     return out.stdout + out.stderr
 
 
@@ -114,8 +120,14 @@ class Runs:
 
     def __call__(self, env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         full = {**{k: v for k, v in os.environ.items() if not k.startswith("SOUNDWATCH_")}, **env}
-        out = subprocess.run([sys.executable, "-m", "soundwatch.cli", *args], env=full, cwd=self.cwd,
-                             capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "soundwatch.cli", *args],
+            env=full,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         self.outputs.append((" ".join(args), out.stdout + out.stderr))
         return out
 
@@ -123,8 +135,13 @@ class Runs:
 @pytest.mark.integration
 def test_no_secret_in_any_output_or_under_var_even_with_debug_and_failures(stack, tmp_path, unique):
     paths = secret_fields()
-    assert {("kafka", "sasl_password"), ("redis", "password"), ("influx", "password"), ("influx", "token"),
-            ("grafana", "token")} <= set(paths)  # fmt: skip
+    assert {
+        ("kafka", "sasl_password"),
+        ("redis", "password"),
+        ("influx", "password"),
+        ("influx", "token"),
+        ("grafana", "token"),
+    } <= set(paths)
     secrets = {path: _recognisable(path) for path in paths}
     secrets[("influx", "password")] = INFLUX_PASSWORD
     influxd_bin = Path("/usr/bin/influxd")
@@ -183,8 +200,9 @@ def test_no_secret_in_any_output_or_under_var_even_with_debug_and_failures(stack
     watched = {p: _forms(v, INFLUX_USER if p == ("influx", "password") else None) for p, v in secrets.items()}
     watched[("redis", "url")] = _forms(REDIS_URL_PASSWORD)
     for name, text in run.outputs:
-        leaks += [f"{'.'.join(p)} in the output of `{name}`" for p, forms in watched.items()
-                  if any(f in text for f in forms)]  # fmt: skip
+        leaks += [
+            f"{'.'.join(p)} in the output of `{name}`" for p, forms in watched.items() if any(f in text for f in forms)
+        ]
     files = [f for f in (work / "var").rglob("*") if f.is_file()]
     assert files, "the commands wrote nothing under var/: the check below would prove nothing"
     for f in files:
@@ -198,8 +216,10 @@ def test_redaction_masks_url_credentials_parameters_headers_and_known_secrets():
 
     redaction.register_basic_auth("ops", "kn0wn:s3cret")
     basic = base64.b64encode(b"ops:kn0wn:s3cret").decode()
-    text = (f"redis://:pw1@h:6379/0 http://u:pw2@h/x?db=a&u=ops&p=pw3&token=pw4 Authorization: Basic {basic} "
-            f"headers={{'Authorization': 'Token pw5'}} kn0wn:s3cret kn0wn%3As3cret token-alone {basic}")
+    text = (
+        f"redis://:pw1@h:6379/0 http://u:pw2@h/x?db=a&u=ops&p=pw3&token=pw4 Authorization: Basic {basic} "
+        f"headers={{'Authorization': 'Token pw5'}} kn0wn:s3cret kn0wn%3As3cret token-alone {basic}"
+    )
     masked = redaction.redact(text)
     for secret in ("pw1", "pw2", "pw3", "pw4", "pw5", "ops&", "kn0wn", basic):
         assert secret not in masked, (secret, masked)

@@ -22,8 +22,18 @@ def trained_fan_registry(stack: Settings, tmp_path_factory) -> Path:
     data, registry = root / "data", root / "registry"
     write_dcase_dataset(data, ["fan"], ids_per_type=len(FAN_IDS), n_train=10, n_test_normal=0, n_test_anomaly=0)
     env = {**os.environ, "SOUNDWATCH_REDIS__KEY_PREFIX": f"e2e-train-{os.getpid()}"}
-    cmd = [sys.executable, "-m", "soundwatch.cli", "train", "--data", str(data), "--epochs", "3",
-           "--registry", str(registry)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "soundwatch.cli",
+        "train",
+        "--data",
+        str(data),
+        "--epochs",
+        "3",
+        "--registry",
+        str(registry),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return registry

@@ -44,8 +44,9 @@ def _first_chunk_start_ns(settings: Settings, machine: str) -> int:
 
 def test_fault_in_one_of_five_machines_alerts_there_only(plant_settings: Settings, tmp_path):
     s = plant_settings
-    source = PlantSource(kind="sim", machines=",".join(MACHINES), speed=SPEED,
-                         faults=(f"{FAULTY}:bearing_ticks@{FAULT_AT_S:g}s",))  # fmt: skip
+    source = PlantSource(
+        kind="sim", machines=",".join(MACHINES), speed=SPEED, faults=(f"{FAULTY}:bearing_ticks@{FAULT_AT_S:g}s",)
+    )
     end_audio_s = FAULT_AT_S + ALERT_BOUND_S + 10
 
     def enough(observer) -> bool:  # every machine scored well past the alert bound
@@ -77,5 +78,6 @@ def test_fault_in_one_of_five_machines_alerts_there_only(plant_settings: Setting
     stages = {sr.tags["stage"] for sr in influx.query('SELECT count(*) FROM "pipeline" GROUP BY "stage"')}
     influx.close()
     assert stages == {"ingest", "features", "scoring"}, "every stage reports its health for the dashboard"
-    print(f"alert {delay_s:.1f} s (audio) after onset; "
-          f"point latency p50 {result.p(50):.2f} s, p99 {result.p(99):.2f} s")
+    print(
+        f"alert {delay_s:.1f} s (audio) after onset; point latency p50 {result.p(50):.2f} s, p99 {result.p(99):.2f} s"
+    )

@@ -27,14 +27,30 @@ def pcm16(path: Path) -> np.ndarray:
     return data
 
 
-def chunks_of(pcm: np.ndarray, cuts: list[int], *, machine_id: str = "id_00", first_sequence: int = 0,
-              start_ns: int = 1_700_000_000_000_000_000) -> list[AudioChunk]:  # fmt: skip
+def chunks_of(
+    pcm: np.ndarray,
+    cuts: list[int],
+    *,
+    machine_id: str = "id_00",
+    first_sequence: int = 0,
+    start_ns: int = 1_700_000_000_000_000_000,
+) -> list[AudioChunk]:
     """Split ``pcm`` at ``cuts`` (sample indices) into consecutive chunks with sequence numbers."""
     bounds = [0, *sorted(set(c for c in cuts if 0 < c < pcm.size)), pcm.size]
     out = []
     for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        out.append(AudioChunk("fan", machine_id, "gw-test", 16_000, first_sequence + i,
-                              start_ns + a * 62_500, pcm[a:b], origin_ns=1000 + i))  # fmt: skip
+        out.append(
+            AudioChunk(
+                "fan",
+                machine_id,
+                "gw-test",
+                16_000,
+                first_sequence + i,
+                start_ns + a * 62_500,
+                pcm[a:b],
+                origin_ns=1000 + i,
+            )
+        )
     return out
 
 
@@ -56,15 +72,17 @@ class FeaturesWorker:
     def __init__(self, settings: Settings, log_path: Path) -> None:
         t = settings.kafka.topics
         self.env = dict(os.environ)
-        self.env.update({
-            "SOUNDWATCH_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "SOUNDWATCH_KAFKA__TOPICS__AUDIO_RAW": t.audio_raw,
-            "SOUNDWATCH_KAFKA__TOPICS__FEATURES": t.features,
-            "SOUNDWATCH_KAFKA__TOPICS__DEADLETTER": t.deadletter,
-            "SOUNDWATCH_KAFKA__TOPICS__PARTITIONS": str(t.partitions),
-            "SOUNDWATCH_STREAM__APP_ID": settings.stream.app_id,
-            "SOUNDWATCH_STREAM__DATA_DIR": str(settings.stream.data_dir),
-        })  # fmt: skip
+        self.env.update(
+            {
+                "SOUNDWATCH_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+                "SOUNDWATCH_KAFKA__TOPICS__AUDIO_RAW": t.audio_raw,
+                "SOUNDWATCH_KAFKA__TOPICS__FEATURES": t.features,
+                "SOUNDWATCH_KAFKA__TOPICS__DEADLETTER": t.deadletter,
+                "SOUNDWATCH_KAFKA__TOPICS__PARTITIONS": str(t.partitions),
+                "SOUNDWATCH_STREAM__APP_ID": settings.stream.app_id,
+                "SOUNDWATCH_STREAM__DATA_DIR": str(settings.stream.data_dir),
+            }
+        )
         self.env.pop("SOUNDWATCH_CONFIG", None)
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
@@ -72,8 +90,9 @@ class FeaturesWorker:
     def start(self) -> FeaturesWorker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         command = [sys.executable, "-m", "features.cli", "run", "--web-port", "0"]
-        self.proc = subprocess.Popen(command, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            command, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self
 
     @property

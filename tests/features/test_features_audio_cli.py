@@ -111,7 +111,12 @@ def test_bench_prints_one_json_object_with_the_ratios():
     result = runner.invoke(cli, ["--json", "--no-stream", "--seconds", "20", "--repeats", "2"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    for key in ("ours_audio_s_per_cpu_s", "librosa_audio_s_per_cpu_s", "floor_audio_s_per_cpu_s",
-                "speedup_vs_librosa", "ratio_to_floor"):  # fmt: skip
+    for key in (
+        "ours_audio_s_per_cpu_s",
+        "librosa_audio_s_per_cpu_s",
+        "floor_audio_s_per_cpu_s",
+        "speedup_vs_librosa",
+        "ratio_to_floor",
+    ):
         assert isinstance(data[key], float) and data[key] > 0
     assert data["max_abs_db_vs_librosa"] <= 1e-3

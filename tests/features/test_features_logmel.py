@@ -15,9 +15,21 @@ DEFAULT = FeatureParams()
 
 
 def librosa_db(audio: np.ndarray, p: FeatureParams) -> np.ndarray:
-    mel = librosa.feature.melspectrogram(y=audio, sr=p.sample_rate, n_fft=p.n_fft, hop_length=p.hop_length,
-                                         n_mels=p.n_mels, fmin=p.fmin, fmax=p.fmax, power=p.power, center=True,
-                                         pad_mode="constant", window="hann", htk=False, norm="slaney")  # fmt: skip
+    mel = librosa.feature.melspectrogram(
+        y=audio,
+        sr=p.sample_rate,
+        n_fft=p.n_fft,
+        hop_length=p.hop_length,
+        n_mels=p.n_mels,
+        fmin=p.fmin,
+        fmax=p.fmax,
+        power=p.power,
+        center=True,
+        pad_mode="constant",
+        window="hann",
+        htk=False,
+        norm="slaney",
+    )
     return librosa.power_to_db(mel, ref=1.0, amin=p.amin, top_db=None)
 
 
@@ -60,8 +72,16 @@ def test_matches_librosa_for_other_parameters(overrides):
 
 def test_filterbank_is_librosas_bit_for_bit():
     for p in (DEFAULT, FeatureParams(n_mels=64, fmin=20.0, fmax=6000.0), FeatureParams(n_fft=512, hop_length=128)):
-        ref = librosa.filters.mel(sr=p.sample_rate, n_fft=p.n_fft, n_mels=p.n_mels, fmin=p.fmin, fmax=p.fmax,
-                                  htk=False, norm="slaney", dtype=np.float32)  # fmt: skip
+        ref = librosa.filters.mel(
+            sr=p.sample_rate,
+            n_fft=p.n_fft,
+            n_mels=p.n_mels,
+            fmin=p.fmin,
+            fmax=p.fmax,
+            htk=False,
+            norm="slaney",
+            dtype=np.float32,
+        )
         assert np.array_equal(mel_filterbank(p), ref)
 
 

@@ -86,8 +86,10 @@ def run(proc: WindowingProcessor, msgs: list[Msg]) -> None:
 
 
 def messages(chunks, topic="audio.raw", partition=2, first_offset=0) -> list[Msg]:
-    return [Msg(topic, partition, first_offset + i, machine_key(c.machine_type, c.machine_id), c.encode())
-            for i, c in enumerate(chunks)]  # fmt: skip
+    return [
+        Msg(topic, partition, first_offset + i, machine_key(c.machine_type, c.machine_id), c.encode())
+        for i, c in enumerate(chunks)
+    ]
 
 
 @pytest.mark.parametrize("state_lost_for", [0, 1, 3])
@@ -134,10 +136,15 @@ def test_bad_records_become_dead_letters_and_processing_goes_on(settings, monkey
     ]
     run(proc, bad + messages(good, partition=1, first_offset=4))
     letters = [DeadLetter.from_headers(h) for _, _, _, h in dead.records]
-    assert [x.reason for x in letters] == [Reason.BAD_MAGIC, Reason.LENGTH_MISMATCH, Reason.WRONG_SAMPLE_RATE,
-                                           Reason.INVALID_FIELD]  # fmt: skip
-    assert [(x.source_topic, x.source_partition, x.source_offset) for x in letters] == [("audio.raw", 1, i)
-                                                                                       for i in range(4)]  # fmt: skip
+    assert [x.reason for x in letters] == [
+        Reason.BAD_MAGIC,
+        Reason.LENGTH_MISMATCH,
+        Reason.WRONG_SAMPLE_RATE,
+        Reason.INVALID_FIELD,
+    ]
+    assert [(x.source_topic, x.source_partition, x.source_offset) for x in letters] == [
+        ("audio.raw", 1, i) for i in range(4)
+    ]
     assert [v for _, v, _, _ in dead.records] == [m.value for m in bad]  # original bytes kept
     _, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
     assert [FeatureWindow.decode(v).start_frame for _, v, _, _ in out.records] == starts.tolist()
@@ -149,8 +156,9 @@ def test_changed_feature_parameters_start_a_new_segment(settings, monkeypatch, t
     chunks = chunks_of(pcm, list(range(16_000, pcm.size, 16_000)))
     table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
     run(processor(settings, table, out, dead, monkeypatch), messages(chunks[:5]))
-    changed = load_settings(stream={"data_dir": tmp_path}, features={"n_mels": 64, "window_frames": 32,
-                                                                      "hop_frames": 16})  # fmt: skip
+    changed = load_settings(
+        stream={"data_dir": tmp_path}, features={"n_mels": 64, "window_frames": 32, "hop_frames": 16}
+    )
     out2 = FakeTopic()
     run(processor(changed, table, out2, dead, monkeypatch), messages(chunks[5:], first_offset=5))
     windows = [FeatureWindow.decode(v) for _, v, _, _ in out2.records]
@@ -271,7 +279,8 @@ def chunks_from(pcm, gateway: str, epoch: int, origin0: int, first_sequence: int
 
 
 def test_a_second_gateway_for_one_machine_never_mixes_into_a_window_and_its_chunks_are_dead_lettered(
-        settings, monkeypatch):  # fmt: skip
+    settings, monkeypatch
+):
     t0 = 1_800_000_000 * 10**9
     pcm_a, pcm_b = pcm16(real_clips()[10]), pcm16(real_clips()[11])
     a = chunks_from(pcm_a, "gw-plant", epoch=t0, origin0=t0, first_sequence=279)  # running for a while
@@ -357,8 +366,11 @@ def test_an_oversized_bad_record_is_dead_lettered_cut_down_and_the_partition_mov
     huge = b"\x00" + bytes(10 * 1024 * 1024)  # 10 MB of garbage
     table, out, dead = FakeTable(), FakeTopic(), SizeLimitedTopic(limit)
     proc = processor(settings, table, out, dead, monkeypatch)
-    run(proc, [Msg("audio.raw", 0, 0, key, huge), Msg("audio.raw", 0, 1, key, b"")] +
-        messages(good, partition=0, first_offset=2))  # fmt: skip
+    run(
+        proc,
+        [Msg("audio.raw", 0, 0, key, huge), Msg("audio.raw", 0, 1, key, b"")]
+        + messages(good, partition=0, first_offset=2),
+    )
     letters = [DeadLetter.from_headers(h) for _, _, _, h in dead.records]
     assert [x.reason for x in letters] == [Reason.BAD_MAGIC, Reason.EMPTY_PAYLOAD]
     big = letters[0]

@@ -55,8 +55,15 @@ def assert_exactly_offline(windows: list[FeatureWindow], pcm: np.ndarray, params
 
 def nan_chunk(template: AudioChunk) -> bytes:
     """A FLOAT32 chunk whose third sample is NaN (the constructor refuses to build one, so patch the bytes)."""
-    floats = AudioChunk(template.machine_type, template.machine_id, template.gateway_id, template.sample_rate,
-                        template.sequence, template.start_ns, template.as_float32())  # fmt: skip
+    floats = AudioChunk(
+        template.machine_type,
+        template.machine_id,
+        template.gateway_id,
+        template.sample_rate,
+        template.sequence,
+        template.start_ns,
+        template.as_float32(),
+    )
     data = bytearray(floats.encode())
     payload = len(data) - 4 * floats.n_samples
     data[payload + 8 : payload + 12] = struct.pack(">f", float("nan"))
@@ -141,8 +148,9 @@ def test_two_workers_split_the_partitions_and_a_rebalance_loses_nothing(isolated
     # machine ids whose keys hash (murmur2, as every Kafka client) to partitions 3, 2, 0 and 1: both workers get work
     ids = ["w0", "w1", "w5", "w9"]
     assert sorted(_partition_of(machine_key("fan", m), 4) for m in ids) == [0, 1, 2, 3]
-    machines = {m: np.concatenate([pcm16(clips[40 + 2 * i + j])[:160_000] for j in range(2)])
-                for i, m in enumerate(ids)}  # fmt: skip
+    machines = {
+        m: np.concatenate([pcm16(clips[40 + 2 * i + j])[:160_000] for j in range(2)]) for i, m in enumerate(ids)
+    }
     chunks = {m: chunks_of(pcm, list(range(16_000, pcm.size, 16_000)), machine_id=m) for m, pcm in machines.items()}
     interleaved = [c for i in range(20) for cs in chunks.values() for c in cs[i : i + 1]]
     n_total = 4 * len(offline_windows(machines["w0"].astype(np.float32) / 32768, params=s.features)[1])

@@ -25,8 +25,9 @@ def offline(index: int) -> tuple[np.ndarray, np.ndarray]:
     return offline_windows(pcm16(CLIPS[index]).astype(np.float32) / 32768, params=P)
 
 
-def stream(chunks: list[AudioChunk], windower: StreamWindower | None = None, *,
-           roundtrip_every: int = 0) -> tuple[list[FeatureWindow], list, StreamWindower]:  # fmt: skip
+def stream(
+    chunks: list[AudioChunk], windower: StreamWindower | None = None, *, roundtrip_every: int = 0
+) -> tuple[list[FeatureWindow], list, StreamWindower]:
     w = windower or StreamWindower(P)
     windows, events = [], []
     for i, chunk in enumerate(chunks):
@@ -147,8 +148,11 @@ def test_state_refuses_other_parameters_and_garbage():
     with pytest.raises(ContractError) as err:
         StreamWindower.from_bytes(w.to_bytes(), FeatureParams(n_mels=64))
     assert err.value.reason is Reason.FEATURE_PARAMS_MISMATCH and "n_mels" in err.value.detail
-    for garbage, reason in [(b"", Reason.TRUNCATED), (b"XXXX" + bytes(8), Reason.BAD_MAGIC),
-                            (w.to_bytes()[:-4], Reason.LENGTH_MISMATCH)]:  # fmt: skip
+    for garbage, reason in [
+        (b"", Reason.TRUNCATED),
+        (b"XXXX" + bytes(8), Reason.BAD_MAGIC),
+        (w.to_bytes()[:-4], Reason.LENGTH_MISMATCH),
+    ]:
         with pytest.raises(ContractError) as err:
             StreamWindower.from_bytes(garbage, P)
         assert err.value.reason is reason

@@ -44,8 +44,9 @@ def test_v1_credentials_travel_in_a_basic_header_never_in_the_url(auth_influx):
         client.create_database()
         client.write([pipeline_point("scoring", "w-1", {"windows_per_s": 2.5, "consumer_lag": 3}, 10**18).to_line()])
         (series,) = client.query('SELECT * FROM "pipeline"', epoch="ns")
-    assert series.rows() == [{"time": 10**18, "consumer_lag": 3, "stage": "scoring", "windows_per_s": 2.5,
-                              "worker": "w-1"}]  # fmt: skip
+    assert series.rows() == [
+        {"time": 10**18, "consumer_lag": 3, "stage": "scoring", "windows_per_s": 2.5, "worker": "w-1"}
+    ]
     lines = [line for line in _request_lines(auth_influx) if "/write" in line or "/query" in line]
     ours = [line for line in lines if "CREATE+USER" not in line]
     assert len(ours) == 3
@@ -90,8 +91,15 @@ def test_query_errors_are_typed(isolated_settings):
 def test_v2_dialect_sends_a_token_header_to_write_and_query(isolated_settings):
     s = isolated_settings
     with V2Bridge(s.influx.url, token="t0ken", org="plant") as bridge:
-        v2 = s.influx.model_copy(update={"api": "v2", "url": bridge.url, "token": SecretStr("t0ken"), "org": "plant",
-                                         "bucket": s.influx.database})  # fmt: skip
+        v2 = s.influx.model_copy(
+            update={
+                "api": "v2",
+                "url": bridge.url,
+                "token": SecretStr("t0ken"),
+                "org": "plant",
+                "bucket": s.influx.database,
+            }
+        )
         with InfluxClient(v2) as client:
             client.write([pipeline_point("features", "f-1", {"windows_per_s": 4.0}, 10**18).to_line()])
             (series,) = client.query('SELECT "windows_per_s" FROM "pipeline"')
@@ -114,8 +122,9 @@ def test_machine_status_point_stale_wins_over_alerting():
     assert MachineState.of(alerting=True, stale=True) is MachineState.STALE
     assert MachineState.of(alerting=True, stale=False) is MachineState.ALERTING
     assert MachineState.of(alerting=False, stale=False) is MachineState.NORMAL
-    point = machine_status_point(machine_type="fan", machine_id="id_00", seconds_since_audio=75.5, alerting=True,
-                                 stale=True, time_ns=5)  # fmt: skip
+    point = machine_status_point(
+        machine_type="fan", machine_id="id_00", seconds_since_audio=75.5, alerting=True, stale=True, time_ns=5
+    )
     assert point.to_line() == (
         'machine_status,machine_id=id_00,machine_type=fan alerting=1i,seconds_since_audio=75.5,stale=1i,state="stale" 5'
     )

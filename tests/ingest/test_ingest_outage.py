@@ -154,10 +154,27 @@ def test_a_killed_gateway_loses_nothing_it_spooled_and_never_reuses_a_number(iso
     }
     # run 1: broker down, chunks go to the spool; then kill -9 (no flush, no clean close)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest.cli", "gateway", "--source", "sim", "--machines", "fan/id_00,pump/id_00",
-         "--speed", "8", "--gateway-id", "gw-crash", "--topic", isolated_settings.kafka.topics.audio_raw],
-        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ingest.cli",
+            "gateway",
+            "--source",
+            "sim",
+            "--machines",
+            "fan/id_00,pump/id_00",
+            "--speed",
+            "8",
+            "--gateway-id",
+            "gw-crash",
+            "--topic",
+            isolated_settings.kafka.topics.audio_raw,
+        ],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     spool_dir = isolated_settings.ingest.spool_dir / "gw-crash"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and sum(p.stat().st_size for p in spool_dir.glob("*.seg")) < 400_000:
@@ -198,8 +215,10 @@ def test_gateway_health_lands_in_influxdb_for_the_pipeline_dashboard(isolated_se
     assert report.undelivered_chunks == 0
     assert health.written >= 2  # periodic points and the final one
     with InfluxClient(isolated_settings.influx) as client:
-        (series,) = client.query("SELECT chunks_per_s, buffer_points, dropped_chunks, online FROM pipeline "
-                                 "WHERE stage = 'ingest' AND worker = 'gw-health'")  # fmt: skip
+        (series,) = client.query(
+            "SELECT chunks_per_s, buffer_points, dropped_chunks, online FROM pipeline "
+            "WHERE stage = 'ingest' AND worker = 'gw-health'"
+        )
     rows = series.rows()
     assert len(rows) == health.written
     assert all(r["dropped_chunks"] == 0 for r in rows)
@@ -245,8 +264,7 @@ def test_the_reported_outage_covers_the_whole_time_the_broker_was_away(
         ensure_topics(settings, [topic], 4)
         stop = threading.Event()
         worker = threading.Thread(
-            target=lambda: run_gateway(settings, _sim(speed=4.0), gateway_id="gw-span", stop=stop,
-                                       flush_timeout_s=30.0)  # fmt: skip
+            target=lambda: run_gateway(settings, _sim(speed=4.0), gateway_id="gw-span", stop=stop, flush_timeout_s=30.0)
         )
         with caplog.at_level(logging.WARNING, logger="ingest.producer"):
             worker.start()

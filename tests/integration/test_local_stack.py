@@ -33,8 +33,16 @@ def test_thousand_audio_chunks_through_a_consumer_group(isolated_settings: Setti
     producer = make_producer(s, compression_type="gzip")
     for i in range(1000):
         machine = f"id_{i % 8:02d}"
-        chunk = AudioChunk("fan", machine, "gw-test", 16000, i // 8, i * 1_000_000,
-                           rng.integers(-32768, 32767, 1600, dtype=np.int16), origin_ns=time.time_ns())  # fmt: skip
+        chunk = AudioChunk(
+            "fan",
+            machine,
+            "gw-test",
+            16000,
+            i // 8,
+            i * 1_000_000,
+            rng.integers(-32768, 32767, 1600, dtype=np.int16),
+            origin_ns=time.time_ns(),
+        )
         payload = chunk.encode()
         sent[(machine, i // 8)] = payload
         producer.send(topic, key=machine_key("fan", machine), value=payload)
@@ -93,9 +101,19 @@ def test_redis_set_get_and_pubsub(stack: Settings, unique: str):
 
 
 def test_influx_write_and_influxql_read_back(isolated_settings: Settings):
-    points = [score_point(machine_type="fan", machine_id=f"id_0{i % 2}", model_version="v1",
-                          end_ns=1_700_000_000_000_000_000 + i * 10**9, score=i * 0.5, score_median=i * 0.25,
-                          threshold=2.0, anomalous=i > 4) for i in range(10)]  # fmt: skip
+    points = [
+        score_point(
+            machine_type="fan",
+            machine_id=f"id_0{i % 2}",
+            model_version="v1",
+            end_ns=1_700_000_000_000_000_000 + i * 10**9,
+            score=i * 0.5,
+            score_median=i * 0.25,
+            threshold=2.0,
+            anomalous=i > 4,
+        )
+        for i in range(10)
+    ]
     with InfluxClient(isolated_settings.influx) as client:
         client.write([p.to_line() for p in points])
         answer = client.query('SELECT count("score"), max("score") FROM "asd_score" GROUP BY "machine_id"')

@@ -30,8 +30,14 @@ def test_up_is_idempotent_status_and_down(tmp_path, stack):
     env["SOUNDWATCH_KAFKA__BOOTSTRAP_SERVERS"] = f"127.0.0.1:{env['SOUNDWATCH_SERVICES__KAFKA_PORT']}"
 
     def sw(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "soundwatch.cli", "services", *args], env=env,
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "soundwatch.cli", "services", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
 
     down = sw("status")
     assert down.returncode == 4

@@ -21,8 +21,14 @@ def test_the_reduced_fault_bench_loses_nothing(stack, tmp_path):
     assert set(REDUCED) <= set(SCENARIOS) and "baseline" in SCENARIOS
     env = {k: v for k, v in os.environ.items() if k != "SOUNDWATCH_CONFIG"}
     args = [arg for name in REDUCED for arg in ("--scenario", name)]
-    done = subprocess.run([sys.executable, "-m", "soundwatch.cli", "bench", "faults", "--json", *args, "--keep",
-                           str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "soundwatch.cli", "bench", "faults", "--json", *args, "--keep", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.stdout.count("\n") == 1, done.stderr[-3000:]  # one JSON object
     result = json.loads(done.stdout)
     assert set(result["scenarios"]) == set(REDUCED)

@@ -39,8 +39,12 @@ def chunks(machine: str, n: int, first: int = 0) -> list[AudioChunk]:
     rng = np.random.default_rng(abs(hash(machine)) % 2**32)
     pcm = rng.integers(-3000, 3000, size=(first + n) * SR).astype(np.int16)
     t0 = 1_790_000_000 * 10**9
-    return [AudioChunk("fan", machine, "gw-test", SR, i, t0 + i * 10**9, pcm[i * SR : (i + 1) * SR],
-                       origin_ns=t0 + i * 10**9) for i in range(first, first + n)]  # fmt: skip
+    return [
+        AudioChunk(
+            "fan", machine, "gw-test", SR, i, t0 + i * 10**9, pcm[i * SR : (i + 1) * SR], origin_ns=t0 + i * 10**9
+        )
+        for i in range(first, first + n)
+    ]
 
 
 def send(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -124,8 +128,9 @@ def test_new_audio_after_a_broker_restart_is_not_dropped_as_a_replay(isolated_se
         q = "SELECT max(topic_resyncs), max(chunks_skipped) FROM pipeline WHERE stage='features'"
         deadline, rows = time.monotonic() + 40, []
         while time.monotonic() < deadline:
-            result = requests.get(f"{s.influx.url}/query", params={"db": s.influx.database, "q": q},
-                                  timeout=10).json()["results"][0]  # fmt: skip
+            result = requests.get(f"{s.influx.url}/query", params={"db": s.influx.database, "q": q}, timeout=10).json()[
+                "results"
+            ][0]
             rows = result.get("series", [{}])[0].get("values", [])
             if rows and rows[0][1]:
                 break
@@ -136,8 +141,9 @@ def test_new_audio_after_a_broker_restart_is_not_dropped_as_a_replay(isolated_se
         broker.kill()
 
 
-def test_a_10_mb_bad_record_on_audio_raw_is_dead_lettered_cut_down_and_the_partition_moves_on(isolated_settings,
-                                                                                              tmp_path):  # fmt: skip
+def test_a_10_mb_bad_record_on_audio_raw_is_dead_lettered_cut_down_and_the_partition_moves_on(
+    isolated_settings, tmp_path
+):
     """Issue 16.2: the dead letter exceeded the producer's 1 MB limit, the agent crashed in a loop and the
     partition stalled. 16.6: an empty value is ``empty_payload``."""
     broker, s = on_private_broker(isolated_settings, tmp_path)
@@ -154,7 +160,9 @@ def test_a_10_mb_bad_record_on_audio_raw_is_dead_lettered_cut_down_and_the_parti
         big = letters[0]
         assert big.original_size == len(HUGE) and big.truncated and len(big.sha256) == 64
         assert len(dead[0].value) <= DeadLetter.MAX_VALUE_BYTES and (big.source_offset, letters[1].source_offset) == (
-            4, 5)
+            4,
+            5,
+        )
         hop = s.features.hop_frames
         assert windows_of(out)["m0"] == [(0, i * hop) for i in range(expected_windows(s, 12))], log[-3000:]
         assert worker.running and "Traceback" not in log
@@ -168,8 +176,12 @@ def test_a_10_mb_bad_record_on_features_does_not_stop_the_scoring_worker_committ
     from running_workers import running_worker
 
     broker, base = on_private_broker(isolated_settings, tmp_path)
-    s = load_settings(**{**base.model_dump(), "scoring": {**base.scoring.model_dump(), "max_batch": 16,
-                                                          "max_wait_ms": 20, "device": "cpu"}})  # fmt: skip
+    s = load_settings(
+        **{
+            **base.model_dump(),
+            "scoring": {**base.scoring.model_dump(), "max_batch": 16, "max_wait_ms": 20, "device": "cpu"},
+        }
+    )
     params = s.features
     plumbing_model(s.registry_root, "fan", ["id_00"], params)
     rng = np.random.default_rng(1)
@@ -177,10 +189,22 @@ def test_a_10_mb_bad_record_on_features_does_not_stop_the_scoring_worker_committ
     t0 = 1_790_000_000 * 10**9
 
     def window(i: int) -> bytes:
-        values = (np.linspace(-20, -70, params.n_mels)[:, None] + rng.normal(0, 3, (params.n_mels,
-                  params.window_frames))).astype(np.float32)  # fmt: skip
-        return FeatureWindow("fan", "id_00", "gw-test", 0, i * params.hop_frames, t0 + i * hop_ns,
-                             t0 + i * hop_ns + win_ns, t0, i, params.canonical_json(), values).encode()  # fmt: skip
+        values = (
+            np.linspace(-20, -70, params.n_mels)[:, None] + rng.normal(0, 3, (params.n_mels, params.window_frames))
+        ).astype(np.float32)
+        return FeatureWindow(
+            "fan",
+            "id_00",
+            "gw-test",
+            0,
+            i * params.hop_frames,
+            t0 + i * hop_ns,
+            t0 + i * hop_ns + win_ns,
+            t0,
+            i,
+            params.canonical_json(),
+            values,
+        ).encode()
 
     key = machine_key("fan", "id_00")
     t = s.kafka.topics
@@ -199,8 +223,9 @@ def test_a_10_mb_bad_record_on_features_does_not_stop_the_scoring_worker_committ
         broker.kill()
 
 
-def test_a_letter_the_broker_still_refuses_goes_without_its_value_and_the_worker_commits(isolated_settings, tmp_path,
-                                                                                         monkeypatch):  # fmt: skip
+def test_a_letter_the_broker_still_refuses_goes_without_its_value_and_the_worker_commits(
+    isolated_settings, tmp_path, monkeypatch
+):
     """A producer whose request limit (200 kB) is below even the cut-down letter (512 KiB): the letter is sent
     again with headers only (sw-delivery-error says why) instead of being resent forever."""
     from running_workers import running_worker
@@ -208,18 +233,24 @@ def test_a_letter_the_broker_still_refuses_goes_without_its_value_and_the_worker
     import scoring.worker
 
     broker, base = on_private_broker(isolated_settings, tmp_path)
-    s = load_settings(**{**base.model_dump(), "scoring": {**base.scoring.model_dump(), "max_batch": 16,
-                                                          "max_wait_ms": 20, "device": "cpu"}})  # fmt: skip
+    s = load_settings(
+        **{
+            **base.model_dump(),
+            "scoring": {**base.scoring.model_dump(), "max_batch": 16, "max_wait_ms": 20, "device": "cpu"},
+        }
+    )
     plumbing_model(s.registry_root, "fan", ["id_00"], s.features)
-    monkeypatch.setattr(scoring.worker, "make_producer", lambda settings: make_producer(settings,
-                                                                                        max_request_size=200_000))
+    monkeypatch.setattr(
+        scoring.worker, "make_producer", lambda settings: make_producer(settings, max_request_size=200_000)
+    )
     key, t = machine_key("fan", "id_00"), s.kafka.topics
     send(s, t.features, [(key, b"\x00" + bytes(1024 * 1024))])
     try:
         with running_worker(s) as worker:
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and (worker._pending or not read_all(s, t.deadletter,
-                                                                                   lambda r: len(r) >= 1, 1)):
+            while time.monotonic() < deadline and (
+                worker._pending or not read_all(s, t.deadletter, lambda r: len(r) >= 1, 1)
+            ):
                 time.sleep(0.3)
             assert not worker._pending, "the refused letter's batch never committed"
         dead = read_all(s, t.deadletter, lambda r: len(r) >= 1, 30)

@@ -32,8 +32,13 @@ def _train_base(tmp_path_factory: pytest.TempPathFactory, method: str, epochs: i
     old = time.time() - 7200
     for f in data.rglob("*.wav"):
         os.utime(f, (old, old))
-    cfg = TrainConfig(method=method, epochs=epochs, progress=False, device="cpu",
-                      encoder=EncoderConfig(channels=(8, 16, 32, 32), embedding_dim=64))  # fmt: skip
+    cfg = TrainConfig(
+        method=method,
+        epochs=epochs,
+        progress=False,
+        device="cpu",
+        encoder=EncoderConfig(channels=(8, 16, 32, 32), embedding_dim=64),
+    )
     result = train_machine_type(scan_dataset(data, "fan"), FeatureParams(), cfg)
     registry = ModelRegistry(root / "registry")
     assert registry.save(result.artifact) == "v0001"

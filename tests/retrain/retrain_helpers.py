@@ -37,9 +37,18 @@ def pcm16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def archive_machine_audio(writer: ArchiveWriter, machine_id: str, t0_ns: int, seconds: int, *, speed: float = 1.0,
-                          faults: tuple[Fault, ...] = (), severity: float = 1.0, instance: int = 500,
-                          seq0: int = 0) -> None:  # fmt: skip
+def archive_machine_audio(
+    writer: ArchiveWriter,
+    machine_id: str,
+    t0_ns: int,
+    seconds: int,
+    *,
+    speed: float = 1.0,
+    faults: tuple[Fault, ...] = (),
+    severity: float = 1.0,
+    instance: int = 500,
+    seq0: int = 0,
+) -> None:
     """``seconds`` of 1 s chunks of a simulated fan into the archive; faults cycle every 10 s when given."""
     sound = MachineSound(signature_for("fan", machine_id), SR, instance=instance)
     sound.set_speed(speed)
@@ -71,8 +80,15 @@ class StreamingMachine:
         return offline_windows(audio, params=FeatureParams())[0]
 
 
-def render_windows(machine_id: str, seconds: float, *, speed: float = 1.0, fault: Fault | None = None,
-                   severity: float = 1.0, instance: int = 900) -> np.ndarray:  # fmt: skip
+def render_windows(
+    machine_id: str,
+    seconds: float,
+    *,
+    speed: float = 1.0,
+    fault: Fault | None = None,
+    severity: float = 1.0,
+    instance: int = 900,
+) -> np.ndarray:
     from features.windows import offline_windows
 
     sound = MachineSound(signature_for("fan", machine_id), SR, instance=instance)

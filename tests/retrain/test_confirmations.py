@@ -51,20 +51,47 @@ def test_confirm_list_revoke_with_audit_and_force_over_alerts(isolated_settings)
     producer.flush()
     # id_01: an open alert only in InfluxDB's asd_alert measurement
     with InfluxClient(s.influx) as influx:
-        influx.write([alert_point(machine_type="fan", machine_id="id_01", state="alerting", score_median=3.0,
-                                  threshold=2.0, time_ns=t_alert).to_line()])  # fmt: skip
+        influx.write(
+            [
+                alert_point(
+                    machine_type="fan",
+                    machine_id="id_01",
+                    state="alerting",
+                    score_median=3.0,
+                    threshold=2.0,
+                    time_ns=t_alert,
+                ).to_line()
+            ]
+        )
 
     store = ConfirmationStore(s.redis)
     history = AlertHistory(s, alert_pad_s=30)
     # a range clear of the alert is accepted
-    ok = store.confirm("fan", "id_00", t_alert - 7200 * NS, t_alert - 600 * NS, by="alice", note="after service",
-                       alerts=history, now_ns=NOW)  # fmt: skip
+    ok = store.confirm(
+        "fan",
+        "id_00",
+        t_alert - 7200 * NS,
+        t_alert - 600 * NS,
+        by="alice",
+        note="after service",
+        alerts=history,
+        now_ns=NOW,
+    )
     assert not ok.forced and ok.by == "alice"
     # overlapping the alert (even only its 30 s pad) needs force
     with pytest.raises(AlertOverlap, match="--force"):
         store.confirm("fan", "id_00", t_alert - 20 * NS, t_alert - 5 * NS, by="bob", alerts=history, now_ns=NOW)
-    forced = store.confirm("fan", "id_00", t_alert, t_alert + 60 * NS, by="bob", note="valve noise, not a fault",
-                           force=True, alerts=history, now_ns=NOW)  # fmt: skip
+    forced = store.confirm(
+        "fan",
+        "id_00",
+        t_alert,
+        t_alert + 60 * NS,
+        by="bob",
+        note="valve noise, not a fault",
+        force=True,
+        alerts=history,
+        now_ns=NOW,
+    )
     assert forced.forced and forced.alerts == [(t_alert - 30 * NS, t_alert + 120 * NS)]
     with pytest.raises(AlertOverlap):  # the InfluxDB-only open alert is seen too
         store.confirm("fan", "id_01", NOW - 60 * NS, NOW, alerts=history, now_ns=NOW)
@@ -81,5 +108,8 @@ def test_confirm_list_revoke_with_audit_and_force_over_alerts(isolated_settings)
 
     trail = store.audit()
     assert [(e["action"], e["by"], e["forced"]) for e in trail] == [
-        ("confirm", "alice", "0"), ("confirm", "bob", "1"), ("revoke", "carol", "1")]  # fmt: skip
+        ("confirm", "alice", "0"),
+        ("confirm", "bob", "1"),
+        ("revoke", "carol", "1"),
+    ]
     assert trail[1]["note"] == "valve noise, not a fault"

@@ -83,10 +83,7 @@ class _FirstBlocks:
             inner.close()
 
 
-
-
-def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_settings, base_model,
-                                                                     tmp_path) -> None:  # fmt: skip
+def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_settings, base_model, tmp_path) -> None:
     """On the default method, ``clp``, with the default retraining (a kNN bank refresh: the encoder
     is kept, the bank gets the confirmed-normal embeddings, so the candidate cannot forget)."""
     from features.windower import StreamWindower
@@ -94,16 +91,20 @@ def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_set
     from ingest.sources.simulator import SimulatorSource
     from soundwatch.kafka import make_producer
 
-    s = load_settings(**{k: getattr(isolated_settings, k).model_dump() for k in
-                         ("kafka", "redis", "influx", "ingest", "stream", "features")},
-                      scoring={**isolated_settings.scoring.model_dump(), "device": "cpu", "max_batch": 32,
-                               "max_wait_ms": 20},
-                      registry_root=isolated_settings.registry_root)  # fmt: skip
+    s = load_settings(
+        **{
+            k: getattr(isolated_settings, k).model_dump()
+            for k in ("kafka", "redis", "influx", "ingest", "stream", "features")
+        },
+        scoring={**isolated_settings.scoring.model_dump(), "device": "cpu", "max_batch": 32, "max_wait_ms": 20},
+        registry_root=isolated_settings.registry_root,
+    )
     copy_registry(base_model, s.registry_root)
     registry = ModelRegistry(s.registry_root, s.redis)
     registry.set_current("fan", "v0001")
-    archive = ArchiveSettings(root=tmp_path / "archive", segment_seconds=10, idle_flush_s=1.0,
-                            group_id=f"archive-{s.redis.key_prefix}")  # fmt: skip
+    archive = ArchiveSettings(
+        root=tmp_path / "archive", segment_seconds=10, idle_flush_s=1.0, group_id=f"archive-{s.redis.key_prefix}"
+    )
 
     # 1. simulator -> broker (as fast as possible, 60 s per machine) while the archive records audio.raw
     with running_archive(s, archive) as consumer:
@@ -147,8 +148,7 @@ def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_set
         #    "now" for the confirmation is the end of the simulated audio)
         store = ConfirmationStore(s.redis)
         for mid, (a, b) in spans.items():
-            iv = store.confirm("fan", mid, a, b, by="e2e", note="simulated, healthy", alerts=AlertHistory(s),
-                               now_ns=b)  # fmt: skip
+            iv = store.confirm("fan", mid, a, b, by="e2e", note="simulated, healthy", alerts=AlertHistory(s), now_ns=b)
             assert not iv.forced
 
         # 4. retrain once; listen for the reload announcement
@@ -156,8 +156,9 @@ def test_simulator_to_promoted_model_reloaded_by_the_scoring_worker(isolated_set
         pubsub.subscribe(registry.reload_channel)
         _wait(lambda: pubsub.get_message(timeout=0.2), 10, "the subscription")
         gate = GateSettings(far_tolerance=0.05, auc_tolerance=0.05, pauc_tolerance=0.1)  # small evaluation sets
-        cfg = RetrainSettings(data_root=base_model.data_root, device="cpu", progress=False, min_confirmed_seconds=20,
-                              gate=gate)  # fmt: skip
+        cfg = RetrainSettings(
+            data_root=base_model.data_root, device="cpu", progress=False, min_confirmed_seconds=20, gate=gate
+        )
         out = retrain_once(s, "fan", cfg, archive=archive, registry=registry, store=store)
         print("\n" + out.message)
         assert out.promoted and out.version == "v0002", out.message

@@ -36,8 +36,9 @@ def _current_v0001(settings, base, tmp_path):  # noqa: ANN001, ANN202
 
 
 @pytest.mark.parametrize("update", ["full", "bank"])
-def test_gate_refuses_a_candidate_trained_on_anomalous_audio(isolated_settings, base_model, tmp_path,
-                                                            update: str) -> None:  # fmt: skip
+def test_gate_refuses_a_candidate_trained_on_anomalous_audio(
+    isolated_settings, base_model, tmp_path, update: str
+) -> None:
     """Someone confirmed two minutes of faulty sound as normal. ``full``: a candidate tuned hard on it
     (no replay, high learning rate) has learned the faults as normal; ``bank`` (the default): the
     faults' embeddings joined the kNN bank, so similar faults score as normal. The gate must say no,
@@ -50,8 +51,16 @@ def test_gate_refuses_a_candidate_trained_on_anomalous_audio(isolated_settings, 
         archive_machine_audio(writer, mid, t0, 120, faults=tuple(Fault), severity=1.5)
         store.confirm("fan", mid, t0, t0 + 120 * NS, by="test", note="(wrongly) confirmed by the test")
     writer.close()
-    cfg = RetrainSettings(data_root=base_model.data_root, replay_ratio=0.0, lr=1e-3, epochs=8, device="cpu",
-                          progress=False, min_confirmed_seconds=30, encoder_update=update)  # fmt: skip
+    cfg = RetrainSettings(
+        data_root=base_model.data_root,
+        replay_ratio=0.0,
+        lr=1e-3,
+        epochs=8,
+        device="cpu",
+        progress=False,
+        min_confirmed_seconds=30,
+        encoder_update=update,
+    )
     out = retrain_once(s, "fan", cfg, archive=archive, registry=registry, store=store)
     print("\n" + out.message)
     assert out.version == "v0002" and not out.promoted
@@ -64,8 +73,9 @@ def test_gate_refuses_a_candidate_trained_on_anomalous_audio(isolated_settings, 
 
 
 @pytest.mark.parametrize("method", ["clp", "ae"])
-def test_drift_false_alarms_fixed_by_retraining_and_faults_still_detected(isolated_settings, request, tmp_path,
-                                                                          method: str) -> None:  # fmt: skip
+def test_drift_false_alarms_fixed_by_retraining_and_faults_still_detected(
+    isolated_settings, request, tmp_path, method: str
+) -> None:
     """Both fans run 10 % faster from now on (a new gearbox ratio). The model raises false alarms;
     two minutes of the new sound are confirmed normal; one retraining round (defaults: ``clp`` refreshes
     its kNN bank, ``ae`` fine-tunes) brings the false alarms on the *following* minute under the 5 %
@@ -103,8 +113,7 @@ def test_drift_false_alarms_fixed_by_retraining_and_faults_still_detected(isolat
     # Small evaluation sets (8 test clips = 64 windows per machine): one clip flipping moves AUC by
     # ~0.016 and FAR by ~0.016, so the tolerances are wider than the production defaults.
     gate = GateSettings(far_tolerance=0.05, auc_tolerance=0.05, pauc_tolerance=0.1, far_target=0.05)
-    cfg = RetrainSettings(data_root=base.data_root, device="cpu", progress=False, min_confirmed_seconds=30,
-                          gate=gate)  # fmt: skip
+    cfg = RetrainSettings(data_root=base.data_root, device="cpu", progress=False, min_confirmed_seconds=30, gate=gate)
     out = retrain_once(s, "fan", cfg, archive=archive, registry=registry, store=store)
     print("\n" + out.message)
     after = registry.load("fan", out.version)

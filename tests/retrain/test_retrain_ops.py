@@ -74,14 +74,21 @@ def test_retrain_needs_once_or_schedule_and_a_valid_cron() -> None:
 
 
 def _deploy_commands() -> list[list[str]]:
-    cmds = [line.split()[1:] for unit in (DEPLOY / "systemd").glob("*.service")
-            for line in unit.read_text().splitlines() if line.startswith("ExecStart=")]  # fmt: skip
+    cmds = [
+        line.split()[1:]
+        for unit in (DEPLOY / "systemd").glob("*.service")
+        for line in unit.read_text().splitlines()
+        if line.startswith("ExecStart=")
+    ]
     return cmds + [c["args"] for c in _archive_pod()["containers"]]
 
 
 def _archive_pod() -> dict:
-    (deployment,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "base" / "archive.yaml").read_text())
-                     if d and d.get("kind") == "Deployment"]  # fmt: skip
+    (deployment,) = [
+        d
+        for d in yaml.safe_load_all((DEPLOY / "k8s" / "base" / "archive.yaml").read_text())
+        if d and d.get("kind") == "Deployment"
+    ]
     return deployment["spec"]["template"]["spec"]
 
 
@@ -104,8 +111,9 @@ def test_deploy_files_run_real_commands() -> None:
 
 
 @pytest.mark.integration
-def test_cli_confirm_list_revoke_audit_and_models_promote_rollback(isolated_settings, base_model, tmp_path,
-                                                                    monkeypatch) -> None:  # fmt: skip
+def test_cli_confirm_list_revoke_audit_and_models_promote_rollback(
+    isolated_settings, base_model, tmp_path, monkeypatch
+) -> None:
     from soundwatch import settings as settings_module
     from training.registry import ModelRegistry
 
@@ -122,18 +130,44 @@ def test_cli_confirm_list_revoke_audit_and_models_promote_rollback(isolated_sett
     from training.registry import Artifact
 
     loaded = registry.load("fan", "v0001")
-    art = Artifact(machine_type="fan", method=meta["method"], score_kind=meta["score_kind"],
-                   feature_params=loaded.feature_params, median_k=meta["median_k"], model_config=meta["model_config"],
-                   state={"encoder": loaded.scorer.encoder.state_dict(), "head": loaded.scorer.head.state_dict()},
-                   class_map=meta["class_map"], id_classes=meta["id_classes"], thresholds=meta["thresholds"],
-                   default_threshold=meta["default_threshold"], threshold_rule=meta["threshold_rule"],
-                   parent_version="v0001", metrics={"gate": {"passed": False, "reasons": ["AUC fell to 0.5"]}},
-                   bank={k: v.cpu().numpy() for k, v in loaded.scorer.bank.items()})  # fmt: skip
+    art = Artifact(
+        machine_type="fan",
+        method=meta["method"],
+        score_kind=meta["score_kind"],
+        feature_params=loaded.feature_params,
+        median_k=meta["median_k"],
+        model_config=meta["model_config"],
+        state={"encoder": loaded.scorer.encoder.state_dict(), "head": loaded.scorer.head.state_dict()},
+        class_map=meta["class_map"],
+        id_classes=meta["id_classes"],
+        thresholds=meta["thresholds"],
+        default_threshold=meta["default_threshold"],
+        threshold_rule=meta["threshold_rule"],
+        parent_version="v0001",
+        metrics={"gate": {"passed": False, "reasons": ["AUC fell to 0.5"]}},
+        bank={k: v.cpu().numpy() for k, v in loaded.scorer.bank.items()},
+    )
     assert registry.save(art) == "v0002"
     app, run = _cli(), CliRunner()
 
-    r = run.invoke(app, ["normal", "confirm", "--machine", "id_00", "--from", "-2h", "--to", "-1h", "--by", "ann",
-                         "--note", "quiet shift", "--json"])  # fmt: skip
+    r = run.invoke(
+        app,
+        [
+            "normal",
+            "confirm",
+            "--machine",
+            "id_00",
+            "--from",
+            "-2h",
+            "--to",
+            "-1h",
+            "--by",
+            "ann",
+            "--note",
+            "quiet shift",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     iv = json.loads(r.stdout)
     assert iv["machine_type"] == "fan" and iv["by"] == "ann" and iv["to_ns"] - iv["from_ns"] == 3600 * 10**9

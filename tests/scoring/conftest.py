@@ -15,7 +15,7 @@ def scoring_settings(isolated_settings: Settings) -> Settings:
         **{
             k: getattr(s, k).model_dump()
             for k in ("kafka", "redis", "influx", "grafana", "ingest", "stream", "services")
-        },  # fmt: skip
+        },
         features=s.features.model_dump(),
         scoring={
             **s.scoring.model_dump(),
@@ -24,6 +24,6 @@ def scoring_settings(isolated_settings: Settings) -> Settings:
             "alert_after": 3,
             "resolve_after": 3,
             "device": "cpu",
-        },  # fmt: skip
+        },
         registry_root=s.registry_root,
     )

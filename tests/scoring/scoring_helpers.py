@@ -19,8 +19,16 @@ from soundwatch.settings import InfluxSettings, Settings
 T0_NS = 1_763_900_000_000_000_000  # a fixed wall-clock origin keeps points inside any retention policy
 
 
-def save_model(root: Path, machine_type: str, machine_ids: list[str], *, thresholds: dict[str, float] | None = None,
-               seed: int = 0, median_k: int = 3, params: FeatureParams | None = None) -> str:  # fmt: skip
+def save_model(
+    root: Path,
+    machine_type: str,
+    machine_ids: list[str],
+    *,
+    thresholds: dict[str, float] | None = None,
+    seed: int = 0,
+    median_k: int = 3,
+    params: FeatureParams | None = None,
+) -> str:
     """Save a real ``clp`` artifact (small encoder + ArcFace head, seeded init) through the real registry.
 
     Untrained on purpose: these tests check plumbing (delivery, reload, DLQ), and training is
@@ -39,13 +47,20 @@ def save_model(root: Path, machine_type: str, machine_ids: list[str], *, thresho
     head = ArcMarginHead(cfg.embedding_dim, len(machine_ids), 30.0, 0.5)
     th = {m: 1e6 for m in machine_ids} | (thresholds or {})
     artifact = Artifact(
-        machine_type=machine_type, method="clp", score_kind="neglogp", feature_params=params, median_k=median_k,
-        model_config={"encoder": cfg.to_dict(), "head": {"n_classes": len(machine_ids), "scale": 30.0,
-                                                         "margin": 0.5}},
-        state={"encoder": enc.state_dict(), "head": head.state_dict()}, class_map=list(machine_ids),
-        id_classes={m: [i] for i, m in enumerate(machine_ids)}, thresholds=th, default_threshold=1e6,
-        threshold_rule="test: fixed", data_summary={"source": "tests/scoring (untrained)"},
-    )  # fmt: skip
+        machine_type=machine_type,
+        method="clp",
+        score_kind="neglogp",
+        feature_params=params,
+        median_k=median_k,
+        model_config={"encoder": cfg.to_dict(), "head": {"n_classes": len(machine_ids), "scale": 30.0, "margin": 0.5}},
+        state={"encoder": enc.state_dict(), "head": head.state_dict()},
+        class_map=list(machine_ids),
+        id_classes={m: [i] for i, m in enumerate(machine_ids)},
+        thresholds=th,
+        default_threshold=1e6,
+        threshold_rule="test: fixed",
+        data_summary={"source": "tests/scoring (untrained)"},
+    )
     return ModelRegistry(root).save(artifact)
 
 
@@ -56,18 +71,32 @@ def windows_values(n: int, params: FeatureParams, seed: int) -> np.ndarray:
     return (tilt + rng.normal(0, 3, size=(n, params.n_mels, params.window_frames))).astype(np.float32)
 
 
-def make_window(machine_type: str, machine_id: str, index: int, params: FeatureParams | None = None,
-                values: np.ndarray | None = None) -> FeatureWindow:  # fmt: skip
+def make_window(
+    machine_type: str,
+    machine_id: str,
+    index: int,
+    params: FeatureParams | None = None,
+    values: np.ndarray | None = None,
+) -> FeatureWindow:
     """The ``index``-th window of a machine, timed like the stream (end = start + window length)."""
     p = params or FeatureParams()
     hop_ns = int(p.hop_seconds * 1e9)
     start = T0_NS + index * hop_ns
     if values is None:
         values = windows_values(1, p, seed=hash((machine_type, machine_id, index)) % 2**32)[0]
-    return FeatureWindow(machine_type=machine_type, machine_id=machine_id, gateway_id="gw-test", segment=0,
-                         start_frame=index * p.hop_frames, start_ns=start, end_ns=start + int(p.window_seconds * 1e9),
-                         origin_ns=time.time_ns(), last_sequence=index, feature_params=p.canonical_json(),
-                         values=values)  # fmt: skip
+    return FeatureWindow(
+        machine_type=machine_type,
+        machine_id=machine_id,
+        gateway_id="gw-test",
+        segment=0,
+        start_frame=index * p.hop_frames,
+        start_ns=start,
+        end_ns=start + int(p.window_seconds * 1e9),
+        origin_ns=time.time_ns(),
+        last_sequence=index,
+        feature_params=p.canonical_json(),
+        values=values,
+    )
 
 
 def produce(settings: Settings, windows: list[FeatureWindow], extra: list[tuple[bytes, bytes]] = ()) -> None:
@@ -126,5 +155,3 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, every
 def count_points(settings: Settings, url: str | None = None) -> int:
     rows = influx_query(url or settings.influx.url, settings.influx.database, "SELECT count(score) FROM asd_score")
     return int(rows[0]["count"]) if rows else 0
-
-

@@ -49,8 +49,9 @@ class Source:
 
 
 def _core(model) -> ScoringCore:
-    return ScoringCore(ModelCache(Source(model), "cpu"), StateTable(None, alert_after=2, resolve_after=2),
-                       max_batch=4, default_k=5)  # fmt: skip
+    return ScoringCore(
+        ModelCache(Source(model), "cpu"), StateTable(None, alert_after=2, resolve_after=2), max_batch=4, default_k=5
+    )
 
 
 def _w(mid: str, i: int, level: float, params: FeatureParams | None = None):
@@ -73,14 +74,21 @@ def test_core_scores_filters_thresholds_and_alerts_in_stream_order():
 def test_core_refuses_unknown_type_mismatched_params_wrong_shape_nan_and_survives_a_failing_model():
     core = _core(RampModel(nan_for="b"))
     small = FeatureParams(n_mels=64)
-    items = [(make_window("valve", "a", 0), "unknown"), (_w("a", 0, -60, params=small), "params"),
-             (_w("a", 1, -60), "ok"), (_w("b", 0, -60), "nan"), (_w("broken-threshold", 0, -60), "thr")]  # fmt: skip
+    items = [
+        (make_window("valve", "a", 0), "unknown"),
+        (_w("a", 0, -60, params=small), "params"),
+        (_w("a", 1, -60), "ok"),
+        (_w("b", 0, -60), "nan"),
+        (_w("broken-threshold", 0, -60), "thr"),
+    ]
     result = core.process(items)
     assert [s.context for s in result.scored] == ["ok"]
     got = {r.context: r.error for r in result.rejected}
     assert got["unknown"].reason is Reason.UNKNOWN_MACHINE_TYPE and "valve" in got["unknown"].detail
-    assert got["params"].reason is Reason.FEATURE_PARAMS_MISMATCH and "n_mels: window 64 vs model 128" in got[
-        "params"].detail  # fmt: skip
+    assert (
+        got["params"].reason is Reason.FEATURE_PARAMS_MISMATCH
+        and "n_mels: window 64 vs model 128" in got["params"].detail
+    )
     assert got["nan"].reason is Reason.NON_FINITE
     assert got["thr"].reason is Reason.NON_FINITE and "threshold" in got["thr"].detail
     broken = _core(RampModel(fail=True)).process([(_w("a", 0, -60), "x")])
@@ -109,8 +117,22 @@ def test_bench_command_prints_one_json_object(tmp_path):
     save_model(tmp_path, "fan", ["id_00", "id_02"])
     app = typer.Typer()
     app.command()(bench)
-    result = CliRunner().invoke(app, ["--json", "--registry", str(tmp_path), "--windows", "64", "--machines", "4",
-                                      "--max-batch", "16", "--device", "cpu"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "--json",
+            "--registry",
+            str(tmp_path),
+            "--windows",
+            "64",
+            "--machines",
+            "4",
+            "--max-batch",
+            "16",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert data["windows"] == 64 and data["device"] == "cpu" and data["model"] == "fan/v0001"

@@ -12,9 +12,19 @@ from soundwatch.influx.sink import BufferedSink, InfluxBackPressure
 
 
 def _points(n: int, version: str = "v0001", offset: int = 0):
-    return [score_point(machine_type="fan", machine_id=f"id_{i % 2:02d}", model_version=version,
-                        end_ns=T0_NS + (offset + i) * 1_000_000_000, score=float(i), score_median=float(i) / 2,
-                        threshold=3.0, anomalous=i > 3) for i in range(n)]  # fmt: skip
+    return [
+        score_point(
+            machine_type="fan",
+            machine_id=f"id_{i % 2:02d}",
+            model_version=version,
+            end_ns=T0_NS + (offset + i) * 1_000_000_000,
+            score=float(i),
+            score_median=float(i) / 2,
+            threshold=3.0,
+            anomalous=i > 3,
+        )
+        for i in range(n)
+    ]
 
 
 class FlakyWriter:
@@ -104,16 +114,27 @@ def test_v2_path_through_bridge_to_the_real_influxdb(isolated_settings):
 
     s = isolated_settings
     with V2Bridge(s.influx.url, token="t0ken", org="plant") as bridge:
-        v2 = s.influx.model_copy(update={"api": "v2", "url": bridge.url, "token": SecretStr("t0ken"), "org": "plant",
-                                         "bucket": s.influx.database})  # fmt: skip
+        v2 = s.influx.model_copy(
+            update={
+                "api": "v2",
+                "url": bridge.url,
+                "token": SecretStr("t0ken"),
+                "org": "plant",
+                "bucket": s.influx.database,
+            }
+        )
         writer = InfluxClient(v2)
         sink = BufferedSink(writer, batch_size=4)
         sink.add(_points(6, version="v0002"))
         assert sink.flush(block_s=10) is True
         sink.add(_points(6, version="v0002"))  # replay
         assert sink.flush(block_s=10) is True
-        assert bridge.requests[0] == {"path": "/api/v2/write", "org": "plant", "bucket": s.influx.database,
-                                      "precision": "ns"}  # fmt: skip
+        assert bridge.requests[0] == {
+            "path": "/api/v2/write",
+            "org": "plant",
+            "bucket": s.influx.database,
+            "precision": "ns",
+        }
         sink.close()
 
         bad = InfluxClient(v2.model_copy(update={"token": SecretStr("wrong")}))

@@ -152,8 +152,16 @@ def test_state_table_restarts_filter_on_new_model_version_and_marks_dirty():
 
 # ------------------------------------------------------------------ line protocol
 def test_score_point_line_protocol_is_stable_and_escaped():
-    p = score_point(machine_type="fan", machine_id="id_00", model_version="v0001", end_ns=1_700_000_000_123_456_789,
-                    score=1.5, score_median=1.25, threshold=2.0, anomalous=False)  # fmt: skip
+    p = score_point(
+        machine_type="fan",
+        machine_id="id_00",
+        model_version="v0001",
+        end_ns=1_700_000_000_123_456_789,
+        score=1.5,
+        score_median=1.25,
+        threshold=2.0,
+        anomalous=False,
+    )
     assert p.to_line() == (
         "asd_score,machine_id=id_00,machine_type=fan,model_version=v0001 "
         "anomalous=false,score=1.5,score_median=1.25,threshold=2.0 1700000000123456789"

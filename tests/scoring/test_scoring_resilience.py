@@ -51,8 +51,10 @@ def private_influx(tmp_path: Path):
 
 
 def _with(settings: Settings, **sections: dict) -> Settings:
-    data = {k: getattr(settings, k).model_dump() for k in ("kafka", "redis", "influx", "grafana", "ingest",
-                                                           "stream", "scoring", "services")}  # fmt: skip
+    data = {
+        k: getattr(settings, k).model_dump()
+        for k in ("kafka", "redis", "influx", "grafana", "ingest", "stream", "scoring", "services")
+    }
     for name, update in sections.items():
         data[name] = {**data[name], **update}
     return load_settings(**data, features=settings.features.model_dump(), registry_root=settings.registry_root)
@@ -72,8 +74,11 @@ def _committed(settings: Settings) -> int:
 
 
 def test_influx_outage_pauses_consumption_and_loses_no_point(scoring_settings, private_influx):
-    s = _with(scoring_settings, influx={"url": private_influx.url, "max_buffer_points": 10, "batch_size": 5,
-                                        "timeout_s": 2.0}, scoring={"max_batch": 4})  # fmt: skip
+    s = _with(
+        scoring_settings,
+        influx={"url": private_influx.url, "max_buffer_points": 10, "batch_size": 5, "timeout_s": 2.0},
+        scoring={"max_batch": 4},
+    )
     with InfluxClient(s.influx) as client:
         client.create_database()
     save_model(s.registry_root, "fan", ["id_00", "id_01"])
@@ -108,8 +113,13 @@ def _env_for(settings: Settings) -> dict[str, str]:
 
 
 def _start_worker(settings: Settings, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "scoring.cli", "run"], cwd=REPO, env=_env_for(settings),
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "scoring.cli", "run"],
+        cwd=REPO,
+        env=_env_for(settings),
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+    )  # noqa: SIM115
 
 
 def test_worker_killed_and_restarted_loses_no_window_and_duplicates_no_point(scoring_settings, tmp_path):
@@ -140,8 +150,11 @@ def test_worker_killed_and_restarted_loses_no_window_and_duplicates_no_point(sco
         paced(windows[half:])
         second = _start_worker(s, log)
         try:
-            wait_for(lambda: count_points(s) == len(windows) and _committed(s) == len(windows), 120,
-                     "all windows scored and committed after the restart")  # fmt: skip
+            wait_for(
+                lambda: count_points(s) == len(windows) and _committed(s) == len(windows),
+                120,
+                "all windows scored and committed after the restart",
+            )
         finally:
             second.send_signal(signal.SIGTERM)
             assert second.wait(60) == 0, log.read_text()[-3000:]

@@ -55,14 +55,18 @@ class Plant:
 
 
 def _status(s: Settings, machine_id: str, after_ns: int = 0) -> list[dict]:
-    q = (f'SELECT * FROM "{ix.MACHINE_STATUS_MEASUREMENT}" WHERE "{ix.MACHINE_ID}" = \'{machine_id}\' '
-         f"AND time > {after_ns}")  # fmt: skip
+    q = (
+        f'SELECT * FROM "{ix.MACHINE_STATUS_MEASUREMENT}" WHERE "{ix.MACHINE_ID}" = \'{machine_id}\' '
+        f"AND time > {after_ns}"
+    )
     return influx_query(s.influx.url, s.influx.database, q)
 
 
 def _with_status(settings: Settings) -> Settings:
-    data = {k: getattr(settings, k).model_dump() for k in ("kafka", "redis", "influx", "grafana", "ingest", "stream",
-                                                           "services", "features")}  # fmt: skip
+    data = {
+        k: getattr(settings, k).model_dump()
+        for k in ("kafka", "redis", "influx", "grafana", "ingest", "stream", "services", "features")
+    }
     scoring = {**settings.scoring.model_dump(), "status_interval_s": STATUS_INTERVAL_S, "stale_after_s": STALE_AFTER_S}
     return load_settings(**data, scoring=scoring, registry_root=settings.registry_root)
 
@@ -82,16 +86,22 @@ def test_silent_machine_turns_stale_recovers_and_survives_a_worker_restart(scori
         plant.active -= {"id_01", "id_02"}
         time.sleep(2 * plant.every_s)  # the producer's current round is out
         stopped_ns = time.time_ns()
-        first_stale = wait_for(lambda: [r for r in _status(s, "id_01", stopped_ns) if r[ix.STALE] == 1],
-                               3 * (STALE_AFTER_S + STATUS_INTERVAL_S) + 30, "id_01 named as stale")[0]  # fmt: skip
+        first_stale = wait_for(
+            lambda: [r for r in _status(s, "id_01", stopped_ns) if r[ix.STALE] == 1],
+            3 * (STALE_AFTER_S + STATUS_INTERVAL_S) + 30,
+            "id_01 named as stale",
+        )[0]
         assert first_stale[ix.STATE] == "stale" and first_stale[ix.ALERTING] == 0
         # named within stale_after_s + status_interval_s of its last audio (measured by the worker's own clock)
         assert STALE_AFTER_S < first_stale[ix.SECONDS_SINCE_AUDIO] <= STALE_AFTER_S + STATUS_INTERVAL_S + LOOP_SLACK_S
         # and on the wall clock: from the producer's last send (the pipeline's own latency on top)
-        assert first_stale["time"] - plant.last_sent_ns["id_01"] <= (
-            STALE_AFTER_S + STATUS_INTERVAL_S + LOOP_SLACK_S + PIPELINE_LATENCY_S) * 1e9
-        stale_alerting = wait_for(lambda: [r for r in _status(s, "id_02", stopped_ns) if r[ix.STALE] == 1], 30,
-                                  "id_02 named as stale")[0]  # fmt: skip
+        assert (
+            first_stale["time"] - plant.last_sent_ns["id_01"]
+            <= (STALE_AFTER_S + STATUS_INTERVAL_S + LOOP_SLACK_S + PIPELINE_LATENCY_S) * 1e9
+        )
+        stale_alerting = wait_for(
+            lambda: [r for r in _status(s, "id_02", stopped_ns) if r[ix.STALE] == 1], 30, "id_02 named as stale"
+        )[0]
         assert (stale_alerting[ix.STATE], stale_alerting[ix.ALERTING]) == ("stale", 1)  # stale wins, alert kept
         # the machine still sending is never stale meanwhile
         assert {r[ix.STALE] for r in _status(s, "id_00", stopped_ns)} == {0}
@@ -100,8 +110,9 @@ def test_silent_machine_turns_stale_recovers_and_survives_a_worker_restart(scori
         # id_01 resumes: back to normal
         resumed_ns = time.time_ns()
         plant.active.add("id_01")
-        back = wait_for(lambda: [r for r in _status(s, "id_01", resumed_ns) if r[ix.STALE] == 0], 30,
-                        "id_01 back to normal")[0]  # fmt: skip
+        back = wait_for(
+            lambda: [r for r in _status(s, "id_01", resumed_ns) if r[ix.STALE] == 0], 30, "id_01 back to normal"
+        )[0]
         assert back[ix.STATE] == "normal" and back[ix.SECONDS_SINCE_AUDIO] < STALE_AFTER_S
 
     # a new worker of the group (nothing in memory, nobody sends for id_02) still reports id_02, from Redis
@@ -129,8 +140,11 @@ def test_each_known_machine_is_reported_by_the_one_worker_owning_its_partition(s
                 return set(w.known.on_partitions(parts)) if parts else set()
 
             # after the rebalance each worker's status report (every second) refreshes from Redis
-            wait_for(lambda: owned(first) and owned(second) and len(owned(first) | owned(second)) == len(machines),
-                     60, "the two workers to split the known machines")  # fmt: skip
+            wait_for(
+                lambda: owned(first) and owned(second) and len(owned(first) | owned(second)) == len(machines),
+                60,
+                "the two workers to split the known machines",
+            )
             a, b = owned(first), owned(second)
             assert a.isdisjoint(b) and a | b == {f"fan/{m}" for m in machines}
 
@@ -153,8 +167,9 @@ def test_known_machines_keep_the_newest_window_and_merge_through_redis(isolated_
     assert b.get("fan/id_00") == LastAudio(1, 200, 3_000)  # its own newer window wins
     assert b.get("pump/id_00") == LastAudio(2, 50, 2_000)
     assert set(b.on_partitions({2, 3})) == {"pump/id_00"}
-    points = status_points(b.on_partitions({1, 2}), now_ns=63_000_000_000, stale_after_s=60.0,
-                           alerting=lambda m: m == "pump/id_00")  # fmt: skip
+    points = status_points(
+        b.on_partitions({1, 2}), now_ns=63_000_000_000, stale_after_s=60.0, alerting=lambda m: m == "pump/id_00"
+    )
     lines = [p.to_line() for p in points]
     assert lines == [
         "machine_status,machine_id=id_00,machine_type=fan alerting=0i,seconds_since_audio=62.999997,"

@@ -40,9 +40,13 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
         produce(s, [mismatch, unknown], extra=[garbage])
         produce(s, good[len(good) // 2 :])
         wait_for(lambda: count_points(s) >= len(good), 60, "all score points in InfluxDB")
-        wait_for(lambda: influx_query(s.influx.url, s.influx.database,
-                                      "SELECT last(windows_per_s) FROM pipeline WHERE stage='scoring'"), 20,
-                 "a pipeline health point")  # fmt: skip
+        wait_for(
+            lambda: influx_query(
+                s.influx.url, s.influx.database, "SELECT last(windows_per_s) FROM pipeline WHERE stage='scoring'"
+            ),
+            20,
+            "a pipeline health point",
+        )
 
         def scrape() -> str | None:  # the lag gauges refresh every report interval: wait for a caught-up one
             text = requests.get(f"http://127.0.0.1:{worker.metrics.port}/metrics", timeout=5).text
@@ -53,9 +57,12 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
         wait_for(lambda: not worker._pending, 20, "all offsets committed")
 
     # every good window became exactly one point, tagged with the model version
-    rows = influx_query(s.influx.url, s.influx.database,
-                        'SELECT score, score_median, threshold, anomalous FROM asd_score GROUP BY machine_id, '
-                        'machine_type, model_version')  # fmt: skip
+    rows = influx_query(
+        s.influx.url,
+        s.influx.database,
+        "SELECT score, score_median, threshold, anomalous FROM asd_score GROUP BY machine_id, "
+        "machine_type, model_version",
+    )
     assert len(rows) == len(good)
     assert {r["model_version"] for r in rows} == {"v0001"}
     assert {r["machine_type"] for r in rows} == {"fan"}
@@ -117,7 +124,6 @@ def test_hot_reload_switches_model_version_without_restart(scoring_settings):
         wait_for(lambda: worker.models.loaded.get("pump") == v2, 20, "the worker to swap in v0002")
         produce(s, [make_window("pump", "id_00", i) for i in range(5, 10)])
         wait_for(lambda: count_points(s) >= 10, 60, "next 5 points")
-    rows = influx_query(s.influx.url, s.influx.database,
-                        "SELECT score FROM asd_score GROUP BY model_version")  # fmt: skip
+    rows = influx_query(s.influx.url, s.influx.database, "SELECT score FROM asd_score GROUP BY model_version")
     versions = [r["model_version"] for r in sorted(rows, key=lambda r: r["time"])]
     assert versions == ["v0001"] * 5 + ["v0002"] * 5

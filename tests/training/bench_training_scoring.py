@@ -25,10 +25,12 @@ from training.train import TrainConfig, train_machine_type
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_dcase_dataset(root / "data", ["fan"], ids_per_type=3, n_train=3, n_test_normal=0,
-                            n_test_anomaly=0, seconds=10.0)  # fmt: skip
-        result = train_machine_type(scan_dataset(root / "data"), FeatureParams(),
-                                    TrainConfig(epochs=1, device="cpu", progress=False))  # fmt: skip
+        write_dcase_dataset(
+            root / "data", ["fan"], ids_per_type=3, n_train=3, n_test_normal=0, n_test_anomaly=0, seconds=10.0
+        )
+        result = train_machine_type(
+            scan_dataset(root / "data"), FeatureParams(), TrainConfig(epochs=1, device="cpu", progress=False)
+        )
         reg = ModelRegistry(root / "registry")
         model = reg.load("fan", reg.save(result.artifact))
         rng = np.random.default_rng(0)

@@ -26,8 +26,17 @@ def _one_thread() -> None:
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One type, two IDs, 3 s clips: enough for artifact mechanics, not for quality."""
     root = tmp_path_factory.mktemp("tiny")
-    write_dcase_dataset(root, ["valve"], ids_per_type=2, n_train=4, n_test_normal=2, n_test_anomaly=2,
-                        seconds=3.0, sample_rate=16_000, seed=1)  # fmt: skip
+    write_dcase_dataset(
+        root,
+        ["valve"],
+        ids_per_type=2,
+        n_train=4,
+        n_test_normal=2,
+        n_test_anomaly=2,
+        seconds=3.0,
+        sample_rate=16_000,
+        seed=1,
+    )
     return root
 
 
@@ -42,8 +51,17 @@ def method_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic set each training method's learning test trains and evaluates on (written once):
     pump, three machines, 8 training + 4 normal + 6 anomalous test clips each, 10 s."""
     root = tmp_path_factory.mktemp("method_data")
-    write_dcase_dataset(root, ["pump"], ids_per_type=3, n_train=8, n_test_normal=4, n_test_anomaly=6,
-                        seconds=10.0, sample_rate=16_000, seed=0)  # fmt: skip
+    write_dcase_dataset(
+        root,
+        ["pump"],
+        ids_per_type=3,
+        n_train=8,
+        n_test_normal=4,
+        n_test_anomaly=6,
+        seconds=10.0,
+        sample_rate=16_000,
+        seed=0,
+    )
     return root
 
 

@@ -58,8 +58,9 @@ def test_advneg_learns_and_pushes_negatives_away(method_data: Path, evaluate_art
 
     test_normal = [r for r in records if r.split == "test" and r.label == "normal"]
     ws = load_windows(test_normal, FeatureParams(), progress=False)
-    scorer = WindowScorer.build(art.method, art.score_kind, art.model_config, art.state, art.id_classes, art.bank,
-                                art.knn_k)  # fmt: skip
+    scorer = WindowScorer.build(
+        art.method, art.score_kind, art.model_config, art.state, art.id_classes, art.bank, art.knn_k
+    )
     x = torch.from_numpy(ws.windows)
     classes = torch.tensor([art.class_map.index(mid) for mid in ws.machine_ids()])
     gen = torch.Generator().manual_seed(123)
@@ -69,9 +70,17 @@ def test_advneg_learns_and_pushes_negatives_away(method_data: Path, evaluate_art
         "freq-8": p_true_id(scorer, torch.stack([shift_mel(w, -8) for w in x]), classes)[0],
         "swap": p_true_id(scorer, torch.stack([swap(w, gen) for w in x]), classes)[0],
     }
-    print(json.dumps({"advneg": per_type, "p_true_id": {"original": p_orig, **p_neg},
-                      "test_id_accuracy": test_acc, "valid_share": m["advneg_valid_share"],
-                      "train_seconds": round(result.seconds, 1)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "advneg": per_type,
+                "p_true_id": {"original": p_orig, **p_neg},
+                "test_id_accuracy": test_acc,
+                "valid_share": m["advneg_valid_share"],
+                "train_seconds": round(result.seconds, 1),
+            }
+        )
+    )
     assert per_type["auc_mean"] >= 0.85, report["per_id"]
     assert per_type["pauc_mean"] >= 0.7, report["per_id"]
     assert test_acc >= 0.8 and p_orig >= 0.8, (test_acc, p_orig)  # chance: 1/3

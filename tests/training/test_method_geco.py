@@ -43,10 +43,23 @@ def test_single_machine_type_uses_instance_discrimination_without_head() -> None
     rng = np.random.default_rng(0)
     windows = (rng.normal(size=(24, 32, 16)) * 3 - 40).astype(np.float32)
     clip = np.repeat(np.arange(4), 6)
-    cfg = TrainConfig(method="geco", epochs=1, batch_size=8, device="cpu", progress=False,
-                      encoder=EncoderConfig(channels=(4, 8), embedding_dim=16))  # fmt: skip
-    job = EncoderJob(WindowSet([], windows, clip), clip.astype(np.int64), 0, cfg, torch.device("cpu"),
-                     torch.Generator().manual_seed(0), {})  # fmt: skip
+    cfg = TrainConfig(
+        method="geco",
+        epochs=1,
+        batch_size=8,
+        device="cpu",
+        progress=False,
+        encoder=EncoderConfig(channels=(4, 8), embedding_dim=16),
+    )
+    job = EncoderJob(
+        WindowSet([], windows, clip),
+        clip.astype(np.int64),
+        0,
+        cfg,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(0),
+        {},
+    )
     encoder, head = fit(job)
     assert head is None
     assert encoder(torch.from_numpy(windows[:3])).shape == (3, 16)

@@ -42,8 +42,17 @@ def test_semi_learns_and_ships_only_the_encoder(method_data: Path, evaluate_arti
 
 @pytest.mark.slow
 def test_semi_single_machine_uses_instance_discrimination(tmp_path: Path) -> None:
-    write_dcase_dataset(tmp_path, ["valve"], ids_per_type=1, n_train=4, n_test_normal=1, n_test_anomaly=1,
-                        seconds=3.0, sample_rate=16_000, seed=1)  # fmt: skip
+    write_dcase_dataset(
+        tmp_path,
+        ["valve"],
+        ids_per_type=1,
+        n_train=4,
+        n_test_normal=1,
+        n_test_anomaly=1,
+        seconds=3.0,
+        sample_rate=16_000,
+        seed=1,
+    )
     cfg = TrainConfig(method="semi", epochs=1, device="cpu", progress=False)
     art = train_machine_type(scan_dataset(tmp_path, "valve"), FeatureParams(), cfg).artifact
     assert art.class_source == "none" and set(art.state) == {"encoder"} and art.score_kind == "knn"

@@ -64,8 +64,9 @@ def two_registries(tmp_path: Path, tiny_result: TrainResult) -> tuple[Path, Path
 
 # -------------------------------------------------------------------------------- names from outside
 @pytest.mark.integration
-def test_a_version_read_from_redis_cannot_leave_the_registry(isolated_settings: Settings,
-                                                             two_registries: tuple[Path, Path]) -> None:  # fmt: skip
+def test_a_version_read_from_redis_cannot_leave_the_registry(
+    isolated_settings: Settings, two_registries: tuple[Path, Path]
+) -> None:
     import redis
 
     from scoring.models import ModelCache
@@ -95,15 +96,20 @@ def test_a_version_read_from_redis_cannot_leave_the_registry(isolated_settings: 
 
 
 @pytest.mark.integration
-def test_a_reload_message_cannot_leave_the_registry(isolated_settings: Settings,
-                                                    two_registries: tuple[Path, Path]) -> None:  # fmt: skip
+def test_a_reload_message_cannot_leave_the_registry(
+    isolated_settings: Settings, two_registries: tuple[Path, Path]
+) -> None:
     import redis
 
     from scoring.models import ModelCache, ReloadListener, parse_reload_message
 
     root, _ = two_registries
-    bad_messages = [{"machine_type": "valve", "version": OUTSIDE}, {"machine_type": "../elsewhere/valve"},
-                    {"machine_type": "valve", "version": "v0001\n"}, {"machine_type": "valve", "version": ".."}]
+    bad_messages = [
+        {"machine_type": "valve", "version": OUTSIDE},
+        {"machine_type": "../elsewhere/valve"},
+        {"machine_type": "valve", "version": "v0001\n"},
+        {"machine_type": "valve", "version": ".."},
+    ]
     for bad in bad_messages:
         with pytest.raises(ValueError, match="is not a"):
             parse_reload_message(json.dumps(bad))
@@ -132,16 +138,21 @@ def test_a_reload_message_cannot_leave_the_registry(isolated_settings: Settings,
     assert cache.get("valve") is model and _inside(model.path, root)  # type: ignore[attr-defined]
 
 
-def test_cli_arguments_cannot_leave_the_registry(two_registries: tuple[Path, Path], run_soundwatch,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_cli_arguments_cannot_leave_the_registry(
+    two_registries: tuple[Path, Path], run_soundwatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, outside = two_registries
     monkeypatch.setenv("SOUNDWATCH_REDIS__URL", "redis://127.0.0.1:1/0")  # no Redis: the newest on disk
     secret_marker = "metadata-from-elsewhere"
     _reseal(outside / "valve" / "v0001", lambda meta: meta["data_summary"].update(marker=secret_marker))
-    attempts = [["models", "show", "../elsewhere/valve"], ["models", "show", "valve", OUTSIDE],
-                ["models", "list", "--machine-type", "../elsewhere/valve"], ["models", "promote", "valve", OUTSIDE],
-                ["models", "rollback", "valve", "--to", OUTSIDE],
-                ["models", "sign", "--machine-type", "../elsewhere/valve"]]
+    attempts = [
+        ["models", "show", "../elsewhere/valve"],
+        ["models", "show", "valve", OUTSIDE],
+        ["models", "list", "--machine-type", "../elsewhere/valve"],
+        ["models", "promote", "valve", OUTSIDE],
+        ["models", "rollback", "valve", "--to", OUTSIDE],
+        ["models", "sign", "--machine-type", "../elsewhere/valve"],
+    ]
     for args in attempts:
         result = run_soundwatch(*args, "--registry", str(root))
         assert result.code == 6, (args, result.stdout, result.stderr)
@@ -230,8 +241,9 @@ def test_a_pickle_payload_is_refused_with_the_registrys_error(tmp_path: Path, ti
 
 
 # -------------------------------------------------------------------------------- signing and migration
-def test_unsigned_artifacts_load_without_a_key_and_after_models_sign(tmp_path: Path, tiny_result: TrainResult,
-                                                                     run_soundwatch) -> None:  # fmt: skip
+def test_unsigned_artifacts_load_without_a_key_and_after_models_sign(
+    tmp_path: Path, tiny_result: TrainResult, run_soundwatch
+) -> None:
     root = tmp_path / "registry"
     legacy = ModelRegistry(root, signing_key=None)  # what today's main writes: no signature.json
     v1, v2 = legacy.save(tiny_result.artifact), legacy.save(tiny_result.artifact)
@@ -258,8 +270,9 @@ def test_unsigned_artifacts_load_without_a_key_and_after_models_sign(tmp_path: P
     assert [r["outcome"] for r in json.loads(again.stdout)] == ["already signed", "refused"]
 
 
-def test_key_rotation_keeps_old_workers_loading(tmp_path: Path, tiny_result: TrainResult, run_soundwatch,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_key_rotation_keeps_old_workers_loading(
+    tmp_path: Path, tiny_result: TrainResult, run_soundwatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from training.registry import ArtifactSigner
 
     root = tmp_path / "registry"

@@ -39,8 +39,9 @@ def test_auto_keeps_the_best_held_out_normal_criterion_and_records_the_table(aut
 
 
 def test_auto_skips_what_does_not_fit_the_budget_and_says_so(tiny_data: Path) -> None:
-    result = train_auto(scan_dataset(tiny_data, "valve"), FeatureParams(), CFG, methods=("ae", "clp"),
-                        time_budget_s=0.01)  # fmt: skip
+    result = train_auto(
+        scan_dataset(tiny_data, "valve"), FeatureParams(), CFG, methods=("ae", "clp"), time_budget_s=0.01
+    )
     rows = result.table()
     assert rows[0]["note"] == "trained" and result.winner.method == "ae"
     assert rows[1]["note"].startswith("skipped: expected") and rows[1]["criterion"] is None
@@ -49,8 +50,9 @@ def test_auto_skips_what_does_not_fit_the_budget_and_says_so(tiny_data: Path) ->
 def test_auto_uses_labelled_validation_clips_when_given(tiny_data: Path) -> None:
     records = scan_dataset(tiny_data, "valve")
     validation = [r for r in records if r.split == "test"]  # in real use: a separate labelled set, never the test set
-    result = train_auto([r for r in records if r.split == "train"], FeatureParams(), CFG, methods=("ae",),
-                        validation=validation)  # fmt: skip
+    result = train_auto(
+        [r for r in records if r.split == "train"], FeatureParams(), CFG, methods=("ae",), validation=validation
+    )
     assert "labelled validation" in result.criterion and 0.0 <= result.winner.criterion <= 1.0
 
 
@@ -101,16 +103,46 @@ def test_cli_auto_then_compare(tiny_data: Path, tmp_path: Path, monkeypatch: pyt
     app.command("evaluate")(evaluate_cmd)
     runner = CliRunner()
     registry = tmp_path / "registry"
-    out = runner.invoke(app, ["train", "--data", str(tiny_data), "--registry", str(registry), "--method", "auto",
-                              "--methods", "clp,ae", "--epochs", "1", "--device", "cpu"])  # fmt: skip
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tiny_data),
+            "--registry",
+            str(registry),
+            "--method",
+            "auto",
+            "--methods",
+            "clp,ae",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "method selection by" in out.output
     reg = ModelRegistry(registry)
     assert len(reg.versions("valve")) == 2
     newest = reg.load("valve", reg.latest_version("valve"))
     assert newest.method == newest.metadata["metrics"]["auto_selection"]["chosen"]
-    out = runner.invoke(app, ["evaluate", "--data", str(tiny_data), "--registry", str(registry), "--compare",
-                              "--results", str(tmp_path / "cmp"), "--device", "cpu", "--json"])  # fmt: skip
+    out = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--data",
+            str(tiny_data),
+            "--registry",
+            str(registry),
+            "--compare",
+            "--results",
+            str(tmp_path / "cmp"),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert {r["method"] for r in report["rows"]} == {"ae", "clp"}

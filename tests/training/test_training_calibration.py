@@ -14,8 +14,17 @@ from training.train import choose_classes, split_holdout
 
 def _rec(mid: str, domain: str | None = None, attrs: str = "", i: int = 0) -> ClipRecord:
     scheme = "dcase2021" if domain else "dcase2020"
-    return ClipRecord(Path(f"/x/{mid}_{domain}_{attrs}_{i}.wav"), "fan", mid, "normal", "train", scheme,  # type: ignore[arg-type]
-                      section=mid if domain else None, domain=domain, attributes=attrs)  # fmt: skip
+    return ClipRecord(
+        Path(f"/x/{mid}_{domain}_{attrs}_{i}.wav"),
+        "fan",
+        mid,
+        "normal",
+        "train",
+        scheme,  # type: ignore[arg-type]
+        section=mid if domain else None,
+        domain=domain,
+        attributes=attrs,
+    )
 
 
 def test_classes_fall_back_from_ids_to_attributes_to_none() -> None:

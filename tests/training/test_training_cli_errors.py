@@ -23,8 +23,18 @@ def test_evaluate_with_no_readable_test_clip_exits_6_and_lists_them(
     assert len(clips) >= 4
     for clip in clips:
         clip.write_bytes(b"RIFF....WAVE but not really")
-    result = run_soundwatch("evaluate", "--data", str(data), "--registry", str(registry), "--device", "cpu",
-                            "--json", "--results", str(tmp_path / "results"))  # fmt: skip
+    result = run_soundwatch(
+        "evaluate",
+        "--data",
+        str(data),
+        "--registry",
+        str(registry),
+        "--device",
+        "cpu",
+        "--json",
+        "--results",
+        str(tmp_path / "results"),
+    )
     assert result.code == 6, result
     assert f"no test clip of 'valve' under {data} could be read" in result.stderr
     for clip in clips:
@@ -35,7 +45,17 @@ def test_evaluate_with_no_readable_test_clip_exits_6_and_lists_them(
     for clip in clips:
         shutil.copy(tiny_data / "valve" / "test" / clip.name, clip)
     clips[0].write_bytes(b"still broken")
-    result = run_soundwatch("evaluate", "--data", str(data), "--registry", str(registry), "--device", "cpu",
-                            "--json", "--results", str(tmp_path / "results"))  # fmt: skip
+    result = run_soundwatch(
+        "evaluate",
+        "--data",
+        str(data),
+        "--registry",
+        str(registry),
+        "--device",
+        "cpu",
+        "--json",
+        "--results",
+        str(tmp_path / "results"),
+    )
     assert result.code == 0, result
     assert f"skipped {clips[0]}" in result.stderr

@@ -40,11 +40,19 @@ def test_dcase2021_layout(tmp_path: Path) -> None:
     _touch_wav(tmp_path / "gearbox" / "test" / "section_00_target_test_anomaly_0012.wav")
     first, second = sorted(scan_dataset(tmp_path), key=lambda r: r.split, reverse=True)
     assert (first.machine_id, first.section, first.domain, first.attributes, first.split, first.label) == (
-        "section_01", "section_01", "source", "volt_1.3_wt_30", "train", "normal",
-    )  # fmt: skip
+        "section_01",
+        "section_01",
+        "source",
+        "volt_1.3_wt_30",
+        "train",
+        "normal",
+    )
     assert (second.machine_id, second.domain, second.attributes, second.label) == (
-        "section_00", "target", "", "anomaly",
-    )  # fmt: skip
+        "section_00",
+        "target",
+        "",
+        "anomaly",
+    )
 
 
 def test_folders_matching_neither_scheme_are_clear_errors(tmp_path: Path) -> None:

@@ -27,8 +27,17 @@ TYPE = "pump"
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    write_dcase_dataset(root, [TYPE], ids_per_type=3, n_train=12, n_test_normal=6, n_test_anomaly=8,
-                        seconds=10.0, sample_rate=16_000, seed=0)  # fmt: skip
+    write_dcase_dataset(
+        root,
+        [TYPE],
+        ids_per_type=3,
+        n_train=12,
+        n_test_normal=6,
+        n_test_anomaly=8,
+        seconds=10.0,
+        sample_rate=16_000,
+        seed=0,
+    )
     return root
 
 
@@ -63,8 +72,9 @@ def test_ae_baseline_trains_and_scores(synthetic: Path, evaluate_artifact) -> No
 
 
 @pytest.mark.slow
-def test_cli_train_and_evaluate_on_real_mini_smoke(real_mini: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_cli_train_and_evaluate_on_real_mini_smoke(
+    real_mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SMOKE TEST, not a quality number: real-mini has only test/ clips, so its normal clips are
     copied into a train/ split (the model then sees some of its own test normals)."""
     from soundwatch.settings import get_settings
@@ -89,21 +99,39 @@ def test_cli_train_and_evaluate_on_real_mini_smoke(real_mini: Path, tmp_path: Pa
     app.command("evaluate")(evaluate_cmd)
     runner = CliRunner()
     registry = tmp_path / "registry"
-    out = runner.invoke(app, ["train", "--data", str(data), "--registry", str(registry), "--epochs", "1",
-                              "--device", "cpu"])  # fmt: skip
+    out = runner.invoke(
+        app, ["train", "--data", str(data), "--registry", str(registry), "--epochs", "1", "--device", "cpu"]
+    )
     assert out.exit_code == 0, out.output
     assert "not set current" in out.output
     assert ModelRegistry(registry).machine_types() == ["ToyCar", "valve"]
     toycar = ModelRegistry(registry).load("ToyCar")
     assert toycar.score_kind == "knn" and toycar.metadata["class_source"] == "none"
     plots = tmp_path / "plots"
-    out = runner.invoke(app, ["evaluate", "--data", str(data), "--registry", str(registry), "--json",
-                              "--plots", str(plots), "--device", "cpu"])  # fmt: skip
+    out = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--data",
+            str(data),
+            "--registry",
+            str(registry),
+            "--json",
+            "--plots",
+            str(plots),
+            "--device",
+            "cpu",
+        ],
+    )
     assert out.exit_code == 0, out.output
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(report) >= {"per_id", "per_type", "overall"}
     assert {(r["machine_type"], r["machine_id"]) for r in report["per_id"]} == {
-        ("valve", "id_00"), ("valve", "id_02"), ("valve", "id_04"), ("valve", "id_06"), ("ToyCar", "id_04"),
+        ("valve", "id_00"),
+        ("valve", "id_02"),
+        ("valve", "id_04"),
+        ("valve", "id_06"),
+        ("ToyCar", "id_04"),
     }
     for t in ("valve", "ToyCar"):
         assert set(report["per_type"][t]) == {"auc_mean", "pauc_mean", "auc_hmean", "pauc_hmean", "mauc"}

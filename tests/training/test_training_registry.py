@@ -36,8 +36,20 @@ def test_artifact_round_trip(tmp_path: Path, tiny_data: Path, tiny_result: Train
     assert model.threshold_for("id_00") == model.thresholds["id_00"]
     assert model.threshold_for("id_99") == model.default_threshold
     meta = json.loads((tmp_path / "valve" / "v0002" / "metadata.json").read_text())
-    for key in ("feature_params", "class_map", "thresholds", "threshold_rule", "data_summary", "metrics",
-                "parent_version", "method", "median_k", "files", "checksum", "version"):
+    for key in (
+        "feature_params",
+        "class_map",
+        "thresholds",
+        "threshold_rule",
+        "data_summary",
+        "metrics",
+        "parent_version",
+        "method",
+        "median_k",
+        "files",
+        "checksum",
+        "version",
+    ):
         assert key in meta, key
     assert "data_cutoff" in meta["data_summary"]
 

@@ -55,8 +55,17 @@ def test_speed_and_fault_validation() -> None:
 
 
 def test_write_dcase_dataset_layout(tmp_path: Path) -> None:
-    summary = write_dcase_dataset(tmp_path, ["fan"], ids_per_type=2, n_train=2, n_test_normal=1,
-                                  n_test_anomaly=1, seconds=0.5, sample_rate=16_000, seed=0)  # fmt: skip
+    summary = write_dcase_dataset(
+        tmp_path,
+        ["fan"],
+        ids_per_type=2,
+        n_train=2,
+        n_test_normal=1,
+        n_test_anomaly=1,
+        seconds=0.5,
+        sample_rate=16_000,
+        seed=0,
+    )
     assert summary.files == 2 * (2 + 1 + 1)
     names = sorted(p.name for p in (tmp_path / "fan" / "train").glob("*.wav"))
     assert names[0] == "normal_id_00_00000000.wav"

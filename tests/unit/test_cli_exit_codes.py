@@ -9,8 +9,12 @@ import pytest
 
 
 def _is_usage_error(result, command: str) -> bool:  # noqa: ANN001
-    return (result.code == 2 and f"Try '{command} --help' for help." in result.stderr
-            and "unexpected error" not in result.stderr and "Traceback" not in result.stderr)  # fmt: skip
+    return (
+        result.code == 2
+        and f"Try '{command} --help' for help." in result.stderr
+        and "unexpected error" not in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
 
 @pytest.mark.parametrize("debug", [[], ["--debug"]])
@@ -38,19 +42,27 @@ def test_method_and_device_are_choices_that_list_the_valid_values(run_soundwatch
     result = run_soundwatch("evaluate", "--data", str(tmp_path), "--method", "auto")  # auto trains; it is no model
     assert _is_usage_error(result, "soundwatch evaluate"), result
     devices = "'auto', 'cpu', 'cuda'"
-    for command in (["train", "--data", str(tmp_path)], ["evaluate", "--data", str(tmp_path)],
-                    ["retrain", "--once"], ["score", "run"], ["bench", "scoring"]):  # fmt: skip
+    for command in (
+        ["train", "--data", str(tmp_path)],
+        ["evaluate", "--data", str(tmp_path)],
+        ["retrain", "--once"],
+        ["score", "run"],
+        ["bench", "scoring"],
+    ):
         result = run_soundwatch(*command, "--device", "tpu")
         assert _is_usage_error(result, "soundwatch " + " ".join(c for c in command if not c.startswith(("-", "/")))), (
-            command, result)  # fmt: skip
+            command,
+            result,
+        )
         assert devices in result.stderr, result.stderr
     help_text = run_soundwatch("train", "--help").stdout
     assert "auto|cpu|cuda" in help_text and "clp|" in help_text
 
 
 @pytest.mark.parametrize("debug", [False, True])
-def test_debug_adds_a_traceback_and_keeps_the_exit_code(run_soundwatch, tmp_path: Path, debug: bool,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_debug_adds_a_traceback_and_keeps_the_exit_code(
+    run_soundwatch, tmp_path: Path, debug: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     flag = ["--debug"] if debug else []
     monkeypatch.setenv("SOUNDWATCH_REDIS__URL", "redis://127.0.0.1:1/0")  # never the shared Redis
     # an error the user can act on: unusable input -> 6

@@ -31,24 +31,49 @@ finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 
 def _chunk(**kw) -> AudioChunk:
-    base = dict(machine_type="fan", machine_id="id_00", gateway_id="gw1", sample_rate=16000, sequence=7,
-                start_ns=1_700_000_000_000_000_000, samples=np.arange(-5, 5, dtype=np.int16), origin_ns=42)
+    base = dict(
+        machine_type="fan",
+        machine_id="id_00",
+        gateway_id="gw1",
+        sample_rate=16000,
+        sequence=7,
+        start_ns=1_700_000_000_000_000_000,
+        samples=np.arange(-5, 5, dtype=np.int16),
+        origin_ns=42,
+    )
     base.update(kw)
     return AudioChunk(**base)
 
 
 def _window(**kw) -> FeatureWindow:
-    base = dict(machine_type="pump", machine_id="id_02", gateway_id="gw1", segment=1, start_frame=32,
-                start_ns=10, end_ns=20, origin_ns=15, last_sequence=3,
-                feature_params=FeatureParams().canonical_json(),
-                values=np.linspace(-100, 0, 128 * 4, dtype=np.float32).reshape(128, 4))
+    base = dict(
+        machine_type="pump",
+        machine_id="id_02",
+        gateway_id="gw1",
+        segment=1,
+        start_frame=32,
+        start_ns=10,
+        end_ns=20,
+        origin_ns=15,
+        last_sequence=3,
+        feature_params=FeatureParams().canonical_json(),
+        values=np.linspace(-100, 0, 128 * 4, dtype=np.float32).reshape(128, 4),
+    )
     base.update(kw)
     return FeatureWindow(**base)
 
 
 @settings(max_examples=150, deadline=None)
-@given(mt=ids, mid=ids, gw=ids, sr=st.integers(1, 768_000), seq=i63, start=signed, origin=signed,
-       pcm=hnp.arrays(np.int16, st.integers(1, 3000)))  # fmt: skip
+@given(
+    mt=ids,
+    mid=ids,
+    gw=ids,
+    sr=st.integers(1, 768_000),
+    seq=i63,
+    start=signed,
+    origin=signed,
+    pcm=hnp.arrays(np.int16, st.integers(1, 3000)),
+)
 def test_audio_chunk_pcm16_round_trip(mt, mid, gw, sr, seq, start, origin, pcm):
     epoch = seq // 3  # any value in [0, 2^63)
     chunk = AudioChunk(mt, mid, gw, sr, seq, start, pcm, origin, epoch=epoch)
@@ -62,8 +87,7 @@ def test_audio_chunk_pcm16_round_trip(mt, mid, gw, sr, seq, start, origin, pcm):
 
 
 @settings(max_examples=100, deadline=None)
-@given(samples=hnp.arrays(np.float32, st.integers(1, 2000),
-                          elements=st.floats(-1, 1, width=32, allow_nan=False)))  # fmt: skip
+@given(samples=hnp.arrays(np.float32, st.integers(1, 2000), elements=st.floats(-1, 1, width=32, allow_nan=False)))
 def test_audio_chunk_float32_round_trip(samples):
     back = AudioChunk.decode(_chunk(samples=samples).encode())
     assert back.samples.dtype == np.float32
@@ -71,12 +95,23 @@ def test_audio_chunk_float32_round_trip(samples):
 
 
 @settings(max_examples=100, deadline=None)
-@given(seg=i63, frame=i63, start=signed, end=signed, origin=signed, last=i63,
-       values=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
-                         elements=st.floats(-200, 50, width=32)))  # fmt: skip
+@given(
+    seg=i63,
+    frame=i63,
+    start=signed,
+    end=signed,
+    origin=signed,
+    last=i63,
+    values=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+        elements=st.floats(-200, 50, width=32),
+    ),
+)
 def test_feature_window_round_trip(seg, frame, start, end, origin, last, values):
-    w = _window(segment=seg, start_frame=frame, start_ns=start, end_ns=end, origin_ns=origin,
-                last_sequence=last, values=values)  # fmt: skip
+    w = _window(
+        segment=seg, start_frame=frame, start_ns=start, end_ns=end, origin_ns=origin, last_sequence=last, values=values
+    )
     back = FeatureWindow.decode(w.encode())
     assert (back.segment, back.start_frame, back.start_ns, back.end_ns) == (seg, frame, start, end)
     assert (back.origin_ns, back.last_sequence) == (origin, last)
@@ -93,8 +128,15 @@ def test_score_round_trip(mt, mid, mv, ts, score, med, thr, anom):
 
 
 @settings(max_examples=100, deadline=None)
-@given(ts=signed, med=finite, thr=finite, prev=st.sampled_from(AlertState), cur=st.sampled_from(AlertState),
-       msg=st.text(max_size=200), extra=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4))
+@given(
+    ts=signed,
+    med=finite,
+    thr=finite,
+    prev=st.sampled_from(AlertState),
+    cur=st.sampled_from(AlertState),
+    msg=st.text(max_size=200),
+    extra=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4),
+)
 def test_alert_event_round_trip(ts, med, thr, prev, cur, msg, extra):
     e = AlertEvent("fan", "id_00", "v3", ts, prev, cur, med, thr, msg, extra=extra)
     assert AlertEvent.decode(e.encode()) == e
@@ -215,8 +257,10 @@ def test_header_payload_length_mismatch():
     assert info.value.reason is Reason.TRAILING_BYTES
 
 
-@pytest.mark.parametrize("field,value", [("machine_id", ""), ("machine_id", "a b"), ("machine_type", "x/y"),
-                                         ("sample_rate", 0), ("sequence", -1)])  # fmt: skip
+@pytest.mark.parametrize(
+    "field,value",
+    [("machine_id", ""), ("machine_id", "a b"), ("machine_type", "x/y"), ("sample_rate", 0), ("sequence", -1)],
+)
 def test_invalid_header_fields(field, value):
     with pytest.raises(ContractError) as info:
         _chunk(**{field: value})

@@ -54,10 +54,14 @@ def test_missing_config_file_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_config_show_masks_secrets(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    secrets = {"SOUNDWATCH_KAFKA__SASL_PASSWORD": "kafka-s3cret", "SOUNDWATCH_INFLUX__TOKEN": "influx-s3cret",
-               "SOUNDWATCH_REDIS__PASSWORD": "redis-s3cret", "SOUNDWATCH_GRAFANA__TOKEN": "grafana-s3cret",
-               "SOUNDWATCH_INFLUX__PASSWORD": "influxpw-s3cret",
-               "SOUNDWATCH_REGISTRY_SIGNING_KEY": "registry-signing-s3cret"}  # fmt: skip
+    secrets = {
+        "SOUNDWATCH_KAFKA__SASL_PASSWORD": "kafka-s3cret",
+        "SOUNDWATCH_INFLUX__TOKEN": "influx-s3cret",
+        "SOUNDWATCH_REDIS__PASSWORD": "redis-s3cret",
+        "SOUNDWATCH_GRAFANA__TOKEN": "grafana-s3cret",
+        "SOUNDWATCH_INFLUX__PASSWORD": "influxpw-s3cret",
+        "SOUNDWATCH_REGISTRY_SIGNING_KEY": "registry-signing-s3cret",
+    }
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
     for args in (["config", "show"], ["config", "show", "--json"]):
@@ -103,8 +107,18 @@ def test_error_hints_keep_bracketed_text(tmp_path):
 
     if importlib.util.find_spec("sounddevice") is not None:
         pytest.skip("sounddevice is installed here: the missing-extra error cannot happen")
-    cmd = [sys.executable, "-m", "soundwatch.cli", "gateway", "--source", "mic", "--machine-type", "fan",
-           "--machine-id", "id_00"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "soundwatch.cli",
+        "gateway",
+        "--source",
+        "mic",
+        "--machine-type",
+        "fan",
+        "--machine-id",
+        "id_00",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 5, out.stderr
     assert "soundwatch[mic]" in out.stderr

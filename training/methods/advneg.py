@@ -86,8 +86,13 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-8))
 
 
-def candidates(kind: str, w: torch.Tensor, z: torch.Tensor, standardize: Callable[[torch.Tensor], torch.Tensor],
-               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def candidates(
+    kind: str,
+    w: torch.Tensor,
+    z: torch.Tensor,
+    standardize: Callable[[torch.Tensor], torch.Tensor],
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``CANDIDATES`` perturbations of window ``w`` (standardised: ``z``) and whether each is a valid
     negative (see the module docstring for the rules)."""
     outs, ok = [], []
@@ -120,8 +125,9 @@ def hard_negatives(encoder: Encoder, fraction: float, n_labels: int, stats: dict
         for k, kind in enumerate(KINDS, start=1):
             pick = torch.randperm(x.shape[0], generator=gen)[:n]
             z = standardize(x[pick])
-            cands, valid = zip(*(candidates(kind, x[i], z[j], standardize, gen) for j, i in enumerate(pick.tolist())),
-                               strict=True)  # fmt: skip
+            cands, valid = zip(
+                *(candidates(kind, x[i], z[j], standardize, gen) for j, i in enumerate(pick.tolist())), strict=True
+            )
             cand, ok = torch.stack(cands), torch.stack(valid)  # [n, C, M, W], [n, C]
             stats.setdefault(kind, []).append(float(ok.any(1).float().mean()))
             keep = ok.any(1)
@@ -158,13 +164,19 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
     epochs = cfg.stage_epochs()
     stats: dict[str, list[float]] = {}
     views = hard_negatives(encoder, cfg.negative_fraction, job.n_labels, stats)
-    job.metrics["supcon_loss"] = rounded(supcon_stage(job, encoder, views, epochs=epochs, lr=cfg.supcon_lr,
-                                                      desc="advneg stage 1 (SupCon)"))  # fmt: skip
+    job.metrics["supcon_loss"] = rounded(
+        supcon_stage(job, encoder, views, epochs=epochs, lr=cfg.supcon_lr, desc="advneg stage 1 (SupCon)")
+    )
     if job.n_classes >= 2:
-        head = arcface_stage(job, encoder, hard_negatives(encoder, cfg.negative_fraction,
-                                                          job.n_classes, stats),
-                             n_out=(len(KINDS) + 1) * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
-                             desc="advneg stage 2 (ArcFace)")  # fmt: skip
+        head = arcface_stage(
+            job,
+            encoder,
+            hard_negatives(encoder, cfg.negative_fraction, job.n_classes, stats),
+            n_out=(len(KINDS) + 1) * job.n_classes,
+            epochs=epochs,
+            lr=cfg.arc_lr,
+            desc="advneg stage 2 (ArcFace)",
+        )
     else:
         head = None
     job.metrics["advneg_valid_share"] = {k: round(sum(v) / len(v), 4) for k, v in stats.items() if v}

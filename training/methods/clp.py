@@ -18,11 +18,18 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
     encoder = job.new_encoder()
     epochs = cfg.stage_epochs()
     views = position_negatives(cfg.negative_fraction, job.n_labels)
-    job.metrics["supcon_loss"] = rounded(supcon_stage(job, encoder, views, epochs=epochs, lr=cfg.supcon_lr,
-                                                      desc="clp stage 1 (SupCon)"))  # fmt: skip
+    job.metrics["supcon_loss"] = rounded(
+        supcon_stage(job, encoder, views, epochs=epochs, lr=cfg.supcon_lr, desc="clp stage 1 (SupCon)")
+    )
     if job.n_classes < 2:
         return encoder, None
-    head = arcface_stage(job, encoder, position_negatives(cfg.negative_fraction, job.n_classes),
-                         n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
-                         desc="clp stage 2 (ArcFace)")  # fmt: skip
+    head = arcface_stage(
+        job,
+        encoder,
+        position_negatives(cfg.negative_fraction, job.n_classes),
+        n_out=2 * job.n_classes,
+        epochs=epochs,
+        lr=cfg.arc_lr,
+        desc="clp stage 2 (ArcFace)",
+    )
     return encoder, head

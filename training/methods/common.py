@@ -60,8 +60,15 @@ class EncoderJob:
     def new_encoder(self, **overrides: Any) -> Encoder:
         """An encoder sized for these windows, input statistics fitted, on the device."""
         ws = self.windows.windows
-        cfg = EncoderConfig(**{**self.cfg.encoder.to_dict(), "n_mels": ws.shape[1], "window_frames": ws.shape[2],
-                               "channels": self.cfg.encoder.channels, **overrides})  # fmt: skip
+        cfg = EncoderConfig(
+            **{
+                **self.cfg.encoder.to_dict(),
+                "n_mels": ws.shape[1],
+                "window_frames": ws.shape[2],
+                "channels": self.cfg.encoder.channels,
+                **overrides,
+            }
+        )
         encoder = Encoder(cfg)
         encoder.norm.fit(norm_sample(ws, self.cfg.seed))
         return encoder.to(self.device)
@@ -131,16 +138,24 @@ def combine(*fns: Views) -> Views:
     return views
 
 
-def with_views(x: torch.Tensor, y: torch.Tensor, views: Views,
-               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def with_views(
+    x: torch.Tensor, y: torch.Tensor, views: Views, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     xe, ye = views(x, y, gen)
     return torch.cat([x, xe.to(x.dtype)]), torch.cat([y, ye.to(y.dtype)])
 
 
-def supcon_stage(job: EncoderJob, encoder: Encoder, views: Views, *, epochs: int, lr: float,
-                 desc: str = "SupCon", extra_params: list[nn.Parameter] | None = None,
-                 extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 ) -> list[float]:  # fmt: skip
+def supcon_stage(
+    job: EncoderJob,
+    encoder: Encoder,
+    views: Views,
+    *,
+    epochs: int,
+    lr: float,
+    desc: str = "SupCon",
+    extra_params: list[nn.Parameter] | None = None,
+    extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> list[float]:
     """Supervised contrastive training of ``encoder`` (+ a projection head) on the job's windows plus
     ``views``; positives share a label. ``extra_loss(x, y)`` (e.g. a predictor's own loss, with
     ``extra_params``) is added to each batch's loss. Returns the mean loss per epoch."""
@@ -167,8 +182,9 @@ def supcon_stage(job: EncoderJob, encoder: Encoder, views: Views, *, epochs: int
     return losses
 
 
-def arcface_stage(job: EncoderJob, encoder: Encoder, views: Views, *, n_out: int, epochs: int, lr: float,
-                  desc: str = "ArcFace") -> ArcMarginHead:  # fmt: skip
+def arcface_stage(
+    job: EncoderJob, encoder: Encoder, views: Views, *, n_out: int, epochs: int, lr: float, desc: str = "ArcFace"
+) -> ArcMarginHead:
     """ArcFace fine-tuning of ``encoder`` with an ID classifier over ``n_out`` labels (real classes and
     the negative classes ``views`` makes). Returns the classifier restricted to the job's *real* classes
     (the negative classes were a training device: p(ID) at inference is a softmax over machines, and

@@ -57,8 +57,9 @@ class FramePredictor(nn.Module):
         self.inp = nn.Linear(n_mels, d_model)
         self.start = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos = nn.Parameter(0.02 * torch.randn(1, window_frames, d_model))
-        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0,
-                                           batch_first=True, norm_first=True)  # fmt: skip
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, dim_feedforward=2 * d_model, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.Linear(d_model, n_mels)
         self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(window_frames))
@@ -118,8 +119,7 @@ def pretrain_predictor(job: EncoderJob, predictor: FramePredictor, epochs: int, 
     opt = torch.optim.Adam(predictor.parameters(), lr=lr)
     scaler = grad_scaler(device)
     losses = []
-    for _ in tqdm(range(epochs), desc="geco stage 0 (predictor)", unit="epoch", disable=not cfg.progress,
-                  leave=False):  # fmt: skip
+    for _ in tqdm(range(epochs), desc="geco stage 0 (predictor)", unit="epoch", disable=not cfg.progress, leave=False):
         total, seen = 0.0, 0
         for idx in batches(len(x_all), cfg.batch_size, job.gen):
             with autocast(device):
@@ -157,8 +157,9 @@ def generated_separation(job: EncoderJob, encoder: Encoder, negatives: Views, li
     return float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
 
 
-def joint_stage(job: EncoderJob, encoder: Encoder, predictor: FramePredictor, views: Views,
-                epochs: int) -> tuple[list[float], list[float]]:  # fmt: skip
+def joint_stage(
+    job: EncoderJob, encoder: Encoder, predictor: FramePredictor, views: Views, epochs: int
+) -> tuple[list[float], list[float]]:
     """SupCon with predicted negatives, the predictor's MSE trained in the same steps; returns the
     SupCon part per epoch (on clp's scale) and the predictor's MSE per epoch, rounded."""
     mse: list[tuple[float, int]] = []  # (batch MSE, batch size)
@@ -168,8 +169,16 @@ def joint_stage(job: EncoderJob, encoder: Encoder, predictor: FramePredictor, vi
         mse.append((float(loss.detach()), x.shape[0]))
         return loss
 
-    total = supcon_stage(job, encoder, views, epochs=epochs, lr=job.cfg.supcon_lr, desc="geco stage 1 (SupCon)",
-                         extra_params=list(predictor.parameters()), extra_loss=extra_loss)  # fmt: skip
+    total = supcon_stage(
+        job,
+        encoder,
+        views,
+        epochs=epochs,
+        lr=job.cfg.supcon_lr,
+        desc="geco stage 1 (SupCon)",
+        extra_params=list(predictor.parameters()),
+        extra_loss=extra_loss,
+    )
     per_epoch = len(mse) // epochs
     epoch_mse = [mse[e * per_epoch : (e + 1) * per_epoch] for e in range(epochs)]
     # supcon_stage's epoch loss is the per-window mean over the windows visited: take the MSE part out
@@ -191,7 +200,8 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
         return encoder, None
     predictor.eval()
     negatives = predicted_negatives(predictor, cfg.negative_fraction, job.n_classes)
-    head = arcface_stage(job, encoder, negatives, n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
-                         desc="geco stage 2 (ArcFace)")  # fmt: skip
+    head = arcface_stage(
+        job, encoder, negatives, n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr, desc="geco stage 2 (ArcFace)"
+    )
     job.metrics["generated_separation"] = round(generated_separation(job, encoder, views), 4)
     return encoder, head

@@ -55,12 +55,21 @@ class ViewAE(nn.Module):
         self.size = (n_mels, frames)
         self.grid = (max(1, -(-n_mels // 8)), max(1, -(-frames // 8)))
         flat = width * self.grid[0] * self.grid[1]
-        self.encode = nn.Sequential(*_conv(1, 16), *_conv(16, width), *_conv(width, width),
-                                    nn.AdaptiveAvgPool2d(self.grid), nn.Flatten(),
-                                    nn.Linear(flat, bottleneck))  # fmt: skip
-        self.decode = nn.Sequential(nn.Linear(bottleneck, flat), nn.Unflatten(1, (width, *self.grid)),
-                                    *_conv(width, width, True), *_conv(width, 16, True),
-                                    nn.ConvTranspose2d(16, 1, 4, 2, 1))  # fmt: skip
+        self.encode = nn.Sequential(
+            *_conv(1, 16),
+            *_conv(16, width),
+            *_conv(width, width),
+            nn.AdaptiveAvgPool2d(self.grid),
+            nn.Flatten(),
+            nn.Linear(flat, bottleneck),
+        )
+        self.decode = nn.Sequential(
+            nn.Linear(bottleneck, flat),
+            nn.Unflatten(1, (width, *self.grid)),
+            *_conv(width, width, True),
+            *_conv(width, 16, True),
+            nn.ConvTranspose2d(16, 1, 4, 2, 1),
+        )
         self.to_embedding = nn.Sequential(nn.Linear(bottleneck, dim), nn.BatchNorm1d(dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +81,9 @@ class ViewAE(nn.Module):
         return rec.squeeze(1), F.normalize(self.to_embedding(b).float(), dim=1)
 
 
-def co_training_stage(job: EncoderJob, encoder: Encoder, ae: ViewAE, views: Views, *, epochs: int,
-                      lr: float) -> tuple[list[float], list[float]]:  # fmt: skip
+def co_training_stage(
+    job: EncoderJob, encoder: Encoder, ae: ViewAE, views: Views, *, epochs: int, lr: float
+) -> tuple[list[float], list[float]]:
     """Stage 1: SupCon over [CNN view (+ ``views``); AE view] with one shared projection head, plus
     the AE's MSE on the standardised window. Returns (contrastive, reconstruction) loss per epoch."""
     cfg, device, gen = job.cfg, job.device, job.gen
@@ -83,8 +93,9 @@ def co_training_stage(job: EncoderJob, encoder: Encoder, ae: ViewAE, views: View
     scaler = grad_scaler(device)
     con_losses: list[float] = []
     rec_losses: list[float] = []
-    for _ in tqdm(range(epochs), desc="semi stage 1 (AE + MobileNetV2 views)", unit="epoch",
-                  disable=not cfg.progress, leave=False):  # fmt: skip
+    for _ in tqdm(
+        range(epochs), desc="semi stage 1 (AE + MobileNetV2 views)", unit="epoch", disable=not cfg.progress, leave=False
+    ):
         encoder.train()
         ae.train()
         con_total, rec_total = 0.0, 0.0
@@ -112,13 +123,20 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
     encoder = job.new_encoder(arch="mobilenetv2")
     ae = ViewAE(encoder.cfg.n_mels, encoder.cfg.window_frames, encoder.cfg.embedding_dim).to(job.device)
     epochs = cfg.stage_epochs()
-    con, rec = co_training_stage(job, encoder, ae, position_negatives(cfg.negative_fraction, job.n_labels),
-                                 epochs=epochs, lr=cfg.supcon_lr)  # fmt: skip
+    con, rec = co_training_stage(
+        job, encoder, ae, position_negatives(cfg.negative_fraction, job.n_labels), epochs=epochs, lr=cfg.supcon_lr
+    )
     job.metrics["supcon_loss"] = rounded(con)
     job.metrics["ae_recon_loss"] = rounded(rec)
     if job.n_classes < 2:
         return encoder, None
-    head = arcface_stage(job, encoder, position_negatives(cfg.negative_fraction, job.n_classes),
-                         n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr,
-                         desc="semi stage 2 (ArcFace)")  # fmt: skip
+    head = arcface_stage(
+        job,
+        encoder,
+        position_negatives(cfg.negative_fraction, job.n_classes),
+        n_out=2 * job.n_classes,
+        epochs=epochs,
+        lr=cfg.arc_lr,
+        desc="semi stage 2 (ArcFace)",
+    )
     return encoder, head

@@ -82,10 +82,12 @@ class MaskNet(nn.Module):
         self.n_sources = n_sources
         self.norm = Standardize(n_mels)
         self.net = nn.Sequential(
-            nn.Conv1d(n_mels, hidden, 3, padding=1), nn.ReLU(),
-            nn.Conv1d(hidden, hidden, 3, padding=2, dilation=2), nn.ReLU(),
+            nn.Conv1d(n_mels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(hidden, hidden, 3, padding=2, dilation=2),
+            nn.ReLU(),
             nn.Conv1d(hidden, n_sources * n_mels, 1),
-        )  # fmt: skip
+        )
 
     def forward(self, db: torch.Tensor) -> torch.Tensor:
         """[B, n_mels, W] dB -> masks [B, n_sources, n_mels, W]."""
@@ -137,8 +139,7 @@ def train_separator(job: EncoderJob, epochs: int) -> tuple[MaskNet, list[float]]
     opt = torch.optim.Adam(sep.parameters(), lr=SEP_LR)
     scaler = grad_scaler(device)
     losses = []
-    for _ in tqdm(range(epochs), desc="sepviews stage 0 (MixIT)", unit="epoch", disable=not cfg.progress,
-                  leave=False):  # fmt: skip
+    for _ in tqdm(range(epochs), desc="sepviews stage 0 (MixIT)", unit="epoch", disable=not cfg.progress, leave=False):
         sep.train()
         total = 0.0
         for idx in batches(len(x_all), SEP_BATCH, gen):
@@ -198,11 +199,13 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
     positives = separated_views(sep, VIEW_FRACTION, job.device, job.params.floor_db)
     encoder = job.new_encoder()
     views = combine(position_negatives(cfg.negative_fraction, job.n_labels), positives)
-    job.metrics["supcon_loss"] = rounded(supcon_stage(job, encoder, views, epochs=epochs, lr=cfg.supcon_lr,
-                                                      desc="sepviews stage 1 (SupCon)"))  # fmt: skip
+    job.metrics["supcon_loss"] = rounded(
+        supcon_stage(job, encoder, views, epochs=epochs, lr=cfg.supcon_lr, desc="sepviews stage 1 (SupCon)")
+    )
     if job.n_classes < 2:
         return encoder, None
     views = combine(position_negatives(cfg.negative_fraction, job.n_classes), positives)
-    head = arcface_stage(job, encoder, views, n_out=2 * job.n_classes, epochs=epochs,
-                         lr=cfg.arc_lr, desc="sepviews stage 2 (ArcFace)")  # fmt: skip
+    head = arcface_stage(
+        job, encoder, views, n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr, desc="sepviews stage 2 (ArcFace)"
+    )
     return encoder, head
