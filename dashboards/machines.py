@@ -73,10 +73,10 @@ def machines_from_registry(root: Path) -> list[Machine]:
     loaded model's ``machine_ids``, so registry internals can change without touching the dashboards.
     """
     try:
-        from training.registry import ModelRegistry  # type: ignore[import-not-found]
+        from soundwatch.model.registry import ModelRegistry  # type: ignore[import-not-found]
     except ImportError as exc:
         raise MissingDependency(
-            "the model registry (training.registry) is not available in this installation",
+            "the model registry (soundwatch.model.registry) is not available in this installation",
             "pass the machines explicitly with --machines TYPE/ID,... or use --from-influx",
         ) from exc
     registry: Any = ModelRegistry(root)

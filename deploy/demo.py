@@ -89,7 +89,7 @@ def ensure_signing_key(settings: Settings, key_file: Path = DEMO_KEY_FILE) -> Se
 
 
 def _sign_existing(settings: Settings) -> None:
-    from training.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry
 
     rows = ModelRegistry.from_settings(settings).sign_all()
     signed = [f"{t} {v}" for t, v, outcome, _ in rows if outcome == "signed"]
@@ -109,7 +109,7 @@ def machine_types_of(source: PlantSource) -> list[str]:
 
 def ensure_models(settings: Settings, source: PlantSource, work_dir: Path, epochs: int) -> dict[str, str]:
     """The current model version per machine type, training one (through `soundwatch train`) where none exists."""
-    from training.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry
 
     registry = ModelRegistry.from_settings(settings)
     types = machine_types_of(source)
@@ -124,7 +124,7 @@ def ensure_models(settings: Settings, source: PlantSource, work_dir: Path, epoch
             cmd = [
                 sys.executable,
                 "-m",
-                "soundwatch.cli",
+                "deploy.main",
                 "train",
                 "--data",
                 str(data),
@@ -152,7 +152,7 @@ def ensure_models(settings: Settings, source: PlantSource, work_dir: Path, epoch
 
 def _training_data(source: PlantSource, types: list[str], work_dir: Path) -> Path:
     if source.kind == "sim":
-        from training.synthetic import write_dcase_dataset
+        from soundwatch.simulator import write_dcase_dataset
 
         root = work_dir / "sim-train"
         ids = {m.split("/")[1] for m in source.machines.split(",")}

@@ -164,8 +164,8 @@ def plumbing_model(registry_root: Path, machine_type: str, machine_ids: list[str
     import numpy as np
     import torch
 
-    from training.models import ArcMarginHead, Encoder, EncoderConfig
-    from training.registry import Artifact, ModelRegistry
+    from soundwatch.model.networks import ArcMarginHead, Encoder, EncoderConfig
+    from soundwatch.model.registry import Artifact, ModelRegistry
 
     torch.manual_seed(0)
     cfg = EncoderConfig(n_mels=params.n_mels, window_frames=params.window_frames, channels=(8, 16), embedding_dim=32)
@@ -465,8 +465,8 @@ class FaultPipeline:
 
     def account(self) -> dict[str, Any]:
         """The scenario's figures (see the module docstring); call after the gateways stopped and it drained."""
-        from features.logmel import complete_frames
-        from features.windows import n_windows
+        from soundwatch.audio.logmel import complete_frames
+        from soundwatch.audio.windows import n_windows
 
         params = self.settings.features
         letters = self.read(self.settings.kafka.topics.deadletter)

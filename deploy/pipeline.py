@@ -33,7 +33,7 @@ class StageProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        cmd = [sys.executable, "-m", "soundwatch.cli", *self.args]
+        cmd = [sys.executable, "-m", "deploy.main", *self.args]
         self.proc = subprocess.Popen(
             cmd,
             stdout=log,

@@ -7,7 +7,7 @@ leading dimensions too); ``librosa_per_clip`` is the usual one call per file. Th
 any log-mel must do: a float32 batched real FFT of pre-framed audio (numpy/scipy), ``|X|^2`` and a
 dense mel matmul — no padding, window, float64 or log. Because our FFT is ducc0's, which beats
 scipy's, ``floor_ducc0`` repeats the floor with ducc0's float32 FFT, so ``ratio_to_floor_ducc0`` shows
-what is left once the FFT library is the same. We compute the FFT in float64 (see :mod:`features.logmel`).
+what is left once the FFT library is the same. We compute the FFT in float64 (see :mod:`soundwatch.audio.logmel`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from features.logmel import complete_frames, log_mel, mel_filterbank
-from features.windows import n_windows
+from soundwatch.audio.logmel import complete_frames, log_mel, mel_filterbank
+from soundwatch.audio.windows import n_windows
 from soundwatch.params import FeatureParams
 from soundwatch.settings import Settings
 
@@ -34,7 +34,7 @@ REAL_MINI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / 
 
 def bench_audio(seconds: float, params: FeatureParams, data_dir: Path | None = None) -> tuple[np.ndarray, str]:
     """``[n_clips, 10 s]`` float32 audio totalling about ``seconds``: real-mini clips if present, else noise."""
-    from features.audio_io import read_audio
+    from soundwatch.audio.audio_io import read_audio
 
     clip_len = 10 * params.sample_rate
     n_clips = max(1, round(seconds / 10))

@@ -70,8 +70,8 @@ def extract_file(path: Path, out: Path, params_json: str) -> int:
     """Write ``out`` (.npz: windows, start_frames, params, source, n_samples); return the window count."""
     import numpy as np
 
-    from features.audio_io import read_audio
-    from features.windows import offline_windows
+    from soundwatch.audio.audio_io import read_audio
+    from soundwatch.audio.windows import offline_windows
     from soundwatch.params import FeatureParams
 
     params = FeatureParams.from_json(params_json)

@@ -1,7 +1,7 @@
 """Per-machine streaming windows: audio chunks in, :class:`FeatureWindow` messages out. Pure, no Kafka.
 
 One :class:`StreamWindower` per machine. Fed that machine's chunks in sequence order, in any sizes,
-it emits exactly the windows :func:`features.windows.offline_windows` computes for the concatenated
+it emits exactly the windows :func:`soundwatch.audio.windows.offline_windows` computes for the concatenated
 audio of the current *segment*: same count, same start frames, values equal to within float64
 rounding (the same code computes both).
 
@@ -57,7 +57,7 @@ from enum import Enum
 
 import numpy as np
 
-from features.logmel import frames_db
+from soundwatch.audio.logmel import frames_db
 from soundwatch.contracts import AudioChunk, ContractError, FeatureWindow, Reason
 from soundwatch.params import FeatureParams
 

@@ -29,7 +29,7 @@ class _PoolSource:
     """``machines`` machines cycling over pre-rendered simulator seconds, as fast as possible."""
 
     def __init__(self, machines: int, sample_rate: int, chunk_samples: int, pool: int = 16) -> None:
-        from training.synthetic import MachineSound, signature_for
+        from soundwatch.simulator import MachineSound, signature_for
 
         self.sample_rate = sample_rate
         self.machines = machines

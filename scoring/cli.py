@@ -1,12 +1,10 @@
-"""``soundwatch score run`` (the worker) and ``soundwatch bench scoring`` (throughput on this machine).
+"""``soundwatch score run``: the scoring worker (``soundwatch bench scoring`` lives in :mod:`deploy.bench_scoring`).
 
-The lead registers ``app`` as ``soundwatch score`` and :func:`bench` as ``soundwatch bench scoring``;
 ``python -m scoring.cli run`` runs the worker without the root CLI.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 from pathlib import Path
@@ -32,7 +30,7 @@ THREADS_HELP = (
 )
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
     if threads > 0:
         import torch
 
@@ -70,7 +68,7 @@ def run(
     threads: Annotated[int, typer.Option("--threads", min=0, help=THREADS_HELP)] = 1,
 ) -> None:
     """Run a scoring worker in the consumer group until SIGINT/SIGTERM (then flush and commit)."""
-    _set_threads(threads)
+    set_threads(threads)
     settings = _with_overrides(
         get_settings(),
         registry,
@@ -95,44 +93,6 @@ def run(
             f"device {w.device}, metrics on {settings.scoring.metrics_host}:{w.metrics.port}"
         )
     )
-
-
-def bench(
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    registry: Path | None = typer.Option(
-        None,
-        "--registry",
-        help="registry with the model to benchmark "
-        "(default: settings registry_root; a small synthetic model is "
-        "trained when it is empty)",
-    ),
-    machine_type: str | None = typer.Option(None, "--machine-type", help="model to use (default: first type)"),
-    windows: int = typer.Option(2048, "--windows", min=64, help="windows scored in the batched run"),
-    machines: int = typer.Option(64, "--machines", min=1, help="distinct machines the windows come from"),
-    max_batch: int | None = typer.Option(None, "--max-batch", min=1, help="micro-batch size (default: settings)"),
-    device: Device = typer.Option(Device.AUTO, "--device", help="where the model runs"),
-    threads: int = typer.Option(1, "--threads", min=0, help=THREADS_HELP),
-) -> None:
-    """Windows/s one scoring worker sustains (decode -> model -> median -> alerts -> points), batched vs single."""
-    from scoring.bench import run_bench
-
-    _set_threads(threads)
-
-    settings = get_settings()
-    result = run_bench(
-        settings,
-        registry=registry,
-        machine_type=machine_type,
-        n_windows=windows,
-        n_machines=machines,
-        max_batch=max_batch or settings.scoring.max_batch,
-        device=Device(device).value,
-    )
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    for key, value in result.items():
-        typer.echo(f"{key:>22}: {value}")
 
 
 if __name__ == "__main__":

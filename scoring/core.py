@@ -57,12 +57,8 @@ class BatchResult(Generic[C]):
 def _inference_context(device: str) -> contextlib.AbstractContextManager:
     import torch
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.inference_mode())
-    if device.startswith("cuda"):
-        # bf16 keeps fp32's range, so log-mel dB values cannot overflow as they could in fp16
-        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-    return stack
+    # no autocast here: the model's scorer enters it once (soundwatch.model.device.autocast)
+    return torch.inference_mode()
 
 
 class ParamsCheck:

@@ -1,7 +1,7 @@
 """Which model scores which machine type: load on first use, hot-reload on a Redis message.
 
 The worker depends only on the two small protocols below; the real
-implementation is ``training.registry.ModelRegistry`` / ``LoadedModel``.
+implementation is ``soundwatch.model.registry.ModelRegistry`` / ``LoadedModel``.
 A reload swaps the cached model object between batches (the worker calls
 :meth:`ModelCache.apply_reloads` only while no batch is in flight), so a batch
 is always scored by one version and the next points carry the new
@@ -11,7 +11,6 @@ is always scored by one version and the next points carry the new
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,15 +18,15 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from soundwatch.errors import ConfigError, ServiceUnavailable
-from soundwatch.names import is_machine_type, is_version
+from soundwatch.errors import ServiceUnavailable
+from soundwatch.model.registry import parse_reload_message, reload_channel
 from soundwatch.params import FeatureParams
 
 log = logging.getLogger(__name__)
 
 
 class ScoringModel(Protocol):
-    """The part of ``training.registry.LoadedModel`` the worker uses (score: high = anomalous)."""
+    """The part of ``soundwatch.model.registry.LoadedModel`` the worker uses (score: high = anomalous)."""
 
     machine_type: str
     version: str
@@ -40,28 +39,13 @@ class ScoringModel(Protocol):
 
 
 class ModelSource(Protocol):
-    """The part of ``training.registry.ModelRegistry`` the worker uses."""
+    """The part of ``soundwatch.model.registry.ModelRegistry`` the worker uses."""
 
     def load(self, machine_type: str, version: str | None = None, device: str = "cpu") -> ScoringModel: ...
 
     def machine_types(self) -> list[str]: ...
 
     def current_version(self, machine_type: str) -> str | None: ...
-
-
-def resolve_device(requested: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; asking for an absent GPU is a config error."""
-    import torch
-
-    has_cuda = torch.cuda.is_available()
-    if requested == "auto":
-        return "cuda" if has_cuda else "cpu"
-    if requested == "cuda" and not has_cuda:
-        raise ConfigError(
-            "SOUNDWATCH_SCORING__DEVICE=cuda but torch sees no CUDA device",
-            "use device auto or cpu, or install a CUDA build of torch",
-        )
-    return requested
 
 
 class ModelCache:
@@ -198,25 +182,6 @@ def freeze_encoder(model: object, probe_batch: int = 8, tolerance: float = 1e-4)
     return True
 
 
-def parse_reload_message(data: bytes | str) -> tuple[str, str | None]:
-    """``{"machine_type": .., "version": ..}`` -> ``(machine_type, version)``; ValueError if malformed.
-
-    Both must be plain names (:mod:`soundwatch.names`): anyone who can publish on Redis must not be
-    able to point a worker at a path outside the registry.
-    """
-    try:
-        obj = json.loads(data)
-        machine_type = obj["machine_type"]
-        version = obj.get("version")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"reload message {data!r} is not JSON with a machine_type") from exc
-    if not is_machine_type(machine_type):
-        raise ValueError(f"reload message {data!r}: machine_type is not a machine type name")
-    if not (version is None or is_version(version)):
-        raise ValueError(f"reload message {data!r}: version is not a version name (v0001, v0002, ...)")
-    return machine_type, version
-
-
 class ReloadListener:
     """Non-blocking reader of the registry's reload channel ``{prefix}:model:reload``.
 
@@ -226,7 +191,7 @@ class ReloadListener:
 
     def __init__(self, redis_client, prefix: str, retry_s: float = 5.0) -> None:
         self._client = redis_client
-        self.channel = f"{prefix}:model:reload"
+        self.channel = reload_channel(prefix)
         self._pubsub: Any = None
         self._retry_s = retry_s
         self._next_try = 0.0

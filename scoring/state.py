@@ -11,7 +11,7 @@ How it is kept consistent:
 * each machine keeps its last ``k - 1 + replay_margin`` raw scores keyed by the
   window's ``end_ns``. A window whose ``end_ns`` is not newer than the last one
   seen is a replay: the scores from it onwards are dropped and the
-  :class:`~scoring.filters.StreamingMedian` is refilled from the ones before it,
+  :class:`~soundwatch.model.filters.StreamingMedian` is refilled from the ones before it,
   so the replayed median equals the original one;
 * the alert machine advances only on windows newer than the last one it saw, so a
   replay cannot count the same windows twice toward raising or resolving;
@@ -36,8 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from scoring.alerts import AlertMachine, Observation, observe
-from scoring.filters import StreamingMedian
 from soundwatch.contracts import AlertEvent, AlertState
+from soundwatch.model.filters import StreamingMedian
 
 log = logging.getLogger(__name__)
 

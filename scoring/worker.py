@@ -41,7 +41,7 @@ from kafka import ConsumerRebalanceListener
 from scoring.batcher import Batch, MicroBatcher
 from scoring.core import BatchResult, ScoringCore
 from scoring.metrics import ScoringMetrics
-from scoring.models import ModelCache, ModelSource, ReloadListener, resolve_device
+from scoring.models import ModelCache, ModelSource, ReloadListener
 from scoring.state import StateStore, StateTable
 from scoring.status import KnownMachines, status_points
 from soundwatch.contracts import ContractError, DeadLetter, FeatureWindow, Reason, machine_key
@@ -50,6 +50,7 @@ from soundwatch.influx import schema as ix
 from soundwatch.influx.schema import Point, alert_point, pipeline_point, score_point
 from soundwatch.influx.sink import BufferedSink, InfluxBackPressure
 from soundwatch.kafka import commit_offsets, ensure_topics, is_permanent, make_consumer, make_producer, send_dead_letter
+from soundwatch.model.device import resolve_device
 from soundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class ScoringWorker:
 
     def _open(self) -> None:
         s = self.settings
-        self.device = resolve_device(s.scoring.device)
+        self.device = str(resolve_device(s.scoring.device))
         if s.influx.max_buffer_points < 2 * s.scoring.max_batch + 1:
             # a batch yields up to 2 points per window (score + alert); it must fit an empty buffer
             raise ConfigError(
@@ -179,7 +180,7 @@ class ScoringWorker:
             s.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0, **s.redis.client_kwargs()
         )
         if self._source is None:
-            from training.registry import ModelRegistry
+            from soundwatch.model.registry import ModelRegistry
 
             self._source = ModelRegistry(s.registry_root, s.redis)
         self.models = ModelCache(self._source, self.device)

@@ -64,7 +64,7 @@ def run_soundwatch(
     levels = {name: logging.getLogger(name).level for name in noisy}
 
     def run(*args: str) -> CliRun:
-        from soundwatch.cli import main
+        from deploy.main import main
 
         monkeypatch.setattr(sys, "argv", ["soundwatch", *args])
         get_settings.cache_clear()  # a fresh process reads its environment

@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from scoring.filters import clip_score
 from soundwatch.errors import BadInput
+from soundwatch.model.filters import clip_score
+from soundwatch.model.registry import Artifact
+from soundwatch.model.scorer import WindowScorer
 from soundwatch.params import FeatureParams
 from training.datasets import ClipRecord, load_windows
 from training.evaluate import ClipResult, by_machine, clip_metrics
 from training.methods import METHODS
-from training.registry import Artifact
-from training.scorer import WindowScorer
 from training.train import TrainConfig, TrainResult, train_machine_type
 
 log = logging.getLogger(__name__)

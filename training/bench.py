@@ -3,7 +3,7 @@
 Trains each method on each machine type of a dataset into a private registry, then writes
 ``evaluate --compare``'s table (``compare.md/.json/.png``) for them. Data:
 
-* nothing given: the synthetic benchmark (:func:`training.synthetic.write_dcase_dataset`, fan and pump,
+* nothing given: the synthetic benchmark (:func:`soundwatch.simulator.write_dcase_dataset`, fan and pump,
   three machines each, ten 10 s training clips per machine);
 * a DCASE folder with train/ clips: used as it is;
 * a folder with test/ clips only (like ``real-mini``): an honest split is made first (symlinks in a
@@ -22,10 +22,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from soundwatch.model.registry import ModelRegistry
 from soundwatch.params import FeatureParams
 from training.compare import compare
 from training.datasets import scan_dataset
-from training.registry import ModelRegistry
 from training.train import TrainConfig, train_machine_type
 
 
@@ -61,7 +61,7 @@ def methods_bench(
     with tempfile.TemporaryDirectory(prefix="soundwatch-methods-") as tmp:
         root = Path(tmp)
         if data is None:
-            from training.synthetic import write_dcase_dataset
+            from soundwatch.simulator import write_dcase_dataset
 
             data_dir = root / "synthetic"
             write_dcase_dataset(

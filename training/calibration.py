@@ -28,7 +28,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from scoring.filters import causal_median, clip_score
+from soundwatch.model.filters import causal_median, clip_score
 
 THRESHOLD_QUANTILE = 0.99
 TIE_MARGIN = 0.005
@@ -62,7 +62,7 @@ def filtered_scores(window_scores: np.ndarray, clip_of_window: np.ndarray, k: in
 
 
 def clip_scores(window_scores: np.ndarray, clip_of_window: np.ndarray, k: int) -> dict[int, float]:
-    """Clip score per clip index, exactly as :func:`scoring.filters.clip_score`."""
+    """Clip score per clip index, exactly as :func:`soundwatch.model.filters.clip_score`."""
     return {int(c): clip_score(np.asarray(window_scores)[clip_of_window == c], k) for c in np.unique(clip_of_window)}
 
 

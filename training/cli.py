@@ -18,11 +18,11 @@ import typer
 from soundwatch.choices import Device
 from soundwatch.console import err_console
 from soundwatch.errors import ServiceUnavailable
+from soundwatch.model.device import resolve_device
+from soundwatch.model.registry import ModelRegistry
 from soundwatch.settings import get_settings
 from training.datasets import scan_dataset
-from training.device import resolve_device
 from training.methods import METHOD_HELP, METHODS
-from training.registry import ModelRegistry
 from training.train import TrainConfig, train_machine_type
 
 DataOpt = Annotated[

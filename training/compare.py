@@ -20,9 +20,9 @@ import numpy as np
 from scipy.stats import hmean
 
 from soundwatch.errors import BadInput
+from soundwatch.model.registry import ModelRegistry
 from training.datasets import WindowSet, load_windows, scan_dataset
 from training.evaluate import ClipResult, by_machine, clip_metrics, score_window_set
-from training.registry import ModelRegistry
 
 COLUMNS = ("machine_type", "method", "score", "version", "auc", "pauc", "mauc", "train_s", "infer_ms_per_window")
 

@@ -7,7 +7,7 @@ Two naming schemes are understood (both under ``<root>/<machine_type>/<split>/``
   machine_id ``section_XX``, domain, attribute string (e.g. ``car_A1_spd_28V_mic_1``).
 
 ``root`` may be a dataset root holding machine-type folders or one machine-type folder
-(``<type>/{train,test}``). Windows come from :func:`features.windows.offline_windows` — the same
+(``<type>/{train,test}``). Windows come from :func:`soundwatch.audio.windows.offline_windows` — the same
 function the stream's windows are checked against — so training sees exactly what is scored
 online. Unusable files (corrupt, wrong sample rate, shorter than one window) are reported with
 the file and the reason and skipped; they never stop a run.
@@ -160,8 +160,8 @@ class WindowSet:
 
 def clip_windows(path: Path, params: FeatureParams) -> np.ndarray:
     """Windows ``[N, n_mels, W]`` of one file, or BadInput with the file and the reason."""
-    from features.audio_io import audio_info, read_audio
-    from features.windows import offline_windows
+    from soundwatch.audio.audio_io import audio_info, read_audio
+    from soundwatch.audio.windows import offline_windows
 
     try:
         sr, n_samples, _channels = audio_info(path)

@@ -1,7 +1,7 @@
 """DCASE-style evaluation of registry models on ``<type>/test`` clips.
 
 A clip's score is computed exactly as the stream does: the artifact's window scorer
-(:meth:`LoadedModel.score_windows`), then :func:`scoring.filters.clip_score` with the artifact's
+(:meth:`LoadedModel.score_windows`), then :func:`soundwatch.model.filters.clip_score` with the artifact's
 ``median_k`` — so offline AUC predicts online behaviour.
 
 Metrics (the official DCASE evaluator): per machine ID, AUC = ``roc_auc_score(y, score)`` and
@@ -24,10 +24,10 @@ from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
-from scoring.filters import clip_score
 from soundwatch.errors import BadInput
+from soundwatch.model.filters import clip_score
+from soundwatch.model.registry import ArtifactError, LoadedModel, ModelRegistry
 from training.datasets import ClipRecord, WindowSet, load_windows, scan_dataset
-from training.registry import ArtifactError, LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
 MAX_FPR = 0.1

@@ -29,8 +29,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from scoring.filters import causal_median
 from soundwatch.errors import BadInput
+from soundwatch.model.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
+from soundwatch.model.filters import causal_median
+from soundwatch.model.networks import AEConfig, EncoderConfig, FrameAE
+from soundwatch.model.registry import Artifact
+from soundwatch.model.scorer import WindowScorer, subsample_bank
 from soundwatch.params import FeatureParams
 from training.calibration import (
     choose_score_kind,
@@ -39,12 +43,8 @@ from training.calibration import (
     pseudo_anomaly_auc,
 )
 from training.datasets import ClipRecord, WindowSet, load_windows, summarize
-from training.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
 from training.methods import METHODS, fit_encoder, is_encoder_method
 from training.methods.common import EncoderJob, batches, epoch_size, norm_sample
-from training.models import AEConfig, EncoderConfig, FrameAE
-from training.registry import Artifact
-from training.scorer import WindowScorer, subsample_bank
 
 log = logging.getLogger(__name__)
 

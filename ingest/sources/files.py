@@ -7,7 +7,7 @@ Machine type and id come from DCASE names unless given explicitly:
 
 Each machine's files play back to back as one continuous stream (sorted by path), so the
 concatenation of a machine's published chunks equals the concatenation of its files as
-:func:`features.audio_io.read_audio` reads them (resampled to the gateway rate, with a
+:func:`soundwatch.audio.audio_io.read_audio` reads them (resampled to the gateway rate, with a
 warning, when a file has another rate). Machines play side by side: every tick yields one
 chunk per machine. The last chunk of a stream may be shorter (no audio is dropped or padded);
 with ``loop`` each stream starts over instead.
@@ -99,7 +99,7 @@ def discover(path: Path, machine_type: str | None = None, machine_id: str | None
 
 def _load(path: Path, sample_rate: int, warned: set[int]) -> np.ndarray | None:
     """The file as float32 mono at ``sample_rate``, or None (logged) when it cannot be read."""
-    from features.audio_io import audio_info, read_audio
+    from soundwatch.audio.audio_io import audio_info, read_audio
 
     try:
         _sr, _n, channels = audio_info(path)

@@ -1,6 +1,6 @@
 """The synthetic plant: several machines, each with its own signature, faults on a schedule or on command.
 
-Built on :class:`training.synthetic.MachineSound` (phase-continuous streaming), so a machine's
+Built on :class:`soundwatch.simulator.MachineSound` (phase-continuous streaming), so a machine's
 chunks join seamlessly and the same machine sounds the same in every process.
 
 Fault commands share one syntax, ``<type>/<id>:<fault>[=<severity>][@<seconds>[s]]``:
@@ -44,7 +44,7 @@ class FaultCommand:
 
     machine_type: str
     machine_id: str
-    fault: str | None  # a training.synthetic.Fault value
+    fault: str | None  # a soundwatch.simulator.Fault value
     severity: float = 1.0
     at_s: float = 0.0
 
@@ -55,7 +55,7 @@ class FaultCommand:
 
 def parse_fault_command(text: str) -> FaultCommand:
     """Parse ``type/id:fault[=severity][@seconds]``; BadInput names the valid faults."""
-    from training.synthetic import Fault
+    from soundwatch.simulator import Fault
 
     m = _COMMAND_RE.match(text)
     if m is None:
@@ -77,7 +77,7 @@ def parse_fault_command(text: str) -> FaultCommand:
 
 def parse_machines(spec: str) -> list[tuple[str, str]]:
     """``"fan/id_00,pump/id_02"`` -> [(type, id), ...]; or ``"6"`` -> 6 machines over the known types."""
-    from training.synthetic import MACHINE_FAMILIES
+    from soundwatch.simulator import MACHINE_FAMILIES
 
     spec = spec.strip()
     if spec.isdigit():
@@ -140,7 +140,7 @@ class SimulatorSource:
     ) -> None:
         import scipy.signal  # noqa: F401 - MachineSound needs it; a slow first import would stall the first chunk
 
-        from training.synthetic import MachineSound, signature_for
+        from soundwatch.simulator import MachineSound, signature_for
 
         if not machines:
             raise BadInput("the simulator needs at least one machine", "pass --machines")
@@ -173,7 +173,7 @@ class SimulatorSource:
             )
 
     def _apply_due(self, now_s: float) -> None:
-        from training.synthetic import Fault
+        from soundwatch.simulator import Fault
 
         if self._control is not None:
             for line in self._control.new_lines():

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dashboards.machines import Machine
-from scoring.filters import StreamingMedian
 from soundwatch.influx.schema import Point, alert_point, machine_status_point, pipeline_point, score_point
+from soundwatch.model.filters import StreamingMedian
 
 STEP_S = 10
 HOUR_S = 3600

@@ -175,9 +175,9 @@ def _save_untrained_model(root, machine_type: str, machine_ids: list[str]) -> No
     """A real (tiny, untrained) artifact saved through the real registry: only its machine ids matter here."""
     import torch
 
+    from soundwatch.model.networks import ArcMarginHead, Encoder, EncoderConfig
+    from soundwatch.model.registry import Artifact, ModelRegistry
     from soundwatch.params import FeatureParams
-    from training.models import ArcMarginHead, Encoder, EncoderConfig
-    from training.registry import Artifact, ModelRegistry
 
     params = FeatureParams()
     torch.manual_seed(0)
@@ -205,7 +205,7 @@ def _save_untrained_model(root, machine_type: str, machine_ids: list[str]) -> No
 
 
 def test_machines_from_the_model_registry(tmp_path, settings, monkeypatch):
-    pytest.importorskip("training.registry")
+    pytest.importorskip("soundwatch.model.registry")
     root = tmp_path / "registry"
     _save_untrained_model(root, "fan", ["id_02", "id_00"])
     _save_untrained_model(root, "valve", ["id_04"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from deploy_files import DEPLOY
 
-from training.synthetic import write_dcase_dataset
+from soundwatch.simulator import write_dcase_dataset
 
 SCRIPT = DEPLOY / "docker" / "bootstrap-models.sh"
 TRAIN_OPTIONS = ["--method", "ae", "--epochs", "1", "--device", "cpu"]  # seconds per type on CPU

@@ -18,7 +18,7 @@ def _legacy_version(root: Path) -> str:
     """A version as an earlier demo (no key) saved it: checksums, no signature."""
     import torch
 
-    from training.registry import Artifact, ModelRegistry
+    from soundwatch.model.registry import Artifact, ModelRegistry
 
     artifact = Artifact(
         machine_type="fan",
@@ -40,7 +40,7 @@ def _legacy_version(root: Path) -> str:
 def test_the_demo_generates_a_private_key_once_and_signs_older_models(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training.registry import ArtifactError, ModelRegistry
+    from soundwatch.model.registry import ArtifactError, ModelRegistry
 
     monkeypatch.delenv(KEY_ENV, raising=False)  # restored afterwards, also after the demo sets it
     registry, key_file = tmp_path / "registry", tmp_path / "var" / "registry-signing.key"

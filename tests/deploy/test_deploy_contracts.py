@@ -59,7 +59,7 @@ def test_compose_grafana_can_query_influxdb(tmp_path):
     env["PYTHONPATH"] = str(DEPLOY.parent)
     command = [a if a != out_target else str(tmp_path) for a in exporter["command"]]
     result = subprocess.run(
-        [sys.executable, "-m", "soundwatch.cli", *command, "--machines", "fan/id_00"],
+        [sys.executable, "-m", "deploy.main", *command, "--machines", "fan/id_00"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -17,7 +17,7 @@ from deploy_files import COMPOSE, DEPLOY, OVERLAYS, containers, pod_specs, rende
 from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
 
-from soundwatch.cli import app
+from deploy.main import app
 from soundwatch.settings import CONFIG_ENV, Settings, load_settings
 
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in {".yml", ".yaml"})
@@ -224,4 +224,4 @@ def test_dockerfile_entrypoint_is_the_console_script():
     assert 'ENTRYPOINT ["soundwatch"]' in text
     assert f"deploy/docker/bootstrap-models.sh /usr/local/bin/{BOOTSTRAP}" in text
     pyproject = (DEPLOY.parent / "pyproject.toml").read_text()
-    assert 'soundwatch = "soundwatch.cli:main"' in pyproject
+    assert 'soundwatch = "deploy.main:main"' in pyproject

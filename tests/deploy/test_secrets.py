@@ -32,7 +32,7 @@ SECRETS = {
 def _run(args: list[str], tmp_path) -> str:
     env = {**os.environ, **SECRETS, "SOUNDWATCH_SERVICES__STATE_DIR": str(tmp_path)}
     out = subprocess.run(
-        [sys.executable, "-m", "soundwatch.cli", "--debug", *args],
+        [sys.executable, "-m", "deploy.main", "--debug", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -121,7 +121,7 @@ class Runs:
     def __call__(self, env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         full = {**{k: v for k, v in os.environ.items() if not k.startswith("SOUNDWATCH_")}, **env}
         out = subprocess.run(
-            [sys.executable, "-m", "soundwatch.cli", *args],
+            [sys.executable, "-m", "deploy.main", *args],
             env=full,
             cwd=self.cwd,
             capture_output=True,

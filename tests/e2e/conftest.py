@@ -16,7 +16,7 @@ FAN_IDS = ["id_00", "id_02", "id_04", "id_06", "id_08"]
 
 @pytest.fixture(scope="session")
 def trained_fan_registry(stack: Settings, tmp_path_factory) -> Path:
-    from training.synthetic import write_dcase_dataset
+    from soundwatch.simulator import write_dcase_dataset
 
     root = tmp_path_factory.mktemp("e2e-model")
     data, registry = root / "data", root / "registry"
@@ -25,7 +25,7 @@ def trained_fan_registry(stack: Settings, tmp_path_factory) -> Path:
     cmd = [
         sys.executable,
         "-m",
-        "soundwatch.cli",
+        "deploy.main",
         "train",
         "--data",
         str(data),
@@ -42,7 +42,7 @@ def trained_fan_registry(stack: Settings, tmp_path_factory) -> Path:
 @pytest.fixture
 def plant_settings(isolated_settings: Settings, trained_fan_registry: Path) -> Settings:
     """Private topics/database/Redis prefix, the shared fan model made current under this test's prefix."""
-    from training.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry
 
     settings = load_settings(**{**isolated_settings.model_dump(), "registry_root": trained_fan_registry})
     registry = ModelRegistry(trained_fan_registry, settings.redis)

@@ -12,9 +12,9 @@ import typer
 from features_helpers import pcm16, real_clips
 from typer.testing import CliRunner
 
-from features.audio_io import audio_info, read_audio
 from features.cli import app, bench
-from features.windows import offline_windows
+from soundwatch.audio.audio_io import audio_info, read_audio
+from soundwatch.audio.windows import offline_windows
 from soundwatch.errors import BadInput, ExitCode
 from soundwatch.params import FeatureParams
 
@@ -36,7 +36,7 @@ def test_multichannel_takes_channel_0_and_other_rates_are_resampled_with_a_warni
     path = tmp_path / "two.wav"
     sf.write(path, stereo, 8000, subtype="FLOAT")
     assert audio_info(path) == (8000, 8000, 2)
-    with caplog.at_level(logging.WARNING, logger="features.audio_io"):
+    with caplog.at_level(logging.WARNING, logger="soundwatch.audio.audio_io"):
         audio = read_audio(path, 16_000)
     assert audio.dtype == np.float32 and abs(audio.size - 16_000) <= 1
     assert np.abs(audio).max() > 0.1  # channel 0, not the silent channel 1, and not a mix

@@ -8,7 +8,7 @@ import pytest
 import torch
 from features_helpers import pcm16, real_clips
 
-from features.logmel import LogMel, complete_frames, frames_db, log_mel, mel_filterbank
+from soundwatch.audio.logmel import LogMel, complete_frames, frames_db, log_mel, mel_filterbank
 from soundwatch.params import FeatureParams
 
 DEFAULT = FeatureParams()

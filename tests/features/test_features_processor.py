@@ -13,7 +13,7 @@ from features_helpers import chunks_of, pcm16, real_clips
 import features.app as feature_app
 from features.app import WindowingProcessor
 from features.windower import StreamWindower
-from features.windows import offline_windows
+from soundwatch.audio.windows import offline_windows
 from soundwatch.contracts import DeadLetter, FeatureWindow, Reason, machine_key
 from soundwatch.settings import load_settings
 

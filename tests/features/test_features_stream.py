@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from features_helpers import FeaturesWorker, chunks_of, pcm16, read_all, real_clips
 
-from features.windows import offline_windows
+from soundwatch.audio.windows import offline_windows
 from soundwatch.contracts import AudioChunk, DeadLetter, FeatureWindow, Reason, machine_key
 from soundwatch.kafka import make_producer
 

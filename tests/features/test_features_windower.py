@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.windower import EventKind, StreamWindower, peek_state
-from features.windows import n_windows, offline_windows
+from soundwatch.audio.windows import n_windows, offline_windows
 from soundwatch.contracts import AudioChunk, ContractError, FeatureWindow, Reason
 from soundwatch.params import FeatureParams
 

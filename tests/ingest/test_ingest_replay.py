@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 from ingest_helpers import by_machine, read_chunks
 
-from features.audio_io import read_audio
 from ingest.gateway import run_gateway
 from ingest.producer import quantize_pcm16
 from ingest.sources.files import FileReplaySource, discover, machine_of
+from soundwatch.audio.audio_io import read_audio
 from soundwatch.errors import BadInput
 from soundwatch.settings import Settings
 

@@ -31,7 +31,7 @@ def test_up_is_idempotent_status_and_down(tmp_path, stack):
 
     def sw(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "soundwatch.cli", "services", *args],
+            [sys.executable, "-m", "deploy.main", "services", *args],
             env=env,
             capture_output=True,
             text=True,

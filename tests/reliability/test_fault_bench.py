@@ -22,7 +22,7 @@ def test_the_reduced_fault_bench_loses_nothing(stack, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SOUNDWATCH_CONFIG"}
     args = [arg for name in REDUCED for arg in ("--scenario", name)]
     done = subprocess.run(
-        [sys.executable, "-m", "soundwatch.cli", "bench", "faults", "--json", *args, "--keep", str(tmp_path)],
+        [sys.executable, "-m", "deploy.main", "bench", "faults", "--json", *args, "--keep", str(tmp_path)],
         cwd=REPO,
         env=env,
         capture_output=True,

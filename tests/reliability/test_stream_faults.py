@@ -15,8 +15,8 @@ import requests
 
 from deploy.fault_stack import PrivateBroker, plumbing_model
 from deploy.pipeline import StageProcess
-from features.logmel import complete_frames
-from features.windows import n_windows
+from soundwatch.audio.logmel import complete_frames
+from soundwatch.audio.windows import n_windows
 from soundwatch.contracts import AudioChunk, DeadLetter, FeatureWindow, Reason, machine_key
 from soundwatch.kafka import ensure_topics, make_consumer, make_producer
 from soundwatch.settings import Settings, load_settings

@@ -18,11 +18,11 @@ def _train_base(tmp_path_factory: pytest.TempPathFactory, method: str, epochs: i
     """
     import torch
 
+    from soundwatch.model.networks import EncoderConfig
+    from soundwatch.model.registry import ModelRegistry
     from soundwatch.params import FeatureParams
+    from soundwatch.simulator import write_dcase_dataset
     from training.datasets import scan_dataset
-    from training.models import EncoderConfig
-    from training.registry import ModelRegistry
-    from training.synthetic import write_dcase_dataset
     from training.train import TrainConfig, train_machine_type
 
     torch.set_num_threads(1)

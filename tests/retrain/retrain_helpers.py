@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from scoring.alerts import AlertMachine
-from scoring.filters import causal_median
 from soundwatch.contracts import AudioChunk
+from soundwatch.model.filters import causal_median
 from soundwatch.params import FeatureParams
-from training.archive import ArchiveWriter
-from training.synthetic import Fault, MachineSound, signature_for
+from soundwatch.simulator import Fault, MachineSound, signature_for
+from training.service.archive import ArchiveWriter
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class StreamingMachine:
             self.seq += 1
 
     def windows(self, seconds: float) -> np.ndarray:
-        from features.windows import offline_windows
+        from soundwatch.audio.windows import offline_windows
 
         audio = pcm16(self.sound.render(int(seconds * SR))).astype(np.float32) / 32768.0  # what the gateway sends
         return offline_windows(audio, params=FeatureParams())[0]
@@ -89,7 +89,7 @@ def render_windows(
     severity: float = 1.0,
     instance: int = 900,
 ) -> np.ndarray:
-    from features.windows import offline_windows
+    from soundwatch.audio.windows import offline_windows
 
     sound = MachineSound(signature_for("fan", machine_id), SR, instance=instance)
     sound.set_speed(speed)

@@ -10,7 +10,7 @@ import pytest
 
 from soundwatch.contracts import AudioChunk, DeadLetter, Reason, machine_key
 from soundwatch.settings import ArchiveSettings
-from training.archive import ArchiveReader, ArchiveWriter, running_archive
+from training.service.archive import ArchiveReader, ArchiveWriter, running_archive
 
 SR = 16_000
 T0 = (time.time_ns() // 10**9 - 3600) * 10**9  # recent: retention keeps 30 days

@@ -8,7 +8,7 @@ from soundwatch.contracts import AlertEvent, AlertState, machine_key
 from soundwatch.errors import BadInput
 from soundwatch.influx.client import InfluxClient
 from soundwatch.influx.schema import alert_point
-from training.confirmations import (
+from training.service.confirmations import (
     AlertHistory,
     AlertOverlap,
     ConfirmationStore,

@@ -14,11 +14,11 @@ from running_workers import running_worker
 
 from soundwatch.contracts import AudioChunk, machine_key
 from soundwatch.influx.client import InfluxClient
+from soundwatch.model.registry import ModelRegistry
 from soundwatch.settings import ArchiveSettings, GateSettings, RetrainSettings, Settings, load_settings
-from training.archive import ArchiveReader, running_archive
-from training.confirmations import AlertHistory, ConfirmationStore
-from training.registry import ModelRegistry
-from training.retrain import retrain_once
+from training.service.archive import ArchiveReader, running_archive
+from training.service.confirmations import AlertHistory, ConfirmationStore
+from training.service.retrain import retrain_once
 
 from .retrain_helpers import MACHINES, copy_registry
 

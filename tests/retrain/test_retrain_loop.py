@@ -8,12 +8,12 @@ import time
 
 import pytest
 
+from soundwatch.model.registry import ModelRegistry
 from soundwatch.settings import ArchiveSettings, GateSettings, RetrainSettings
-from training.archive import ArchiveWriter
-from training.confirmations import ConfirmationStore
-from training.registry import ModelRegistry
-from training.retrain import retrain_once
-from training.synthetic import Fault
+from soundwatch.simulator import Fault
+from training.service.archive import ArchiveWriter
+from training.service.confirmations import ConfirmationStore
+from training.service.retrain import retrain_once
 
 from .retrain_helpers import (
     MACHINES,

@@ -13,15 +13,15 @@ import yaml
 from typer.testing import CliRunner
 
 from soundwatch.settings import GateSettings
-from training.gate import ModelReport, decide
-from training.retrain import run_schedule
+from training.service.gate import ModelReport, decide
+from training.service.retrain import run_schedule
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def _cli() -> typer.Typer:
     """The root app as the lead registers these commands (soundwatch normal|models|archive|retrain)."""
-    from training.ops_cli import archive_app, models_app, normal_app, retrain
+    from training.service.ops_cli import archive_app, models_app, normal_app, retrain
 
     app = typer.Typer()
     app.add_typer(normal_app, name="normal")
@@ -115,19 +115,19 @@ def test_cli_confirm_list_revoke_audit_and_models_promote_rollback(
     isolated_settings, base_model, tmp_path, monkeypatch
 ) -> None:
     from soundwatch import settings as settings_module
-    from training.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry
 
     from .retrain_helpers import copy_registry
 
     s = isolated_settings
     monkeypatch.setattr(settings_module, "get_settings", lambda: s)
-    monkeypatch.setattr("training.ops_cli.get_settings", lambda: s)
+    monkeypatch.setattr("training.service.ops_cli.get_settings", lambda: s)
     copy_registry(base_model, s.registry_root)
     registry = ModelRegistry(s.registry_root, s.redis)
     registry.set_current("fan", "v0001")
     # a second version whose gate refused it
     meta = json.loads((s.registry_root / "fan" / "v0001" / "metadata.json").read_text())
-    from training.registry import Artifact
+    from soundwatch.model.registry import Artifact
 
     loaded = registry.load("fan", "v0001")
     art = Artifact(

@@ -36,8 +36,8 @@ def save_model(
     """
     import torch
 
-    from training.models import ArcMarginHead, Encoder, EncoderConfig
-    from training.registry import Artifact, ModelRegistry
+    from soundwatch.model.networks import ArcMarginHead, Encoder, EncoderConfig
+    from soundwatch.model.registry import Artifact, ModelRegistry
 
     params = params or FeatureParams()
     torch.manual_seed(seed)

@@ -112,7 +112,7 @@ def test_model_cache_remembers_misses_and_reload_swaps_versions():
 def test_bench_command_prints_one_json_object(tmp_path):
     import typer
 
-    from scoring.cli import bench
+    from deploy.bench_scoring import bench
 
     save_model(tmp_path, "fan", ["id_00", "id_02"])
     app = typer.Typer()

@@ -7,10 +7,10 @@ import pytest
 
 from scoring.alerts import AlertMachine, Observation, observe
 from scoring.batcher import MicroBatcher, chunks
-from scoring.filters import StreamingMedian, causal_median
 from scoring.state import MachineState, StateTable
 from soundwatch.contracts import AlertEvent, AlertState
 from soundwatch.influx.schema import Point, score_point
+from soundwatch.model.filters import StreamingMedian, causal_median
 
 THRESHOLD = 1.0
 

@@ -28,9 +28,9 @@ from scoring_helpers import (
     wait_for,
 )
 
-from scoring.filters import causal_median
 from soundwatch.contracts import AlertEvent, AlertState
 from soundwatch.influx.client import InfluxClient
+from soundwatch.model.filters import causal_median
 from soundwatch.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration

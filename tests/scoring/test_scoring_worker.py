@@ -16,8 +16,8 @@ from scoring_helpers import (
     wait_for,
 )
 
-from scoring.filters import causal_median
 from soundwatch.contracts import AlertEvent, AlertState, DeadLetter, Reason, Score, machine_key
+from soundwatch.model.filters import causal_median
 from soundwatch.params import FeatureParams
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,7 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
 
 
 def test_hot_reload_switches_model_version_without_restart(scoring_settings):
-    from training.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry
 
     s = scoring_settings
     registry = ModelRegistry(s.registry_root, s.redis)

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
+from soundwatch.model.registry import Artifact, ModelRegistry
 from soundwatch.params import FeatureParams
+from soundwatch.simulator import write_dcase_dataset
 from training.datasets import scan_dataset
 from training.evaluate import evaluate
-from training.registry import Artifact, ModelRegistry
-from training.synthetic import write_dcase_dataset
 from training.train import TrainConfig, TrainResult, train_machine_type
 
 

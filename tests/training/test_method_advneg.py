@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from soundwatch.model.scorer import WindowScorer
 from soundwatch.params import FeatureParams
 from training.datasets import load_windows, scan_dataset
 from training.methods.advneg import swap
 from training.methods.common import shift_mel
-from training.scorer import WindowScorer
 from training.train import TrainConfig, train_machine_type
 
 TYPE = "pump"

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from soundwatch.model.networks import EncoderConfig
 from soundwatch.params import FeatureParams
 from training.datasets import WindowSet, scan_dataset
 from training.methods.common import EncoderJob
 from training.methods.geco import FramePredictor, fit
-from training.models import EncoderConfig
 from training.train import TrainConfig, train_machine_type
 
 TYPE = "pump"

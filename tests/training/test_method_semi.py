@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from soundwatch.params import FeatureParams
+from soundwatch.simulator import write_dcase_dataset
 from training.datasets import scan_dataset
-from training.synthetic import write_dcase_dataset
 from training.train import TrainConfig, train_machine_type
 
 TYPE = "pump"

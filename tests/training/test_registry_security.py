@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import torch
 
+from soundwatch.model.registry import ArtifactError, ModelRegistry
 from soundwatch.settings import Settings
-from training.registry import ArtifactError, ModelRegistry
 from training.train import TrainResult
 
 KEY_A = "rotation-key-A-0123456789abcdef"
@@ -273,7 +273,7 @@ def test_unsigned_artifacts_load_without_a_key_and_after_models_sign(
 def test_key_rotation_keeps_old_workers_loading(
     tmp_path: Path, tiny_result: TrainResult, run_soundwatch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training.registry import ArtifactSigner
+    from soundwatch.model.registry import ArtifactSigner
 
     root = tmp_path / "registry"
     old = ModelRegistry(root, signing_key=KEY_A)

@@ -9,12 +9,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from soundwatch.model.registry import ModelRegistry
 from soundwatch.params import FeatureParams
 from training.auto import parse_methods, train_auto
 from training.bench import honest_split
 from training.compare import compare, markdown
 from training.datasets import scan_dataset
-from training.registry import ModelRegistry
 from training.train import TrainConfig
 
 CFG = TrainConfig(epochs=1, device="cpu", progress=False)

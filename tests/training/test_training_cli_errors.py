@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.registry import ModelRegistry
+from soundwatch.model.registry import ModelRegistry
 from training.train import TrainResult
 
 

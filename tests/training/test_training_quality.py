@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from soundwatch.model.registry import ModelRegistry
 from soundwatch.params import FeatureParams
+from soundwatch.simulator import write_dcase_dataset
 from training.datasets import scan_dataset
-from training.registry import ModelRegistry
-from training.synthetic import write_dcase_dataset
 from training.train import TrainConfig, train_machine_type
 
 TYPE = "pump"

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from soundwatch.errors import BadInput
+from soundwatch.model.registry import ArtifactError, ModelRegistry
 from soundwatch.params import FeatureParams
 from soundwatch.settings import RedisSettings, Settings
 from training.datasets import load_windows, scan_dataset
-from training.registry import ArtifactError, ModelRegistry
 from training.train import TrainResult
 
 

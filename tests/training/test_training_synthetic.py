@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training.synthetic import Fault, MachineSound, render_clip, signature_for, write_dcase_dataset
+from soundwatch.simulator import Fault, MachineSound, render_clip, signature_for, write_dcase_dataset
 
 
 @pytest.mark.parametrize("fault", [None, *Fault])

@@ -81,7 +81,7 @@ def test_debug_adds_a_traceback_and_keeps_the_exit_code(
     def broken() -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("soundwatch.cli.get_settings", broken)
+    monkeypatch.setattr("deploy.main.get_settings", broken)
     result = run_soundwatch(*flag, "config", "show")
     assert result.code == 1, result
     assert "unexpected error: RuntimeError: a bug" in result.stderr

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scoring.filters import StreamingMedian, causal_median, clip_score
+from soundwatch.model.filters import StreamingMedian, causal_median, clip_score
 
 
 @given(scores=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60), k=st.integers(1, 9))

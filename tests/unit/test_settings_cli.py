@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from soundwatch.cli import app
+from deploy.main import app
 from soundwatch.errors import ConfigError
 from soundwatch.settings import load_settings
 
@@ -77,7 +77,7 @@ def test_config_show_masks_secrets(monkeypatch, tmp_path):
 
 
 def test_console_script_help_and_bad_config_exit_code(tmp_path):
-    exe = [sys.executable, "-m", "soundwatch.cli"]
+    exe = [sys.executable, "-m", "deploy.main"]
     out = subprocess.run([*exe, "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "services" in out.stdout
     env = {"SOUNDWATCH_SCORING__MAX_BATCH": "-1", "PATH": "/usr/bin:/bin"}
@@ -110,7 +110,7 @@ def test_error_hints_keep_bracketed_text(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "soundwatch.cli",
+        "deploy.main",
         "gateway",
         "--source",
         "mic",

@@ -11,8 +11,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from soundwatch.model.networks import ArcMarginHead, Encoder
     from training.methods.common import EncoderJob
-    from training.models import ArcMarginHead, Encoder
 
 ENCODER_METHODS: dict[str, str] = {
     "clp": "machine-ID contrastive learning: SupCon then ArcFace, mel-shifted negatives (default)",

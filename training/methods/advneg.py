@@ -34,9 +34,9 @@ from collections.abc import Callable
 
 import torch
 
-from training.device import autocast
+from soundwatch.model.device import autocast
+from soundwatch.model.networks import ArcMarginHead, Encoder
 from training.methods.common import EncoderJob, Views, arcface_stage, rounded, shift_mel, supcon_stage
-from training.models import ArcMarginHead, Encoder
 
 KINDS: tuple[str, ...] = ("freq", "desync", "swap")
 CANDIDATES = 3  # perturbations drawn per window and kind; the hardest valid one is kept

@@ -9,8 +9,8 @@ in both stages a quarter of each batch is appended again, shifted by 4-12 mel bi
 
 from __future__ import annotations
 
+from soundwatch.model.networks import ArcMarginHead, Encoder
 from training.methods.common import EncoderJob, arcface_stage, position_negatives, rounded, supcon_stage
-from training.models import ArcMarginHead, Encoder
 
 
 def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:

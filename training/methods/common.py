@@ -4,7 +4,7 @@ training stages (SupCon, ArcFace) that methods compose with their own extra *vie
 A method is a function ``fit(job: EncoderJob) -> (Encoder, ArcMarginHead | None)``. Whatever a method
 uses while training (predictors, separators, a second network), the artifact keeps only the encoder
 and the ID classifier, so every method is scored, calibrated, served and fine-tuned the same way
-(:class:`training.scorer.WindowScorer`, scores ``knn`` / ``neglogp``).
+(:class:`soundwatch.model.scorer.WindowScorer`, scores ``knn`` / ``neglogp``).
 
 A *view function* ``views(x, y, gen) -> (x_extra, y_extra)`` returns extra samples for a batch with
 their labels: a label in ``[0, n_labels)`` makes a positive of that class (another view of the same
@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from soundwatch.model.device import autocast, grad_scaler, optimizer_step
+from soundwatch.model.networks import ArcMarginHead, Encoder, EncoderConfig, ProjectionHead, supcon_loss
 from soundwatch.params import FeatureParams
 from training.datasets import WindowSet
-from training.device import autocast, grad_scaler, optimizer_step
-from training.models import ArcMarginHead, Encoder, EncoderConfig, ProjectionHead, supcon_loss
 
 if TYPE_CHECKING:
     from training.train import TrainConfig

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training.device import autocast, grad_scaler, optimizer_step
+from soundwatch.model.device import autocast, grad_scaler, optimizer_step
+from soundwatch.model.networks import ArcMarginHead, Encoder, Standardize
 from training.methods.common import (
     EncoderJob,
     Views,
@@ -37,7 +38,6 @@ from training.methods.common import (
     rounded,
     supcon_stage,
 )
-from training.models import ArcMarginHead, Encoder, Standardize
 
 #: The predictor reaches its plateau (about the window's mean spectrum: frame-level detail is not
 #: predictable from the past) within ~50 Adam steps on the synthetic test windows (measured; real DCASE data not tried).

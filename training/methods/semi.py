@@ -7,7 +7,7 @@ everything it needs to rebuild the window. Pulling the classifier's embedding to
 bottleneck (a contrastive loss over both views) makes the CNN embedding carry that too, while
 the ID classes keep it discriminative.
 
-1. co-training: a MobileNetV2-style encoder (:class:`training.models.Encoder`, ``arch="mobilenetv2"``)
+1. co-training: a MobileNetV2-style encoder (:class:`soundwatch.model.networks.Encoder`, ``arch="mobilenetv2"``)
    and a small conv AE whose bottleneck is projected to the encoder's embedding space; SupCon over
    the concatenated projections of both views (positives: same class, in either view; the other
    view of the same window included) plus the AE's reconstruction loss; the CNN view also gets
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training.device import autocast, grad_scaler, optimizer_step
+from soundwatch.model.device import autocast, grad_scaler, optimizer_step
+from soundwatch.model.networks import ArcMarginHead, Encoder, ProjectionHead, supcon_loss
 from training.methods.common import (
     EncoderJob,
     Views,
@@ -35,7 +36,6 @@ from training.methods.common import (
     rounded,
     with_views,
 )
-from training.models import ArcMarginHead, Encoder, ProjectionHead, supcon_loss
 
 
 def _conv(cin: int, cout: int, transpose: bool = False) -> list[nn.Module]:

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training.device import grad_scaler, optimizer_step
+from soundwatch.model.device import grad_scaler, optimizer_step
+from soundwatch.model.networks import ArcMarginHead, Encoder, Standardize
 from training.methods.common import (
     EncoderJob,
     Views,
@@ -42,7 +43,6 @@ from training.methods.common import (
     rounded,
     supcon_stage,
 )
-from training.models import ArcMarginHead, Encoder, Standardize
 
 N_SOURCES = 4
 # The separator's pre-stage is short (its views need not be perfect): about SEP_STEPS steps in whole

@@ -1,4 +1,7 @@
-"""The ``soundwatch`` command line. Stage commands live in their packages' ``cli`` modules.
+"""The ``soundwatch`` command line: the wiring of every stage's commands (they live in the stages' ``cli`` modules).
+
+It lives in ``deploy/`` because wiring the stages together is deployment: the core (``soundwatch/``)
+imports no stage, by statement or by import string.
 
 Errors become one message on stderr and a named exit code (:class:`soundwatch.errors.ExitCode`);
 tracebacks only with ``--debug``.
@@ -20,6 +23,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from deploy.local_stack import LocalStack
 from soundwatch import redaction
 from soundwatch.console import err_console
 from soundwatch.errors import ExitCode, SoundwatchError
@@ -34,17 +38,29 @@ _STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("training.cli", "train", "Train a model per machine type and register it."),
     "evaluate": ("training.cli", "evaluate", "Score test clips the way the stream does: AUC/pAUC, CSVs, plots."),
     "dashboards": ("dashboards.cli", "app", "Grafana dashboards and alerting as code: export, push, render."),
-    "normal": ("training.ops_cli", "normal_app", "Confirm audio ranges as normal for retraining; list, revoke."),
-    "models": ("training.ops_cli", "models_app", "Model versions: list, show, promote, roll back."),
-    "retrain": ("training.ops_cli", "retrain", "Fine-tune on confirmed-normal audio; promote through the gate."),
-    "archive": ("training.ops_cli", "archive_app", "The raw-audio archive (rolling FLAC segments) retraining reads."),
+    "normal": (
+        "training.service.ops_cli",
+        "normal_app",
+        "Confirm audio ranges as normal for retraining; list, revoke.",
+    ),
+    "models": ("training.service.ops_cli", "models_app", "Model versions: list, show, promote, roll back."),
+    "retrain": (
+        "training.service.ops_cli",
+        "retrain",
+        "Fine-tune on confirmed-normal audio; promote through the gate.",
+    ),
+    "archive": (
+        "training.service.ops_cli",
+        "archive_app",
+        "The raw-audio archive (rolling FLAC segments) retraining reads.",
+    ),
     "run": ("deploy.cli", "run_app", "Run the whole pipeline as separate, supervised processes (run all)."),
     "demo": ("deploy.cli", "demo", "The whole product on one machine: live view, then an HTML report."),
 }
 _BENCH_COMMANDS: dict[str, tuple[str, str, str]] = {
     "features": ("features.cli", "bench", "Log-mel speed vs librosa and a bare FFT floor; stream real-time factor."),
     "ingest": ("ingest.cli", "bench", "Chunks/s one gateway sustains to the broker; machines it can carry."),
-    "scoring": ("scoring.cli", "bench", "Windows/s one scoring worker sustains; batched vs one at a time."),
+    "scoring": ("deploy.bench_scoring", "bench", "Windows/s one scoring worker sustains; batched vs one at a time."),
     "e2e": ("deploy.cli", "bench_e2e", "Chunk -> InfluxDB point latency with N machines; machines sustained."),
     "faults": ("deploy.bench_faults", "bench_faults", "Fault injection on a private stack: lost windows per scenario."),
     "methods": ("training.cli", "bench_methods", "Every training method on the same data: AUC, pAUC, cost, compared."),
@@ -158,8 +174,6 @@ ServiceNames = Annotated[list[str] | None, typer.Argument(help="kafka, redis, in
 @services_app.command("up")
 def services_up(names: ServiceNames = None) -> None:
     """Start the services that are not running yet (idempotent) and create topics and the database."""
-    from deploy.local_stack import LocalStack
-
     LocalStack(get_settings()).up(names, progress=lambda m: err_console.print(m))
     err_console.print("[green]local stack is up[/green]")
 
@@ -167,8 +181,6 @@ def services_up(names: ServiceNames = None) -> None:
 @services_app.command("down")
 def services_down(names: ServiceNames = None) -> None:
     """Stop the services this project started."""
-    from deploy.local_stack import LocalStack
-
     LocalStack(get_settings()).down(names, progress=lambda m: err_console.print(m))
 
 
@@ -177,8 +189,6 @@ def services_status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Say for each service whether it answers and, if not, what to run. Exit 4 if any is down."""
-    from deploy.local_stack import LocalStack
-
     statuses = LocalStack(get_settings()).status()
     if as_json:
         typer.echo(json.dumps([s.__dict__ for s in statuses], indent=2))

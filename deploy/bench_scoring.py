@@ -14,6 +14,7 @@ pipeline with batches of ``max_batch`` against one window at a time, in the same
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -22,16 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import typer
 
+from scoring.cli import THREADS_HELP, set_threads
 from scoring.core import ScoringCore
-from scoring.models import ModelCache, resolve_device
+from scoring.models import ModelCache
 from scoring.state import StateTable
+from soundwatch.choices import Device
 from soundwatch.console import err_console
 from soundwatch.contracts import FeatureWindow
 from soundwatch.errors import BadInput
 from soundwatch.influx.schema import score_point
+from soundwatch.model.device import resolve_device
 from soundwatch.params import FeatureParams
-from soundwatch.settings import Settings
+from soundwatch.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ BENCH_TYPE = "fan"
 
 def _ensure_model(settings: Settings, registry: Path | None, machine_type: str | None, device: str) -> tuple[Path, str]:
     """A registry root and machine type with a model: the given/default registry, else train a small one."""
-    from training.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry
 
     for root in [registry] if registry is not None else [settings.registry_root, BENCH_REGISTRY]:
         types = ModelRegistry(root).machine_types()
@@ -59,9 +64,9 @@ def _ensure_model(settings: Settings, registry: Path | None, machine_type: str |
 
 def _train_small(settings: Settings, machine_type: str, device: str) -> str:
     """Train the default clp architecture briefly on synthetic audio (inference cost does not depend on epochs)."""
+    from soundwatch.model.registry import ModelRegistry
+    from soundwatch.simulator import write_dcase_dataset
     from training.datasets import scan_dataset
-    from training.registry import ModelRegistry
-    from training.synthetic import write_dcase_dataset
     from training.train import TrainConfig, train_machine_type
 
     err_console.print(
@@ -89,8 +94,8 @@ def _train_small(settings: Settings, machine_type: str, device: str) -> str:
 
 def _window_pool(machine_type: str, machine_ids: list[str], params: FeatureParams, n: int) -> np.ndarray:
     """Real log-mel windows of synthetic machine audio (the features package's own windowing)."""
-    from features.windows import offline_windows
-    from training.synthetic import render_clip
+    from soundwatch.audio.windows import offline_windows
+    from soundwatch.simulator import render_clip
 
     ids = machine_ids or ["id_00"]
     per_id = -(-n // len(ids))  # windows needed from each machine's clip
@@ -168,9 +173,9 @@ def run_bench(
 ) -> dict[str, Any]:
     import torch
 
-    from training.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry
 
-    dev = resolve_device(device)
+    dev = str(resolve_device(device))
     root, mtype = _ensure_model(settings, registry, machine_type, dev)
     reg = ModelRegistry(root)
 
@@ -217,3 +222,39 @@ def run_bench(
         "torch_threads": torch.get_num_threads(),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
+
+
+def bench(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    registry: Path | None = typer.Option(
+        None,
+        "--registry",
+        help="registry with the model to benchmark "
+        "(default: settings registry_root; a small synthetic model is "
+        "trained when it is empty)",
+    ),
+    machine_type: str | None = typer.Option(None, "--machine-type", help="model to use (default: first type)"),
+    windows: int = typer.Option(2048, "--windows", min=64, help="windows scored in the batched run"),
+    machines: int = typer.Option(64, "--machines", min=1, help="distinct machines the windows come from"),
+    max_batch: int | None = typer.Option(None, "--max-batch", min=1, help="micro-batch size (default: settings)"),
+    device: Device = typer.Option(Device.AUTO, "--device", help="where the model runs"),
+    threads: int = typer.Option(1, "--threads", min=0, help=THREADS_HELP),
+) -> None:
+    """Windows/s one scoring worker sustains (decode -> model -> median -> alerts -> points), batched vs single."""
+    set_threads(threads)
+
+    settings = get_settings()
+    result = run_bench(
+        settings,
+        registry=registry,
+        machine_type=machine_type,
+        n_windows=windows,
+        n_machines=machines,
+        max_batch=max_batch or settings.scoring.max_batch,
+        device=Device(device).value,
+    )
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:>22}: {value}")

@@ -35,15 +35,18 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype for ``device``: bf16 where supported on CUDA, else fp16; None on CPU."""
-    if device.type != "cuda":
+    """Mixed-precision dtype for ``device``: bf16 on a CUDA GPU that supports it, else None (fp32).
+
+    Never fp16: log-mel dB values and the kNN/softmax scores overflow its range; bf16 keeps fp32's.
+    """
+    if device.type != "cuda" or not torch.cuda.is_bf16_supported():
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
 
 
 @contextlib.contextmanager
 def autocast(device: torch.device) -> Iterator[None]:
-    """Autocast on CUDA (bf16/fp16), a no-op on CPU (fp32 keeps CPU results reproducible)."""
+    """The one place autocast is entered: bf16 on CUDA where supported, else a no-op (fp32)."""
     dtype = amp_dtype(device)
     if dtype is None:
         yield
@@ -53,7 +56,8 @@ def autocast(device: torch.device) -> Iterator[None]:
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """A GradScaler that is only active for fp16 (bf16 and fp32 need none)."""
+    """A GradScaler, active only for fp16 — which :func:`amp_dtype` never picks, so it is a pass-through;
+    kept so a training step reads the same whatever the precision policy."""
     return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
 
 

@@ -1,6 +1,6 @@
-"""A thin torch Module over the log-mel definition of :mod:`features.logmel` (for GPU batches).
+"""A thin torch Module over the log-mel definition of :mod:`soundwatch.audio.logmel` (for GPU batches).
 
-Same frames, window, filterbank and dB as :func:`features.logmel.log_mel`; it computes in float64
+Same frames, window, filterbank and dB as :func:`soundwatch.audio.logmel.log_mel`; it computes in float64
 by default so it agrees with the numpy path (and librosa) within 1e-3 dB; ``dtype=torch.float32``
 is faster on GPUs but can miss by a few 1e-3 dB in quiet bands of clips with 80 dB dynamic range.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from features.logmel import complete_frames, hann_window, mel_filterbank
+from soundwatch.audio.logmel import complete_frames, hann_window, mel_filterbank
 from soundwatch.params import FeatureParams
 
 

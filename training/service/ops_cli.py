@@ -61,7 +61,7 @@ def _archive_config(root: Path | None, **extra: Any) -> ArchiveSettings:
 
 
 def _registry(settings: Settings):  # -> ModelRegistry
-    from training.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry
 
     return ModelRegistry.from_settings(settings)
 
@@ -76,7 +76,7 @@ def _resolve_machine(
     if machine_type:
         return machine_type, machine
     candidates: set[tuple[str, str]] = set()
-    from training.archive import ArchiveReader
+    from training.service.archive import ArchiveReader
 
     cfg = _archive_config(archive_root)
     if (Path(cfg.root) / "index.sqlite3").is_file():
@@ -86,7 +86,7 @@ def _resolve_machine(
         finally:
             reader.close()
     reg = _registry(settings)
-    from training.registry import ArtifactError
+    from soundwatch.model.registry import ArtifactError
 
     for mtype in reg.machine_types():
         try:
@@ -127,7 +127,7 @@ def normal_confirm(
     as_json: AsJson = False,
 ) -> None:
     """Confirm that a machine sounded normal from --from to --to. Overlapping an alert needs --force."""
-    from training.confirmations import AlertHistory, ConfirmationStore, format_time, parse_time
+    from training.service.confirmations import AlertHistory, ConfirmationStore, format_time, parse_time
 
     settings = _settings()
     mtype, mid = _resolve_machine(machine, machine_type, settings, archive_root)
@@ -163,7 +163,7 @@ def normal_list(
     as_json: AsJson = False,
 ) -> None:
     """List confirmed-normal intervals, oldest first."""
-    from training.confirmations import ConfirmationStore, format_time
+    from training.service.confirmations import ConfirmationStore, format_time
 
     settings = _settings()
     mtype, mid = (None, None)
@@ -193,7 +193,7 @@ def normal_revoke(
     as_json: AsJson = False,
 ) -> None:
     """Revoke a confirmation (kept in the audit trail; future retraining ignores it)."""
-    from training.confirmations import ConfirmationStore
+    from training.service.confirmations import ConfirmationStore
 
     iv = ConfirmationStore(_settings().redis).revoke(interval_id, by=by, note=note)
     if as_json:
@@ -208,7 +208,7 @@ def normal_audit(
     as_json: AsJson = False,
 ) -> None:
     """The append-only trail of every confirm and revoke."""
-    from training.confirmations import ConfirmationStore, format_time
+    from training.service.confirmations import ConfirmationStore, format_time
 
     entries = ConfirmationStore(_settings().redis).audit(count)
     if as_json:
@@ -256,7 +256,7 @@ def models_list(
     Each version is verified (checksums, and the signature when a signing key is set); one that fails
     is listed with the reason (`problem`), never loaded.
     """
-    from training.registry import ArtifactError
+    from soundwatch.model.registry import ArtifactError
 
     reg = _registry(_settings(registry))
     rows = []
@@ -387,7 +387,7 @@ def models_sign(
     old key is verified with it, then the new signature is added (the old one stays, so workers that
     still hold the old key keep loading); then give every worker and the retrain job the new key.
     """
-    from training.registry import ArtifactSigner
+    from soundwatch.model.registry import ArtifactSigner
 
     settings = _settings(registry)
     if settings.registry_signing_key is None:
@@ -483,11 +483,11 @@ def retrain(
     Defaults come from settings [retrain] (env SOUNDWATCH_RETRAIN__<FIELD>, e.g.
     SOUNDWATCH_RETRAIN__GATE__FAR_TOLERANCE); flags win.
     """
-    from training.retrain import retrain_round, run_schedule
+    from training.service.retrain import retrain_round, run_schedule
 
     if once == (schedule is not None):
         raise ConfigError("pass exactly one of --once or --schedule CRON", "e.g. `soundwatch retrain --once`")
-    from training.retrain import ENCODER_MODES
+    from training.service.retrain import ENCODER_MODES
 
     if encoder_update is not None and encoder_update not in ENCODER_MODES:
         raise ConfigError(
@@ -562,7 +562,7 @@ def archive_run(
     max_gb: Annotated[float | None, typer.Option("--max-gb", min=0.001, help="retention by size")] = None,
 ) -> None:
     """Record audio.raw into rolling FLAC segments until SIGINT/SIGTERM (then flush and commit)."""
-    from training.archive import ArchiveConsumer
+    from training.service.archive import ArchiveConsumer
 
     cfg = _archive_config(
         archive_root,
@@ -587,8 +587,8 @@ def archive_run(
 @archive_app.command("list")
 def archive_list(archive_root: ArchiveRoot = None, as_json: AsJson = False) -> None:
     """Archived machines with their segment count, time span and size."""
-    from training.archive import ArchiveReader
-    from training.confirmations import format_time
+    from training.service.archive import ArchiveReader
+    from training.service.confirmations import format_time
 
     reader = ArchiveReader(_archive_config(archive_root).root)
     try:

@@ -1,5 +1,5 @@
 """The ONE window -> anomaly-score function, used by training (validation, thresholds),
-``evaluate`` and the scoring worker (through :class:`training.registry.LoadedModel`).
+``evaluate`` and the scoring worker (through :class:`soundwatch.model.registry.LoadedModel`).
 
 Score kinds (high = anomalous, float64):
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from training.device import autocast
-from training.models import AEConfig, ArcMarginHead, Encoder, EncoderConfig, FrameAE
+from soundwatch.model.device import autocast
+from soundwatch.model.networks import AEConfig, ArcMarginHead, Encoder, EncoderConfig, FrameAE
 
 SCORE_KINDS = ("neglogp", "knn", "recon")
 BANK_LIMIT = 4096  # embeddings kept per machine: bounds artifact size and kNN cost

@@ -54,7 +54,7 @@ import numpy as np
 from soundwatch.params import FeatureParams
 
 if TYPE_CHECKING:  # torch is imported only by code that asks for the Module
-    from features.logmel_torch import LogMel
+    from soundwatch.audio.logmel_torch import LogMel
 
 __all__ = ["LogMel", "complete_frames", "frames_db", "hann_window", "log_mel", "mel_filterbank"]
 
@@ -63,9 +63,9 @@ __all__ = ["LogMel", "complete_frames", "frames_db", "hann_window", "log_mel", "
 _BLOCK_FRAMES = 256
 
 
-def __getattr__(name: str) -> Any:  # lazy: `from features.logmel import LogMel` imports torch only then
+def __getattr__(name: str) -> Any:  # lazy: `from soundwatch.audio.logmel import LogMel` imports torch only then
     if name == "LogMel":
-        from features.logmel_torch import LogMel
+        from soundwatch.audio.logmel_torch import LogMel
 
         return LogMel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -281,7 +281,7 @@ def log_mel(audio: np.ndarray, *, params: FeatureParams) -> np.ndarray:
 
     ``n_frames = complete_frames(n_samples, params)``; vectorised over all leading dimensions (many
     clips or machines at once). ``audio`` must already be at ``params.sample_rate``
-    (:func:`features.audio_io.read_audio` resamples files).
+    (:func:`soundwatch.audio.audio_io.read_audio` resamples files).
     """
     x = np.asarray(audio)
     if x.ndim == 0:

@@ -53,11 +53,11 @@ import torch
 from pydantic import SecretStr, ValidationError
 
 from soundwatch.errors import BadInput, ConfigError, ServiceUnavailable
+from soundwatch.model.device import resolve_device
+from soundwatch.model.scorer import WindowScorer
 from soundwatch.names import check_machine_type, check_version, is_machine_type, is_version
 from soundwatch.params import FeatureParams
 from soundwatch.settings import RedisSettings, Settings
-from training.device import resolve_device
-from training.scorer import WindowScorer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,38 @@ FORMAT_VERSION = 1
 WEIGHTS, BANK, METADATA, SIGNATURE = "weights.pt", "bank.npz", "metadata.json", "signature.json"
 CHECKSUMMED_FILES = (WEIGHTS, BANK)  # every artifact's metadata lists exactly these in "files"
 SIGNATURE_FORMAT = 1
+
+
+RELOAD_CHANNEL = "{prefix}:model:reload"  # the one name of the channel a promotion is announced on
+
+
+def reload_channel(prefix: str) -> str:
+    """The Redis channel on which ``set_current`` announces a new current version (``{prefix}:model:reload``)."""
+    return RELOAD_CHANNEL.format(prefix=prefix)
+
+
+def reload_message(machine_type: str, version: str) -> str:
+    """The JSON a promotion publishes on :func:`reload_channel`."""
+    return json.dumps({"machine_type": machine_type, "version": version})
+
+
+def parse_reload_message(data: bytes | str) -> tuple[str, str | None]:
+    """``{"machine_type": .., "version": ..}`` -> ``(machine_type, version)``; ValueError if malformed.
+
+    Both must be plain names (:mod:`soundwatch.names`): anyone who can publish on Redis must not be
+    able to point a worker at a path outside the registry.
+    """
+    try:
+        obj = json.loads(data)
+        machine_type = obj["machine_type"]
+        version = obj.get("version")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"reload message {data!r} is not JSON with a machine_type") from exc
+    if not is_machine_type(machine_type):
+        raise ValueError(f"reload message {data!r}: machine_type is not a machine type name")
+    if not (version is None or is_version(version)):
+        raise ValueError(f"reload message {data!r}: version is not a version name (v0001, v0002, ...)")
+    return machine_type, version
 
 
 class ArtifactError(BadInput):
@@ -191,7 +223,7 @@ class LoadedModel:
         """[B, n_mels, W] dB windows -> [B] float64 raw window scores, high = anomalous.
 
         Machine IDs this model was not trained on get the type-level fallback score documented
-        in :mod:`training.scorer` — never an exception. Shape mismatches raise ValueError.
+        in :mod:`soundwatch.model.scorer` — never an exception. Shape mismatches raise ValueError.
         """
         w = np.asarray(windows)
         p = self.feature_params
@@ -263,8 +295,7 @@ class ModelRegistry:
 
     @property
     def reload_channel(self) -> str:
-        prefix = self.redis_settings.key_prefix if self.redis_settings else "soundwatch"
-        return f"{prefix}:model:reload"
+        return reload_channel(self.redis_settings.key_prefix if self.redis_settings else "soundwatch")
 
     def current_version(self, machine_type: str) -> str | None:
         """The version Redis marks current, or None when unset (raises ServiceUnavailable if Redis is down).
@@ -298,7 +329,7 @@ class ModelRegistry:
         try:
             client = self._client()
             client.set(self._key(machine_type), version)
-            client.publish(self.reload_channel, json.dumps({"machine_type": machine_type, "version": version}))
+            client.publish(self.reload_channel, reload_message(machine_type, version))
         except redis.RedisError as exc:
             raise ServiceUnavailable(
                 f"Redis at {self.redis_settings.url} unreachable setting {machine_type} -> {version}: {exc}",  # type: ignore[union-attr]

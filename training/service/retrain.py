@@ -42,7 +42,7 @@
    continues its reconstruction objective (its errors do not come from a bank).
 5. **Recalibrate** per-machine thresholds on the calibration blocks plus the earlier validation
    clips (:func:`training.calibration.fit_threshold` on median-filtered window scores).
-6. **Gate** (:mod:`training.gate`) candidate vs current on the gate blocks, the earlier validation
+6. **Gate** (:mod:`training.service.gate`) candidate vs current on the gate blocks, the earlier validation
    clips and labelled test clips. The candidate is always saved, with the decision and its
    reasons in ``metrics.gate``; only a passing one becomes current (Redis SET + reload message).
 
@@ -71,9 +71,9 @@ from tqdm import tqdm
 from soundwatch.errors import BadInput, SoundwatchError
 from soundwatch.params import FeatureParams
 from soundwatch.settings import ArchiveSettings, EncoderUpdate, RetrainSettings, Settings
-from training.archive import ArchiveReader, AudioPiece
-from training.confirmations import ConfirmationStore, ConfirmedInterval, format_time
-from training.gate import EvalClip, GateDecision, run_gate
+from training.service.archive import ArchiveReader, AudioPiece
+from training.service.confirmations import ConfirmationStore, ConfirmedInterval, format_time
+from training.service.gate import EvalClip, GateDecision, run_gate
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _iso_to_ns(text: str | None) -> int:
 
 
 def _windows_of(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
-    from features.windows import offline_windows
+    from soundwatch.audio.windows import offline_windows
 
     min_samples = (params.window_frames - 1) * params.hop_length + 1
     if audio.size < min_samples:
@@ -260,7 +260,7 @@ def load_earlier_data(
 # ---------------------------------------------------------------------------- fine-tuning
 @dataclass
 class Candidate:
-    """A fine-tuned model in memory (the pieces an :class:`training.registry.Artifact` needs)."""
+    """A fine-tuned model in memory (the pieces an :class:`soundwatch.model.registry.Artifact` needs)."""
 
     method: str
     score_kind: str
@@ -271,7 +271,7 @@ class Candidate:
     class_source: str
     bank: dict[str, np.ndarray]
     knn_k: int
-    scorer: Any  # training.scorer.WindowScorer
+    scorer: Any  # soundwatch.model.scorer.WindowScorer
     losses: list[float]
     encoder_mode: str = "weights"  # encoder methods: bank | head | full; ae: "weights" (always fine-tuned)
 
@@ -307,8 +307,8 @@ def fine_tune(
     ``bank_windows`` (new windows + the whole replay pool: a density estimate needs more samples
     than a gradient step); ``bank`` adds the rows of ``bank_windows`` marked ``bank_new`` to the
     parent's bank."""
-    from training.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
-    from training.scorer import BANK_LIMIT, WindowScorer
+    from soundwatch.model.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
+    from soundwatch.model.scorer import BANK_LIMIT, WindowScorer
 
     device = resolve_device(cfg.device)
     gen = seed_everything(cfg.seed)
@@ -447,7 +447,7 @@ def calibrate(
     scorer: Any, clips: Sequence[tuple[str, np.ndarray]], median_k: int, machine_ids: Sequence[str]
 ) -> tuple[dict[str, float], float, str]:
     """Per-machine thresholds on median-filtered window scores of normal ``clips`` (machine, windows)."""
-    from scoring.filters import causal_median
+    from soundwatch.model.filters import causal_median
     from training.calibration import fit_threshold
 
     per: dict[str, list[np.ndarray]] = {}
@@ -492,7 +492,7 @@ def retrain_once(
     """One retraining round for ``machine_type`` (see the module docstring). ``cfg.encoder_update``
     (encoder methods only): ``bank`` (default), ``head`` or ``full``; ``score_kind`` overrides the
     candidate's score (default: ``knn`` for ``bank``, else the parent's)."""
-    from training.registry import Artifact, ModelRegistry
+    from soundwatch.model.registry import Artifact, ModelRegistry
 
     cfg = cfg or settings.retrain
     archive = archive or settings.archive
@@ -665,7 +665,7 @@ def retrain_once(
 
 
 def machine_types_to_retrain(settings: Settings, registry: Any = None) -> list[str]:
-    from training.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry
 
     registry = registry or ModelRegistry(settings.registry_root, settings.redis)
     types = registry.machine_types()

@@ -1,6 +1,6 @@
 """Offline sliding windows over log-mel frames: exactly the windows the stream emits.
 
-A window is ``W = params.window_frames`` consecutive complete frames (see :mod:`features.logmel`)
+A window is ``W = params.window_frames`` consecutive complete frames (see :mod:`soundwatch.audio.logmel`)
 starting at frame ``0, H, 2H, ...`` (``H = params.hop_frames``); a window is emitted only when all of
 its frames are complete. :class:`features.windower.StreamWindower` emits the same windows, with the
 same start frames and values, for the same audio sent in chunks of any size.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.logmel import complete_frames, log_mel
+from soundwatch.audio.logmel import complete_frames, log_mel
 from soundwatch.params import FeatureParams
 
 __all__ = ["n_windows", "offline_windows", "window_starts"]

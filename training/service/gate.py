@@ -11,7 +11,7 @@ and median filter (exactly what the stream would do with it):
 
 Measures: the false-alarm rate (FAR) = the fraction of median-filtered window scores above the
 machine's threshold on *normal* clips of each source; on labelled clips AUC and pAUC
-(``max_fpr=0.1``) of clip scores (:func:`scoring.filters.clip_score`), averaged over machines.
+(``max_fpr=0.1``) of clip scores (:func:`soundwatch.model.filters.clip_score`), averaged over machines.
 
 Rule: for every measure that both models have, the candidate may be worse than the current model
 by at most the tolerance (FAR up by ``far_tolerance``; AUC / pAUC down by ``auc_tolerance`` /
@@ -29,14 +29,14 @@ from typing import Protocol
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from scoring.filters import causal_median, clip_score
+from soundwatch.model.filters import causal_median, clip_score
 from soundwatch.settings import GateSettings
 
 SOURCES = ("confirmed", "validation", "test")
 
 
 class ScoringModel(Protocol):
-    """What the gate needs of a model (``training.registry.LoadedModel`` has it)."""
+    """What the gate needs of a model (``soundwatch.model.registry.LoadedModel`` has it)."""
 
     median_k: int
 
