@@ -16,7 +16,7 @@ help:
 	@echo "make test      run the test suite against the local services (sets everything up first)"
 	@echo "make setup     create $(VENV) and install soundwatch with its test extras"
 	@echo "make services  start the local Kafka-protocol broker, Redis and InfluxDB on 127.0.0.1"
-	@echo "make lint      ruff check, ruff format --check"
+	@echo "make lint      ruff check, ruff format --check, lint-imports (stages import only soundwatch)"
 
 system-deps:
 	@bash deploy/scripts/install-system-deps.sh
@@ -46,6 +46,7 @@ demo: system-deps setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf var reports .pytest_cache .hypothesis

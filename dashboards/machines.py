@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from soundwatch.errors import BadInput, MissingDependency
+from soundwatch.errors import BadInput
 from soundwatch.influx import schema as ix
 from soundwatch.influx.client import InfluxClient, quote_ident
 from soundwatch.settings import InfluxSettings
@@ -69,21 +69,17 @@ def parse_machines(text: str) -> list[Machine]:
 def machines_from_registry(root: Path) -> list[Machine]:
     """Machines known to the model registry at ``root``: every type's model and its machine ids.
 
-    Thin on purpose: it only needs ``ModelRegistry(root).machine_types()``, ``load(type)`` and the
-    loaded model's ``machine_ids``, so registry internals can change without touching the dashboards.
+    Reads each type's verified metadata (the current version in Redis, or the newest on disk); no
+    weights are loaded.
     """
-    try:
-        from soundwatch.model.registry import ModelRegistry  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise MissingDependency(
-            "the model registry (soundwatch.model.registry) is not available in this installation",
-            "pass the machines explicitly with --machines TYPE/ID,... or use --from-influx",
-        ) from exc
-    registry: Any = ModelRegistry(root)
+    # deferred on purpose: the registry imports torch, which no other dashboards command needs
+    from soundwatch.model.registry import ModelRegistry
+
+    registry = ModelRegistry(root)
     pairs: list[tuple[str, str]] = []
     for machine_type in registry.machine_types():
-        model = registry.load(machine_type)  # the current version (Redis) or the newest on disk
-        pairs.extend((machine_type, str(mid)) for mid in model.machine_ids)
+        meta = registry.metadata(machine_type, registry.resolve_version(machine_type))
+        pairs.extend((machine_type, mid) for mid in meta.machine_ids)
     return check_machines(pairs)
 
 

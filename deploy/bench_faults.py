@@ -25,7 +25,8 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from deploy.fault_stack import FaultPipeline, PrivateInflux, plumbing_model
+from deploy.fault_stack import FaultPipeline
+from deploy.private_services import PrivateInflux, plumbing_model
 from soundwatch.contracts import AudioChunk, machine_key
 from soundwatch.errors import ExitCode
 from soundwatch.settings import Settings

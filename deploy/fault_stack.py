@@ -27,8 +27,6 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -38,160 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from deploy.pipeline import StageProcess
+from deploy.private_services import PrivateBroker, PrivateInflux
 from ingest.gateway import GatewayReport, run_gateway
 from ingest.producer import Block
 from soundwatch.contracts import AudioChunk, ContractError, DeadLetter, FeatureWindow, Reason
 from soundwatch.errors import ServiceUnavailable, SoundwatchError
 from soundwatch.influx import schema as ix
 from soundwatch.influx.client import InfluxClient
-from soundwatch.params import FeatureParams
 from soundwatch.settings import Settings, load_settings
 
 TOPIC_NAMES = ("audio_raw", "features", "alerts", "scores", "deadletter")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise ServiceUnavailable(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s")
-
-
-class PrivateBroker:
-    """A Tansu broker of our own on a free port (memory storage: a restart loses every topic)."""
-
-    def __init__(self, log_dir: Path) -> None:
-        from deploy.local_stack import tansu_binary
-
-        self.binary = tansu_binary()
-        self.port = free_port()
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> PrivateBroker:
-        url = f"tcp://127.0.0.1:{self.port}"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"tansu-{self.port}.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    self.binary,
-                    "broker",
-                    "--storage-engine",
-                    "memory://tansu/",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                ],
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-            )
-        _wait_port(self.port, 20, "the private broker")
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-class PrivateInflux:
-    """An influxd 1.x of our own on free ports; its data survives :meth:`kill` + :meth:`start`."""
-
-    def __init__(self, state_dir: Path) -> None:
-        from deploy.local_stack import _require_binary, influx_config
-
-        self.binary = _require_binary("influxd", "apt-get install -y influxdb")
-        self.port, rpc = free_port(), free_port()
-        self.state_dir = state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / "influxdb.conf").write_text(influx_config(state_dir, http_port=self.port, rpc_port=rpc))
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 60.0) -> PrivateInflux:
-        with open(self.state_dir / "influxd.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [self.binary, "-config", str(self.state_dir / "influxdb.conf")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/ping", timeout=1).status_code == 204:
-                    return self
-            time.sleep(0.2)
-        raise ServiceUnavailable(
-            f"the private influxd did not answer within {timeout_s:.0f} s; see {self.state_dir / 'influxd.log'}"
-        )
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-def plumbing_model(registry_root: Path, machine_type: str, machine_ids: list[str], params: FeatureParams) -> str:
-    """Register a real but untrained ``clp`` artifact (seeded, small) that never alerts.
-
-    The fault bench measures delivery, not detection quality: any model with the right feature
-    parameters will do, and training one would cost minutes.
-    """
-    import numpy as np
-    import torch
-
-    from soundwatch.model.networks import ArcMarginHead, Encoder, EncoderConfig
-    from soundwatch.model.registry import Artifact, ModelRegistry
-
-    torch.manual_seed(0)
-    cfg = EncoderConfig(n_mels=params.n_mels, window_frames=params.window_frames, channels=(8, 16), embedding_dim=32)
-    enc = Encoder(cfg)
-    rng = np.random.default_rng(0)
-    tilt = np.linspace(-20, -70, params.n_mels, dtype=np.float32)[None, :, None]
-    enc.norm.fit(
-        torch.from_numpy((tilt + rng.normal(0, 3, (64, params.n_mels, params.window_frames))).astype(np.float32))
-    )
-    head = ArcMarginHead(cfg.embedding_dim, len(machine_ids), 30.0, 0.5)
-    artifact = Artifact(
-        machine_type=machine_type,
-        method="clp",
-        score_kind="neglogp",
-        feature_params=params,
-        median_k=3,
-        model_config={"encoder": cfg.to_dict(), "head": {"n_classes": len(machine_ids), "scale": 30.0, "margin": 0.5}},
-        state={"encoder": enc.state_dict(), "head": head.state_dict()},
-        class_map=list(machine_ids),
-        id_classes={m: [i] for i, m in enumerate(machine_ids)},
-        thresholds={m: 1e9 for m in machine_ids},
-        default_threshold=1e9,
-        threshold_rule="fault bench: never alerts",
-        data_summary={"source": "deploy.fault_stack (untrained, plumbing only)"},
-    )
-    return ModelRegistry(registry_root).save(artifact)
 
 
 class RecordedSource:

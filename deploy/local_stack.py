@@ -211,7 +211,7 @@ class LocalStack:
 
     # ------------------------------------------------------------------ redis
     def _redis_command(self, state: Path) -> list[str]:
-        binary = _require_binary("redis-server", "apt-get install -y redis-server")
+        binary = require_binary("redis-server", "apt-get install -y redis-server")
         return [
             binary,
             "--bind",
@@ -250,7 +250,7 @@ class LocalStack:
         (state / "influxdb.conf").write_text(influx_config(state, http_port=port, rpc_port=port + 2))
 
     def _influx_command(self, state: Path) -> list[str]:
-        binary = _require_binary("influxd", "apt-get install -y influxdb")
+        binary = require_binary("influxd", "apt-get install -y influxdb")
         return [binary, "-config", str(state / "influxdb.conf")]
 
     def _probe_influx(self) -> str | None:
@@ -316,7 +316,7 @@ def tansu_binary() -> str:
         ) from exc
 
 
-def _require_binary(name: str, install: str) -> str:
+def require_binary(name: str, install: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if path is None:
         raise MissingDependency(f"{name} is not installed", f"run: sudo {install}   (Debian/Ubuntu)")

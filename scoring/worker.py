@@ -75,11 +75,22 @@ class _Item:
 
 
 @dataclass
+class _Send:
+    """One Kafka send of a batch, kept until the broker acknowledges it so a failed one is sent again."""
+
+    future: Any  # a kafka-python future, _FailedSend or _Abandoned
+    topic: str
+    key: bytes | None
+    value: bytes
+    letter: DeadLetter | None = None  # set when the record is a dead letter
+
+
+@dataclass
 class _Pending:
     """A processed batch waiting for its points (``seq``) and Kafka sends before its offsets commit."""
 
     offsets: dict[tuple[str, int], int]
-    sends: list[list[Any]] = field(default_factory=list)  # [future, topic, key, value, dead letter or None]
+    sends: list[_Send] = field(default_factory=list)
     seq: int | None = None  # None while its points are held back by back-pressure
 
 
@@ -335,7 +346,7 @@ class ScoringWorker:
             self._held = (points, pending)
             self._pause()
 
-    def _send(self, topic: str, key: bytes | None, value: bytes, letter: DeadLetter | None = None) -> list[Any]:
+    def _send(self, topic: str, key: bytes | None, value: bytes, letter: DeadLetter | None = None) -> _Send:
         """Send and remember what was sent, so a failed send is retried before the batch commits.
 
         A send that raises (broker unreachable, metadata timeout) is recorded as failed instead of
@@ -351,7 +362,7 @@ class ScoringWorker:
         except KafkaError as exc:
             log.warning("cannot send to %s now (%s); retried before the commit", topic, exc)
             fut = _FailedSend(exc)
-        return [fut, topic, key, value, letter]
+        return _Send(fut, topic, key, value, letter)
 
     @staticmethod
     def _offsets(items: list[_Item]) -> dict[tuple[str, int], int]:
@@ -410,15 +421,15 @@ class ScoringWorker:
             return False
         delivered = True
         for p in ready:
-            for i, (fut, topic, key, value, letter) in enumerate(p.sends):
-                if fut.failed():
-                    p.sends[i] = self._resend(fut.exception, topic, key, value, letter)
+            for i, sent in enumerate(p.sends):
+                if sent.future.failed():
+                    p.sends[i] = self._resend(sent.future.exception, sent.topic, sent.key, sent.value, sent.letter)
                     delivered = False  # checked again on the next loop turn
         return delivered
 
     def _resend(
         self, error: BaseException, topic: str, key: bytes | None, value: bytes, letter: DeadLetter | None
-    ) -> list[Any]:
+    ) -> _Send:
         """What replaces a failed send: the same record after a transient error (broker away).
 
         After a permanent one (:func:`~soundwatch.kafka.is_permanent`: the broker will never take
@@ -453,7 +464,7 @@ class ScoringWorker:
                 letter.source_offset,
                 error,
             )
-            return [_Abandoned(), topic, key, value, letter]
+            return _Send(_Abandoned(), topic, key, value, letter)
         log.error(
             "the dead-letter topic %s refused the letter of %s[%s]@%s (%s); sending it without the value",
             topic,

@@ -61,11 +61,6 @@ def filtered_scores(window_scores: np.ndarray, clip_of_window: np.ndarray, k: in
     return out
 
 
-def clip_scores(window_scores: np.ndarray, clip_of_window: np.ndarray, k: int) -> dict[int, float]:
-    """Clip score per clip index, exactly as :func:`soundwatch.model.filters.clip_score`."""
-    return {int(c): clip_score(np.asarray(window_scores)[clip_of_window == c], k) for c in np.unique(clip_of_window)}
-
-
 # -- pseudo-anomalies (normal data only) ------------------------------------------------------------
 def _shift(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = np.roll(w, 2, axis=1)

@@ -31,7 +31,7 @@ def newest_per_method(registry: ModelRegistry, machine_type: str, device: str = 
     """``{method: LoadedModel}`` with the newest version of each method of ``machine_type``."""
     newest: dict[str, str] = {}
     for version in reversed(registry.versions(machine_type)):
-        newest.setdefault(registry.metadata(machine_type, version)["method"], version)
+        newest.setdefault(registry.metadata(machine_type, version).method, version)
     return {method: registry.load(machine_type, version, device) for method, version in newest.items()}
 
 
@@ -98,7 +98,7 @@ def _row(
         "pauc": float(np.mean([p for _, p in per_id])) if per_id else None,
         "auc_hmean": float(hmean(np.maximum(aucs, 1e-12))) if aucs else None,
         "mauc": float(np.min(aucs)) if aucs else None,
-        "train_s": model.metadata.get("metrics", {}).get("train_seconds"),
+        "train_s": model.metadata.metrics.get("train_seconds"),
         "infer_ms_per_window": round(1000.0 * cpu_s / max(1, n_windows), 3),
         "n_ids": len(per_id),
     }

@@ -59,7 +59,7 @@ def pick_model(registry: ModelRegistry, machine_type: str, method: str | None, d
     if method is None or model.method == method:
         return model
     for version in reversed(registry.versions(machine_type)):
-        if registry.metadata(machine_type, version)["method"] == method:
+        if registry.metadata(machine_type, version).method == method:
             return registry.load(machine_type, version, device)
     raise ArtifactError(
         f"no {method!r} model for machine type {machine_type!r} under {registry.root}",

@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from soundwatch.errors import BadInput
-from soundwatch.model.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
+from soundwatch.model.device import resolve_device, seed_everything
 from soundwatch.model.filters import causal_median
-from soundwatch.model.networks import AEConfig, EncoderConfig, FrameAE
+from soundwatch.model.networks import EncoderConfig
 from soundwatch.model.registry import Artifact
 from soundwatch.model.scorer import WindowScorer, subsample_bank
 from soundwatch.params import FeatureParams
@@ -43,8 +42,8 @@ from training.calibration import (
     pseudo_anomaly_auc,
 )
 from training.datasets import ClipRecord, WindowSet, load_windows, summarize
-from training.methods import METHODS, fit_encoder, is_encoder_method
-from training.methods.common import EncoderJob, batches, epoch_size, norm_sample
+from training.methods import METHODS, method_for
+from training.methods.common import EncoderJob
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class TrainConfig:
     def stage_epochs(self) -> int:
         if self.epochs is not None:
             return max(1, self.epochs)
-        return 50 if self.method == "ae" else 20
+        return method_for(self.method).default_epochs
 
 
 @dataclass
@@ -146,33 +145,6 @@ def choose_classes(records: Sequence[ClipRecord]) -> tuple[str, list[str], Calla
     return "none", [], lambda r: ""
 
 
-# -- ae --------------------------------------------------------------------------------------------
-def _train_ae(
-    ws: WindowSet, cfg: TrainConfig, device: torch.device, gen: torch.Generator, metrics: dict[str, Any]
-) -> FrameAE:
-    ae = FrameAE(AEConfig(n_mels=ws.windows.shape[1]))
-    # One scalar mean/std: keeps the baseline's equal weighting of all mel bins in the MSE.
-    ae.norm.fit(norm_sample(ws.windows, cfg.seed), per_bin=False)
-    ae.to(device)
-    x_all = torch.from_numpy(np.asarray(ws.windows))
-    opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr)
-    scaler = grad_scaler(device)
-    losses = []
-    # Windows overlap by half, so each epoch sees every context about twice; batches of 8
-    # windows = 480 contexts, close to the baseline's batch of 512 frames.
-    for _ in tqdm(range(cfg.stage_epochs()), desc="ae", unit="epoch", disable=not cfg.progress, leave=False):
-        ae.train()
-        total = 0.0
-        for idx in batches(len(x_all), 8, gen):
-            with autocast(device):
-                loss = ae.window_errors(x_all[idx].float().to(device)).mean()
-            total += optimizer_step(opt, scaler, loss) * len(idx)
-        losses.append(total / epoch_size(len(x_all), 8))
-    metrics["ae_loss"] = [round(v, 4) for v in losses]
-    ae.eval()
-    return ae
-
-
 # -- the whole thing ------------------------------------------------------------------------------
 def train_machine_type(
     records: Sequence[ClipRecord],
@@ -212,41 +184,23 @@ def train_machine_type(
     metrics: dict[str, Any] = {}
     machine_ids = sorted({r.machine_id for r in fit.records} | {r.machine_id for r in hold.records})
 
-    state: dict[str, dict[str, torch.Tensor]]
-    bank: dict[str, np.ndarray] = {}
+    method = method_for(cfg.method)
     id_classes: dict[str, list[int]] = {}
     class_source, class_names = "none", []
-    if is_encoder_method(cfg.method):
+    labels = fit.clip.astype(np.int64)  # instance discrimination (and ae, which has no classifier)
+    if method.classifies:
         class_source, class_names, class_of = choose_classes(fit.records)
-        if class_source == "none":
-            labels = fit.clip.astype(np.int64)  # instance discrimination
-        else:
+        if class_source != "none":
             index = {c: i for i, c in enumerate(class_names)}
             labels = np.array([index[class_of(fit.records[c])] for c in fit.clip], dtype=np.int64)
             for r in fit.records:
                 id_classes.setdefault(r.machine_id, [])
                 if index[class_of(r)] not in id_classes[r.machine_id]:
                     id_classes[r.machine_id].append(index[class_of(r)])
-        job = EncoderJob(fit, labels, len(class_names), cfg, device, gen, metrics, params)
-        encoder, head = fit_encoder(cfg.method, job)
-        state = {"encoder": {k: v.cpu() for k, v in encoder.state_dict().items()}}
-        model_config: dict[str, Any] = {"encoder": encoder.cfg.to_dict()}
-        if head is not None:
-            state["head"] = {k: v.cpu() for k, v in head.state_dict().items()}
-            model_config["head"] = {"n_classes": len(class_names), "scale": cfg.arc_scale, "margin": cfg.arc_margin}
-        scorer = WindowScorer(cfg.method, "knn", encoder, head, None, id_classes, {}, cfg.knn_k, device)
-        emb = scorer.embed(fit.windows).cpu().numpy()
-        fit_ids = np.array(fit.machine_ids())
-        for mid in sorted(set(fit_ids)):
-            bank[mid] = subsample_bank(emb[fit_ids == mid], seed=cfg.seed)
-        scorer.bank = {k: torch.from_numpy(v).to(device) for k, v in bank.items()}
-        kinds = ["neglogp", "knn"] if head is not None else ["knn"]
-    else:
-        ae = _train_ae(fit, cfg, device, gen, metrics)
-        state = {"ae": {k: v.cpu() for k, v in ae.state_dict().items()}}
-        model_config = {"ae": ae.cfg.to_dict()}
-        scorer = WindowScorer("ae", "recon", None, None, ae, {}, {}, cfg.knn_k, device)
-        kinds = ["recon"]
+    job = EncoderJob(fit, labels, len(class_names), cfg, device, gen, metrics, params, id_classes)
+    trained = method.train(job)
+    state, model_config, scorer, kinds = trained.state, trained.model_config, trained.scorer, trained.kinds
+    bank, emb = trained.bank, trained.embeddings
 
     # Choose the score on held-out normal clips only (fit clips when nothing could be held out).
     calib = hold if len(hold.records) else fit
@@ -271,7 +225,7 @@ def train_machine_type(
     win_scores = scorer.score(calib.windows, calib.machine_ids())
     filtered = filtered_scores(win_scores, calib.clip, cfg.median_k)
     calib_win_ids = np.array(calib.machine_ids())
-    if score_kind == "knn" and len(hold.records):
+    if score_kind == "knn" and emb is not None and len(hold.records):
         # A threshold from a machine's one or two held-out clips is at the mercy of one odd recording.
         # kNN scores of *fit* clips are honest held-out scores too when the clip's own windows are left
         # out of the bank (leave-one-clip-out), so every normal clip can inform the threshold.

@@ -54,14 +54,15 @@ from pydantic import SecretStr, ValidationError
 
 from soundwatch.errors import BadInput, ConfigError, ServiceUnavailable
 from soundwatch.model.device import resolve_device
-from soundwatch.model.scorer import WindowScorer
+from soundwatch.model.kinds import build_scorer
+from soundwatch.model.metadata import FORMAT_VERSION, ArtifactMetadata
+from soundwatch.model.scorer import Scorer
 from soundwatch.names import check_machine_type, check_version, is_machine_type, is_version
 from soundwatch.params import FeatureParams
 from soundwatch.settings import RedisSettings, Settings
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 WEIGHTS, BANK, METADATA, SIGNATURE = "weights.pt", "bank.npz", "metadata.json", "signature.json"
 CHECKSUMMED_FILES = (WEIGHTS, BANK)  # every artifact's metadata lists exactly these in "files"
 SIGNATURE_FORMAT = 1
@@ -194,25 +195,26 @@ class _Verified:
     so a file swapped after the check is never read)."""
 
     path: Path
-    meta: dict[str, Any]
+    meta: dict[str, Any]  # the raw JSON object: checksums and signatures cover exactly these bytes' content
+    typed: ArtifactMetadata
     blobs: dict[str, bytes]
 
 
 class LoadedModel:
     """An artifact loaded for inference: ``score_windows`` is the scoring worker's whole interface."""
 
-    def __init__(self, metadata: dict[str, Any], scorer: WindowScorer, path: Path) -> None:
+    def __init__(self, metadata: ArtifactMetadata, scorer: Scorer, path: Path) -> None:
         self.metadata = metadata
         self.path = path
-        self.machine_type: str = metadata["machine_type"]
-        self.version: str = metadata["version"]
-        self.method: str = metadata["method"]
-        self.score_kind: str = metadata["score_kind"]
-        self.feature_params: FeatureParams = FeatureParams.model_validate(metadata["feature_params"])
-        self.median_k: int = int(metadata["median_k"])
-        self.thresholds: dict[str, float] = {k: float(v) for k, v in metadata["thresholds"].items()}
-        self.default_threshold: float = float(metadata["default_threshold"])
-        self.machine_ids: list[str] = list(metadata["machine_ids"])
+        self.machine_type: str = metadata.machine_type
+        self.version: str = metadata.version
+        self.method: str = metadata.method
+        self.score_kind: str = metadata.score_kind
+        self.feature_params: FeatureParams = metadata.feature_params
+        self.median_k: int = metadata.median_k
+        self.thresholds: dict[str, float] = dict(metadata.thresholds)
+        self.default_threshold: float = metadata.default_threshold
+        self.machine_ids: list[str] = list(metadata.machine_ids)
         self.scorer = scorer
 
     @property
@@ -236,7 +238,7 @@ class LoadedModel:
         return self.thresholds.get(machine_id, self.default_threshold)
 
     def to(self, device: str | torch.device) -> LoadedModel:
-        """Move to ``device`` (``auto``/``cpu``/``cuda``); CUDA inference uses autocast fp16/bf16."""
+        """Move to ``device`` (``auto``/``cpu``/``cuda``); CUDA inference: autocast bf16 where supported, else fp32."""
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         self.scorer.to(dev)
         return self
@@ -408,9 +410,9 @@ class ModelRegistry:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def metadata(self, machine_type: str, version: str) -> dict[str, Any]:
+    def metadata(self, machine_type: str, version: str) -> ArtifactMetadata:
         """A version's verified metadata (method, score, thresholds, metrics...) without loading its weights."""
-        return self._verify(machine_type, version).meta
+        return self._verify(machine_type, version).typed
 
     def _version_dir(self, machine_type: str, version: str) -> tuple[Path, Path]:
         """(the path as named, the real directory); the real one must lie under the registry root."""
@@ -530,7 +532,11 @@ class ModelRegistry:
             raise ArtifactError(
                 f"{meta_path} has invalid feature parameters: {exc}", hint="retrain this model"
             ) from exc
-        return _Verified(real, meta, blobs)
+        try:
+            typed = ArtifactMetadata.from_dict(meta)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise ArtifactError(f"{meta_path} is not valid model metadata: {exc}", hint="retrain this model") from exc
+        return _Verified(real, meta, typed, blobs)
 
     def resolve_version(self, machine_type: str, version: str | None = None) -> str:
         """``version`` or, when None, the Redis current version, else the newest on disk."""
@@ -557,7 +563,7 @@ class ModelRegistry:
         """Load and verify a version (None: current in Redis, else newest on disk) onto ``device``."""
         version = self.resolve_version(machine_type, version)
         v = self._verify(machine_type, version)
-        meta = v.meta
+        meta = v.typed
         try:
             state = torch.load(io.BytesIO(v.blobs[WEIGHTS]), map_location="cpu", weights_only=True)
         except (
@@ -579,16 +585,8 @@ class ModelRegistry:
             ) from exc
         try:
             with np.load(io.BytesIO(v.blobs[BANK])) as npz:
-                bank = {m: npz[f"b{i}"] for i, m in enumerate(meta["bank_ids"])}
-            scorer = WindowScorer.build(
-                meta["method"],
-                meta["score_kind"],
-                meta["model_config"],
-                state,
-                {k: list(v) for k, v in meta["id_classes"].items()},
-                bank,
-                int(meta["knn_k"]),
-            )
+                bank = {m: npz[f"b{i}"] for i, m in enumerate(meta.bank_ids)}
+            scorer = build_scorer(meta, state, bank)
         except (OSError, KeyError, RuntimeError, ValueError, TypeError, zipfile.BadZipFile) as exc:
             raise ArtifactError(f"cannot rebuild the model in {v.path}: {exc}", hint="retrain this model") from exc
         return LoadedModel(meta, scorer, v.path).to(device)

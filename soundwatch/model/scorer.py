@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +30,22 @@ from soundwatch.model.networks import AEConfig, ArcMarginHead, Encoder, EncoderC
 
 SCORE_KINDS = ("neglogp", "knn", "recon")
 BANK_LIMIT = 4096  # embeddings kept per machine: bounds artifact size and kNN cost
+
+
+class Scorer(Protocol):
+    """What a loaded model needs of its window scorer, whatever the score kind (see :mod:`soundwatch.model.kinds`)."""
+
+    method: str
+    score_kind: str
+    device: torch.device
+
+    def score(self, windows: np.ndarray, machine_ids: Sequence[str], kind: str | None = None) -> np.ndarray:
+        """Window scores [B] float64 (high = anomalous) for windows [B, n_mels, W]."""
+        ...
+
+    def to(self, device: torch.device) -> Any:
+        """Move to ``device``; returns the scorer."""
+        ...
 
 
 @dataclass
@@ -66,7 +83,7 @@ class WindowScorer:
     ) -> WindowScorer:
         """Rebuild from an artifact's config, state dicts and bank (see registry)."""
         enc = head = ae = None
-        if method != "ae":  # every other method's artifact is an encoder + optional ID classifier
+        if "encoder" in state:  # an encoder + optional ID classifier; else a frame autoencoder
             enc = Encoder(EncoderConfig.from_dict(model_config["encoder"]))
             enc.load_state_dict(state["encoder"])
             if "head" in state:

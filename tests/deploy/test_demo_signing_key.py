@@ -53,7 +53,7 @@ def test_the_demo_generates_a_private_key_once_and_signs_older_models(
     assert len(key) == 64 and stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert keyed.registry_signing_key is not None and keyed.registry_signing_key.get_secret_value() == key
     assert os.environ[KEY_ENV] == key, "the processes the demo starts inherit the key"
-    assert ModelRegistry.from_settings(keyed).metadata("fan", version)["version"] == version, "signed on creation"
+    assert ModelRegistry.from_settings(keyed).metadata("fan", version).version == version, "signed on creation"
     with pytest.raises(ArtifactError, match="signed with another key"):
         ModelRegistry(registry, signing_key="a-different-key-0123456789").metadata("fan", version)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
-from private_influx import PrivateInfluxd
 from pydantic import BaseModel, SecretStr
 
+from deploy.private_services import PrivateInflux
 from soundwatch.settings import Settings
 
 SECRETS = {
@@ -148,7 +148,7 @@ def test_no_secret_in_any_output_or_under_var_even_with_debug_and_failures(stack
     if not influxd_bin.exists():
         pytest.skip("influxd not installed (apt-get install -y influxdb)")
     # a real InfluxDB that checks credentials; ours are wrong (its admin has another password)
-    server = PrivateInfluxd(tmp_path / "influxd", auth=True)
+    server = PrivateInflux(tmp_path / "influxd", auth=True)
     server.start()
     try:
         server.create_admin(INFLUX_USER, "the-right-password")
@@ -194,7 +194,7 @@ def test_no_secret_in_any_output_or_under_var_even_with_debug_and_failures(stack
         conflict = run(c, "--debug", "config", "show")  # the traceback must not show pydantic's input either
         assert conflict.returncode != 0 and "redis.password" in conflict.stderr and "Traceback" in conflict.stderr
     finally:
-        server.stop()
+        server.kill()
 
     leaks = []
     watched = {p: _forms(v, INFLUX_USER if p == ("influx", "password") else None) for p, v in secrets.items()}

@@ -4,13 +4,14 @@ errors that say what to do — against real servers (a private auth-enabled infl
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 from influx_v2_bridge import V2Bridge
-from private_influx import INFLUXD, PrivateInfluxd
 from pydantic import SecretStr
 
+from deploy.private_services import PrivateInflux
 from soundwatch.errors import ConfigError, ServiceUnavailable
 from soundwatch.influx.client import InfluxClient, InfluxQueryError, InfluxWriteError, auth_header
 from soundwatch.influx.schema import MachineState, machine_status_point, pipeline_point
@@ -21,18 +22,17 @@ USER, PASSWORD = "writer", "s3cret:with/odd+chars"
 
 @pytest.fixture
 def auth_influx(tmp_path: Path):
-    if not Path(INFLUXD).exists():
-        pytest.skip(f"{INFLUXD} not installed (apt-get install -y influxdb)")
-    server = PrivateInfluxd(tmp_path / "influxd", auth=True, access_log=True)
-    server.start()
+    if shutil.which("influxd") is None:
+        pytest.skip("influxd not installed (apt-get install -y influxdb)")
+    server = PrivateInflux(tmp_path / "influxd", auth=True, access_log=True).start()
     try:
         server.create_admin(USER, PASSWORD)
         yield server
     finally:
-        server.stop()
+        server.kill()
 
 
-def _request_lines(server: PrivateInfluxd) -> list[str]:
+def _request_lines(server: PrivateInflux) -> list[str]:
     """The access log's request lines: ``[httpd] <ip> - <user> [<time>] "<method> <uri> ..."``."""
     return [line for line in server.log_path.read_text().splitlines() if line.startswith("[httpd]")]
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Generator
-from pathlib import Path
 
 from ingest.producer import Block
 from soundwatch.contracts import AudioChunk
@@ -74,62 +71,6 @@ def by_machine(chunks: list[AudioChunk]) -> dict[str, list[AudioChunk]]:
     for c in chunks:
         out.setdefault(f"{c.machine_type}/{c.machine_id}", []).append(c)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateBroker:
-    """A second Tansu broker on its own port, for tests that stop and restart it (never the shared one)."""
-
-    def __init__(self, log_dir: Path) -> None:
-        from deploy.local_stack import tansu_binary
-
-        self.binary = tansu_binary()
-        self.port = free_port()
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        url = f"tcp://127.0.0.1:{self.port}"
-        log = open(self.log_dir / f"tansu-{self.port}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-            ],
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"private broker on port {self.port} did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def settings(self, base: Settings) -> Settings:
-        return base.model_copy(update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": self.bootstrap})})
 
 
 class FirstBlocks:

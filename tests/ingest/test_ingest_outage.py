@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 from ingest_helpers import (
     FirstBlocks,
-    PrivateBroker,
     Recorded,
     by_machine,
-    free_port,
     read_chunks,
     wait_for_records,
 )
 
+from deploy.private_services import PrivateBroker, free_port
 from ingest.gateway import StatusLine, run_gateway
 from ingest.sources.simulator import SimulatorSource, parse_machines
 from ingest.spool import Spool

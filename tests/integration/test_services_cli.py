@@ -64,9 +64,9 @@ def test_up_is_idempotent_status_and_down(tmp_path, stack):
 
 
 def test_missing_system_package_names_install_command():
-    from deploy.local_stack import _require_binary
+    from deploy.local_stack import require_binary
     from soundwatch.errors import MissingDependency
 
     with pytest.raises(MissingDependency) as info:
-        _require_binary("influxd-not-installed-here", "apt-get install -y influxdb")
+        require_binary("influxd-not-installed-here", "apt-get install -y influxdb")
     assert "apt-get install -y influxdb" in str(info.value)

@@ -1,6 +1,6 @@
 """Issue 16 defects on a real broker with real workers: a broker that restarts empty, and 10 MB bad records.
 
-Each test runs its OWN Tansu broker on a free port (deploy.fault_stack.PrivateBroker): it is killed and
+Each test runs its OWN Tansu broker on a free port (deploy.private_services.PrivateBroker): it is killed and
 restarted, and 10 MB records do not bloat the shared broker on 9092.
 """
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import requests
 
-from deploy.fault_stack import PrivateBroker, plumbing_model
 from deploy.pipeline import StageProcess
+from deploy.private_services import PrivateBroker, plumbing_model
 from soundwatch.audio.logmel import complete_frames
 from soundwatch.audio.windows import n_windows
 from soundwatch.contracts import AudioChunk, DeadLetter, FeatureWindow, Reason, machine_key

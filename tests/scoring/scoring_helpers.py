@@ -1,4 +1,4 @@
-"""Helpers for the scoring tests: real model artifacts, feature windows, Kafka/InfluxDB read-back.
+"""Helpers for the scoring tests: feature windows, Kafka/InfluxDB read-back (models: deploy.private_services).
 
 Imported by name (conftest.py only holds fixtures).
 """
@@ -7,68 +7,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from deploy.private_services import plumbing_windows
 from soundwatch.contracts import FeatureWindow, machine_key
 from soundwatch.influx.client import InfluxClient
 from soundwatch.params import FeatureParams
 from soundwatch.settings import InfluxSettings, Settings
 
 T0_NS = 1_763_900_000_000_000_000  # a fixed wall-clock origin keeps points inside any retention policy
-
-
-def save_model(
-    root: Path,
-    machine_type: str,
-    machine_ids: list[str],
-    *,
-    thresholds: dict[str, float] | None = None,
-    seed: int = 0,
-    median_k: int = 3,
-    params: FeatureParams | None = None,
-) -> str:
-    """Save a real ``clp`` artifact (small encoder + ArcFace head, seeded init) through the real registry.
-
-    Untrained on purpose: these tests check plumbing (delivery, reload, DLQ), and training is
-    covered by tests/training; ``thresholds`` decide which machines look anomalous.
-    """
-    import torch
-
-    from soundwatch.model.networks import ArcMarginHead, Encoder, EncoderConfig
-    from soundwatch.model.registry import Artifact, ModelRegistry
-
-    params = params or FeatureParams()
-    torch.manual_seed(seed)
-    cfg = EncoderConfig(n_mels=params.n_mels, window_frames=params.window_frames, channels=(8, 16), embedding_dim=32)
-    enc = Encoder(cfg)
-    enc.norm.fit(torch.from_numpy(windows_values(64, params, seed)))
-    head = ArcMarginHead(cfg.embedding_dim, len(machine_ids), 30.0, 0.5)
-    th = {m: 1e6 for m in machine_ids} | (thresholds or {})
-    artifact = Artifact(
-        machine_type=machine_type,
-        method="clp",
-        score_kind="neglogp",
-        feature_params=params,
-        median_k=median_k,
-        model_config={"encoder": cfg.to_dict(), "head": {"n_classes": len(machine_ids), "scale": 30.0, "margin": 0.5}},
-        state={"encoder": enc.state_dict(), "head": head.state_dict()},
-        class_map=list(machine_ids),
-        id_classes={m: [i] for i, m in enumerate(machine_ids)},
-        thresholds=th,
-        default_threshold=1e6,
-        threshold_rule="test: fixed",
-        data_summary={"source": "tests/scoring (untrained)"},
-    )
-    return ModelRegistry(root).save(artifact)
-
-
-def windows_values(n: int, params: FeatureParams, seed: int) -> np.ndarray:
-    """Log-mel-like dB windows: a per-bin spectral tilt plus noise, float32 [n, n_mels, W]."""
-    rng = np.random.default_rng(seed)
-    tilt = np.linspace(-20, -70, params.n_mels, dtype=np.float32)[None, :, None]
-    return (tilt + rng.normal(0, 3, size=(n, params.n_mels, params.window_frames))).astype(np.float32)
 
 
 def make_window(
@@ -83,7 +31,7 @@ def make_window(
     hop_ns = int(p.hop_seconds * 1e9)
     start = T0_NS + index * hop_ns
     if values is None:
-        values = windows_values(1, p, seed=hash((machine_type, machine_id, index)) % 2**32)[0]
+        values = plumbing_windows(1, p, seed=hash((machine_type, machine_id, index)) % 2**32)[0]
     return FeatureWindow(
         machine_type=machine_type,
         machine_id=machine_id,

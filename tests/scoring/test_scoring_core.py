@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from scoring_helpers import make_window, save_model
+from scoring_helpers import make_window
 from typer.testing import CliRunner
 
+from deploy.private_services import plumbing_model
 from scoring.core import ScoringCore
 from scoring.models import ModelCache, parse_reload_message
 from scoring.state import StateTable
@@ -114,7 +115,7 @@ def test_bench_command_prints_one_json_object(tmp_path):
 
     from deploy.bench_scoring import bench
 
-    save_model(tmp_path, "fan", ["id_00", "id_02"])
+    plumbing_model(tmp_path, "fan", ["id_00", "id_02"])
     app = typer.Typer()
     app.command()(bench)
     result = CliRunner().invoke(

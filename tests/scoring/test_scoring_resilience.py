@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from private_influx import INFLUXD, PrivateInfluxd
 from running_workers import running_worker
 from scoring_helpers import (
     count_points,
@@ -24,10 +24,10 @@ from scoring_helpers import (
     make_window,
     produce,
     read_topic,
-    save_model,
     wait_for,
 )
 
+from deploy.private_services import PrivateInflux, plumbing_model
 from soundwatch.contracts import AlertEvent, AlertState
 from soundwatch.influx.client import InfluxClient
 from soundwatch.model.filters import causal_median
@@ -40,14 +40,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def private_influx(tmp_path: Path):
-    if not Path(INFLUXD).exists():
-        pytest.skip(f"{INFLUXD} not installed (apt-get install -y influxdb)")
-    server = PrivateInfluxd(tmp_path / "influxd")
-    server.start()
+    if shutil.which("influxd") is None:
+        pytest.skip("influxd not installed (apt-get install -y influxdb)")
+    server = PrivateInflux(tmp_path / "influxd").start()
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()
 
 
 def _with(settings: Settings, **sections: dict) -> Settings:
@@ -81,13 +80,13 @@ def test_influx_outage_pauses_consumption_and_loses_no_point(scoring_settings, p
     )
     with InfluxClient(s.influx) as client:
         client.create_database()
-    save_model(s.registry_root, "fan", ["id_00", "id_01"])
+    plumbing_model(s.registry_root, "fan", ["id_00", "id_01"])
     first = [make_window("fan", m, i) for i in range(3) for m in ("id_00", "id_01")]
     later = [make_window("fan", m, i) for i in range(3, 18) for m in ("id_00", "id_01")]
     with running_worker(s) as worker:
         produce(s, first)
         wait_for(lambda: count_points(s, private_influx.url) == len(first), 60, "points before the outage")
-        private_influx.stop()
+        private_influx.kill()
         produce(s, later)
         # the buffer (10 points) fills: the worker must pause its partitions instead of dropping
         wait_for(lambda: worker._held is not None, 60, "back-pressure pause")
@@ -125,7 +124,7 @@ def _start_worker(settings: Settings, log: Path) -> subprocess.Popen:
 def test_worker_killed_and_restarted_loses_no_window_and_duplicates_no_point(scoring_settings, tmp_path):
     s = _with(scoring_settings, scoring={"max_batch": 4, "max_wait_ms": 10})
     machines = ["id_00", "id_01", "id_02"]
-    save_model(s.registry_root, "fan", machines, median_k=3)
+    plumbing_model(s.registry_root, "fan", machines, median_k=3)
     n_per = 30
     windows = [make_window("fan", m, i) for i in range(n_per) for m in machines]
     log = tmp_path / "worker.log"
@@ -191,7 +190,7 @@ def _rewind_group(settings: Settings) -> None:
 
 def test_replay_of_written_windows_rewrites_identical_points_and_raises_no_second_alert(scoring_settings):
     s = scoring_settings
-    save_model(s.registry_root, "fan", ["id_00", "id_01"], thresholds={"id_01": -1.0}, median_k=3)
+    plumbing_model(s.registry_root, "fan", ["id_00", "id_01"], thresholds={"id_01": -1.0}, median_k=3)
     windows = [make_window("fan", m, i) for i in range(12) for m in ("id_00", "id_01")]
     q = "SELECT score, score_median, anomalous FROM asd_score GROUP BY machine_id"
     with running_worker(s) as worker:

@@ -12,8 +12,9 @@ import time
 
 import pytest
 from running_workers import running_worker
-from scoring_helpers import influx_query, make_window, produce, save_model, wait_for
+from scoring_helpers import influx_query, make_window, produce, wait_for
 
+from deploy.private_services import plumbing_model
 from scoring.status import KnownMachines, LastAudio, status_points
 from soundwatch.influx import schema as ix
 from soundwatch.settings import Settings, load_settings
@@ -75,7 +76,7 @@ def _with_status(settings: Settings) -> Settings:
 def test_silent_machine_turns_stale_recovers_and_survives_a_worker_restart(scoring_settings):
     s = _with_status(scoring_settings)
     # id_02's threshold is below any score: it alerts, and stays "alerting" underneath its staleness
-    save_model(s.registry_root, "fan", ["id_00", "id_01", "id_02"], thresholds={"id_02": -1e9})
+    plumbing_model(s.registry_root, "fan", ["id_00", "id_01", "id_02"], thresholds={"id_02": -1e9})
     with Plant(s, ["id_00", "id_01", "id_02"]) as plant, running_worker(s) as worker:
         wait_for(lambda: [r for r in _status(s, "id_02") if r[ix.ALERTING] == 1], 60, "id_02 reported alerting")
         normal = _status(s, "id_01")[-1]
@@ -129,7 +130,7 @@ def test_silent_machine_turns_stale_recovers_and_survives_a_worker_restart(scori
 def test_each_known_machine_is_reported_by_the_one_worker_owning_its_partition(scoring_settings):
     s = _with_status(scoring_settings)
     machines = [f"id_{i:02d}" for i in range(8)]
-    save_model(s.registry_root, "fan", machines)
+    plumbing_model(s.registry_root, "fan", machines)
     produce(s, [make_window("fan", m, 0) for m in machines])
     with running_worker(s) as first:
         wait_for(lambda: len(first.known) == len(machines), 60, "all machines known to the first worker")

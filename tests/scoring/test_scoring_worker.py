@@ -12,10 +12,10 @@ from scoring_helpers import (
     make_window,
     produce,
     read_topic,
-    save_model,
     wait_for,
 )
 
+from deploy.private_services import plumbing_model
 from soundwatch.contracts import AlertEvent, AlertState, DeadLetter, Reason, Score, machine_key
 from soundwatch.model.filters import causal_median
 from soundwatch.params import FeatureParams
@@ -28,7 +28,7 @@ IDS = ["id_00", "id_02", "id_04"]
 def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
     s = scoring_settings
     # id_04's threshold is below any -log p score: it is anomalous from the first window and must alert
-    save_model(s.registry_root, "fan", IDS, thresholds={"id_04": -1.0}, median_k=3)
+    plumbing_model(s.registry_root, "fan", IDS, thresholds={"id_04": -1.0}, median_k=3)
     n = 8
     good = [make_window("fan", m, i) for i in range(n) for m in IDS]
     other_params = FeatureParams(hop_length=256)  # same window shape, different front end
@@ -113,13 +113,13 @@ def test_hot_reload_switches_model_version_without_restart(scoring_settings):
 
     s = scoring_settings
     registry = ModelRegistry(s.registry_root, s.redis)
-    save_model(s.registry_root, "pump", ["id_00"], seed=1)
+    plumbing_model(s.registry_root, "pump", ["id_00"], seed=1)
     registry.set_current("pump", "v0001")
     with running_worker(s) as worker:
         produce(s, [make_window("pump", "id_00", i) for i in range(5)])
         wait_for(lambda: count_points(s) >= 5, 60, "first 5 points")
         assert worker.models.loaded == {"pump": "v0001"}
-        v2 = save_model(s.registry_root, "pump", ["id_00"], seed=2)
+        v2 = plumbing_model(s.registry_root, "pump", ["id_00"], seed=2)
         registry.set_current("pump", v2)  # SET + PUBLISH
         wait_for(lambda: worker.models.loaded.get("pump") == v2, 20, "the worker to swap in v0002")
         produce(s, [make_window("pump", "id_00", i) for i in range(5, 10)])

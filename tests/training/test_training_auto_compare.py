@@ -126,7 +126,7 @@ def test_cli_auto_then_compare(tiny_data: Path, tmp_path: Path, monkeypatch: pyt
     reg = ModelRegistry(registry)
     assert len(reg.versions("valve")) == 2
     newest = reg.load("valve", reg.latest_version("valve"))
-    assert newest.method == newest.metadata["metrics"]["auto_selection"]["chosen"]
+    assert newest.method == newest.metadata.metrics["auto_selection"]["chosen"]
     out = runner.invoke(
         app,
         [

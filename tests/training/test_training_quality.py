@@ -106,7 +106,7 @@ def test_cli_train_and_evaluate_on_real_mini_smoke(
     assert "not set current" in out.output
     assert ModelRegistry(registry).machine_types() == ["ToyCar", "valve"]
     toycar = ModelRegistry(registry).load("ToyCar")
-    assert toycar.score_kind == "knn" and toycar.metadata["class_source"] == "none"
+    assert toycar.score_kind == "knn" and toycar.metadata.class_source == "none"
     plots = tmp_path / "plots"
     out = runner.invoke(
         app,

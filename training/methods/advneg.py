@@ -37,6 +37,7 @@ import torch
 from soundwatch.model.device import autocast
 from soundwatch.model.networks import ArcMarginHead, Encoder
 from training.methods.common import EncoderJob, Views, arcface_stage, rounded, shift_mel, supcon_stage
+from training.methods.encoder import EncoderMethod
 
 KINDS: tuple[str, ...] = ("freq", "desync", "swap")
 CANDIDATES = 3  # perturbations drawn per window and kind; the hardest valid one is kept
@@ -181,3 +182,10 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
         head = None
     job.metrics["advneg_valid_share"] = {k: round(sum(v) / len(v), 4) for k, v in stats.items() if v}
     return encoder, head
+
+
+METHOD = EncoderMethod(
+    "advneg",
+    "position-sensitive negatives: frequency/time-shifted and patch-swapped windows pushed away",
+    fit,
+)

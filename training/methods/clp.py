@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from soundwatch.model.networks import ArcMarginHead, Encoder
 from training.methods.common import EncoderJob, arcface_stage, position_negatives, rounded, supcon_stage
+from training.methods.encoder import EncoderMethod
 
 
 def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
@@ -33,3 +34,10 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
         desc="clp stage 2 (ArcFace)",
     )
     return encoder, head
+
+
+METHOD = EncoderMethod(
+    "clp",
+    "machine-ID contrastive learning: SupCon then ArcFace, mel-shifted negatives (default)",
+    fit,
+)

@@ -48,6 +48,7 @@ class EncoderJob:
     gen: torch.Generator
     metrics: dict[str, Any]
     params: FeatureParams = field(default_factory=FeatureParams)  # the windows' feature definition
+    id_classes: dict[str, list[int]] = field(default_factory=dict)  # machine ID -> its classes (when classified)
 
     @property
     def n_labels(self) -> int:
@@ -91,10 +92,6 @@ def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]
 def epoch_size(n: int, batch_size: int) -> int:
     """Windows one epoch of :func:`batches` visits (the divisor of a per-window mean epoch loss)."""
     return n if n <= batch_size else (n // batch_size) * batch_size
-
-
-def no_views(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    return x[:0], y[:0]
 
 
 def shift_mel(w: torch.Tensor, s: int) -> torch.Tensor:

@@ -38,6 +38,7 @@ from training.methods.common import (
     rounded,
     supcon_stage,
 )
+from training.methods.encoder import EncoderMethod
 
 #: The predictor reaches its plateau (about the window's mean spectrum: frame-level detail is not
 #: predictable from the past) within ~50 Adam steps on the synthetic test windows (measured; real DCASE data not tried).
@@ -205,3 +206,10 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
     )
     job.metrics["generated_separation"] = round(generated_separation(job, encoder, views), 4)
     return encoder, head
+
+
+METHOD = EncoderMethod(
+    "geco",
+    "predictive self-attention AE whose predictions are contrastive negatives of the real windows",
+    fit,
+)

@@ -36,6 +36,7 @@ from training.methods.common import (
     rounded,
     with_views,
 )
+from training.methods.encoder import EncoderMethod
 
 
 def _conv(cin: int, cout: int, transpose: bool = False) -> list[nn.Module]:
@@ -140,3 +141,10 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
         desc="semi stage 2 (ArcFace)",
     )
     return encoder, head
+
+
+METHOD = EncoderMethod(
+    "semi",
+    "AE view and MobileNetV2 view of each window pulled together, with an ID classifier",
+    fit,
+)

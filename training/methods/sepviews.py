@@ -43,6 +43,7 @@ from training.methods.common import (
     rounded,
     supcon_stage,
 )
+from training.methods.encoder import EncoderMethod
 
 N_SOURCES = 4
 # The separator's pre-stage is short (its views need not be perfect): about SEP_STEPS steps in whole
@@ -209,3 +210,10 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
         job, encoder, views, n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr, desc="sepviews stage 2 (ArcFace)"
     )
     return encoder, head
+
+
+METHOD = EncoderMethod(
+    "sepviews",
+    "mixture-invariant separation of the normal audio; separated sources as extra views",
+    fit,
+)

@@ -35,7 +35,7 @@ from soundwatch.settings import GateSettings
 SOURCES = ("confirmed", "validation", "test")
 
 
-class ScoringModel(Protocol):
+class GatedModel(Protocol):
     """What the gate needs of a model (``soundwatch.model.registry.LoadedModel`` has it)."""
 
     median_k: int
@@ -110,7 +110,7 @@ def _pauc(y: np.ndarray, s: np.ndarray) -> float:
     return float(roc_auc_score(y, s, max_fpr=0.1))
 
 
-def evaluate(model: ScoringModel, clips: Sequence[EvalClip]) -> ModelReport:
+def evaluate(model: GatedModel, clips: Sequence[EvalClip]) -> ModelReport:
     """FAR per source (normal clips) and AUC/pAUC on labelled clips, as the stream would score."""
     report = ModelReport()
     over: dict[str, list[int]] = {s: [0, 0] for s in SOURCES}
@@ -197,7 +197,7 @@ def decide(candidate: ModelReport, current: ModelReport | None, config: GateSett
 
 
 def run_gate(
-    candidate: ScoringModel, current: ScoringModel | None, clips: Sequence[EvalClip], config: GateSettings | None = None
+    candidate: GatedModel, current: GatedModel | None, clips: Sequence[EvalClip], config: GateSettings | None = None
 ) -> GateDecision:
     """Evaluate both models on ``clips`` and decide."""
     config = config or GateSettings()

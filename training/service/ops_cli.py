@@ -24,6 +24,7 @@ from rich.markup import escape
 from soundwatch.choices import Device
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput, ConfigError
+from soundwatch.model.metadata import ArtifactMetadata
 from soundwatch.settings import MIN_SIGNING_KEY_CHARS, ArchiveSettings, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _resolve_machine(
         except ArtifactError as exc:  # a broken model must not hide the archive's answer
             log.warning("%s", exc.message)
             continue
-        if machine in meta.get("machine_ids", []):
+        if meta is not None and machine in meta.machine_ids:
             candidates.add((mtype, machine))
     if len(candidates) == 1:
         return candidates.pop()
@@ -223,9 +224,9 @@ def normal_audit(
 
 
 # ---------------------------------------------------------------------------- models
-def _metadata(registry, machine_type: str, version: str | None) -> dict[str, Any]:  # noqa: ANN001
-    """A version's verified metadata ({} for None); ArtifactError when it fails a check."""
-    return {} if version is None else registry.metadata(machine_type, version)
+def _metadata(registry, machine_type: str, version: str | None) -> ArtifactMetadata | None:  # noqa: ANN001
+    """A version's verified metadata (None for no version); ArtifactError when it fails a check."""
+    return None if version is None else registry.metadata(machine_type, version)
 
 
 def _current_or_none(registry, machine_type: str) -> str | None:  # noqa: ANN001
@@ -238,8 +239,8 @@ def _current_or_none(registry, machine_type: str) -> str | None:  # noqa: ANN001
         return None
 
 
-def _gate_text(meta: dict[str, Any]) -> str:
-    gate = meta.get("metrics", {}).get("gate")
+def _gate_text(meta: ArtifactMetadata | None) -> str:
+    gate = meta.gate if meta is not None else None
     if not gate:
         return "-"
     return "passed" if gate.get("passed") else "REFUSED"
@@ -266,17 +267,17 @@ def models_list(
             try:
                 meta, problem = _metadata(reg, mtype, v), None
             except ArtifactError as exc:
-                meta, problem = {}, exc.message
+                meta, problem = None, exc.message
             rows.append(
                 {
                     "machine_type": mtype,
                     "version": v,
                     "current": v == current,
-                    "parent": meta.get("parent_version"),
-                    "method": meta.get("method"),
-                    "created_at": meta.get("created_at"),
+                    "parent": meta.parent_version if meta else None,
+                    "method": meta.method if meta else None,
+                    "created_at": meta.created_at if meta else None,
                     "gate": _gate_text(meta),
-                    "data_cutoff": meta.get("data_summary", {}).get("data_cutoff"),
+                    "data_cutoff": meta.data_cutoff if meta else None,
                     "verified": problem is None,
                     "problem": problem,
                 }
@@ -309,8 +310,12 @@ def models_show(
     version = reg.resolve_version(machine_type, version)
     meta = _metadata(reg, machine_type, version)
     verified_by = f"signature (key id {reg.signer.key_id})" if reg.signer else "checksums (no signing key configured)"
-    meta = {**meta, "current": _current_or_none(reg, machine_type) == version, "verified_by": verified_by}
-    typer.echo(json.dumps(meta, indent=2, default=str))
+    shown = {
+        **(meta.to_dict() if meta else {}),
+        "current": _current_or_none(reg, machine_type) == version,
+        "verified_by": verified_by,
+    }
+    typer.echo(json.dumps(shown, indent=2, default=str))
 
 
 @models_app.command("promote")
@@ -323,7 +328,7 @@ def models_promote(
     """Make a version current (Redis + reload message to the scoring workers)."""
     reg = _registry(_settings(registry))
     meta = _metadata(reg, machine_type, version)
-    gate = meta.get("metrics", {}).get("gate")
+    gate = meta.gate if meta is not None else None
     if gate and not gate.get("passed") and not force:
         raise BadInput(
             f"{machine_type} {version} was refused by the promotion gate: " + "; ".join(gate["reasons"]),
@@ -344,7 +349,7 @@ def models_rollback(
     """Return to an earlier version (default: the parent of the current one)."""
     reg = _registry(_settings(registry))
     current = reg.resolve_version(machine_type)
-    target = to or _metadata(reg, machine_type, current).get("parent_version")
+    target = to or reg.metadata(machine_type, current).parent_version
     if not target:
         raise BadInput(
             f"{machine_type} {current} has no parent version to roll back to",
@@ -487,7 +492,7 @@ def retrain(
 
     if once == (schedule is not None):
         raise ConfigError("pass exactly one of --once or --schedule CRON", "e.g. `soundwatch retrain --once`")
-    from training.service.retrain import ENCODER_MODES
+    from training.methods.base import ENCODER_MODES
 
     if encoder_update is not None and encoder_update not in ENCODER_MODES:
         raise ConfigError(

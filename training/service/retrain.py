@@ -11,7 +11,7 @@
    normal training clips of the original data folder (``data_root``) and audio of earlier
    confirmed intervals still in the archive — about ``replay_ratio`` windows per new window.
 4. **Update the current version** (never from scratch). Encoder methods (``clp`` and every
-   :func:`training.methods.is_encoder_method`) have three ``encoder_update`` modes:
+   :class:`training.methods.encoder.EncoderMethod`) have three ``encoder_update`` modes:
 
    * ``bank`` (default): no gradient steps. The encoder is kept, so the parent's kNN bank stays
      valid and *grows* by the embeddings of the new confirmed-normal windows (a full bank makes
@@ -52,7 +52,6 @@ logged and the loop continues.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import threading
@@ -61,16 +60,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
-from tqdm import tqdm
 
 from soundwatch.errors import BadInput, SoundwatchError
 from soundwatch.params import FeatureParams
-from soundwatch.settings import ArchiveSettings, EncoderUpdate, RetrainSettings, Settings
+from soundwatch.settings import ArchiveSettings, RetrainSettings, Settings
+from training.methods import method_for
+from training.methods.base import FineTuned
 from training.service.archive import ArchiveReader, AudioPiece
 from training.service.confirmations import ConfirmationStore, ConfirmedInterval, format_time
 from training.service.gate import EvalClip, GateDecision, run_gate
@@ -78,12 +76,11 @@ from training.service.gate import EvalClip, GateDecision, run_gate
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
-ENCODER_MODES: tuple[str, ...] = get_args(EncoderUpdate)  # how a round updates an encoder method's model
 CLIP_WINDOWS = 8  # windows of a 10 s clip: sizes how many earlier clips to load for replay
 
 
 @dataclass
-class Block:
+class ArchiveBlock:
     """Windows of one block of confirmed audio."""
 
     machine_id: str
@@ -125,9 +122,9 @@ def _windows_of(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
 
 def blocks_from_pieces(
     pieces: Sequence[AudioPiece], params: FeatureParams, block_seconds: float, interval_id: int = 0
-) -> list[Block]:
+) -> list[ArchiveBlock]:
     """Cut contiguous audio into blocks and window each block separately."""
-    out: list[Block] = []
+    out: list[ArchiveBlock] = []
     for piece in pieces:
         if piece.sample_rate != params.sample_rate:
             log.warning(
@@ -144,7 +141,9 @@ def blocks_from_pieces(
             seg = piece.samples[a : a + step]
             w = _windows_of(seg, params)
             if len(w):
-                out.append(Block(piece.machine_id, w, piece.start_ns + a * NS // params.sample_rate, interval_id))
+                out.append(
+                    ArchiveBlock(piece.machine_id, w, piece.start_ns + a * NS // params.sample_rate, interval_id)
+                )
     return out
 
 
@@ -156,11 +155,11 @@ def gather_confirmed(
     params: FeatureParams,
     block_seconds: float,
     intervals: Sequence[ConfirmedInterval] | None = None,
-) -> tuple[list[Block], list[dict]]:
+) -> tuple[list[ArchiveBlock], list[dict]]:
     """Blocks of confirmed-normal archived audio after ``since_ns`` and what was used, per interval."""
     if intervals is None:
         intervals = store.intervals(machine_type=machine_type, since_ns=since_ns)
-    blocks: list[Block] = []
+    blocks: list[ArchiveBlock] = []
     used: list[dict] = []
     for iv in intervals:
         t0 = max(iv.from_ns, since_ns)
@@ -191,13 +190,13 @@ def gather_confirmed(
 
 
 def split_blocks(
-    blocks: Sequence[Block], calib_fraction: float, gate_fraction: float, seed: int
-) -> tuple[list[Block], list[Block], list[Block]]:
+    blocks: Sequence[ArchiveBlock], calib_fraction: float, gate_fraction: float, seed: int
+) -> tuple[list[ArchiveBlock], list[ArchiveBlock], list[ArchiveBlock]]:
     """(fit, calib, gate) per machine; a machine with fewer than 3 blocks only contributes to fit."""
     rng = np.random.default_rng(seed)
-    fit: list[Block] = []
-    calib: list[Block] = []
-    gate: list[Block] = []
+    fit: list[ArchiveBlock] = []
+    calib: list[ArchiveBlock] = []
+    gate: list[ArchiveBlock] = []
     for mid in sorted({b.machine_id for b in blocks}):
         mine = [b for b in blocks if b.machine_id == mid]
         if len(mine) < 3:
@@ -258,37 +257,6 @@ def load_earlier_data(
 
 
 # ---------------------------------------------------------------------------- fine-tuning
-@dataclass
-class Candidate:
-    """A fine-tuned model in memory (the pieces an :class:`soundwatch.model.registry.Artifact` needs)."""
-
-    method: str
-    score_kind: str
-    model_config: dict[str, Any]
-    state: dict[str, dict[str, torch.Tensor]]
-    class_map: list[str]
-    id_classes: dict[str, list[int]]
-    class_source: str
-    bank: dict[str, np.ndarray]
-    knn_k: int
-    scorer: Any  # soundwatch.model.scorer.WindowScorer
-    losses: list[float]
-    encoder_mode: str = "weights"  # encoder methods: bank | head | full; ae: "weights" (always fine-tuned)
-
-
-def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    perm = torch.randperm(n, generator=gen)
-    return [perm[i : i + size] for i in range(0, n, size) if len(perm[i : i + size]) >= 2]
-
-
-def _freeze_batchnorm(module: nn.Module) -> None:
-    """Keep BatchNorm running statistics fixed: a few hundred new windows would otherwise re-estimate
-    them from a skewed sample and move every embedding, including those of machines that did not change."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def fine_tune(
     parent: Any,
     windows: np.ndarray,
@@ -300,146 +268,19 @@ def fine_tune(
     *,
     encoder_mode: str = "bank",
     score_kind: str | None = None,
-) -> Candidate:
-    """Update ``parent`` (a LoadedModel) with ``windows`` of ``machine_ids``; see the module docstring.
-
-    Encoder methods: ``head`` / ``full`` train on ``windows`` and rebuild the kNN bank from
-    ``bank_windows`` (new windows + the whole replay pool: a density estimate needs more samples
-    than a gradient step); ``bank`` adds the rows of ``bank_windows`` marked ``bank_new`` to the
-    parent's bank."""
-    from soundwatch.model.device import autocast, grad_scaler, optimizer_step, resolve_device, seed_everything
-    from soundwatch.model.scorer import BANK_LIMIT, WindowScorer
-
-    device = resolve_device(cfg.device)
-    gen = seed_everything(cfg.seed)
-    meta = parent.metadata
-    src = parent.scorer
-    x_all = torch.from_numpy(np.asarray(windows, dtype=np.float32))
-    ids = list(machine_ids)
-    losses: list[float] = []
-    scaler = grad_scaler(device)
-    class_map = list(meta.get("class_map", []))
-    id_classes = {k: list(v) for k, v in meta.get("id_classes", {}).items()}
-    class_source = meta.get("class_source", "machine_id")
-    model_config = copy.deepcopy(meta["model_config"])
-    bank: dict[str, np.ndarray] = {}
-
-    if parent.method != "ae":  # encoder methods: encoder + ID classifier
-        if encoder_mode not in ENCODER_MODES:
-            raise BadInput(f"unknown encoder update {encoder_mode!r}", f"use one of {', '.join(ENCODER_MODES)}")
-        encoder = copy.deepcopy(src.encoder).to(device)
-        head = copy.deepcopy(src.head).to(device) if src.head is not None else None
-        if head is not None and encoder_mode != "bank":
-            for mid in sorted(set(ids) - set(id_classes)):  # a machine the model never saw: a new class row
-                if class_source != "machine_id":
-                    continue  # its windows still shape the encoder's bank below
-                with torch.no_grad():
-                    row = torch.empty(1, head.weight.shape[1], device=device)
-                    nn.init.xavier_uniform_(row)
-                    head.weight = nn.Parameter(torch.cat([head.weight.data, row]))
-                class_map.append(mid)
-                id_classes[mid] = [len(class_map) - 1]
-            model_config["head"] = {**model_config["head"], "n_classes": len(class_map)}
-            keep = np.array([m in id_classes for m in ids])
-            labels = torch.tensor([id_classes[m][0] for m in ids if m in id_classes], dtype=torch.int64)
-            x_lab = x_all[torch.from_numpy(keep)]
-            if encoder_mode == "head":  # the convolutional trunk and the input statistics stay as they are
-                for p in [*encoder.norm.parameters(), *encoder.convs.parameters()]:
-                    p.requires_grad_(False)
-            trainable = [p for p in [*encoder.parameters(), *head.parameters()] if p.requires_grad]
-            opt = torch.optim.Adam(trainable, lr=cfg.lr)
-            ce = nn.CrossEntropyLoss()
-            for _ in tqdm(
-                range(cfg.epochs),
-                desc=f"fine-tune ({encoder_mode}, ArcFace)",
-                unit="epoch",
-                disable=not cfg.progress,
-                leave=False,
-            ):
-                encoder.train()
-                _freeze_batchnorm(encoder)
-                if encoder_mode == "head":
-                    encoder.convs.eval()
-                head.train()
-                total = 0.0
-                for idx in _batches(len(x_lab), cfg.batch_size, gen):
-                    xb, yb = x_lab[idx].to(device), labels[idx].to(device)
-                    with autocast(device):
-                        loss = ce(head(encoder(xb), yb), yb)
-                    total += optimizer_step(opt, scaler, loss) * len(idx)
-                losses.append(round(total / max(1, len(x_lab)), 4))
-            head.eval()
-        encoder.eval()
-        state = {"encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}}
-        if head is not None:
-            state["head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-        kind = score_kind or ("knn" if encoder_mode == "bank" else parent.score_kind)
-        scorer = WindowScorer(parent.method, kind, encoder, head, None, id_classes, {}, int(meta["knn_k"]), device)
-        if bank_windows is None:
-            bank_windows, bank_ids = windows, ids
-        id_arr = np.array(list(bank_ids))
-        rng = np.random.default_rng(cfg.seed)
-        if encoder_mode == "bank":  # same encoder: the parent's bank stays valid and only grows
-            new = np.zeros(len(id_arr), dtype=bool) if bank_new is None else np.asarray(bank_new, dtype=bool)
-            id_arr = id_arr[new]
-            emb = scorer.embed(np.asarray(bank_windows, dtype=np.float32)[new]).cpu().numpy()
-            old = {mid: b.detach().float().cpu().numpy() for mid, b in src.bank.items()}
-        else:
-            emb = scorer.embed(np.asarray(bank_windows, dtype=np.float32)).cpu().numpy()
-            old = {}
-        for mid in sorted(set(id_arr) | set(old)):
-            rows = np.flatnonzero(id_arr == mid)
-            prior = old.get(mid, emb[:0])
-            n_new = len(rows) if not len(prior) else min(len(rows), max(BANK_LIMIT - len(prior), BANK_LIMIT // 2))
-            if n_new < len(rows):  # a full bank: at least half of it is made room for the new audio
-                rows = rows[np.sort(rng.choice(len(rows), n_new, replace=False))]
-            if len(prior) + n_new > BANK_LIMIT:
-                prior = prior[np.sort(rng.choice(len(prior), BANK_LIMIT - n_new, replace=False))]
-            bank[mid] = np.concatenate([prior, emb[rows]])
-        for mid in sorted(set(src.bank) - set(bank)):  # old embeddings live in the old space: not reusable
-            log.warning("machine %s has no windows this round; its kNN score falls back to the union bank", mid)
-        scorer.bank = {k: torch.from_numpy(v).to(device) for k, v in bank.items()}
-        return Candidate(
-            parent.method,
-            scorer.score_kind,
-            model_config,
-            state,
-            class_map,
-            id_classes,
-            class_source,
-            bank,
-            int(meta["knn_k"]),
-            scorer,
-            losses,
-            encoder_mode,
-        )
-    # ae: continue the reconstruction objective
-    ae = copy.deepcopy(src.ae).to(device)
-    opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
-    for _ in tqdm(range(cfg.epochs), desc="fine-tune (AE)", unit="epoch", disable=not cfg.progress, leave=False):
-        ae.train()
-        _freeze_batchnorm(ae)
-        total = 0.0
-        for idx in _batches(len(x_all), 8, gen):
-            with autocast(device):
-                loss = ae.window_errors(x_all[idx].to(device)).mean()
-            total += optimizer_step(opt, scaler, loss) * len(idx)
-        losses.append(round(total / max(1, len(x_all)), 4))
-    ae.eval()
-    state = {"ae": {k: v.detach().cpu() for k, v in ae.state_dict().items()}}
-    scorer = WindowScorer("ae", "recon", None, None, ae, {}, {}, int(meta["knn_k"]), device)
-    return Candidate(
-        parent.method,
-        scorer.score_kind,
-        model_config,
-        state,
-        class_map,
-        id_classes,
-        class_source,
-        bank,
-        int(meta["knn_k"]),
-        scorer,
-        losses,
+) -> FineTuned:
+    """Update ``parent`` (a LoadedModel) with ``windows`` of ``machine_ids`` the way its method fine-tunes
+    (:meth:`training.methods.base.Method.fine_tune`; step 4 of the module docstring)."""
+    return method_for(parent.method).fine_tune(
+        parent,
+        windows,
+        machine_ids,
+        cfg,
+        bank_windows,
+        bank_ids,
+        bank_new,
+        encoder_mode=encoder_mode,
+        score_kind=score_kind,
     )
 
 
@@ -503,7 +344,7 @@ def retrain_once(
     # 1. the current model and its data cutoff
     parent_version = registry.resolve_version(machine_type)
     parent = registry.load(machine_type, parent_version, device=cfg.device)
-    summary = dict(parent.metadata.get("data_summary", {}))
+    summary = dict(parent.metadata.data_summary)
     cutoff_ns = _iso_to_ns(summary.get("data_cutoff"))
     params = parent.feature_params
 
@@ -717,9 +558,7 @@ def run_schedule(
 
 
 __all__ = [
-    "ENCODER_MODES",
-    "Block",
-    "Candidate",
+    "ArchiveBlock",
     "RetrainSettings",
     "RetrainOutcome",
     "blocks_from_pieces",
