@@ -13,7 +13,10 @@ from typing import Annotated
 
 import typer
 
+from dashboards.export import export
 from dashboards.machines import Machine, machines_from_influx, machines_from_registry, parse_machines
+from dashboards.push import push
+from dashboards.render import render
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput
 from soundwatch.settings import Settings, get_settings
@@ -52,8 +55,6 @@ def export_cmd(
     ] = "/etc/grafana/provisioning",
 ) -> None:
     """Write Grafana file provisioning (data source, dashboards, alert rules, contact point, policy)."""
-    from dashboards.export import export
-
     settings = get_settings()
     found = resolve_machines(settings, machines, from_influx)
     if not settings.grafana.webhook_url and not settings.grafana.email_addresses:
@@ -77,8 +78,6 @@ def push_cmd(
     from_influx: FromInflux = False,
 ) -> None:
     """Upsert everything into a running Grafana over its HTTP API; a second push changes nothing."""
-    from dashboards.push import push
-
     settings = get_settings()
     found = resolve_machines(settings, machines, from_influx)
     secret = token or (settings.grafana.token.get_secret_value() if settings.grafana.token else None)
@@ -102,8 +101,6 @@ def render_cmd(
     ] = None,
 ) -> None:
     """Draw the fleet and machine dashboards' data (same InfluxQL as Grafana) into PNG files."""
-    from dashboards.render import render
-
     settings = get_settings()
     found = resolve_machines(settings, machines, from_influx)
     end_ms = int(time.time() * 1000)

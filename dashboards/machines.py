@@ -73,7 +73,7 @@ def machines_from_registry(root: Path) -> list[Machine]:
     weights are loaded.
     """
     # deferred on purpose: the registry imports torch, which no other dashboards command needs
-    from soundwatch.model.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry  # deferred: loads torch
 
     registry = ModelRegistry(root)
     pairs: list[tuple[str, str]] = []

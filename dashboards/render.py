@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dashboards import queries as q
+from dashboards.alerting import duration_s
 from dashboards.builder import fleet_dashboard, machine_dashboard
 from dashboards.influxql import interpolate
 from dashboards.machines import Machine, check_machines
@@ -75,8 +78,6 @@ class PanelRunner:
     def run(self, query: str, *, time_from: str | None = None) -> list[Series]:
         start = self.start_ms
         if time_from:  # panel "relative time" override, e.g. "5m"
-            from dashboards.alerting import duration_s
-
             start = max(start, self.end_ms - 1000 * duration_s(time_from))
         text = interpolate(query, start_ms=start, end_ms=self.end_ms, interval=self.interval, variables=self.variables)
         return self.client.query(text)
@@ -129,11 +130,10 @@ _STATE_STYLE = {
 
 def render_fleet(settings: Settings, machines: Sequence[Machine], out: Path, *, start_ms: int, end_ms: int) -> Path:
     """Fleet overview PNG: latest ratio bars, status grid, per-machine heat map over time."""
-    import matplotlib
+    import matplotlib  # deferred: loads matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # deferred: loads matplotlib
 
     machines = check_machines(machines)
     board = fleet_dashboard(settings.grafana, machines)
@@ -212,10 +212,10 @@ def render_machine(
     end_ms: int,
 ) -> Path:
     """Machine drill-down PNG: raw/median score, threshold line, alert and model-version annotations."""
-    import matplotlib
+    import matplotlib  # deferred: loads matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: loads matplotlib
 
     board = machine_dashboard(settings.grafana, machines)
     runner = PanelRunner(
@@ -285,8 +285,6 @@ def render_machine(
 
 
 def _interval_minutes(interval: str) -> float:
-    from dashboards.alerting import duration_s
-
     return duration_s(interval) / 60
 
 

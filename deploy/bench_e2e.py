@@ -17,16 +17,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from deploy.demo import ensure_models
 from deploy.scenario import ScenarioResult, run_scenario
 from deploy.stages import PlantSource
 from soundwatch.influx.client import InfluxClient
 from soundwatch.kafka import ensure_topics
-from soundwatch.settings import Settings
+from soundwatch.settings import Settings, load_settings
 
 
 def _private(settings: Settings, tag: str) -> Settings:
-    from soundwatch.settings import load_settings
-
     topics = {n: f"bench{tag}.{n}" for n in ("audio_raw", "features", "alerts", "scores", "deadletter")}
     return load_settings(
         **{
@@ -75,8 +74,6 @@ def run_step(settings: Settings, n: int, seconds: float, log_dir: Path) -> tuple
 def run_bench(
     settings: Settings, machines: int, seconds: float, max_machines: int, log_dir: Path, say=lambda m: None
 ) -> dict[str, Any]:
-    from deploy.demo import ensure_models
-
     ensure_models(settings, PlantSource(kind="sim", machines=_machines(max(machines, 6))), log_dir / "work", epochs=8)
     window_s = settings.features.window_seconds
     t0 = time.perf_counter()

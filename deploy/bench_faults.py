@@ -13,6 +13,7 @@ secrets grep) is one decorated function ``(FaultBench) -> dict`` — pipeline sc
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import tempfile
@@ -26,10 +27,12 @@ import numpy as np
 import typer
 
 from deploy.fault_stack import FaultPipeline
+from deploy.local_stack import LocalStack
 from deploy.private_services import PrivateInflux, plumbing_model
+from soundwatch.console import err_console
 from soundwatch.contracts import AudioChunk, machine_key
 from soundwatch.errors import ExitCode
-from soundwatch.settings import Settings
+from soundwatch.settings import Settings, get_settings
 
 MACHINES = ["fan/id_00", "fan/id_02"]
 
@@ -282,12 +285,6 @@ def bench_faults(
     keep: Annotated[Path | None, typer.Option("--keep", help="keep work files and worker logs in this folder")] = None,
 ) -> None:
     """Fault injection on a private stack: lost = windows implied - distinct points, per scenario (must be 0)."""
-    import json
-
-    from deploy.local_stack import LocalStack
-    from soundwatch.console import err_console
-    from soundwatch.settings import get_settings
-
     settings = get_settings()
     LocalStack(settings).require("redis", "influxdb")
     say = (lambda m: None) if as_json else (lambda m: err_console.print(m))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import typer
 
 from scoring.cli import THREADS_HELP, set_threads
@@ -35,8 +36,11 @@ from soundwatch.contracts import FeatureWindow
 from soundwatch.errors import BadInput
 from soundwatch.influx.schema import score_point
 from soundwatch.model.device import resolve_device
+from soundwatch.model.registry import ModelRegistry
 from soundwatch.params import FeatureParams
 from soundwatch.settings import Settings, get_settings
+from soundwatch.simulator import render_clip, write_dcase_dataset
+from training.datasets import scan_dataset
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,6 @@ BENCH_TYPE = "fan"
 
 def _ensure_model(settings: Settings, registry: Path | None, machine_type: str | None, device: str) -> tuple[Path, str]:
     """A registry root and machine type with a model: the given/default registry, else train a small one."""
-    from soundwatch.model.registry import ModelRegistry
-
     for root in [registry] if registry is not None else [settings.registry_root, BENCH_REGISTRY]:
         types = ModelRegistry(root).machine_types()
         if machine_type is not None and machine_type in types:
@@ -64,10 +66,7 @@ def _ensure_model(settings: Settings, registry: Path | None, machine_type: str |
 
 def _train_small(settings: Settings, machine_type: str, device: str) -> str:
     """Train the default clp architecture briefly on synthetic audio (inference cost does not depend on epochs)."""
-    from soundwatch.model.registry import ModelRegistry
-    from soundwatch.simulator import write_dcase_dataset
-    from training.datasets import scan_dataset
-    from training.train import TrainConfig, train_machine_type
+    from training.train import TrainConfig, train_machine_type  # deferred: loads scipy, sklearn
 
     err_console.print(
         f"no model in {settings.registry_root}: training a small {machine_type} clp model on "
@@ -94,8 +93,7 @@ def _train_small(settings: Settings, machine_type: str, device: str) -> str:
 
 def _window_pool(machine_type: str, machine_ids: list[str], params: FeatureParams, n: int) -> np.ndarray:
     """Real log-mel windows of synthetic machine audio (the features package's own windowing)."""
-    from soundwatch.audio.windows import offline_windows
-    from soundwatch.simulator import render_clip
+    from soundwatch.audio.windows import offline_windows  # deferred: loads numba, scipy
 
     ids = machine_ids or ["id_00"]
     per_id = -(-n // len(ids))  # windows needed from each machine's clip
@@ -171,10 +169,6 @@ def run_bench(
     max_batch: int,
     device: str,
 ) -> dict[str, Any]:
-    import torch
-
-    from soundwatch.model.registry import ModelRegistry
-
     dev = str(resolve_device(device))
     root, mtype = _ensure_model(settings, registry, machine_type, dev)
     reg = ModelRegistry(root)

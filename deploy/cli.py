@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from deploy.bench_e2e import run_bench
+from deploy.demo import DEFAULT_FAULT, DemoOptions, run_demo
+from deploy.local_stack import LocalStack
+from deploy.pipeline import Pipeline
+from deploy.stages import PlantSource, pipeline_stages
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput
 from soundwatch.settings import get_settings
@@ -34,8 +40,6 @@ DurationOpt = Annotated[
 
 
 def _source(source: str, data: Path | None, machines: str, faults: list[str], speed: float):
-    from deploy.stages import PlantSource
-
     if source not in ("sim", "files"):
         raise BadInput(f"--source {source!r} is not one of: sim, files")
     if source == "files" and data is None:
@@ -60,10 +64,6 @@ def run_all(
     Needs the services (`soundwatch services up`) and a current model per machine type (`soundwatch train`).
     Ctrl-C stops the gateway first (it flushes), then the workers.
     """
-    from deploy.local_stack import LocalStack
-    from deploy.pipeline import Pipeline
-    from deploy.stages import pipeline_stages
-
     settings = get_settings()
     if _is_local(settings):
         LocalStack(settings).require("kafka", "redis", "influxdb")
@@ -101,8 +101,6 @@ def demo(
     The simulated plant has five machines; fan/id_02 develops bearing ticks after 60 s unless --fault says
     otherwise. `--source files --data DIR` replays recordings instead.
     """
-    from deploy.demo import DEFAULT_FAULT, DemoOptions, run_demo
-
     faults = fault if fault is not None else ([DEFAULT_FAULT] if source == "sim" else [])
     options = DemoOptions(
         source=_source(source, data, machines, faults, 1.0),
@@ -122,11 +120,6 @@ def bench_e2e(
     log_dir: Annotated[Path, typer.Option("--log-dir")] = Path("var/bench-e2e"),
 ) -> None:
     """Latency chunk produced -> point in InfluxDB (p50/p99) with N machines, and the largest N sustained."""
-    import json
-
-    from deploy.bench_e2e import run_bench
-    from deploy.local_stack import LocalStack
-
     settings = get_settings()
     LocalStack(settings).require("kafka", "redis", "influxdb")
     say = (lambda m: None) if as_json else (lambda m: err_console.print(m))

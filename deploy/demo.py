@@ -23,11 +23,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from dashboards.export import export
+from dashboards.machines import Machine
+from dashboards.render import render
 from deploy.local_stack import LocalStack
 from deploy.observer import MachineView, PipelineObserver, percentile
 from deploy.pipeline import Pipeline
@@ -35,6 +39,7 @@ from deploy.stages import PlantSource, pipeline_stages
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput
 from soundwatch.settings import Settings, get_settings
+from soundwatch.simulator import write_dcase_dataset
 
 DEFAULT_MACHINES = "fan/id_00,fan/id_02,fan/id_04,pump/id_00,pump/id_02"
 DEFAULT_FAULT = "fan/id_02:bearing_ticks@60s"
@@ -60,8 +65,6 @@ def ensure_signing_key(settings: Settings, key_file: Path = DEMO_KEY_FILE) -> Se
     with it. When it is first created, the versions already in the registry (saved by earlier,
     unsigned demo runs) are signed after their checksums verify.
     """
-    from pydantic import SecretStr
-
     if settings.registry_signing_key is not None:
         return settings
     created = not key_file.exists()
@@ -89,7 +92,7 @@ def ensure_signing_key(settings: Settings, key_file: Path = DEMO_KEY_FILE) -> Se
 
 
 def _sign_existing(settings: Settings) -> None:
-    from soundwatch.model.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry  # deferred: loads torch
 
     rows = ModelRegistry.from_settings(settings).sign_all()
     signed = [f"{t} {v}" for t, v, outcome, _ in rows if outcome == "signed"]
@@ -109,7 +112,7 @@ def machine_types_of(source: PlantSource) -> list[str]:
 
 def ensure_models(settings: Settings, source: PlantSource, work_dir: Path, epochs: int) -> dict[str, str]:
     """The current model version per machine type, training one (through `soundwatch train`) where none exists."""
-    from soundwatch.model.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry  # deferred: loads torch
 
     registry = ModelRegistry.from_settings(settings)
     types = machine_types_of(source)
@@ -152,8 +155,6 @@ def ensure_models(settings: Settings, source: PlantSource, work_dir: Path, epoch
 
 def _training_data(source: PlantSource, types: list[str], work_dir: Path) -> Path:
     if source.kind == "sim":
-        from soundwatch.simulator import write_dcase_dataset
-
         root = work_dir / "sim-train"
         ids = {m.split("/")[1] for m in source.machines.split(",")}
         per_type = max(2, max(int(i.split("_")[-1]) // 2 + 1 for i in ids))
@@ -258,17 +259,13 @@ def _run_pipeline(settings: Settings, options: DemoOptions) -> Path:
 
 def finish(settings: Settings, views: list[MachineView], out: Path, started: float) -> Path:
     """Grafana provisioning, dashboard renderings and the HTML report."""
-    from dashboards.export import export
-    from dashboards.machines import Machine
-    from deploy.report import write_report
+    from deploy.report import write_report  # deferred: loads matplotlib
 
     machines = [Machine(v.machine_type, v.machine_id) for v in views]
     images: list[tuple[str, Path]] = []
     if machines:
         export(settings, out / "grafana-provisioning", machines)
         err_console.print(f"Grafana provisioning written to {out / 'grafana-provisioning'}")
-        from dashboards.render import render
-
         end_ms = int(time.time() * 1000)
         start_ms = end_ms - int((time.monotonic() - started + 30) * 1000)
         try:

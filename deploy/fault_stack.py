@@ -40,10 +40,12 @@ from deploy.pipeline import StageProcess
 from deploy.private_services import PrivateBroker, PrivateInflux
 from ingest.gateway import GatewayReport, run_gateway
 from ingest.producer import Block
+from ingest.sources.simulator import SimulatorSource, parse_machines
 from soundwatch.contracts import AudioChunk, ContractError, DeadLetter, FeatureWindow, Reason
 from soundwatch.errors import ServiceUnavailable, SoundwatchError
 from soundwatch.influx import schema as ix
 from soundwatch.influx.client import InfluxClient
+from soundwatch.kafka import ensure_topics, make_consumer, make_producer
 from soundwatch.settings import Settings, load_settings
 
 TOPIC_NAMES = ("audio_raw", "features", "alerts", "scores", "deadletter")
@@ -184,8 +186,6 @@ class FaultPipeline:
     # ------------------------------------------------------------------ lifecycle
     def ensure_topics(self) -> None:
         """Create the pipeline topics (what an operator does after a broker lost its data: `services up`)."""
-        from soundwatch.kafka import ensure_topics
-
         ensure_topics(self.settings)
 
     def start_workers(self) -> None:
@@ -201,7 +201,7 @@ class FaultPipeline:
         with contextlib.suppress(SoundwatchError), InfluxClient(self.settings.influx) as client:
             client.drop_database()
         with contextlib.suppress(Exception):  # tidying only: the names are unique anyway
-            import redis
+            import redis  # deferred: loads redis
 
             client = redis.Redis.from_url(self.settings.redis.url, **self.settings.redis.client_kwargs())
             keys = list(client.scan_iter(f"{self.settings.redis.key_prefix}:*"))
@@ -219,8 +219,6 @@ class FaultPipeline:
         self, machines: list[str], *, gateway_id: str = "gw-faults", state: str = "a", speed: float = 2.0
     ) -> GatewayRun:
         """Start a simulator gateway for ``machines``; ``state`` names its state/spool directories."""
-        from ingest.sources.simulator import SimulatorSource, parse_machines
-
         ing = self.settings.ingest
         s = self.settings.model_copy(
             update={
@@ -244,8 +242,6 @@ class FaultPipeline:
 
     def inject(self, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
         """Produce raw records (bad ones, huge ones) straight to ``topic``."""
-        from soundwatch.kafka import make_producer
-
         producer = make_producer(self.settings, max_request_size=32 * 1024 * 1024)
         try:
             for key, value in records:
@@ -297,9 +293,7 @@ class FaultPipeline:
     # ------------------------------------------------------------------ accounting
     def read(self, topic: str) -> list[Any]:
         """Every record of ``topic`` on the private broker now."""
-        from kafka import TopicPartition
-
-        from soundwatch.kafka import make_consumer
+        from kafka import TopicPartition  # deferred: loads kafka
 
         consumer = make_consumer(self.settings, group_id=None)
         try:
@@ -320,8 +314,8 @@ class FaultPipeline:
 
     def account(self) -> dict[str, Any]:
         """The scenario's figures (see the module docstring); call after the gateways stopped and it drained."""
-        from soundwatch.audio.logmel import complete_frames
-        from soundwatch.audio.windows import n_windows
+        from soundwatch.audio.logmel import complete_frames  # deferred: loads numba, scipy
+        from soundwatch.audio.windows import n_windows  # deferred: loads numba, scipy
 
         params = self.settings.features
         letters = self.read(self.settings.kafka.topics.deadletter)

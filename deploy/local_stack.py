@@ -22,6 +22,7 @@ import requests
 
 from soundwatch.errors import MissingDependency, ServiceUnavailable
 from soundwatch.influx.client import InfluxClient
+from soundwatch.kafka import ensure_topics
 from soundwatch.settings import Settings
 
 
@@ -205,8 +206,6 @@ class LocalStack:
         return None
 
     def _ensure_topics(self) -> None:
-        from soundwatch.kafka import ensure_topics
-
         ensure_topics(self.settings)
 
     # ------------------------------------------------------------------ redis

@@ -139,7 +139,7 @@ class PipelineObserver:
 
     # ------------------------------------------------------------------ consuming
     def _run(self) -> None:
-        from kafka import TopicPartition
+        from kafka import TopicPartition  # deferred: loads kafka
 
         t = self.settings.kafka.topics
         topics = [t.scores, t.alerts] + ([t.features] if self.keep_windows else [])

@@ -22,10 +22,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import ducc0
 import numpy as np
+import scipy.fft
+from threadpoolctl import threadpool_limits
 
+from soundwatch.audio.audio_io import read_audio
 from soundwatch.audio.logmel import complete_frames, log_mel, mel_filterbank
 from soundwatch.audio.windows import n_windows
+from soundwatch.contracts import AudioChunk, FeatureWindow, machine_key
+from soundwatch.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from soundwatch.params import FeatureParams
 from soundwatch.settings import Settings
 
@@ -34,8 +40,6 @@ REAL_MINI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / 
 
 def bench_audio(seconds: float, params: FeatureParams, data_dir: Path | None = None) -> tuple[np.ndarray, str]:
     """``[n_clips, 10 s]`` float32 audio totalling about ``seconds``: real-mini clips if present, else noise."""
-    from soundwatch.audio.audio_io import read_audio
-
     clip_len = 10 * params.sample_rate
     n_clips = max(1, round(seconds / 10))
     root = data_dir or REAL_MINI
@@ -49,7 +53,7 @@ def bench_audio(seconds: float, params: FeatureParams, data_dir: Path | None = N
 
 
 def _librosa(audio: np.ndarray, p: FeatureParams) -> np.ndarray:
-    import librosa
+    import librosa  # deferred: loads librosa
 
     mel = librosa.feature.melspectrogram(
         y=audio,
@@ -73,12 +77,8 @@ def _floor(audio: np.ndarray, p: FeatureParams, fft: str = "scipy") -> np.ndarra
     """The bare minimum: float32 rfft of pre-framed audio (scipy's or ducc0's), ``|X|^2``, dense mel matmul."""
     frames = np.lib.stride_tricks.sliding_window_view(audio, p.n_fft, axis=-1)[..., :: p.hop_length, :]
     if fft == "ducc0":
-        import ducc0
-
         spec = ducc0.fft.r2c(frames, axes=(frames.ndim - 1,), nthreads=1)
     else:
-        import scipy.fft
-
         spec = scipy.fft.rfft(frames, axis=-1)
     return (spec.real**2 + spec.imag**2) @ mel_filterbank(p).T
 
@@ -95,8 +95,6 @@ def _cpu_seconds(fn: Any, repeats: int) -> list[float]:
 def logmel_bench(
     seconds: float = 320.0, repeats: int = 5, params: FeatureParams | None = None, data_dir: Path | None = None
 ) -> dict[str, Any]:
-    from threadpoolctl import threadpool_limits
-
     p = params or FeatureParams()
     audio, source = bench_audio(seconds, p, data_dir)
     audio_s = audio.size / p.sample_rate
@@ -150,9 +148,6 @@ def stream_bench(
     ``stream_realtime_factor`` = audio seconds the windows advance / wall seconds between the first and
     the last window (producer timestamps), so start-up and group join are not counted.
     """
-    from soundwatch.contracts import AudioChunk, FeatureWindow, machine_key
-    from soundwatch.kafka import ensure_topics, make_consumer, make_producer
-
     p = settings.features
     u = uuid.uuid4().hex[:8]
     names = {"audio_raw": f"bench{u}.audio", "features": f"bench{u}.features", "deadletter": f"bench{u}.dead"}
@@ -232,8 +227,6 @@ def stream_bench(
 
 def _delete_topics(settings: Settings, names: list[str]) -> None:
     """Best effort: the local broker keeps everything in memory."""
-    from soundwatch.kafka import make_admin
-
     try:
         admin = make_admin(settings)
     except Exception:  # noqa: BLE001 - cleanup must not hide the measurement

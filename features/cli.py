@@ -8,10 +8,15 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from soundwatch.audio.audio_io import read_audio
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput, SoundwatchError
+from soundwatch.params import FeatureParams
+from soundwatch.settings import get_settings
 
 app = typer.Typer(
     help="Log-mel features: the Faust stream worker and offline extraction.",
@@ -43,8 +48,7 @@ def run(
     Start more workers with the same settings to split the partitions (each needs its own
     --web-port, or 0).
     """
-    from features.app import run_worker
-    from soundwatch.settings import get_settings
+    from features.app import run_worker  # deferred: loads numba, scipy
 
     settings = get_settings()
     root = logging.getLogger()
@@ -68,11 +72,7 @@ def audio_files(source: Path) -> list[Path]:
 
 def extract_file(path: Path, out: Path, params_json: str) -> int:
     """Write ``out`` (.npz: windows, start_frames, params, source, n_samples); return the window count."""
-    import numpy as np
-
-    from soundwatch.audio.audio_io import read_audio
-    from soundwatch.audio.windows import offline_windows
-    from soundwatch.params import FeatureParams
+    from soundwatch.audio.windows import offline_windows  # deferred: loads numba, scipy
 
     params = FeatureParams.from_json(params_json)
     audio = read_audio(path, params.sample_rate)
@@ -108,10 +108,6 @@ def extract(
     ] = "npz",
 ) -> None:
     """Write each file's feature windows, exactly as the stream would emit them, under --out."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from soundwatch.settings import get_settings
-
     if fmt != "npz":
         raise typer.BadParameter(f"unknown format {fmt!r}; choose from: npz", param_hint="--format")
     files = audio_files(source)
@@ -152,8 +148,7 @@ def bench(
     ] = 480.0,
 ) -> None:
     """Log-mel speed against librosa and a bare rfft+matmul floor, and the stream's real-time factor."""
-    from features.bench import logmel_bench, stream_bench
-    from soundwatch.settings import get_settings
+    from features.bench import logmel_bench, stream_bench  # deferred: loads numba, scipy
 
     settings = get_settings()
     result = logmel_bench(seconds=seconds, repeats=repeats, params=settings.features)

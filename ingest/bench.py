@@ -22,15 +22,15 @@ from ingest.gateway import run_gateway
 from ingest.producer import Block, producer_options
 from ingest.sources import AudioClock
 from soundwatch.errors import SoundwatchError
+from soundwatch.kafka import ensure_topics, make_admin, make_producer
 from soundwatch.settings import Settings
+from soundwatch.simulator import MachineSound, signature_for
 
 
 class _PoolSource:
     """``machines`` machines cycling over pre-rendered simulator seconds, as fast as possible."""
 
     def __init__(self, machines: int, sample_rate: int, chunk_samples: int, pool: int = 16) -> None:
-        from soundwatch.simulator import MachineSound, signature_for
-
         self.sample_rate = sample_rate
         self.machines = machines
         types = ("fan", "pump", "slider", "valve")
@@ -52,8 +52,6 @@ class _PoolSource:
 
 def _reference(settings: Settings, topic: str, records: list[tuple[bytes, bytes]], seconds: float) -> float:
     """Chunks/s of a bare kafka-python producer with the gateway's producer options (no spool)."""
-    from soundwatch.kafka import make_producer
-
     producer = make_producer(settings, **producer_options(settings))
     try:
         t0 = time.monotonic()
@@ -72,9 +70,7 @@ def run_bench(
     settings: Settings, seconds: float = 10.0, machines: int = 1000, reference: bool = True
 ) -> dict[str, Any]:
     """Measure one gateway process against the configured broker on a private, deleted-afterwards topic."""
-    from kafka.errors import KafkaError
-
-    from soundwatch.kafka import ensure_topics, make_admin
+    from kafka.errors import KafkaError  # deferred: loads kafka
 
     topic = f"bench.ingest.{uuid.uuid4().hex[:8]}"
     ensure_topics(settings, [topic], settings.kafka.topics.partitions)

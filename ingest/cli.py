@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
+from ingest.bench import run_bench
+from ingest.gateway import StatusLine, install_signal_handlers, run_gateway
+from ingest.health import GatewayHealth
+from ingest.sources.files import FileReplaySource
+from ingest.sources.mic import MicSource
+from ingest.sources.simulator import SimulatorSource, parse_fault_command, parse_machines
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput
-from soundwatch.settings import get_settings
+from soundwatch.settings import IngestSettings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +96,6 @@ def gateway(
     Shows a live status line on stderr. SIGINT/SIGTERM stop it gracefully: the backlog is
     flushed for up to 10 s and what remains stays in the spool for the next start.
     """
-    from ingest.gateway import StatusLine, install_signal_handlers, run_gateway
-    from ingest.health import GatewayHealth
-
     settings = get_settings()
     sr = settings.features.sample_rate
     chunk = int(round(settings.ingest.chunk_seconds * sr))
@@ -170,16 +174,12 @@ def _make_source(
     channel: int,
 ):
     if kind is SourceKind.files:
-        from ingest.sources.files import FileReplaySource
-
         if path is None:
             raise BadInput("--source files needs --path", "pass a WAV/FLAC file or a folder, e.g. --path data/fan")
         return FileReplaySource(
             path, sr, chunk, loop=loop, speed=speed, machine_type=machine_type, machine_id=machine_id
         )
     if kind is SourceKind.sim:
-        from ingest.sources.simulator import SimulatorSource, parse_fault_command, parse_machines
-
         return SimulatorSource(
             parse_machines(machines),
             sr,
@@ -189,8 +189,6 @@ def _make_source(
             speed=speed,
             seed=seed,
         )
-    from ingest.sources.mic import MicSource
-
     if not machine_type or not machine_id:
         raise BadInput(
             "--source mic needs --machine-type and --machine-id",
@@ -212,8 +210,6 @@ def bench(
     ] = None,
 ) -> None:
     """Measure chunks/s and MB/s one gateway process delivers, and how many real-time machines that is."""
-    from ingest.bench import run_bench
-
     settings = get_settings()
     if compression is not None:
         settings = _with_compression(settings, compression)
@@ -234,10 +230,6 @@ def bench(
 
 
 def _with_compression(settings, compression: str):
-    from pydantic import ValidationError
-
-    from soundwatch.settings import IngestSettings
-
     try:
         ingest = IngestSettings(**{**settings.ingest.model_dump(), "compression": compression})
     except ValidationError as exc:

@@ -13,6 +13,7 @@ waiting in the spool, int, the same field the other stages use for their buffers
 from __future__ import annotations
 
 from ingest.producer import ShipperStats
+from soundwatch.influx.health import HealthReporter
 from soundwatch.settings import Settings
 
 STAGE = "ingest"
@@ -22,8 +23,6 @@ class GatewayHealth:
     """Writes the gateway's ``pipeline`` point per :meth:`report` call; never raises."""
 
     def __init__(self, settings: Settings, gateway_id: str) -> None:
-        from soundwatch.influx.health import HealthReporter
-
         self.gateway_id = gateway_id
         self._reporter = HealthReporter(settings.influx, STAGE, gateway_id)
 

@@ -35,7 +35,7 @@ from ingest.sequences import SequenceStore
 from ingest.spool import Spool, SpoolStats
 from soundwatch.contracts import AudioChunk, machine_key
 from soundwatch.errors import MissingDependency
-from soundwatch.kafka import is_permanent
+from soundwatch.kafka import is_permanent, make_producer
 from soundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ _CODEC_PACKAGES = {"snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard"}
 
 def check_compression(settings: Settings) -> None:
     """MissingDependency now if the configured codec's library is missing (instead of spooling forever)."""
-    from kafka import codec
+    from kafka import codec  # deferred: loads kafka
 
     name = settings.ingest.compression
     if name in ("none", "gzip"):
@@ -402,8 +402,6 @@ class Shipper:
             self._send(rec.position, rec.key, rec.value)
 
     def _new_producer(self) -> bool:
-        from soundwatch.kafka import make_producer
-
         old, self._producer = self._producer, None
         if old is not None:
             try:

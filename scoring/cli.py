@@ -32,7 +32,7 @@ THREADS_HELP = (
 
 def set_threads(threads: int) -> None:
     if threads > 0:
-        import torch
+        import torch  # deferred: loads torch
 
         torch.set_num_threads(threads)
 
@@ -77,7 +77,7 @@ def run(
         max_wait_ms=max_wait_ms,
         metrics_port=metrics_port,
     )
-    from scoring.worker import ScoringWorker
+    from scoring.worker import ScoringWorker  # deferred: loads kafka, torch
 
     worker = ScoringWorker(settings)
 

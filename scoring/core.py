@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
+import torch
 
 from scoring.alerts import Observation
 from scoring.batcher import chunks
@@ -55,8 +56,6 @@ class BatchResult(Generic[C]):
 
 
 def _inference_context(device: str) -> contextlib.AbstractContextManager:
-    import torch
-
     # no autocast here: the model's scorer enters it once (soundwatch.model.device.autocast)
     return torch.inference_mode()
 

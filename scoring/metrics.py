@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ class ScoringMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; return the bound port."""
-        from prometheus_client import start_http_server
-
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._server = server
         self.port = int(server.server_port)

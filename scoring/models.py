@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import numpy as np
+import torch
 
 from soundwatch.errors import ServiceUnavailable
 from soundwatch.model.registry import parse_reload_message, reload_channel
@@ -157,8 +158,6 @@ def freeze_encoder(model: object, probe_batch: int = 8, tolerance: float = 1e-4)
     module on a probe batch; on any error or a difference above ``tolerance`` the eager module
     stays. Models without an encoder (``ae``) are left alone. Returns True when swapped.
     """
-    import torch
-
     scorer = getattr(model, "scorer", None)
     encoder = getattr(scorer, "encoder", None)
     if not isinstance(encoder, torch.nn.Module) or isinstance(encoder, torch.jit.ScriptModule):

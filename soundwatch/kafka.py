@@ -55,8 +55,8 @@ def _log_failed_async_commit(offsets: dict[Any, Any], response: Any) -> None:
 
 def make_producer(settings: Settings, **overrides: Any):  # -> kafka.KafkaProducer
     """A producer with acks=all and the configured security settings; ``overrides`` win."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
+    from kafka import KafkaProducer  # deferred: loads kafka
+    from kafka.errors import KafkaError  # deferred: loads kafka
 
     _require_crc32c()
     kw: dict[str, Any] = {
@@ -74,8 +74,8 @@ def make_producer(settings: Settings, **overrides: Any):  # -> kafka.KafkaProduc
 
 def make_consumer(settings: Settings, *topics: str, group_id: str | None, **overrides: Any):  # -> KafkaConsumer
     """A consumer tuned for the local broker's group-join behaviour (short session timeout)."""
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
+    from kafka import KafkaConsumer  # deferred: loads kafka
+    from kafka.errors import KafkaError  # deferred: loads kafka
 
     _require_crc32c()
     k = settings.kafka
@@ -96,8 +96,8 @@ def make_consumer(settings: Settings, *topics: str, group_id: str | None, **over
 
 
 def make_admin(settings: Settings):  # -> kafka.KafkaAdminClient
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
+    from kafka import KafkaAdminClient  # deferred: loads kafka
+    from kafka.errors import KafkaError  # deferred: loads kafka
 
     try:
         return KafkaAdminClient(**settings.kafka.client_kwargs(), request_timeout_ms=10_000)
@@ -107,8 +107,8 @@ def make_admin(settings: Settings):  # -> kafka.KafkaAdminClient
 
 def ensure_topics(settings: Settings, names: list[str] | None = None, partitions: int | None = None) -> list[str]:
     """Create the pipeline topics that do not exist yet; return the ones created."""
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.admin import NewTopic  # deferred: loads kafka
+    from kafka.errors import TopicAlreadyExistsError  # deferred: loads kafka
 
     t = settings.kafka.topics
     wanted = names or [t.audio_raw, t.features, t.alerts, t.scores, t.deadletter]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -54,8 +55,6 @@ class FeatureParams(BaseModel):
 
     @property
     def floor_db(self) -> float:
-        import math
-
         return 10.0 * math.log10(self.amin)
 
     @property

@@ -282,7 +282,7 @@ class MachineSound:
         roughly +8 dB around ``centre_hz``), so a moved resonance is visible even when no
         harmonic sits near it — as on real machines.
         """
-        from scipy.signal import lfilter
+        from scipy.signal import lfilter  # deferred: loads scipy
 
         a = self.signature.noise_colour
         white = self._noise_rng.standard_normal(n)
@@ -389,7 +389,7 @@ def write_dcase_dataset(
     ``<root>/<type>/test/{normal,anomaly}_id_XX_NNNNNNNN.wav``. Anomalous clips cycle through
     ``faults``; train and test clips use disjoint instance numbers.
     """
-    import soundfile as sf
+    import soundfile as sf  # deferred: loads soundfile
 
     root = Path(root)
     types = tuple(machine_types)

@@ -24,6 +24,7 @@ from typing import Any
 
 from soundwatch.model.registry import ModelRegistry
 from soundwatch.params import FeatureParams
+from soundwatch.simulator import write_dcase_dataset
 from training.compare import compare
 from training.datasets import scan_dataset
 from training.train import TrainConfig, train_machine_type
@@ -61,8 +62,6 @@ def methods_bench(
     with tempfile.TemporaryDirectory(prefix="soundwatch-methods-") as tmp:
         root = Path(tmp)
         if data is None:
-            from soundwatch.simulator import write_dcase_dataset
-
             data_dir = root / "synthetic"
             write_dcase_dataset(
                 data_dir,

@@ -21,7 +21,12 @@ from soundwatch.errors import ServiceUnavailable
 from soundwatch.model.device import resolve_device
 from soundwatch.model.registry import ModelRegistry
 from soundwatch.settings import get_settings
+from training.auto import parse_methods, train_auto
+from training.bench import methods_bench
+from training.compare import compare as run_compare
+from training.compare import markdown
 from training.datasets import scan_dataset
+from training.evaluate import evaluate as run_evaluate
 from training.methods import METHOD_HELP, METHODS
 from training.train import TrainConfig, train_machine_type
 
@@ -103,8 +108,6 @@ def train(
         )
         err_console.print(f"training {mtype} ({method_name}, {len(mine)} clips) ...")
         if method_name == "auto":
-            from training.auto import parse_methods, train_auto
-
             val = scan_dataset(validation, mtype) if validation is not None else []
             auto = train_auto(
                 mine,
@@ -167,15 +170,10 @@ def evaluate(
     ] = False,
 ) -> None:
     """AUC / pAUC (max_fpr 0.1) per machine ID on <type>/test clips, scored exactly like the stream."""
-    from training.evaluate import evaluate as run_evaluate
-
     method_name = None if method is None else Method(method).value
     device_name = Device(device).value
     t0 = time.perf_counter()
     if compare:
-        from training.compare import compare as run_compare
-        from training.compare import markdown
-
         out_dir = results or plots or Path("var/evaluate")
         table = run_compare(data, _registry(registry), machine_type=machine_type, out_dir=out_dir, device=device_name)
         table["seconds"] = round(time.perf_counter() - t0, 2)
@@ -226,10 +224,6 @@ def bench_methods(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
 ) -> None:
     """Train every method on the same data and compare them (AUC, pAUC, mAUC, train time, inference cost)."""
-    from training.auto import parse_methods
-    from training.bench import methods_bench
-    from training.compare import markdown
-
     report = methods_bench(data, out, parse_methods(methods), epochs=epochs)
     typer.echo(json.dumps(report) if as_json else markdown(report))
     err_console.print(f"{report['data']}: {report['seconds']} s; see {out}/compare.md, compare.json, compare.png")

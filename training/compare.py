@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.stats import hmean
 
 from soundwatch.errors import BadInput
@@ -45,8 +46,6 @@ def compare(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The comparison report (rows as in :data:`COLUMNS`, plus per-method means over types)."""
-    import torch
-
     records = [r for r in scan_dataset(data, machine_type) if r.split == "test"]
     if not records:
         raise BadInput(f"no test clips under {data}", hint="expected <type>/test/{normal,anomaly}_*.wav")
@@ -152,10 +151,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 def write_outputs(report: dict[str, Any], out_dir: Path) -> None:
     """``compare.md``, ``compare.json`` and ``compare.png`` (grouped bars: AUC per type, one bar per method)."""
-    import matplotlib
+    import matplotlib  # deferred: loads matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: loads matplotlib
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.md").write_text(markdown(report))

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
+from soundwatch.audio.audio_io import audio_info, read_audio
 from soundwatch.errors import BadInput
 from soundwatch.params import FeatureParams
 
@@ -160,8 +161,7 @@ class WindowSet:
 
 def clip_windows(path: Path, params: FeatureParams) -> np.ndarray:
     """Windows ``[N, n_mels, W]`` of one file, or BadInput with the file and the reason."""
-    from soundwatch.audio.audio_io import audio_info, read_audio
-    from soundwatch.audio.windows import offline_windows
+    from soundwatch.audio.windows import offline_windows  # deferred: loads numba, scipy
 
     try:
         sr, n_samples, _channels = audio_info(path)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ingest.producer import Block
 from ingest.sources import AudioClock, Pacer
+from soundwatch.audio.audio_io import audio_info, read_audio
 from soundwatch.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,6 @@ def discover(path: Path, machine_type: str | None = None, machine_id: str | None
 
 def _load(path: Path, sample_rate: int, warned: set[int]) -> np.ndarray | None:
     """The file as float32 mono at ``sample_rate``, or None (logged) when it cannot be read."""
-    from soundwatch.audio.audio_io import audio_info, read_audio
-
     try:
         _sr, _n, channels = audio_info(path)
         if channels != 1 and channels not in warned:

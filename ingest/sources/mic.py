@@ -29,7 +29,7 @@ INSTALL_HINT = "pip install 'soundwatch[mic]'  (and the PortAudio library: apt-g
 def import_sounddevice() -> Any:
     """The sounddevice module, or MissingDependency naming the package or the PortAudio library to install."""
     try:
-        import sounddevice
+        import sounddevice  # deferred: an optional dependency
     except ImportError as exc:
         raise MissingDependency(
             "microphone input needs the sounddevice package, which is not installed", INSTALL_HINT
@@ -129,7 +129,7 @@ class MicSource:
             raise BadInput(f"cannot open the microphone at {self.sample_rate} or {native} Hz: {exc}", hint) from exc
 
     def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
-        import soxr
+        import soxr  # deferred: loads soxr
 
         q: queue.Queue = queue.Queue()
         stream, rate = self._open(q)

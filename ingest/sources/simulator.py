@@ -28,6 +28,7 @@ from pathlib import Path
 from ingest.producer import Block
 from ingest.sources import AudioClock, Pacer
 from soundwatch.errors import BadInput
+from soundwatch.simulator import MACHINE_FAMILIES, Fault, MachineSound, signature_for
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ class FaultCommand:
 
 def parse_fault_command(text: str) -> FaultCommand:
     """Parse ``type/id:fault[=severity][@seconds]``; BadInput names the valid faults."""
-    from soundwatch.simulator import Fault
-
     m = _COMMAND_RE.match(text)
     if m is None:
         raise BadInput(
@@ -77,8 +76,6 @@ def parse_fault_command(text: str) -> FaultCommand:
 
 def parse_machines(spec: str) -> list[tuple[str, str]]:
     """``"fan/id_00,pump/id_02"`` -> [(type, id), ...]; or ``"6"`` -> 6 machines over the known types."""
-    from soundwatch.simulator import MACHINE_FAMILIES
-
     spec = spec.strip()
     if spec.isdigit():
         n = int(spec)
@@ -140,8 +137,6 @@ class SimulatorSource:
     ) -> None:
         import scipy.signal  # noqa: F401 - MachineSound needs it; a slow first import would stall the first chunk
 
-        from soundwatch.simulator import MachineSound, signature_for
-
         if not machines:
             raise BadInput("the simulator needs at least one machine", "pass --machines")
         self.sample_rate = sample_rate
@@ -173,8 +168,6 @@ class SimulatorSource:
             )
 
     def _apply_due(self, now_s: float) -> None:
-        from soundwatch.simulator import Fault
-
         if self._control is not None:
             for line in self._control.new_lines():
                 try:

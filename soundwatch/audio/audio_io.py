@@ -19,7 +19,7 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
 
     Raises :class:`~soundwatch.errors.BadInput` when the file cannot be opened or parsed.
     """
-    import soundfile as sf
+    import soundfile as sf  # deferred: loads soundfile
 
     try:
         info = sf.info(str(path))
@@ -38,7 +38,7 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     * Raises :class:`~soundwatch.errors.BadInput` (``"<path>: <reason>"``) for a missing, unreadable
       or corrupt file, a file with no samples, or one with NaN/inf samples.
     """
-    import soundfile as sf
+    import soundfile as sf  # deferred: loads soundfile
 
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -53,7 +53,7 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         bad = int((~np.isfinite(audio)).sum())
         raise BadInput(f"{path}: {bad} of {audio.size} samples are NaN or inf", "re-export the file")
     if file_rate != sample_rate:
-        import soxr
+        import soxr  # deferred: loads soxr
 
         log.warning(
             "%s: resampling from %d Hz to %d Hz (features are defined at %d Hz)",

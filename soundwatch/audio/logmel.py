@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import ducc0
 import numba
 import numpy as np
+from scipy.signal import get_window
 
 from soundwatch.params import FeatureParams
 
@@ -65,7 +66,7 @@ _BLOCK_FRAMES = 256
 
 def __getattr__(name: str) -> Any:  # lazy: `from soundwatch.audio.logmel import LogMel` imports torch only then
     if name == "LogMel":
-        from soundwatch.audio.logmel_torch import LogMel
+        from soundwatch.audio.logmel_torch import LogMel  # deferred: loads torch
 
         return LogMel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -130,8 +131,6 @@ def mel_filterbank(params: FeatureParams) -> np.ndarray:
 @lru_cache(maxsize=16)
 def hann_window(n_fft: int) -> np.ndarray:
     """float64 periodic Hann window of ``n_fft`` samples (librosa's ``window="hann"``), read-only."""
-    from scipy.signal import get_window
-
     w = np.asarray(get_window("hann", n_fft, fftbins=True), dtype=np.float64)
     w.setflags(write=False)
     return w

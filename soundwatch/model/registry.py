@@ -280,7 +280,7 @@ class ModelRegistry:
         if self.redis_settings is None:
             raise ServiceUnavailable("this registry has no Redis settings", hint="pass redis_settings to ModelRegistry")
         if self._redis is None:
-            import redis
+            import redis  # deferred: loads redis
 
             self._redis = redis.Redis.from_url(
                 self.redis_settings.url,
@@ -305,7 +305,7 @@ class ModelRegistry:
         A value that is not a version name (``../../elsewhere/fan/v0001``) raises ArtifactError: it was
         written outside soundwatch, and loading something else instead would hide that.
         """
-        import redis
+        import redis  # deferred: loads redis
 
         key = self._key(machine_type)
         try:
@@ -325,7 +325,7 @@ class ModelRegistry:
 
     def set_current(self, machine_type: str, version: str) -> None:
         """Mark ``version`` current (it must exist and verify) and publish a reload message."""
-        import redis
+        import redis  # deferred: loads redis
 
         self._verify(machine_type, version)
         try:

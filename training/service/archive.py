@@ -44,6 +44,7 @@ import numpy as np
 
 from soundwatch.contracts import AudioChunk, ContractError, DeadLetter
 from soundwatch.errors import BadInput, ServiceUnavailable
+from soundwatch.kafka import commit_offsets, make_consumer, make_producer, send_dead_letter
 from soundwatch.settings import ArchiveSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ class ArchiveWriter:
         seg = self._open.pop(key, None)
         if seg is None or seg.n_samples == 0:
             return
-        import soundfile as sf
+        import soundfile as sf  # deferred: loads soundfile
 
         day = time.strftime("%Y%m%d", time.gmtime(seg.start_ns / NS))
         rel = Path(seg.machine_type) / seg.machine_id / day / f"{seg.start_ns}-{seg.first_sequence}.flac"
@@ -405,7 +406,7 @@ class ArchiveReader:
         Segments that follow each other without a sequence gap are joined into one piece; a gap
         (missing chunks, a gateway restart) separates pieces, so windows never straddle a hole.
         """
-        import soundfile as sf
+        import soundfile as sf  # deferred: loads soundfile
 
         pieces: list[AudioPiece] = []
         run: list[np.ndarray] = []
@@ -464,10 +465,8 @@ class ArchiveConsumer:
 
     def run(self, *, max_seconds: float | None = None, install_signals: bool = False) -> None:
         """Consume until :meth:`stop` (or SIGTERM/SIGINT with ``install_signals``, or ``max_seconds``)."""
-        from kafka import ConsumerRebalanceListener
-        from kafka.errors import KafkaError
-
-        from soundwatch.kafka import make_consumer
+        from kafka import ConsumerRebalanceListener  # deferred: loads kafka
+        from kafka.errors import KafkaError  # deferred: loads kafka
 
         outer = self
 
@@ -535,19 +534,15 @@ class ArchiveConsumer:
         self._consumed[tp] = rec.offset + 1
 
     def _dead_letter(self, rec, letter: DeadLetter) -> None:  # noqa: ANN001
-        from soundwatch.kafka import make_producer, send_dead_letter
-
         if self._producer is None:
             self._producer = make_producer(self.settings)
         send_dead_letter(self._producer, self.settings, rec.key, rec.value, letter)
         self.dead_letters += 1
 
     def _commit(self) -> None:
-        from kafka import TopicPartition
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
-
-        from soundwatch.kafka import commit_offsets
+        from kafka import TopicPartition  # deferred: loads kafka
+        from kafka.errors import KafkaError  # deferred: loads kafka
+        from kafka.structs import OffsetAndMetadata  # deferred: loads kafka
 
         if self._consumer is None:
             return

@@ -36,6 +36,7 @@ from soundwatch.contracts import AlertEvent, AlertState, ContractError
 from soundwatch.errors import BadInput, ServiceUnavailable
 from soundwatch.influx import schema as ix
 from soundwatch.influx.client import InfluxClient, InfluxQueryError, quote_ident, quote_literal
+from soundwatch.kafka import make_consumer
 from soundwatch.settings import RedisSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,8 @@ class AlertHistory:
 
     def _kafka(self, machine_type: str, machine_id: str) -> set[tuple[int, str]]:
         """Read the whole alerts topic (state changes only, so it stays small)."""
-        from kafka import TopicPartition
-        from kafka.errors import KafkaError
-
-        from soundwatch.kafka import make_consumer
+        from kafka import TopicPartition  # deferred: loads kafka
+        from kafka.errors import KafkaError  # deferred: loads kafka
 
         topic = self.settings.kafka.topics.alerts
         out: set[tuple[int, str]] = set()
@@ -282,7 +281,7 @@ class ConfirmationStore:
     def __init__(self, redis_settings: RedisSettings, client=None) -> None:  # client: redis.Redis
         self.prefix = redis_settings.key_prefix
         if client is None:
-            import redis
+            import redis  # deferred: loads redis
 
             client = redis.Redis.from_url(
                 redis_settings.url, decode_responses=True, socket_timeout=10, **redis_settings.client_kwargs()
@@ -294,7 +293,7 @@ class ConfirmationStore:
         return ":".join((self.prefix, "normal", *parts))
 
     def _call(self, what: str, fn, *args, **kwargs):  # noqa: ANN001, ANN202
-        import redis
+        import redis  # deferred: loads redis
 
         try:
             return fn(*args, **kwargs)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,9 +25,11 @@ from rich.markup import escape
 
 from soundwatch.choices import Device
 from soundwatch.console import err_console
-from soundwatch.errors import BadInput, ConfigError
+from soundwatch.errors import BadInput, ConfigError, ServiceUnavailable
 from soundwatch.model.metadata import ArtifactMetadata
 from soundwatch.settings import MIN_SIGNING_KEY_CHARS, ArchiveSettings, Settings, get_settings
+from training.service.archive import ArchiveConsumer, ArchiveReader
+from training.service.confirmations import AlertHistory, ConfirmationStore, format_time, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ def _archive_config(root: Path | None, **extra: Any) -> ArchiveSettings:
 
 
 def _registry(settings: Settings):  # -> ModelRegistry
-    from soundwatch.model.registry import ModelRegistry
+    from soundwatch.model.registry import ModelRegistry  # deferred: loads torch
 
     return ModelRegistry.from_settings(settings)
 
@@ -77,8 +81,6 @@ def _resolve_machine(
     if machine_type:
         return machine_type, machine
     candidates: set[tuple[str, str]] = set()
-    from training.service.archive import ArchiveReader
-
     cfg = _archive_config(archive_root)
     if (Path(cfg.root) / "index.sqlite3").is_file():
         reader = ArchiveReader(cfg.root)
@@ -87,7 +89,7 @@ def _resolve_machine(
         finally:
             reader.close()
     reg = _registry(settings)
-    from soundwatch.model.registry import ArtifactError
+    from soundwatch.model.registry import ArtifactError  # deferred: loads torch
 
     for mtype in reg.machine_types():
         try:
@@ -128,8 +130,6 @@ def normal_confirm(
     as_json: AsJson = False,
 ) -> None:
     """Confirm that a machine sounded normal from --from to --to. Overlapping an alert needs --force."""
-    from training.service.confirmations import AlertHistory, ConfirmationStore, format_time, parse_time
-
     settings = _settings()
     mtype, mid = _resolve_machine(machine, machine_type, settings, archive_root)
     now = time.time_ns()  # one "now" for both ends, so "-2h".."-1h" is exactly one hour
@@ -164,8 +164,6 @@ def normal_list(
     as_json: AsJson = False,
 ) -> None:
     """List confirmed-normal intervals, oldest first."""
-    from training.service.confirmations import ConfirmationStore, format_time
-
     settings = _settings()
     mtype, mid = (None, None)
     if machine:
@@ -194,8 +192,6 @@ def normal_revoke(
     as_json: AsJson = False,
 ) -> None:
     """Revoke a confirmation (kept in the audit trail; future retraining ignores it)."""
-    from training.service.confirmations import ConfirmationStore
-
     iv = ConfirmationStore(_settings().redis).revoke(interval_id, by=by, note=note)
     if as_json:
         typer.echo(json.dumps(iv.as_json()))
@@ -209,8 +205,6 @@ def normal_audit(
     as_json: AsJson = False,
 ) -> None:
     """The append-only trail of every confirm and revoke."""
-    from training.service.confirmations import ConfirmationStore, format_time
-
     entries = ConfirmationStore(_settings().redis).audit(count)
     if as_json:
         typer.echo(json.dumps(entries))
@@ -230,8 +224,6 @@ def _metadata(registry, machine_type: str, version: str | None) -> ArtifactMetad
 
 
 def _current_or_none(registry, machine_type: str) -> str | None:  # noqa: ANN001
-    from soundwatch.errors import ServiceUnavailable
-
     try:
         return registry.current_version(machine_type)
     except ServiceUnavailable as exc:
@@ -257,7 +249,7 @@ def models_list(
     Each version is verified (checksums, and the signature when a signing key is set); one that fails
     is listed with the reason (`problem`), never loaded.
     """
-    from soundwatch.model.registry import ArtifactError
+    from soundwatch.model.registry import ArtifactError  # deferred: loads torch
 
     reg = _registry(_settings(registry))
     rows = []
@@ -392,7 +384,7 @@ def models_sign(
     old key is verified with it, then the new signature is added (the old one stays, so workers that
     still hold the old key keep loading); then give every worker and the retrain job the new key.
     """
-    from soundwatch.model.registry import ArtifactSigner
+    from soundwatch.model.registry import ArtifactSigner  # deferred: loads torch
 
     settings = _settings(registry)
     if settings.registry_signing_key is None:
@@ -488,11 +480,11 @@ def retrain(
     Defaults come from settings [retrain] (env SOUNDWATCH_RETRAIN__<FIELD>, e.g.
     SOUNDWATCH_RETRAIN__GATE__FAR_TOLERANCE); flags win.
     """
-    from training.service.retrain import retrain_round, run_schedule
+    from training.service.retrain import retrain_round, run_schedule  # deferred: loads scipy, sklearn, torch
 
     if once == (schedule is not None):
         raise ConfigError("pass exactly one of --once or --schedule CRON", "e.g. `soundwatch retrain --once`")
-    from training.methods.base import ENCODER_MODES
+    from training.methods.base import ENCODER_MODES  # deferred: loads torch
 
     if encoder_update is not None and encoder_update not in ENCODER_MODES:
         raise ConfigError(
@@ -545,9 +537,6 @@ def retrain(
     if once:
         round_()
         return
-    import signal
-    import threading
-
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -567,8 +556,6 @@ def archive_run(
     max_gb: Annotated[float | None, typer.Option("--max-gb", min=0.001, help="retention by size")] = None,
 ) -> None:
     """Record audio.raw into rolling FLAC segments until SIGINT/SIGTERM (then flush and commit)."""
-    from training.service.archive import ArchiveConsumer
-
     cfg = _archive_config(
         archive_root,
         segment_seconds=segment_seconds,
@@ -592,9 +579,6 @@ def archive_run(
 @archive_app.command("list")
 def archive_list(archive_root: ArchiveRoot = None, as_json: AsJson = False) -> None:
     """Archived machines with their segment count, time span and size."""
-    from training.service.archive import ArchiveReader
-    from training.service.confirmations import format_time
-
     reader = ArchiveReader(_archive_config(archive_root).root)
     try:
         rows: list[dict[str, Any]] = []

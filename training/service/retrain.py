@@ -65,13 +65,18 @@ from typing import Any
 import numpy as np
 
 from soundwatch.errors import BadInput, SoundwatchError
+from soundwatch.model.filters import causal_median
+from soundwatch.model.registry import Artifact, ModelRegistry
 from soundwatch.params import FeatureParams
 from soundwatch.settings import ArchiveSettings, RetrainSettings, Settings
+from training.calibration import fit_threshold
+from training.datasets import load_windows, scan_dataset
 from training.methods import method_for
 from training.methods.base import FineTuned
 from training.service.archive import ArchiveReader, AudioPiece
 from training.service.confirmations import ConfirmationStore, ConfirmedInterval, format_time
 from training.service.gate import EvalClip, GateDecision, run_gate
+from training.train import split_holdout
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +116,7 @@ def _iso_to_ns(text: str | None) -> int:
 
 
 def _windows_of(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
-    from soundwatch.audio.windows import offline_windows
+    from soundwatch.audio.windows import offline_windows  # deferred: loads numba
 
     min_samples = (params.window_frames - 1) * params.hop_length + 1
     if audio.size < min_samples:
@@ -234,9 +239,6 @@ def load_earlier_data(
     """Re-derive the original split (same rule and seed as training) from the DCASE folder."""
     if root is None:
         return EarlierData()
-    from training.datasets import load_windows, scan_dataset
-    from training.train import split_holdout
-
     if not Path(root).is_dir():
         log.warning("original training data %s is gone: no replay, no earlier validation set", root)
         return EarlierData()
@@ -288,9 +290,6 @@ def calibrate(
     scorer: Any, clips: Sequence[tuple[str, np.ndarray]], median_k: int, machine_ids: Sequence[str]
 ) -> tuple[dict[str, float], float, str]:
     """Per-machine thresholds on median-filtered window scores of normal ``clips`` (machine, windows)."""
-    from soundwatch.model.filters import causal_median
-    from training.calibration import fit_threshold
-
     per: dict[str, list[np.ndarray]] = {}
     for mid, w in clips:
         if len(w):
@@ -333,8 +332,6 @@ def retrain_once(
     """One retraining round for ``machine_type`` (see the module docstring). ``cfg.encoder_update``
     (encoder methods only): ``bank`` (default), ``head`` or ``full``; ``score_kind`` overrides the
     candidate's score (default: ``knn`` for ``bank``, else the parent's)."""
-    from soundwatch.model.registry import Artifact, ModelRegistry
-
     cfg = cfg or settings.retrain
     archive = archive or settings.archive
     registry = registry or ModelRegistry(settings.registry_root, settings.redis)
@@ -506,8 +503,6 @@ def retrain_once(
 
 
 def machine_types_to_retrain(settings: Settings, registry: Any = None) -> list[str]:
-    from soundwatch.model.registry import ModelRegistry
-
     registry = registry or ModelRegistry(settings.registry_root, settings.redis)
     types = registry.machine_types()
     if not types:
@@ -538,7 +533,7 @@ def run_schedule(
     cron: str, job: Callable[[], object], stop: threading.Event | None = None, now: Callable[[], float] = time.time
 ) -> None:
     """Run ``job`` at every time ``cron`` names until ``stop`` is set; errors are logged, never fatal."""
-    from croniter import croniter
+    from croniter import croniter  # deferred: loads croniter
 
     if not croniter.is_valid(cron):
         raise BadInput(f"invalid cron expression {cron!r}", "use five fields, e.g. '0 3 * * *' (03:00 every day)")
