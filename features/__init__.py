@@ -1,8 +1,8 @@
-"""Features: the one log-mel front end (offline and streaming) and the Faust app that windows audio.
+"""Features: the Faust app that turns audio chunks into per-machine log-mel windows.
 
-* :mod:`soundwatch.audio.audio_io` — read audio files (mono, resampled) the one way every stage does.
-* :mod:`soundwatch.audio.logmel` — ``log_mel`` (librosa-equal, vectorised) and ``complete_frames``.
-* :mod:`soundwatch.audio.windows` — ``offline_windows``: the windows the stream emits, computed offline.
 * :mod:`features.windower` — ``StreamWindower``: per-machine incremental windows (pure, no Kafka).
 * :mod:`features.app` — the Faust app; :mod:`features.cli` — ``soundwatch features ...``.
+
+The log-mel transform, file reading and the offline windows are shared with training and the file
+source, so they live in the core: :mod:`soundwatch.audio`.
 """
