@@ -63,7 +63,8 @@ RUNBOOK = (
     "3. If the sound is abnormal: create a maintenance work order and keep the alert. "
     "4. If the sound is normal (false alarm): mark the interval as confirmed-normal so the next "
     "retraining learns it, and silence this machine's alert until then. "
-    "5. No-data alerts: check the gateway/microphone of this machine and the pipeline-health dashboard."
+    "5. Silent-machine alerts: check the gateway/microphone of this machine and the pipeline-health dashboard; "
+    "without a machine name, no scoring worker is writing status: check the scoring workers and InfluxDB."
 )
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -75,7 +76,7 @@ def duration_s(text: str) -> int:
     if not text.strip() or match is None:
         raise ConfigError(
             f"duration {text!r} is not like 30s, 2m or 1h30m",
-            "fix SOUNDWATCH_GRAFANA__ALERT_FOR / SOUNDWATCH_GRAFANA__NODATA_AFTER",
+            "fix SOUNDWATCH_GRAFANA__NODATA_AFTER",
         )
     h, m, s = (int(g or 0) for g in match.groups())
     return 3600 * h + 60 * m + s
