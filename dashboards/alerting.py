@@ -121,7 +121,7 @@ def _expression(ref: str, model: Json) -> Json:
         "relativeTimeRange": {"from": 0, "to": 0},
         "model": {
             "refId": ref,
-            "datasource": EXPR_DS,
+            "datasource": dict(EXPR_DS),  # a copy: shared objects become YAML anchors in the export
             "hide": False,
             "intervalMs": 1000,
             "maxDataPoints": 43200,
