@@ -164,6 +164,9 @@ class InfluxSettings(_Section):
 
 class GrafanaSettings(_Section):
     url: str = "http://127.0.0.1:3000"
+    public_url: str | None = Field(
+        None, description="Grafana URL people open (alert links); default: url, the one push talks to"
+    )
     token: SecretStr | None = None
     datasource_uid: str = "soundwatch-influx"
     folder: str = "soundwatch"
