@@ -234,11 +234,18 @@ class ScoringSettings(_Section):
     metrics_port: int = Field(9464, ge=0, le=65535)
     status_interval_s: Seconds = Field(10.0, gt=0, description="how often each known machine's status is written")
     stale_after_s: Seconds = Field(60.0, gt=0, description="a machine without new audio this long is stale")
+    stall_after_s: Seconds = Field(
+        120.0, gt=0, description="/healthz turns 503 when input waits and no record was handled for this long"
+    )
 
 
 class FeatureStreamSettings(_Section):
     app_id: str = "soundwatch-features"
+    workers_web_host: str = Field("127.0.0.1", description="address of the worker's web server (0.0.0.0 in a pod)")
     workers_web_port: int = Field(6066, ge=0, le=65535)
+    stall_after_s: Seconds = Field(
+        120.0, gt=0, description="/healthz turns 503 when input waits and no record was handled for this long"
+    )
     data_dir: Path = Path("var/faust")
 
 

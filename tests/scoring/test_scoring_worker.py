@@ -97,7 +97,7 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
     # Prometheus endpoint exposed the counters
     assert 'soundwatch_scoring_windows_total{machine_type="fan"} 24.0' in metrics
     assert 'soundwatch_scoring_dead_letters_total{reason="feature_params_mismatch"} 1.0' in metrics
-    assert "soundwatch_scoring_inference_ms_bucket" in metrics
+    assert "soundwatch_scoring_inference_seconds_bucket" in metrics
     assert "soundwatch_scoring_buffer_points" in metrics
     health = influx_query(
         s.influx.url,
