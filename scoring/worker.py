@@ -594,6 +594,7 @@ class ScoringWorker:
         topic = self.settings.kafka.topics.features
         owned = {tp.partition for tp in self._consumer.assignment() if tp.topic == topic}
         self.known.refresh()
+        self.known.prune(time.time_ns(), self.settings.scoring.forget_after_s)
         machines = self.known.on_partitions(owned)
         if not machines:
             return

@@ -37,6 +37,11 @@ _STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
     "normal": ("training.ops_cli", "normal_app", "Confirm audio ranges as normal for retraining; list, revoke."),
     "models": ("training.ops_cli", "models_app", "Model versions: list, show, promote, roll back."),
     "retrain": ("training.ops_cli", "retrain", "Fine-tune on confirmed-normal audio; promote through the gate."),
+    "machines": (
+        "scoring.cli",
+        "machines_app",
+        "Machines the scoring workers know: list, forget a decommissioned one.",
+    ),
     "archive": ("training.ops_cli", "archive_app", "The raw-audio archive (rolling FLAC segments) retraining reads."),
     "run": ("deploy.cli", "run_app", "Run the whole pipeline as separate, supervised processes (run all)."),
     "demo": ("deploy.cli", "demo", "The whole product on one machine: live view, then an HTML report."),

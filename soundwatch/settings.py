@@ -237,6 +237,9 @@ class ScoringSettings(_Section):
     stall_after_s: Seconds = Field(
         120.0, gt=0, description="/healthz turns 503 when input waits and no record was handled for this long"
     )
+    forget_after_s: Seconds = Field(
+        7 * 86400.0, gt=0, description="a machine silent this long is dropped from the known machines (decommissioned)"
+    )
 
 
 class FeatureStreamSettings(_Section):
