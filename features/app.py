@@ -666,6 +666,20 @@ def _credentials(kafka: KafkaSettings) -> Any:
     )
 
 
+def app_id(settings: Settings) -> str:
+    """The Faust app id (and consumer group): ``stream.app_id`` behind ``kafka.topic_prefix``, since it
+    names the table's changelog topic."""
+    return settings.kafka.prefixed(settings.stream.app_id)
+
+
+def changelog_topic(settings: Settings) -> str:
+    """The windower table's changelog topic, where the feature workers' state lives (Faust's naming)."""
+    return f"{app_id(settings)}-{TABLE_NAME}-changelog"
+
+
+CHANGELOG_CONFIGS = {"cleanup.policy": "compact"}  # only each machine's newest windower state is needed
+
+
 def create_app(
     settings: Settings, *, web_port: int | None = None, stats_interval_s: float = 30.0, health_interval_s: float = 10.0
 ) -> faust.App:
@@ -683,7 +697,7 @@ def create_app(
     datadir = Path(s.data_dir)
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        s.app_id,
+        app_id(settings),
         broker=broker_url(settings.kafka),
         broker_credentials=_credentials(settings.kafka),
         store="memory://",  # the state lives in the changelog topic; recovery reads it back
@@ -701,7 +715,7 @@ def create_app(
         web_enabled=port != 0,
         web_bind=s.workers_web_host,
         web_port=port or 6066,
-        datadir=str(datadir / s.app_id),
+        datadir=str(datadir / app_id(settings)),
         autodiscover=False,
     )
     audio_topic = app.topic(t.audio_raw, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -855,7 +869,8 @@ def run_worker(settings: Settings, *, web_port: int | None = None, loglevel: str
     from soundwatch.kafka import ensure_topics
 
     t = settings.kafka.topics
-    ensure_topics(settings, [t.audio_raw, t.features, t.deadletter])
+    changelog = changelog_topic(settings)
+    ensure_topics(settings, [t.audio_raw, t.features, t.deadletter, changelog], configs={changelog: CHANGELOG_CONFIGS})
     app = create_app(settings, web_port=web_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
     worker.execute_from_commandline()

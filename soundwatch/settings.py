@@ -110,7 +110,14 @@ def _credentials_out_of_url(data: Any, section: str) -> Any:
     return out
 
 
+TOPIC_FIELDS = ("audio_raw", "features", "alerts", "scores", "deadletter")
+_TOPIC_PREFIX = r"^[A-Za-z0-9._\-]*$"
+
+
 class TopicSettings(_Section):
+    """Topic names (``kafka.topic_prefix`` is put in front of each) and the configs soundwatch creates them with
+    (see :func:`soundwatch.kafka.topic_configs` for the sizing arithmetic)."""
+
     audio_raw: str = "audio.raw"
     features: str = "features.logmel"
     alerts: str = "alerts"
@@ -118,6 +125,14 @@ class TopicSettings(_Section):
     deadletter: str = "deadletter"
     partitions: int = Field(4, ge=1, description="partitions when soundwatch creates a topic")
     replication_factor: int = Field(1, ge=1)
+    machines: int = Field(100, ge=1, description="machines sending audio: sizes audio.raw's retention.bytes")
+    audio_raw_retention_s: Seconds = Field(
+        86400.0, gt=0, description="how long audio.raw keeps audio (consumer outages, first-model bootstrap)"
+    )
+    features_retention_s: Seconds = Field(86400.0, gt=0)
+    scores_retention_s: Seconds = Field(3 * 86400.0, gt=0)
+    alerts_retention_s: Seconds = Field(90 * 86400.0, gt=0, description="alert events are few; a CMMS may replay")
+    deadletter_retention_s: Seconds = Field(14 * 86400.0, gt=0, description="time to inspect and replay")
 
 
 class KafkaSettings(_Section):
@@ -129,9 +144,34 @@ class KafkaSettings(_Section):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    topic_prefix: str = Field(
+        "",
+        pattern=_TOPIC_PREFIX,
+        description="put in front of every topic name (and the feature workers' Faust app id, which names "
+        "their changelog topic), e.g. 'plant1.' on a shared cluster",
+    )
     session_timeout_s: Seconds = Field(6.0, gt=0, description="consumer-group session timeout (Tansu joins take ~half)")
     heartbeat_interval_s: Seconds = Field(1.0, gt=0)
     topics: TopicSettings = TopicSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prefix_topic_names(cls, data: Any) -> Any:
+        """Put ``topic_prefix`` in front of every topic name that does not start with it yet (idempotent:
+        settings passed on as environment variables, names already prefixed, keep one prefix)."""
+        if not isinstance(data, dict) or not data.get("topic_prefix"):
+            return data
+        prefix = str(data["topic_prefix"])
+        topics = data.get("topics", {})
+        topics = dict(topics.model_dump() if isinstance(topics, TopicSettings) else topics)
+        for name in TOPIC_FIELDS:
+            value = str(topics.get(name, TopicSettings.model_fields[name].default))
+            topics[name] = value if value.startswith(prefix) else prefix + value
+        return {**data, "topics": topics}
+
+    def prefixed(self, name: str) -> str:
+        """``name`` with ``topic_prefix`` in front (once)."""
+        return name if name.startswith(self.topic_prefix) else self.topic_prefix + name
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection/security keyword arguments shared by kafka-python producers, consumers and admins."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import compose_file
 import pytest
@@ -121,7 +121,9 @@ def test_configured_values_are_the_values_soundwatch_loads(monkeypatch, tmp_path
         for key, value in given.items():
             field = _field(key)
             assert field is not None, f"{where}: {key} is not a setting"
-            wanted = TypeAdapter(field.annotation).validate_python(value)
+            # the field's own validators too (durations such as "2d" are parsed by them)
+            kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+            wanted = TypeAdapter(kind).validate_python(value)
             wanted = wanted.get_secret_value() if hasattr(wanted, "get_secret_value") else wanted
             assert _loaded_value(settings, key) == wanted, f"{where}: {key}={value!r} is not what soundwatch loads"
             checked += 1
