@@ -282,10 +282,10 @@ class WindowingProcessor:
         while True:
             error = await _acked(await _sent(topic, key=key, value=value, partition=partition, headers=headers))
             if error is None or is_permanent(error):
-                self.progress.excuse(False)
+                self.progress.excuse(False, "kafka")
                 return error
             log.warning("cannot send to %s (%s: %s); retrying in %.1f s", name, type(error).__name__, error, delay)
-            self.progress.excuse(True)  # the broker is away: no stall, a restart would not help
+            self.progress.excuse(True, "kafka")  # the broker is away: no stall, a restart would not help
             await asyncio.sleep(delay)
             delay = min(delay * 2, 15.0)
 
@@ -782,6 +782,8 @@ def create_app(
     @app.timer(interval=2.0)
     async def _resync() -> None:  # see WindowingProcessor.resync_idle_partitions
         progress.input(lag=_consumer_lag(app, t.audio_raw))
+        # a rebalance or the table's recovery from its changelog holds the stream back: not a stall
+        progress.excuse(bool(getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False)), "rebalance")
         mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == t.audio_raw)
         await processor.resync_idle_partitions(t.audio_raw, mine, lambda p: app.consumer.highwater(TP(t.audio_raw, p)))
 

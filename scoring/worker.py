@@ -164,10 +164,11 @@ class ScoringWorker:
             while not self._stop.is_set():
                 try:
                     self._step()
-                    self.progress.excuse(self._held is not None)  # back-pressure (InfluxDB away) is no stall
+                    self.progress.excuse(self._held is not None, "influx")  # back-pressure: InfluxDB away
+                    self.progress.excuse(False, "kafka")
                 except KafkaError as exc:  # broker trouble: nothing was committed past what is written; retry
                     log.warning("Kafka error in the scoring loop (%s: %s); retrying in 1 s", type(exc).__name__, exc)
-                    self.progress.excuse(True)  # a broker outage is no stall either
+                    self.progress.excuse(True, "kafka")  # a broker outage is no stall either
                     self._stop.wait(1.0)
         finally:
             self._shutdown()

@@ -60,7 +60,7 @@ class Progress:
         self._lag: int | None = None
         self._pending = 0  # fetched, not yet handled
         self._in_flight = 0  # being handled now
-        self._excused = False
+        self._excuses: set[str] = set()
         self._waiting_since: float | None = None
 
     # ------------------------------------------------------------------ reports from the worker
@@ -93,10 +93,14 @@ class Progress:
                 self._pending = pending
             self._update_waiting()
 
-    def excuse(self, value: bool) -> None:
-        """While True (an outage the worker is riding out: back-pressure, a broker away) nothing is a stall."""
+    def excuse(self, value: bool, why: str) -> None:
+        """While any ``why`` is excused (an outage the worker rides out: back-pressure, a broker away, a
+        rebalance) nothing is a stall; each cause is set and cleared on its own."""
         with self._lock:
-            self._excused = value
+            if value:
+                self._excuses.add(why)
+            else:
+                self._excuses.discard(why)
 
     def _update_waiting(self) -> None:
         waiting = bool(self._lag) or self._pending > 0 or self._in_flight > 0
@@ -112,7 +116,7 @@ class Progress:
             since = None if self._last_progress is None else now - self._last_progress
             waiting = self._waiting_since is not None
             stalled = False
-            if waiting and not self._excused and self._started:
+            if waiting and not self._excuses and self._started:
                 assert self._waiting_since is not None
                 quiet_from = max(self._waiting_since, self._last_progress or self._waiting_since)
                 stalled = now - quiet_from > self.stall_after_s

@@ -49,9 +49,13 @@ def test_a_record_being_handled_counts_as_waiting_and_an_outage_is_excused():
     p.handling(3)  # blocked inside the handler: no lag reading needed to notice
     clock.t += 61
     assert _codes(p) == (503, 503)
-    p.excuse(True)  # InfluxDB away, back-pressure: a restart would not help
+    p.excuse(True, "influx")  # InfluxDB away, back-pressure: a restart would not help
+    p.excuse(True, "kafka")
     assert _codes(p) == (200, 200)
-    p.excuse(False)
+    p.excuse(False, "influx")
+    assert _codes(p) == (200, 200)  # Kafka is still away
+    p.excuse(False, "kafka")
+    assert _codes(p) == (503, 503)
     p.progressed(3)
     assert _codes(p) == (200, 200)
     clock.t += 61
