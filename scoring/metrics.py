@@ -26,7 +26,7 @@ class ScoringMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.windows = Counter(
-            "soundwatch_scoring_windows", "windows scored (rate() = windows/s)", ["machine_type"], registry=r
+            "soundwatch_scoring_windows_total", "windows scored (rate() = windows/s)", ["machine_type"], registry=r
         )
         self.windows_per_s = Gauge(
             "soundwatch_scoring_windows_per_second",
@@ -49,20 +49,20 @@ class ScoringMetrics:
             "soundwatch_scoring_consumer_lag", "records behind the partition end", ["partition"], registry=r
         )
         self.write_errors = Counter(
-            "soundwatch_scoring_influx_write_errors", "failed InfluxDB write requests", registry=r
+            "soundwatch_scoring_influx_write_errors_total", "failed InfluxDB write requests", registry=r
         )
         self.rejected_points = Counter(
-            "soundwatch_scoring_influx_rejected_points",
+            "soundwatch_scoring_influx_rejected_points_total",
             "points InfluxDB refused as malformed (dropped)",
             registry=r,
         )
         self.buffer_points = Gauge("soundwatch_scoring_buffer_points", "points waiting for InfluxDB", registry=r)
         self.dead_letters = Counter(
-            "soundwatch_scoring_dead_letters", "records sent to the dead-letter topic", ["reason"], registry=r
+            "soundwatch_scoring_dead_letters_total", "records sent to the dead-letter topic", ["reason"], registry=r
         )
-        self.alerts = Counter("soundwatch_scoring_alert_events", "alert state changes", ["current"], registry=r)
+        self.alerts = Counter("soundwatch_scoring_alert_events_total", "alert state changes", ["current"], registry=r)
         self.paused = Gauge("soundwatch_scoring_paused", "1 while consumption is paused by back-pressure", registry=r)
-        self.model_reloads = Counter("soundwatch_scoring_model_reloads", "hot model swaps", registry=r)
+        self.model_reloads = Counter("soundwatch_scoring_model_reloads_total", "hot model swaps", registry=r)
         self.stale_machines = Gauge(
             "soundwatch_scoring_stale_machines",
             "known machines of this worker's partitions without audio for stale_after_s",
