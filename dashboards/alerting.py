@@ -311,7 +311,7 @@ def contact_points(grafana: GrafanaSettings) -> list[Json]:
                 "uid": "soundwatch-webhook",
                 "name": CONTACT_POINT,
                 "type": "webhook",
-                "settings": {"url": grafana.webhook_url, "httpMethod": "POST"},
+                "settings": {"url": grafana.webhook_url.get_secret_value(), "httpMethod": "POST"},
                 "disableResolveMessage": False,
             }
         )
