@@ -328,6 +328,18 @@ def contact_points(grafana: GrafanaSettings) -> list[Json]:
     return out
 
 
+WEBHOOK_URL_ENV = "SOUNDWATCH_GRAFANA__WEBHOOK_URL"
+
+
+def _file_receiver(contact_point: Json) -> Json:
+    """A contact point's integration as a provisioning file holds it: the webhook URL (it usually embeds
+    a token) as a reference Grafana expands from its own environment, never the secret itself."""
+    out = {k: v for k, v in contact_point.items() if k != "name"}
+    if out["type"] == "webhook":
+        out["settings"] = {**out["settings"], "url": f"${WEBHOOK_URL_ENV}"}
+    return out
+
+
 def receiver(grafana: GrafanaSettings) -> str:
     return CONTACT_POINT if contact_points(grafana) else FALLBACK_RECEIVER
 
@@ -412,7 +424,7 @@ def file_provisioning(
         merged = merge_policy_tree(policy_tree, config.route)
         files["policies.yaml"] = {"apiVersion": 1, "policies": [{"orgId": 1, **merged}]}
     if config.contact_points:
-        receivers = [{k: v for k, v in cp.items() if k != "name"} for cp in config.contact_points]
+        receivers = [_file_receiver(cp) for cp in config.contact_points]
         files["contact-points.yaml"] = {
             "apiVersion": 1,
             "contactPoints": [{"orgId": 1, "name": CONTACT_POINT, "receivers": receivers}],

@@ -248,7 +248,6 @@ class GrafanaSettings(_Section):
     token: SecretStr | None = None
     datasource_uid: str = "soundwatch-influx"
     folder: str = "soundwatch"
-    alert_for: str = Field("2m", description="how long the median score must stay over threshold")
     nodata_after: str = Field("5m", description="a machine silent this long raises a no-data alert")
     webhook_url: SecretStr | None = Field(None, description="its URL usually embeds a token: a secret")
     email_addresses: list[str] = []

@@ -85,9 +85,11 @@ def test_export_writes_the_provisioning_tree(settings, tmp_path):
             "uid": "soundwatch-webhook",
             "type": "webhook",
             "disableResolveMessage": False,
-            "settings": {"url": "https://hooks.example.com/soundwatch", "httpMethod": "POST"},
+            # the secret stays in the environment; Grafana expands the reference from its own
+            "settings": {"url": "$SOUNDWATCH_GRAFANA__WEBHOOK_URL", "httpMethod": "POST"},
         }
     ]
+    assert "hooks.example.com" not in (tmp_path / "alerting/contact-points.yaml").read_text()
     mtimes = {p: p.stat().st_mtime_ns for p in paths}
     export(settings, tmp_path, KNOWN)
     assert {p: p.stat().st_mtime_ns for p in paths} == mtimes  # unchanged input rewrites nothing
