@@ -20,6 +20,7 @@ from soundwatch.console import err_console
 from soundwatch.errors import ServiceUnavailable
 from soundwatch.settings import get_settings
 from training.datasets import scan_dataset
+from training.dcase import EDITIONS
 from training.device import resolve_device
 from training.methods import METHOD_HELP, METHODS
 from training.registry import ModelRegistry
@@ -43,6 +44,7 @@ MethodOpt = Annotated[
         + "; auto: train the candidates and keep the best on held-out normal data",
     ),
 ]
+Edition = Enum("Edition", {e: e for e in ("auto", *EDITIONS)}, type=str)  # type: ignore[misc]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto (GPU when present), cpu or cuda")]
 
 
@@ -165,8 +167,20 @@ def evaluate(
     compare: Annotated[
         bool, typer.Option("--compare", help="every method's newest model side by side: compare.md/.json/.png")
     ] = False,
+    edition: Annotated[
+        Edition,
+        typer.Option(
+            "--edition",
+            help="DCASE 2021+ metrics and CSV names of this edition's official evaluator (auto: from the file names)",
+        ),
+    ] = Edition("auto"),
 ) -> None:
-    """AUC / pAUC (max_fpr 0.1) per machine ID on <type>/test clips, scored exactly like the stream."""
+    """AUC / pAUC (max_fpr 0.1) per machine ID on <type>/test clips, scored exactly like the stream.
+
+    DCASE 2021+ names also get the edition's official numbers: AUC per section and domain, pAUC,
+    the official harmonic-mean score, and the score / decision CSVs that edition's evaluator reads.
+    Unlabelled evaluation clips (section_XX_NNNN.wav) are scored and written, never in a metric.
+    """
     from training.evaluate import evaluate as run_evaluate
 
     method_name = None if method is None else Method(method).value
@@ -190,6 +204,7 @@ def evaluate(
         results_dir=results or plots or Path("var/evaluate"),
         plots_dir=plots,
         device=device_name,
+        edition=Edition(edition).value,
     )
     report["seconds"] = round(time.perf_counter() - t0, 2)
     for item in report["skipped"]:
@@ -202,12 +217,31 @@ def evaluate(
         typer.echo(
             f"{mtype:12s} {model['method']}/{model['score']} {model['version']}: "
             f"AUC {m['auc_mean']:.3f}  pAUC {m['pauc_mean']:.3f}  worst-ID AUC {m['mauc']:.3f}"
+            + ("" if m["official_score"] is None else f"  official {m['official_score']:.3f}")
+            + f"  false alarms {_pct(m['false_alarm_rate'])}  recall {_pct(m['recall'])}"
         )
         for row in (r for r in report["per_id"] if r["machine_type"] == mtype):
             typer.echo(f"    {row['machine_id']:12s} AUC {row['auc']:.3f}  pAUC {row['pauc']:.3f}")
+        for sec in (r for r in report["per_section"] if r["machine_type"] == mtype):
+            cells = "  ".join(f"{k} {_num(v)}" for k, v in sec.items() if k not in ("machine_type", "section"))
+            typer.echo(f"    {sec['section']:12s} {cells}")
     o = report["overall"]
     if o["auc_mean"] is not None:
-        typer.echo(f"overall      AUC {o['auc_mean']:.3f}  pAUC {o['pauc_mean']:.3f}")
+        official = (
+            "" if o["official_score"] is None else f"  official score (DCASE {o['edition']}) {o['official_score']:.3f}"
+        )
+        typer.echo(f"overall      AUC {o['auc_mean']:.3f}  pAUC {o['pauc_mean']:.3f}{official}")
+    for mtype, n in report["clips"].items():
+        if n["unlabelled"]:
+            typer.echo(f"{mtype}: {n['unlabelled']} unlabelled clips scored (in the CSVs, in no metric)")
+
+
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
 
 
 def bench_methods(
