@@ -48,6 +48,11 @@ _BENCH_COMMANDS: dict[str, tuple[str, str, str]] = {
     "e2e": ("deploy.cli", "bench_e2e", "Chunk -> InfluxDB point latency with N machines; machines sustained."),
     "faults": ("deploy.bench_faults", "bench_faults", "Fault injection on a private stack: lost windows per scenario."),
     "methods": ("training.cli", "bench_methods", "Every training method on the same data: AUC, pAUC, cost, compared."),
+    "quality": (
+        "training.cli",
+        "bench_quality",
+        "Baselines and every method on one DCASE folder: AUC, pAUC, official score.",
+    ),
 }
 
 

@@ -267,3 +267,44 @@ def bench_methods(
     report = methods_bench(data, out, parse_methods(methods), epochs=epochs)
     typer.echo(json.dumps(report) if as_json else markdown(report))
     err_console.print(f"{report['data']}: {report['seconds']} s; see {out}/compare.md, compare.json, compare.png")
+
+
+def bench_quality(
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", exists=True, file_okay=False, help="DCASE folder (test-only folders get an honest split)"
+        ),
+    ],
+    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated (default: all methods)")] = None,
+    baselines: Annotated[
+        str | None, typer.Option("--baselines", help="comma-separated (default: max_1nn,mean_1nn,untrained_knn)")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="per stage (default: each method's)")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="random seed of training and of the untrained encoder")] = 0,
+    device: DeviceOpt = Device.CPU,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+) -> None:
+    """No-training baselines and every method on one DCASE folder: AUC, pAUC, official score, train s."""
+    from training.auto import parse_methods
+    from training.baselines import BASELINES
+    from training.bench_quality import markdown, quality_bench
+
+    chosen = BASELINES if baselines is None else tuple(b.strip() for b in baselines.split(",") if b.strip())
+    unknown = [b for b in chosen if b not in BASELINES]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown baselines {unknown}; valid: {', '.join(BASELINES)}", param_hint="--baselines"
+        )
+    device_name = Device(device).value
+    resolve_device(device_name)
+    report = quality_bench(
+        data,
+        parse_methods(methods) if methods else METHODS,
+        baselines=chosen,
+        epochs=epochs,
+        seed=seed,
+        device=device_name,
+    )
+    typer.echo(json.dumps(report) if as_json else markdown(report))
+    err_console.print(f"{report['data']}: {report['seconds']} s")
