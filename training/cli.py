@@ -308,3 +308,34 @@ def bench_quality(
     )
     typer.echo(json.dumps(report) if as_json else markdown(report))
     err_console.print(f"{report['data']}: {report['seconds']} s")
+
+
+class SynthPreset(str, Enum):
+    BASIC = "basic"
+    HARD_V1 = "hard-v1"
+
+
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="folder to write the DCASE-layout data set into")],
+    preset: Annotated[
+        SynthPreset,
+        typer.Option(
+            "--preset",
+            help="basic: the easy set of `bench methods` (fan, pump; DCASE 2020 names); hard-v1: quiet, short and "
+            "small faults under a source/target domain shift (DCASE 2022+ names; training/synthetic_hard.py)",
+        ),
+    ] = SynthPreset.HARD_V1,
+    seed: Annotated[int, typer.Option("--seed", help="the same seed writes the same bytes")] = 0,
+) -> None:
+    """Write a seeded, versioned synthetic benchmark (wav, 16 kHz, DCASE layout) for train / evaluate / bench."""
+    if out.exists() and any(out.iterdir()):
+        raise typer.BadParameter(f"{out} is not empty; pass a new or empty folder", param_hint="--out")
+    if SynthPreset(preset) is SynthPreset.BASIC:
+        from training.bench import write_basic_benchmark
+
+        files = write_basic_benchmark(out, seed)
+    else:
+        from training.synthetic_hard import write_hard_dataset
+
+        files = write_hard_dataset(out, SynthPreset(preset).value, seed).files
+    err_console.print(f"{SynthPreset(preset).value} (seed {seed}): {files} clips written to {out}")
