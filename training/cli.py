@@ -276,7 +276,9 @@ def bench_quality(
             "--data", exists=True, file_okay=False, help="DCASE folder (test-only folders get an honest split)"
         ),
     ],
-    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated (default: all methods)")] = None,
+    methods: Annotated[
+        str | None, typer.Option("--methods", help="comma-separated (default: all methods; none: baselines only)")
+    ] = None,
     baselines: Annotated[
         str | None, typer.Option("--baselines", help="comma-separated (default: max_1nn,mean_1nn,untrained_knn)")
     ] = None,
@@ -300,7 +302,7 @@ def bench_quality(
     resolve_device(device_name)
     report = quality_bench(
         data,
-        parse_methods(methods) if methods else METHODS,
+        () if methods == "none" else parse_methods(methods) if methods else METHODS,
         baselines=chosen,
         epochs=epochs,
         seed=seed,

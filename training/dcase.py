@@ -7,12 +7,12 @@ them. What the official evaluators (``dcase202X_task2_evaluator.py``) do:
   clips, AUC and pAUC of the target test clips. Score files per domain:
   ``anomaly_score_<type>_section_XX_{source,target}_test.csv``. The ranking score is the harmonic
   mean of all AUCs and pAUCs over machine types, sections and domains.
-* **2022, 2023, 2024** — per section: ``AUC (source)`` on the source normal clips and *every*
-  anomalous clip of the section (both domains), ``AUC (target)`` likewise with the target normals,
-  and one ``pAUC`` over all clips of the section (both domains pooled). Score files per section:
-  ``anomaly_score_<type>_section_XX_test.csv``. The official score is the harmonic mean of
-  [all AUC (source)] + [all AUC (target)] + [all pAUC] (each pAUC once), values floored at
-  ``sys.float_info.epsilon``.
+* **2022, 2023, 2024** (their evaluators compute it identically) — per section: ``AUC (source)``
+  on the source normal clips and *every* anomalous clip of the section (both domains),
+  ``AUC (target)`` likewise with the target normals, and one ``pAUC`` over all clips of the section
+  (both domains pooled). Score files per section: ``anomaly_score_<type>_section_XX_test.csv``.
+  The official score is the harmonic mean of [all AUC (source)] + [all AUC (target)] + [all pAUC]
+  (each pAUC once), values floored at ``sys.float_info.epsilon``.
 
 pAUC is ``sklearn.metrics.roc_auc_score(y, s, max_fpr=0.1)`` in every edition: the McClish-standardised
 partial AUC (chance = 0.5, perfect = 1.0), the very call the evaluators make. Decisions give the

@@ -103,3 +103,14 @@ def test_synth_and_bench_quality_cli(tmp_path: Path, monkeypatch: pytest.MonkeyP
             assert set(row) == {"auc", "pauc", "official_score", "train_s"}
             assert 0.0 <= row["auc"] <= 1.0 and 0.0 < row["official_score"] <= 1.0
     assert report["entries"]["ae"]["overall"]["train_s"] > 0
+
+
+def test_bench_quality_baselines_only(tmp_path: Path) -> None:
+    write_hard_dataset(tmp_path, TINY, seed=1)
+    res = CliRunner().invoke(
+        app, ["bench", "quality", "--data", str(tmp_path), "--methods", "none", "--baselines", "max_1nn", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert list(json.loads(res.stdout.strip().splitlines()[-1])["entries"]) == ["baseline:max_1nn"]
+    bad = CliRunner().invoke(app, ["bench", "quality", "--data", str(tmp_path), "--baselines", "median_2nn"])
+    assert bad.exit_code == 2 and "median_2nn" in bad.output
