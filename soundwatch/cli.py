@@ -32,6 +32,11 @@ _STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
     "features": ("features.cli", "app", "Log-mel features: the Faust stream worker and offline extraction."),
     "score": ("scoring.cli", "app", "Scoring workers: batched inference, median filter, alerts, InfluxDB."),
     "train": ("training.cli", "train", "Train a model per machine type and register it."),
+    "synth": (
+        "training.cli",
+        "synth",
+        "Write a seeded synthetic benchmark (basic, or hard-v1: quiet faults, domain shift).",
+    ),
     "evaluate": ("training.cli", "evaluate", "Score test clips the way the stream does: AUC/pAUC, CSVs, plots."),
     "dashboards": ("dashboards.cli", "app", "Grafana dashboards and alerting as code: export, push, render."),
     "normal": ("training.ops_cli", "normal_app", "Confirm audio ranges as normal for retraining; list, revoke."),
@@ -53,6 +58,11 @@ _BENCH_COMMANDS: dict[str, tuple[str, str, str]] = {
     "e2e": ("deploy.cli", "bench_e2e", "Chunk -> InfluxDB point latency with N machines; machines sustained."),
     "faults": ("deploy.bench_faults", "bench_faults", "Fault injection on a private stack: lost windows per scenario."),
     "methods": ("training.cli", "bench_methods", "Every training method on the same data: AUC, pAUC, cost, compared."),
+    "quality": (
+        "training.cli",
+        "bench_quality",
+        "Baselines and every method on one DCASE folder: AUC, pAUC, official score.",
+    ),
 }
 
 
