@@ -150,7 +150,7 @@ def _print_auto_table(mtype: str, criterion: str, rows: list[dict]) -> None:
         mark = "*" if r["chosen"] else " "
         crit = "–" if r["criterion"] is None else f"{r['criterion']:.4f}"
         secs = "–" if r["train_s"] is None else f"{r['train_s']:.1f} s"
-        err_console.print(f"  {mark} {r['method']:13s} {crit:>7s}  {secs:>9s}  {r['note']}")
+        err_console.print(f"  {mark} {r['method']:16s} {crit:>7s}  {secs:>9s}  {r['note']}")
 
 
 def evaluate(

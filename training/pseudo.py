@@ -65,7 +65,9 @@ def short_events(frames: np.ndarray, rng: np.random.Generator, frame_s: float) -
         shape[lo : lo + int(rng.integers(8, 32))] = 1.0
     elif kind == "impact":
         shape = np.linspace(2.0, 0.5, n_mels)
-    envelope = np.exp(-np.arange(length) / max(1.0, length / 3)) if kind in ("impact", "click") else np.ones(length)
+    # a click is over within a frame or two (its energy in the first 30 ms), an impact rings for a third of it
+    decay = {"click": 1.0, "impact": max(1.0, length / 3)}
+    envelope = np.exp(-np.arange(length) / decay[kind]) if kind in decay else np.ones(length)
     power = _level(frames) * 10.0 ** (-rng.uniform(10.0, 20.0) / 10.0) * shape / shape.sum()
     add = np.zeros_like(frames)
     for s in starts:

@@ -23,7 +23,9 @@ ENCODER_METHODS: dict[str, str] = {
     "advneg": "position-sensitive negatives: frequency/time-shifted and patch-swapped windows pushed away",
     "sepviews": "mixture-invariant separation of the normal audio; separated sources as extra views",
 }
+# Order = auto's preference on ties: the broadest detector (events, dropouts and steady shifts) first.
 STATS_METHODS: dict[str, str] = {
+    "stats-q25maxmean": "per-band 25% quantile, max and mean + Mahalanobis per machine; seconds to train",
     "stats-max": "per-band max of the log-mel + Mahalanobis per machine (short events); seconds to train",
     "stats-q25max": "per-band 25% quantile and max + Mahalanobis per machine; seconds to train",
     "stats-q25knn": "per-band 25% quantile + k-NN per machine (steady spectrum); seconds to train",

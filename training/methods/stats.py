@@ -7,7 +7,10 @@ statistics and the density; which one suits a type is what ``--method auto`` fin
 * ``stats-max``: per-band maximum (short events: clicks, bursts, stuck moments), Mahalanobis;
 * ``stats-q25max``: 25 % quantile + maximum (steady floor and events), Mahalanobis;
 * ``stats-q25knn``: 25 % quantile (the steady spectrum), 3-NN distance;
-* ``stats-meanknn``: per-band mean (a steady spectral shift), 3-NN distance.
+* ``stats-meanknn``: per-band mean (a steady spectral shift), 3-NN distance;
+* ``stats-q25maxmean``: 25 % quantile + maximum + mean, Mahalanobis: events (max), dropouts and
+  steady shifts (mean, q25) in one density — on real-uav the only variant whose streamed score
+  crossed the threshold for both repeating clicks and repeating dropouts at -10 / -15 dB.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ VARIANTS: dict[str, StatsConfig] = {
     "stats-q25max": StatsConfig(("q25", "max"), "maha"),
     "stats-q25knn": StatsConfig(("q25",), "knn", knn_k=3),
     "stats-meanknn": StatsConfig(("mean",), "knn", knn_k=3),
+    "stats-q25maxmean": StatsConfig(("q25", "max", "mean"), "maha"),
 }
 
 
