@@ -13,7 +13,8 @@ AUC over machine IDs on those clips decide instead (ties within 0.005 go to the 
 
 Candidates are tried cheapest first (:data:`AUTO_ORDER`): the statistic methods (seconds), then the
 deep ones. A deep method replaces the best statistic one only when its criterion is at least
-:data:`DEEP_MARGIN` higher: with minutes of normal audio the statistic methods win on real recordings
+:data:`DEEP_MARGIN` higher (so deep candidates are not even trained when a statistic one scores above
+``1 - DEEP_MARGIN``): with minutes of normal audio the statistic methods win on real recordings
 (README, training section), and a small edge on pseudo-anomalies is not worth a model that costs
 minutes to train and milliseconds per window to run. A candidate starts only when the time used
 so far plus its expected time (the last candidate's time scaled by the relative costs in
@@ -136,6 +137,13 @@ def train_auto(
     last: tuple[str, float] | None = None
     for method in methods:
         elapsed = time.perf_counter() - t0
+        stats_best = max(
+            (c.criterion for c in candidates if c.criterion is not None and is_stats_method(c.method)), default=None
+        )
+        if not is_stats_method(method) and stats_best is not None and stats_best + DEEP_MARGIN > 1.0:
+            note = f"skipped: the statistic methods reach {stats_best:.3f}; no method can beat that by {DEEP_MARGIN}"
+            candidates.append(Candidate(method, None, None, note))
+            continue
         if time_budget_s is not None and last is not None:
             expected = last[1] * RELATIVE_COST.get(method, 2.0) / RELATIVE_COST.get(last[0], 1.0)
             if elapsed + expected > time_budget_s:

@@ -86,3 +86,15 @@ def test_auto_over_the_stats_methods_picks_one_and_reaches_099(tmp_path: Path) -
     for art in auto.artifacts_in_save_order():
         registry.save(art)
     assert evaluate(REAL_FAN, registry, progress=False)["overall"]["auc_mean"] >= 0.99
+
+
+def test_a_deep_method_replaces_the_statistic_ones_only_when_clearly_better() -> None:
+    from training.auto import Candidate, choose
+
+    def c(method: str, value: float) -> Candidate:
+        return Candidate(method, None, value, "trained")
+
+    assert choose([c("stats-max", 0.90), c("stats-q25max", 0.91), c("clp", 0.93)]).method == "stats-q25max"
+    assert choose([c("stats-max", 0.90), c("clp", 0.92), c("ae", 0.94)]).method == "ae"
+    assert choose([c("stats-max", 0.90), c("stats-q25knn", 0.903)]).method == "stats-max"  # ties: the earlier
+    assert choose([c("ae", 0.80), c("clp", 0.85)]).method == "clp"
