@@ -289,6 +289,23 @@ def train_machine_type(
         filtered = np.concatenate([filtered, loco])
         calib_win_ids = np.concatenate([calib_win_ids, loco_ids])
         metrics["calibration_source"] = "held-out normal clips + leave-one-clip-out kNN scores of the fit clips"
+    if is_stats_method(cfg.method):
+        # Fitting takes milliseconds, so every training clip is scored by a model fitted without it
+        # (5 folds of contiguous clips per machine): the served model is refitted on all clips below.
+        from training.methods.stats import crossfit_filtered_scores
+
+        crossed, crossed_ids = crossfit_filtered_scores(
+            cfg.method,
+            np.concatenate([fit.windows, hold.windows]),
+            np.concatenate([fit.clip, hold.clip + len(fit.records)]),
+            [r.machine_id for r in fit.records + hold.records],
+            median_k,
+            seed=cfg.seed,
+        )
+        if crossed.size:
+            filtered = np.concatenate([filtered, crossed])
+            calib_win_ids = np.concatenate([calib_win_ids, crossed_ids])
+            metrics["calibration_source"] = "held-out normal clips + 5-fold cross-fitted scores of every training clip"
     thresholds: dict[str, float] = {}
     for mid in machine_ids:
         vals = filtered[calib_win_ids == mid]

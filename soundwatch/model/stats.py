@@ -135,9 +135,13 @@ class StatsModel:
     @classmethod
     def fit(cls, windows: np.ndarray, machine_ids: Sequence[str], cfg: StatsConfig, seed: int = 0) -> StatsModel:
         """Fit on normal training windows ``[N, n_mels, W]`` of ``machine_ids[i]``."""
-        if len(windows) < 2:
-            raise ValueError(f"a stats model needs at least 2 training windows, got {len(windows)}")
-        feats = window_features(windows, cfg.features)
+        return cls.fit_features(window_features(windows, cfg.features), machine_ids, cfg, seed)
+
+    @classmethod
+    def fit_features(cls, feats: np.ndarray, machine_ids: Sequence[str], cfg: StatsConfig, seed: int = 0) -> StatsModel:
+        """:meth:`fit` from precomputed :func:`window_features` (cross-fitting reuses them)."""
+        if len(feats) < 2:
+            raise ValueError(f"a stats model needs at least 2 training windows, got {len(feats)}")
         mean = feats.mean(axis=0)
         std = feats.std(axis=0) + 1e-3
         z = np.clip((feats - mean) / std, -Z_CLIP, Z_CLIP)
@@ -153,10 +157,14 @@ class StatsModel:
         """Window scores ``[B]`` float64, high = anomalous; unknown machines use the union density."""
         if len(machine_ids) != len(windows):
             raise ValueError(f"{len(windows)} windows but {len(machine_ids)} machine ids")
-        out = np.zeros(len(windows), dtype=np.float64)
         if len(windows) == 0:
-            return out
-        z = self.standardise(windows)
+            return np.zeros(0, dtype=np.float64)
+        return self.score_features(window_features(windows, self.cfg.features), machine_ids)
+
+    def score_features(self, feats: np.ndarray, machine_ids: Sequence[str]) -> np.ndarray:
+        """:meth:`score` from precomputed :func:`window_features`."""
+        out = np.zeros(len(feats), dtype=np.float64)
+        z = np.clip((feats - self.mean) / self.std, -Z_CLIP, Z_CLIP)
         ids = np.asarray(machine_ids)
         for mid in set(machine_ids):
             rows = ids == mid
