@@ -98,3 +98,28 @@ def test_a_deep_method_replaces_the_statistic_ones_only_when_clearly_better() ->
     assert choose([c("stats-max", 0.90), c("clp", 0.92), c("ae", 0.94)]).method == "ae"
     assert choose([c("stats-max", 0.90), c("stats-q25knn", 0.903)]).method == "stats-max"  # ties: the earlier
     assert choose([c("ae", 0.80), c("clp", 0.85)]).method == "clp"
+
+
+def test_retraining_a_stats_model_refits_the_densities_of_the_confirmed_machines(tmp_path: Path) -> None:
+    from soundwatch.settings import RetrainSettings
+    from training.retrain import calibrate, fine_tune
+
+    records = scan_dataset(REAL_FAN)
+    registry = ModelRegistry(tmp_path / "registry", signing_key=None)
+    parent = registry.load(
+        "fan", registry.save(train_machine_type(records, FeatureParams(), replace(CFG, method="stats-max")).artifact)
+    )
+    drifted = np.stack(
+        [
+            np.full((128, 64), -40.0, np.float32) + np.random.default_rng(i).normal(0, 1, (128, 64)).astype(np.float32)
+            for i in range(30)
+        ]
+    )
+    ids = ["id_00"] * 30
+    before = parent.score_windows(drifted[:5], ids[:5])
+    cand = fine_tune(parent, drifted, ids, RetrainSettings(device="cpu", progress=False))
+    assert cand.score_kind == "stats" and cand.encoder_mode == "refit" and set(cand.state) == {"stats"}
+    after = cand.scorer.score(drifted[:5], ids[:5])
+    assert after.mean() < before.mean()  # the confirmed audio is normal now
+    thresholds, default, _ = calibrate(cand.scorer, [("id_00", drifted)], parent.median_k, ["id_00"])
+    assert np.isfinite(default) and thresholds["id_00"] > 0
