@@ -2,7 +2,7 @@
 
 ``train_machine_type`` trains ONE machine type with one method (:mod:`training.methods`):
 
-encoder methods (``clp``, the default, and the other seed methods)
+encoder methods (``clp`` and the other seed methods)
   1. the method trains an encoder (+ an ID classifier when the type has two or more classes, see
      :func:`choose_classes`; else instance discrimination) — :mod:`training.methods.clp` etc.;
   2. embedding bank of the training windows per machine for the kNN density;

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from training.models import ArcMarginHead, Encoder
 
 ENCODER_METHODS: dict[str, str] = {
-    "clp": "machine-ID contrastive learning: SupCon then ArcFace, mel-shifted negatives (default)",
+    "clp": "machine-ID contrastive learning: SupCon then ArcFace, mel-shifted negatives",
     "geco": "predictive self-attention AE whose predictions are contrastive negatives of the real windows",
     "semi": "AE view and MobileNetV2 view of each window pulled together, with an ID classifier",
     "advneg": "position-sensitive negatives: frequency/time-shifted and patch-swapped windows pushed away",
