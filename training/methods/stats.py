@@ -76,9 +76,9 @@ def crossfit_filtered_scores(
         for c in np.flatnonzero(fold_of_clip == f):
             rows = clip_of_window == c
             if rows.any():
-                raw = model.score_features(feats[rows], [clip_ids[c]] * int(rows.sum()))
+                raw = model.score_features(feats[rows], [str(ids_of_clip[c])] * int(rows.sum()))
                 values.append(causal_median(raw, median_k))
-                owners.append(np.full(int(rows.sum()), clip_ids[c], dtype=object))
+                owners.append(np.full(int(rows.sum()), str(ids_of_clip[c]), dtype=object))
     if not values:
         return np.empty(0), np.empty(0, dtype=object)
     return np.concatenate(values), np.concatenate(owners)
