@@ -86,7 +86,7 @@ def score_window_set(model: LoadedModel, ws: WindowSet) -> list[ClipResult]:
     window_scores = model.score_windows(ws.windows, ws.machine_ids()) if len(ws.windows) else np.zeros(0)
     out = []
     for i, rec in enumerate(ws.records):
-        s = clip_score(window_scores[ws.clip == i], model.median_k)
+        s = clip_score(window_scores[ws.clip == i], model.median_k, model.aggregation)
         out.append(ClipResult(rec, s, model.threshold_for(rec.machine_id)))
     return out
 

@@ -5,7 +5,7 @@ Layout: ``<root>/<machine_type>/<version>/`` with
 * ``weights.pt``  — ``{"encoder"|"head"|"ae": state_dict}`` (loaded with ``weights_only=True``)
 * ``bank.npz``    — per-machine embedding banks for the kNN score (``b0, b1, ...``; names in metadata)
 * ``metadata.json`` — everything needed to rebuild and trust the model: feature params, class map,
-  per-ID thresholds + rule, score kind, median_k, training-data summary (incl. the data cutoff
+  per-ID thresholds + rule, score kind, median_k, clip aggregation, training-data summary (incl. the data cutoff
   time), metrics, version, parent version, method, model config, per-file SHA-256 and a checksum
   of the metadata itself.
 * ``signature.json`` — when the registry has a signing key (setting ``registry_signing_key``):
@@ -94,6 +94,7 @@ class Artifact:
     thresholds: dict[str, float]
     default_threshold: float
     threshold_rule: str
+    aggregation: str = "mean"  # window -> clip (scoring.filters.clip_score)
     knn_k: int = 5
     bank: dict[str, np.ndarray] = field(default_factory=dict)
     data_summary: dict[str, Any] = field(default_factory=dict)
@@ -178,6 +179,7 @@ class LoadedModel:
         self.score_kind: str = metadata["score_kind"]
         self.feature_params: FeatureParams = FeatureParams.model_validate(metadata["feature_params"])
         self.median_k: int = int(metadata["median_k"])
+        self.aggregation: str = str(metadata.get("aggregation", "mean"))  # artifacts before #15: mean
         self.thresholds: dict[str, float] = {k: float(v) for k, v in metadata["thresholds"].items()}
         self.default_threshold: float = float(metadata["default_threshold"])
         self.machine_ids: list[str] = list(metadata["machine_ids"])
@@ -342,6 +344,7 @@ class ModelRegistry:
                 "feature_params": artifact.feature_params.model_dump(mode="json"),
                 "feature_fingerprint": artifact.feature_params.fingerprint(),
                 "median_k": artifact.median_k,
+                "aggregation": artifact.aggregation,
                 "model_config": artifact.model_config,
                 "class_source": artifact.class_source,
                 "class_map": list(artifact.class_map),

@@ -10,10 +10,13 @@ Score kinds (high = anomalous, float64):
 * ``knn`` (clp): mean cosine distance of the window embedding to its ``k`` nearest embeddings
   among that machine's training-normal windows (a non-parametric density on the unit sphere).
 * ``recon`` (ae): mean squared reconstruction error over the window's 5-frame contexts.
+* ``stats`` (``stats-*``): the density score of :class:`soundwatch.model.stats.StatsModel`
+  (Mahalanobis or k-NN distance of the window's standardised per-band statistics).
 
 Unknown machine IDs of a known type never raise; they get a documented type-level fallback:
 ``neglogp`` -> ``-log max_c p(c)`` (distance to the closest known class), ``knn`` -> the kNN
-distance against the union of all machines' banks, ``recon`` -> unchanged (the AE is ID-free).
+distance against the union of all machines' banks, ``recon`` -> unchanged (the AE is ID-free),
+``stats`` -> the union density ``"*"`` of the type.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from soundwatch.model.stats import StatsModel
 from training.device import autocast
 from training.models import AEConfig, ArcMarginHead, Encoder, EncoderConfig, FrameAE
 
-SCORE_KINDS = ("neglogp", "knn", "recon")
+SCORE_KINDS = ("neglogp", "knn", "recon", "stats")
 BANK_LIMIT = 4096  # embeddings kept per machine: bounds artifact size and kNN cost
 
 
@@ -43,6 +47,7 @@ class WindowScorer:
     knn_k: int = 5
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 512
+    stats: StatsModel | None = None
 
     def __post_init__(self) -> None:
         if self.score_kind not in SCORE_KINDS:
@@ -66,6 +71,10 @@ class WindowScorer:
     ) -> WindowScorer:
         """Rebuild from an artifact's config, state dicts and bank (see registry)."""
         enc = head = ae = None
+        if score_kind == "stats":  # statistic methods: arrays only, no network
+            arrays = {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in state["stats"].items()}
+            model = StatsModel.from_arrays(model_config["stats"], arrays)
+            return cls(method, score_kind, knn_k=knn_k, stats=model)
         if method != "ae":  # every other method's artifact is an encoder + optional ID classifier
             enc = Encoder(EncoderConfig.from_dict(model_config["encoder"]))
             enc.load_state_dict(state["encoder"])
@@ -110,6 +119,10 @@ class WindowScorer:
             raise ValueError(f"{windows.shape[0]} windows but {len(machine_ids)} machine ids")
         if windows.shape[0] == 0:
             return np.zeros(0, dtype=np.float64)
+        if kind == "stats":
+            if self.stats is None:
+                raise ValueError("the stats score needs a statistic model (a stats-* method)")
+            return self.stats.score(windows, list(machine_ids))
         if kind == "recon":
             return self._recon(windows)
         emb = self.embed(windows)

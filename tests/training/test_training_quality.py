@@ -100,7 +100,20 @@ def test_cli_train_and_evaluate_on_real_mini_smoke(
     runner = CliRunner()
     registry = tmp_path / "registry"
     out = runner.invoke(
-        app, ["train", "--data", str(data), "--registry", str(registry), "--epochs", "1", "--device", "cpu"]
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--registry",
+            str(registry),
+            "--method",
+            "clp",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        ],
     )
     assert out.exit_code == 0, out.output
     assert "not set current" in out.output
