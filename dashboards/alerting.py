@@ -1,20 +1,25 @@
-"""Grafana-managed alerting as code: rules per machine, a contact point, a notification policy.
+"""Grafana-managed alerting as code: a fixed set of multi-dimensional rules, a contact point, one route.
 
-Two rules per machine (one rule group per machine type, evaluated every minute):
+The rules do not grow with the fleet: each queries every machine at once (InfluxQL ``GROUP BY
+machine_type, machine_id``) and Grafana makes one alert instance per series, labelled with the
+machine's tags. A machine that starts reporting is alerted on without a re-export. Group
+``soundwatch-machines`` (every :data:`MACHINE_EVAL_INTERVAL_S`):
 
-* **anomaly** (severity ``critical``): the latest median-filtered score is above the latest
-  threshold, continuously for ``settings.grafana.alert_for``. Queries ``M`` (median) and ``T``
-  (threshold) are InfluxQL; ``B``/``TH`` reduce them to their last value, ``C`` = ``$B > $TH``.
-  A silent machine is *not* an anomaly (``noDataState = OK``) — the second rule covers it.
-* **no data** (severity ``warning``): the machine wrote no score for ``settings.grafana.nodata_after``
-  (the count query returns no row -> ``noDataState = Alerting``).
+* **machine alerting** (severity ``critical``): the scoring worker's own alert state — the
+  ``alerting`` field the workers write to ``machine_status`` every ``scoring.status_interval_s``,
+  set and cleared by the hysteresis of ``scoring.alerts``. Grafana re-derives nothing and adds no
+  pending period, so what pages is exactly what the worker decided (and the ``alerts`` topic carries).
+* **machine silent** (severity ``warning``): a known machine's ``seconds_since_audio`` exceeds
+  ``settings.grafana.nodata_after``. The workers keep reporting machines whose audio stopped, so the
+  silent machine is named; no status at all (no scoring worker writing) fires the rule's no-data state.
 
-Per-machine rules (rather than one multi-dimensional rule) are what make the no-data rule work:
-a machine that stops reporting disappears from a GROUP BY result, but its own rule sees "no data".
+Group ``soundwatch-pipeline`` (every minute, severity ``warning``): **audio lost or contested** —
+the feature workers' ``chunks_skipped`` / ``chunks_conflicting`` / ``topic_resyncs`` counters grew
+in the last 5 minutes.
 
-One fleet-wide rule (group ``soundwatch-pipeline``, severity ``warning``): **audio lost or
-contested** — the feature workers' ``chunks_skipped`` or ``chunks_conflicting`` counters grew in
-the last 5 minutes (audio chunks were lost, or two gateways claim one machine).
+Routing touches only soundwatch's alerts: :func:`soundwatch_route` is one child route matched on
+the ``app=soundwatch`` label, merged into the organisation's existing policy tree by
+:func:`dashboards.policy.merge_policy_tree`; the root and other teams' routes are left alone.
 
 Everything here is plain JSON in the shape of Grafana's alerting provisioning HTTP API (the
 ``grafana-foundation-sdk`` ``alerting`` models); :func:`file_provisioning` converts it to the YAML
@@ -23,28 +28,34 @@ shape that Grafana's file provisioning reads.
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dashboards import queries as q
 from dashboards.builder import MACHINE_SCORE_PANEL, PIPELINE_UID, machine_url
-from dashboards.machines import Machine, check_machines
+from dashboards.policy import merge_policy_tree
 from soundwatch.errors import ConfigError
 from soundwatch.influx import schema as ix
 from soundwatch.settings import GrafanaSettings
 
 Json = dict[str, Any]
 
-EVAL_INTERVAL_S = 60
-# The anomaly queries look at this much recent data: a few windows, robust to a late write.
-ANOMALY_LOOKBACK_S = 2 * EVAL_INTERVAL_S
+MACHINE_GROUP = "soundwatch-machines"
+ALERTING_UID = "sw-machine-alerting"
+SILENT_UID = "sw-machine-silent"
+RULE_UID_PREFIX = "sw-"  # every rule soundwatch creates (push deletes its own rules that are no longer built)
+# The workers write machine_status every 10 s (scoring.status_interval_s): evaluate as often.
+MACHINE_EVAL_INTERVAL_S = 10
+PIPELINE_EVAL_INTERVAL_S = 60
+# The machine rules read each machine's latest status in this range: a few status intervals, robust to a late
+# write. A machine no worker reports any more drops out of the result (Grafana resolves its instance).
+STATUS_LOOKBACK_S = 120
 CONTACT_POINT = "soundwatch-maintenance"
 FALLBACK_RECEIVER = "grafana-default-email"  # exists in every Grafana; used when settings name no contact
 EXPR_DS = {"type": "__expr__", "uid": "__expr__"}
-APP_LABEL = {"app": "soundwatch"}
+APP_KEY = "app"
+APP_LABEL = {APP_KEY: "soundwatch"}
 RUNBOOK = (
     "1. Open the dashboard link and compare the median score with the threshold: a short spike that "
     "already fell back is usually a transient (door, forklift, maintenance work). "
@@ -52,7 +63,8 @@ RUNBOOK = (
     "3. If the sound is abnormal: create a maintenance work order and keep the alert. "
     "4. If the sound is normal (false alarm): mark the interval as confirmed-normal so the next "
     "retraining learns it, and silence this machine's alert until then. "
-    "5. No-data alerts: check the gateway/microphone of this machine and the pipeline-health dashboard."
+    "5. Silent-machine alerts: check the gateway/microphone of this machine and the pipeline-health dashboard; "
+    "without a machine name, no scoring worker is writing status: check the scoring workers and InfluxDB."
 )
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -64,7 +76,7 @@ def duration_s(text: str) -> int:
     if not text.strip() or match is None:
         raise ConfigError(
             f"duration {text!r} is not like 30s, 2m or 1h30m",
-            "fix SOUNDWATCH_GRAFANA__ALERT_FOR / SOUNDWATCH_GRAFANA__NODATA_AFTER",
+            "fix SOUNDWATCH_GRAFANA__NODATA_AFTER",
         )
     h, m, s = (int(g or 0) for g in match.groups())
     return 3600 * h + 60 * m + s
@@ -78,14 +90,9 @@ def folder_uid(grafana: GrafanaSettings) -> str:
     return slug[:40]
 
 
-def rule_uid(kind: str, machine: Machine) -> str:
-    """Stable, short rule uid: pushes update the same rule instead of creating a new one."""
-    digest = hashlib.sha1(f"{kind}:{machine.key}".encode()).hexdigest()[:20]
-    return f"sw-{kind}-{digest}"
-
-
-def group_name(machine_type: str) -> str:
-    return f"soundwatch-{machine_type}"
+def public_url(grafana: GrafanaSettings) -> str:
+    """The Grafana address people open from a notification (``public_url``, else ``url``)."""
+    return (grafana.public_url or grafana.url).rstrip("/")
 
 
 def _influx_query(ref: str, ds_uid: str, query: str, lookback_s: int) -> Json:
@@ -114,7 +121,7 @@ def _expression(ref: str, model: Json) -> Json:
         "relativeTimeRange": {"from": 0, "to": 0},
         "model": {
             "refId": ref,
-            "datasource": EXPR_DS,
+            "datasource": dict(EXPR_DS),  # a copy: shared objects become YAML anchors in the export
             "hide": False,
             "intervalMs": 1000,
             "maxDataPoints": 43200,
@@ -127,102 +134,101 @@ def _reduce_last(ref: str, of: str) -> Json:
     return _expression(ref, {"type": "reduce", "expression": of, "reducer": "last", "settings": {"mode": "dropNN"}})
 
 
-def _labels(machine: Machine, severity: str) -> dict[str, str]:
-    return {
-        **APP_LABEL,
-        "severity": severity,
-        "machine_type": machine.machine_type,
-        "machine_id": machine.machine_id,
-    }
+def _threshold_gt(ref: str, of: str, value: float) -> Json:
+    return _expression(
+        ref,
+        {"type": "threshold", "expression": of, "conditions": [{"evaluator": {"type": "gt", "params": [value]}}]},
+    )
 
 
-def _annotations(grafana: GrafanaSettings, machine: Machine, summary: str, description: str) -> dict[str, str]:
+# Go templates Grafana fills per alert instance from the series' tags (the GROUP BY machine tags).
+MACHINE_TEMPLATE = f"{{{{ $labels.{ix.MACHINE_TYPE} }}}}/{{{{ $labels.{ix.MACHINE_ID} }}}}"
+
+
+def _machine_annotations(grafana: GrafanaSettings, summary: str, description: str) -> dict[str, str]:
     return {
         "summary": summary,
         "description": description,
         "runbook": RUNBOOK,
-        "dashboard_url": machine_url(grafana.url, machine),
+        "dashboard_url": machine_url(
+            public_url(grafana), f"{{{{ $labels.{ix.MACHINE_TYPE} }}}}", f"{{{{ $labels.{ix.MACHINE_ID} }}}}"
+        ),
         "__dashboardUid__": MACHINE_SCORE_PANEL.dashboard_uid,
         "__panelId__": str(MACHINE_SCORE_PANEL.panel_id),
     }
 
 
-def anomaly_rule(grafana: GrafanaSettings, machine: Machine) -> Json:
-    """Median score above threshold for ``alert_for`` -> critical alert for this machine."""
-    duration_s(grafana.alert_for)  # validate early, with a message naming the setting
-    ds = grafana.datasource_uid
-    summary = (
-        f'{machine.key} sounds abnormal: median score {{{{ printf "%.3f" $values.B.Value }}}} is above '
-        f'its threshold {{{{ printf "%.3f" $values.TH.Value }}}} for at least {grafana.alert_for}'
-    )
+def alerting_rule(grafana: GrafanaSettings) -> Json:
+    """Critical, one instance per machine: the scoring worker says the machine is ALERTING.
+
+    The worker's hysteresis (``scoring.alert_after`` / ``resolve_after``) is the only definition of
+    an alert; Grafana adds no pending period (``for: 0s``), it only reads the state the workers write
+    to ``machine_status`` every ``scoring.status_interval_s``.
+    """
     return {
-        "uid": rule_uid("anomaly", machine),
-        "title": f"soundwatch anomaly {machine.key}",
-        "ruleGroup": group_name(machine.machine_type),
+        "uid": ALERTING_UID,
+        "title": "soundwatch machine alerting",
+        "ruleGroup": MACHINE_GROUP,
         "folderUID": folder_uid(grafana),
         "orgID": 1,
         "condition": "C",
         "data": [
-            _influx_query("M", ds, q.alert_median(machine), ANOMALY_LOOKBACK_S),
-            _influx_query("T", ds, q.alert_threshold(machine), ANOMALY_LOOKBACK_S),
-            _reduce_last("B", "M"),
-            _reduce_last("TH", "T"),
-            _expression("C", {"type": "math", "expression": "$B > $TH"}),
+            _influx_query("A", grafana.datasource_uid, q.ALERT_MACHINE_ALERTING, STATUS_LOOKBACK_S),
+            _reduce_last("B", "A"),
+            _threshold_gt("C", "B", 0),
         ],
-        "for": grafana.alert_for,
-        "noDataState": "OK",
+        "for": "0s",
+        "noDataState": "OK",  # no worker reporting at all is the silent rule's no-data alert
         "execErrState": "Error",
         "isPaused": False,
-        "labels": _labels(machine, "critical"),
-        "annotations": _annotations(
+        "labels": {**APP_LABEL, "severity": "critical"},
+        "annotations": _machine_annotations(
             grafana,
-            machine,
-            summary,
-            "The median-filtered anomaly score of this machine stayed above the "
-            "threshold calibrated on its normal sound.",
+            f"{MACHINE_TEMPLATE} sounds abnormal: the scoring worker raised its alert",
+            "The machine's median-filtered anomaly score was over the threshold calibrated on its normal sound "
+            "for scoring.alert_after consecutive windows; the alert resolves after scoring.resolve_after normal "
+            "windows in a row.",
         ),
     }
 
 
-def nodata_rule(grafana: GrafanaSettings, machine: Machine) -> Json:
-    """No score written for ``nodata_after`` -> warning for this machine."""
+def silent_rule(grafana: GrafanaSettings) -> Json:
+    """Warning, one instance per machine: no audio from a known machine for ``nodata_after``.
+
+    The scoring workers keep writing ``machine_status`` for every machine they have scored, so a
+    silent machine is a series with a growing ``seconds_since_audio`` — it is named. No status at
+    all (no scoring worker writes) is this rule's no-data state: it fires without a machine name.
+    """
     window = duration_s(grafana.nodata_after)
     if window < 60:
         raise ConfigError(
             f"nodata_after={grafana.nodata_after} is shorter than 1m",
-            "use at least 1m: scores arrive about once a second but writes are batched",
+            "use at least 1m: machines send audio about once a second but status is written every 10 s",
         )
-    ds_uid = grafana.datasource_uid
     return {
-        "uid": rule_uid("nodata", machine),
-        "title": f"soundwatch no data {machine.key}",
-        "ruleGroup": group_name(machine.machine_type),
+        "uid": SILENT_UID,
+        "title": "soundwatch machine silent",
+        "ruleGroup": MACHINE_GROUP,
         "folderUID": folder_uid(grafana),
         "orgID": 1,
         "condition": "C",
         "data": [
-            _influx_query("A", ds_uid, q.alert_window_count(machine), window),
+            _influx_query("A", grafana.datasource_uid, q.ALERT_SECONDS_SINCE_AUDIO, STATUS_LOOKBACK_S),
             _reduce_last("B", "A"),
-            _expression(
-                "C",
-                {
-                    "type": "threshold",
-                    "expression": "B",
-                    "conditions": [{"evaluator": {"type": "lt", "params": [1]}}],
-                },
-            ),
+            _threshold_gt("C", "B", window),
         ],
         "for": "0s",
         "noDataState": "Alerting",
         "execErrState": "Error",
         "isPaused": False,
-        "labels": _labels(machine, "warning"),
-        "annotations": _annotations(
+        "labels": {**APP_LABEL, "severity": "warning"},
+        "annotations": _machine_annotations(
             grafana,
-            machine,
-            f"{machine.key} has sent no anomaly scores for {grafana.nodata_after}",
-            f"No asd_score point for this machine in InfluxDB (datasource {ds_uid}) in "
-            f"the last {grafana.nodata_after}: microphone, gateway or pipeline problem.",
+            f'{MACHINE_TEMPLATE} has sent no audio for {{{{ printf "%.0f" $values.B.Value }}}} s '
+            f"(more than {grafana.nodata_after})",
+            f"The scoring workers received no audio window of this machine for more than {grafana.nodata_after}: "
+            "microphone, gateway or pipeline problem. Without a machine name: no scoring worker writes "
+            f"{ix.MACHINE_STATUS_MEASUREMENT} at all (scoring stopped, or InfluxDB unreachable).",
         ),
     }
 
@@ -279,21 +285,20 @@ def audio_loss_rule(grafana: GrafanaSettings) -> Json:
             "grew: audio was lost before it could be scored, two gateways claim one machine, or the broker lost "
             "or recreated audio.raw.",
             "runbook": AUDIO_LOSS_RUNBOOK,
-            "dashboard_url": f"{grafana.url.rstrip('/')}/d/{PIPELINE_UID}/soundwatch-pipeline",
+            "dashboard_url": f"{public_url(grafana)}/d/{PIPELINE_UID}/soundwatch-pipeline",
         },
     }
 
 
-def rule_groups(grafana: GrafanaSettings, machines: Sequence[Machine]) -> list[Json]:
-    """One rule group per machine type with both rules of each of its machines, then the pipeline group."""
-    by_type: dict[str, list[Json]] = {}
-    for m in check_machines(machines):
-        by_type.setdefault(m.machine_type, []).extend([anomaly_rule(grafana, m), nodata_rule(grafana, m)])
-    groups = [(group_name(t), rules) for t, rules in sorted(by_type.items())]
-    groups.append((PIPELINE_GROUP, [audio_loss_rule(grafana)]))
+def rule_groups(grafana: GrafanaSettings) -> list[Json]:
+    """The machine group (two rules for the whole fleet) and the pipeline group: three rules for any fleet."""
+    groups = [
+        (MACHINE_GROUP, MACHINE_EVAL_INTERVAL_S, [alerting_rule(grafana), silent_rule(grafana)]),
+        (PIPELINE_GROUP, PIPELINE_EVAL_INTERVAL_S, [audio_loss_rule(grafana)]),
+    ]
     return [
-        {"title": title, "folderUid": folder_uid(grafana), "interval": EVAL_INTERVAL_S, "rules": rules}
-        for title, rules in groups
+        {"title": title, "folderUid": folder_uid(grafana), "interval": interval, "rules": rules}
+        for title, interval, rules in groups
     ]
 
 
@@ -306,7 +311,7 @@ def contact_points(grafana: GrafanaSettings) -> list[Json]:
                 "uid": "soundwatch-webhook",
                 "name": CONTACT_POINT,
                 "type": "webhook",
-                "settings": {"url": grafana.webhook_url, "httpMethod": "POST"},
+                "settings": {"url": grafana.webhook_url.get_secret_value(), "httpMethod": "POST"},
                 "disableResolveMessage": False,
             }
         )
@@ -323,46 +328,52 @@ def contact_points(grafana: GrafanaSettings) -> list[Json]:
     return out
 
 
+WEBHOOK_URL_ENV = "SOUNDWATCH_GRAFANA__WEBHOOK_URL"
+
+
+def _file_receiver(contact_point: Json) -> Json:
+    """A contact point's integration as a provisioning file holds it: the webhook URL (it usually embeds
+    a token) as a reference Grafana expands from its own environment, never the secret itself."""
+    out = {k: v for k, v in contact_point.items() if k != "name"}
+    if out["type"] == "webhook":
+        out["settings"] = {**out["settings"], "url": f"${WEBHOOK_URL_ENV}"}
+    return out
+
+
 def receiver(grafana: GrafanaSettings) -> str:
     return CONTACT_POINT if contact_points(grafana) else FALLBACK_RECEIVER
 
 
-def notification_policy(grafana: GrafanaSettings) -> Json:
-    """Policy tree: soundwatch alerts grouped per machine, routed by severity.
+def soundwatch_route(grafana: GrafanaSettings) -> Json:
+    """The one child route soundwatch adds to the organisation's policy tree (alerts labelled ``app=soundwatch``).
 
-    Critical (anomaly) alerts go out fast and repeat hourly; warnings (no data) wait a little
-    to batch and repeat twice a day. Other alerts of the organisation keep the root receiver.
+    Grouped per machine; critical (machine alerting) alerts go out fast and repeat hourly, warnings
+    (silent machine, audio lost) wait a little to batch and repeat twice a day. Nothing else in the
+    tree is soundwatch's: see :func:`dashboards.policy.merge_policy_tree`.
     """
     to = receiver(grafana)
-    by_machine = ["grafana_folder", "alertname", "machine_type", "machine_id"]
     return {
         "receiver": to,
-        "group_by": ["grafana_folder", "alertname"],
+        "object_matchers": [[APP_KEY, "=", APP_LABEL[APP_KEY]]],
+        "group_by": ["grafana_folder", "alertname", ix.MACHINE_TYPE, ix.MACHINE_ID],
+        "group_wait": "30s",
+        "group_interval": "5m",
+        "repeat_interval": "4h",
         "routes": [
             {
                 "receiver": to,
-                "object_matchers": [["app", "=", APP_LABEL["app"]]],
-                "group_by": by_machine,
-                "group_wait": "30s",
+                "object_matchers": [["severity", "=", "critical"]],
+                "group_wait": "10s",
+                "group_interval": "1m",
+                "repeat_interval": "1h",
+            },
+            {
+                "receiver": to,
+                "object_matchers": [["severity", "=", "warning"]],
+                "group_wait": "1m",
                 "group_interval": "5m",
-                "repeat_interval": "4h",
-                "routes": [
-                    {
-                        "receiver": to,
-                        "object_matchers": [["severity", "=", "critical"]],
-                        "group_wait": "10s",
-                        "group_interval": "1m",
-                        "repeat_interval": "1h",
-                    },
-                    {
-                        "receiver": to,
-                        "object_matchers": [["severity", "=", "warning"]],
-                        "group_wait": "1m",
-                        "group_interval": "5m",
-                        "repeat_interval": "12h",
-                    },
-                ],
-            }
+                "repeat_interval": "12h",
+            },
         ],
     }
 
@@ -373,19 +384,27 @@ class AlertingConfig:
 
     groups: list[Json]
     contact_points: list[Json]
-    policy: Json
+    route: Json
 
 
-def build(grafana: GrafanaSettings, machines: Sequence[Machine]) -> AlertingConfig:
-    return AlertingConfig(rule_groups(grafana, machines), contact_points(grafana), notification_policy(grafana))
+def build(grafana: GrafanaSettings) -> AlertingConfig:
+    """Rules, contact point and route: the same for 10 or 10,000 machines."""
+    return AlertingConfig(rule_groups(grafana), contact_points(grafana), soundwatch_route(grafana))
 
 
 def _fmt_interval(seconds: int) -> str:
     return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
-def file_provisioning(grafana: GrafanaSettings, config: AlertingConfig) -> dict[str, Json]:
-    """The same config in Grafana's file-provisioning shape: ``{file name: YAML document}``."""
+def file_provisioning(
+    grafana: GrafanaSettings, config: AlertingConfig, policy_tree: Json | None = None
+) -> dict[str, Json]:
+    """The same config in Grafana's file-provisioning shape: ``{file name: YAML document}``.
+
+    A provisioned ``policies.yaml`` replaces the organisation's whole policy tree, so it is written
+    only from ``policy_tree`` — the organisation's current tree (API shape) — with soundwatch's
+    route merged in; without it, no policy file is written (``push`` merges into the live tree).
+    """
     groups = []
     for g in config.groups:
         rules = []
@@ -400,12 +419,12 @@ def file_provisioning(grafana: GrafanaSettings, config: AlertingConfig) -> dict[
                 "rules": rules,
             }
         )
-    files: dict[str, Json] = {
-        "rules.yaml": {"apiVersion": 1, "groups": groups},
-        "policies.yaml": {"apiVersion": 1, "policies": [{"orgId": 1, **config.policy}]},
-    }
+    files: dict[str, Json] = {"rules.yaml": {"apiVersion": 1, "groups": groups}}
+    if policy_tree is not None:
+        merged = merge_policy_tree(policy_tree, config.route)
+        files["policies.yaml"] = {"apiVersion": 1, "policies": [{"orgId": 1, **merged}]}
     if config.contact_points:
-        receivers = [{k: v for k, v in cp.items() if k != "name"} for cp in config.contact_points]
+        receivers = [_file_receiver(cp) for cp in config.contact_points]
         files["contact-points.yaml"] = {
             "apiVersion": 1,
             "contactPoints": [{"orgId": 1, "name": CONTACT_POINT, "receivers": receivers}],

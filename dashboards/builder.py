@@ -43,23 +43,10 @@ class MachinePanelRef:
 MACHINE_SCORE_PANEL = MachinePanelRef(MACHINE_UID, 1)
 
 
-def machine_url(grafana_url: str, machine: Machine) -> str:
-    """Link to the drill-down with this machine selected (used in alert annotations and tables)."""
+def machine_url(grafana_url: str, machine_type: str, machine_id: str) -> str:
+    """Link to the drill-down with this machine selected (alert annotations pass Grafana label templates)."""
     base = grafana_url.rstrip("/")
-    return (
-        f"{base}/d/{MACHINE_UID}/soundwatch-machine?var-{q.VAR_TYPE}={machine.machine_type}"
-        f"&var-{q.VAR_MACHINE}={machine.machine_id}"
-    )
-
-
-def _refid(i: int) -> str:
-    """A, B, ..., Z, AA, AB, ... (Grafana allows any unique refId; letters keep it familiar)."""
-    out = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        out = chr(65 + r) + out
-    return out
+    return f"{base}/d/{MACHINE_UID}/soundwatch-machine?var-{q.VAR_TYPE}={machine_type}&var-{q.VAR_MACHINE}={machine_id}"
 
 
 def _links() -> list[p.Json]:
@@ -142,14 +129,13 @@ def fleet_dashboard(grafana: GrafanaSettings, machines: Sequence[Machine]) -> p.
     lay.place(bars, 12, 8)
     lay.newline()
 
-    status_targets = [p.target(_refid(i), ds, q.machine_status(m), alias=m.key) for i, m in enumerate(machines)]
     grid = p.stat(
         "Status",
         ds,
-        status_targets,
-        description=f"One tile per known machine: its latest state reported by the scoring workers "
-        f"(last {grafana.nodata_after}). STALE = no audio for scoring.stale_after_s; "
-        "'no data' = no worker reports the machine.",
+        [p.target("A", ds, q.FLEET_STATUS_GRID, alias="$tag_machine_type/$tag_machine_id")],
+        description=f"One tile per machine the scoring workers report: its latest state "
+        f"(last {grafana.nodata_after}), one query for the whole fleet. STALE = no audio for "
+        "scoring.stale_after_s; a machine no worker reports has no tile.",
         mappings=p.STATE_MAPPINGS,
     )
     p.show_text_field(grid, "state")

@@ -15,6 +15,7 @@ import typer
 
 from dashboards.export import export
 from dashboards.machines import Machine, machines_from_influx, machines_from_registry, parse_machines
+from dashboards.policy import load_policy_file
 from dashboards.push import push
 from dashboards.render import render
 from soundwatch.console import err_console
@@ -53,16 +54,37 @@ def export_cmd(
     provisioning_root: Annotated[
         str, typer.Option(help="where Grafana sees --out (for the dashboard provider)")
     ] = "/etc/grafana/provisioning",
+    policy_tree: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy-tree",
+            help="the organisation's notification policy tree as Grafana exports it (YAML/JSON): writes "
+            "alerting/policies.yaml = that tree + soundwatch's route (without it: no policy file)",
+        ),
+    ] = None,
 ) -> None:
-    """Write Grafana file provisioning (data source, dashboards, alert rules, contact point, policy)."""
+    """Write Grafana file provisioning (data source, dashboards, alert rules, contact point, merged policy)."""
     settings = get_settings()
     found = resolve_machines(settings, machines, from_influx)
+    tree = None
+    if policy_tree is not None:
+        try:
+            text = policy_tree.read_text()
+        except OSError as exc:
+            raise BadInput(f"cannot read the policy tree {policy_tree}: {exc}", "check the path") from exc
+        tree = load_policy_file(text)
     if not settings.grafana.webhook_url and not settings.grafana.email_addresses:
         err_console.print(
             "[yellow]warning:[/yellow] no SOUNDWATCH_GRAFANA__WEBHOOK_URL or __EMAIL_ADDRESSES set: "
             "alerts route to Grafana's default contact point"
         )
-    paths = export(settings, out, found, provisioning_root=provisioning_root)
+    if tree is None:
+        err_console.print(
+            "[yellow]note:[/yellow] no --policy-tree: no policies.yaml written (it would replace every team's "
+            "routes); soundwatch alerts follow the organisation's root policy until `dashboards push` or an "
+            "export with --policy-tree merges soundwatch's route"
+        )
+    paths = export(settings, out, found, provisioning_root=provisioning_root, policy_tree=tree)
     err_console.print(f"wrote {len(paths)} files for {len(found)} machines under {out}")
     typer.echo(json.dumps({"files": [str(p) for p in paths], "machines": [m.key for m in found]}, indent=2))
 

@@ -6,6 +6,10 @@ soundwatch rules use (InfluxQL queries, ``reduce`` last with drop-non-numbers, `
 and the demo can show what a rule *would* decide for the data that is in InfluxDB now — without a
 Grafana server.
 
+Rules are multi-dimensional as in Grafana: every series a query returns (its tags are the labels,
+e.g. ``machine_type``/``machine_id`` of a ``GROUP BY``) is one alert instance; expressions work per
+label set, and a single untagged series applies to every instance.
+
 It evaluates one instant; Grafana's pending period (``for``) is not simulated.
 """
 
@@ -41,46 +45,81 @@ _COMPARISONS: dict[type, Callable[[float, float], bool]] = {
 }
 
 
+Labels = tuple[tuple[str, str], ...]
+"""An alert instance's labels from its series' tags, sorted; ``()`` for an untagged series."""
+
+
 @dataclass(frozen=True)
 class Evaluation:
-    """What the rule decided and the numbers it decided on (refId -> value; None = no data)."""
+    """What the rule decided for one instance and the numbers it decided on (refId -> value; None = no data)."""
 
     state: State
     values: dict[str, float | None]
 
 
-def evaluate(rule: dict[str, Any], client: InfluxClient, *, now_ms: int) -> Evaluation:
-    """Evaluate ``rule`` (alert provisioning API shape) at ``now_ms``."""
-    values: dict[str, float | None] = {}
+def instance(**labels: str) -> Labels:
+    """The key of the instance with these labels: ``instance(machine_type="fan", machine_id="id_00")``."""
+    return tuple(sorted(labels.items()))
+
+
+def evaluate(rule: dict[str, Any], client: InfluxClient, *, now_ms: int) -> dict[Labels, Evaluation]:
+    """Evaluate ``rule`` (alert provisioning API shape) at ``now_ms``: one :class:`Evaluation` per instance.
+
+    No series at all gives the single instance ``()`` in the rule's no-data state, as in Grafana.
+    """
+    refs: dict[str, dict[Labels, float | None]] = {}
     for item in rule["data"]:
         ref, model = item["refId"], item["model"]
         if item["datasourceUid"] != "__expr__":
             rng = item["relativeTimeRange"]
             query = interpolate(model["query"], start_ms=now_ms - 1000 * rng["from"], end_ms=now_ms - 1000 * rng["to"])
-            series = client.query(query)
-            if len(series) > 1:
-                raise BadInput(f"query {ref} of rule {rule['title']!r} returned {len(series)} series, expected 1")
-            values[ref] = _last_number(series[0].values) if series else None
+            refs[ref] = {tuple(sorted(s.tags.items())): _last_number(s.values) for s in client.query(query)}
             continue
         kind = model["type"]
         if kind == "reduce":
-            values[ref] = values[model["expression"]]  # queries already reduced to their last number
+            refs[ref] = dict(refs[model["expression"]])  # queries already reduced to their last number
         elif kind == "math":
-            values[ref] = math_expression(model["expression"], values)
+            used = [r for r in _REF.findall(model["expression"]) if r in refs]
+            refs[ref] = {
+                labels: math_expression(model["expression"], {r: _at(refs[r], labels) for r in used})
+                for labels in _label_sets([refs[r] for r in used])
+            }
         elif kind == "threshold":
             ev = model["conditions"][0]["evaluator"]
-            x = values[model["expression"]]
             if ev["type"] not in ("gt", "lt"):
                 raise BadInput(f"threshold evaluator {ev['type']!r} is not supported here")
             cmp = operator.gt if ev["type"] == "gt" else operator.lt
-            values[ref] = None if x is None else float(cmp(x, ev["params"][0]))
+            refs[ref] = {
+                labels: None if x is None else float(cmp(x, ev["params"][0]))
+                for labels, x in refs[model["expression"]].items()
+            }
         else:
             raise BadInput(f"expression type {kind!r} is not supported by this evaluator")
-    result = values[rule["condition"]]
-    if result is None:
-        no_data = rule["noDataState"]
-        return Evaluation("firing" if no_data == "Alerting" else "nodata" if no_data == "NoData" else "normal", values)
-    return Evaluation("firing" if result != 0 else "normal", values)
+    results = refs[rule["condition"]] or {(): None}
+    out = {}
+    for labels, result in results.items():
+        values = {r: _at(v, labels) for r, v in refs.items()}
+        if result is None:
+            no_data = rule["noDataState"]
+            state: State = "firing" if no_data == "Alerting" else "nodata" if no_data == "NoData" else "normal"
+        else:
+            state = "firing" if result != 0 else "normal"
+        out[labels] = Evaluation(state, values)
+    return out
+
+
+def _at(values: dict[Labels, float | None], labels: Labels) -> float | None:
+    """A ref's value for an instance: its own, or the one value of an untagged single series."""
+    if labels in values:
+        return values[labels]
+    if set(values) == {()}:
+        return values[()]
+    return None
+
+
+def _label_sets(refs: list[dict[Labels, float | None]]) -> list[Labels]:
+    tagged = sorted({labels for values in refs for labels in values if labels})
+    return tagged or [()]
 
 
 def math_expression(expression: str, values: dict[str, float | None]) -> float | None:

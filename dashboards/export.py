@@ -5,9 +5,13 @@ Layout under ``out_dir``::
     datasources/soundwatch.yaml          InfluxDB (InfluxQL) data source, uid settings.grafana.datasource_uid
     dashboards/soundwatch.yaml           dashboard provider (folder settings.grafana.folder)
     dashboards/soundwatch/*.json         fleet, machine, pipeline dashboards
-    alerting/rules.yaml                  rule groups (one per machine type)
+    alerting/rules.yaml                  two rule groups, three multi-dimensional rules for any fleet
     alerting/contact-points.yaml         only when a webhook or e-mail is configured
-    alerting/policies.yaml               notification policy tree
+    alerting/policies.yaml               only with ``policy_tree``: the organisation's tree + soundwatch's route
+
+One folder: Grafana's file provisioning names a rule group's folder by title only and provisions
+alerting before dashboards (creating the folder with a random uid), so the dashboard provider names
+the same folder by title too, and finds that folder instead of creating a second one.
 
 Secrets are written as ``$SOUNDWATCH_INFLUX__...`` references that Grafana expands from its own
 environment. Output is deterministic (sorted keys), so re-exporting unchanged input changes no file.
@@ -49,11 +53,14 @@ def export(
     machines: Sequence[Machine],
     *,
     provisioning_root: str = DEFAULT_PROVISIONING_ROOT,
+    policy_tree: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write the provisioning tree for ``machines`` into ``out_dir``; return the files written.
 
     ``provisioning_root`` is where Grafana will see ``out_dir`` (the dashboard provider needs the
-    absolute path of the JSON files inside the Grafana container).
+    absolute path of the JSON files inside the Grafana container). ``policy_tree`` is the
+    organisation's current notification policy tree (API shape); soundwatch's route is merged into
+    it. Without it no ``policies.yaml`` is written: a provisioned one would replace the whole tree.
     """
     machines = check_machines(machines)
     if not machines:
@@ -71,15 +78,13 @@ def export(
         written,
     )
 
-    folder_uid = alerting.folder_uid(grafana)
     provider = {
         "apiVersion": 1,
         "providers": [
             {
                 "name": "soundwatch",
                 "orgId": 1,
-                "folder": grafana.folder,
-                "folderUid": folder_uid,
+                "folder": grafana.folder,  # by title, like the rule groups (see module doc)
                 "type": "file",
                 "disableDeletion": False,
                 "allowUiUpdates": False,
@@ -99,11 +104,12 @@ def export(
             written,
         )
 
-    config = alerting.build(grafana, machines)
-    stale = out_dir / "alerting" / "contact-points.yaml"
-    files = alerting.file_provisioning(grafana, config)
-    if "contact-points.yaml" not in files and stale.exists():
-        stale.unlink()  # a contact point removed from settings must not linger in the mounted tree
+    config = alerting.build(grafana)
+    files = alerting.file_provisioning(grafana, config, policy_tree)
+    for optional in ("contact-points.yaml", "policies.yaml"):
+        stale = out_dir / "alerting" / optional
+        if optional not in files and stale.exists():
+            stale.unlink()  # an earlier export's file must not linger in the mounted tree
     for name, doc in files.items():
         _write(out_dir / "alerting" / name, _yaml(doc), written)
     return written

@@ -4,7 +4,14 @@ Every object has a stable uid. For each one, ``push`` reads what Grafana has, co
 what soundwatch wants, and writes only when they differ — so a second push with unchanged input
 sends no write at all (and creates no new dashboard versions). Objects are written in dependency
 order: folder, data source, dashboards, contact points, notification policy, alert rules.
-Alert rules that soundwatch created earlier for machines no longer in the list are deleted.
+
+* One folder: the one with uid ``folder_uid(settings)``, else the folder already titled
+  ``settings.grafana.folder`` (file provisioning creates it with a random uid), else a new one.
+* The notification policy tree is the organisation's: ``push`` reads it, merges soundwatch's one
+  route in (:func:`dashboards.policy.merge_policy_tree`) and writes it back only if that changed
+  it, without provenance so the other teams can still edit their routes in the UI.
+* Alert rules soundwatch created before (uid prefix ``sw-`` and label ``app=soundwatch``) that it no
+  longer builds are deleted — e.g. the per-machine rules of earlier versions.
 
 Comparison rules (Grafana adds ids, versions, provenance, timestamps, and may omit false/empty
 values; secrets come back redacted):
@@ -33,6 +40,7 @@ from dashboards import alerting
 from dashboards.builder import all_dashboards
 from dashboards.datasource import datasource
 from dashboards.machines import Machine, check_machines
+from dashboards.policy import merge_policy_tree
 from soundwatch.errors import BadInput, ConfigError, ServiceUnavailable, SoundwatchError
 from soundwatch.settings import Settings
 
@@ -188,8 +196,13 @@ def push(
     grafana = settings.grafana
     folder_uid = alerting.folder_uid(grafana)
 
-    # folder
+    # folder: ours by uid, else the one with our title (file provisioning made it), else a new one
     have = g.get("read the folder", api.folder.get_folder, folder_uid)
+    if have is None:
+        folders = g.call("list folders", api.folder.get_all_folders) or []
+        titled = [f for f in folders if f.get("title") == grafana.folder]
+        if titled:
+            folder_uid, have = titled[0]["uid"], titled[0]
     g.upsert(
         "folder",
         folder_uid,
@@ -236,7 +249,7 @@ def push(
         )
 
     # contact points: one named contact point, one integration per uid
-    config = alerting.build(grafana, machines)
+    config = alerting.build(grafana)
     existing = g.call("list contact points", api.alertingprovisioning.get_contactpoints, alerting.CONTACT_POINT) or []
     by_uid = {cp.get("uid"): cp for cp in existing if cp.get("name") == alerting.CONTACT_POINT}
     for cp in config.contact_points:
@@ -253,21 +266,23 @@ def push(
             g.call(f"delete contact point {uid}", api.alertingprovisioning.delete_contactpoint, uid)
             report.deleted.append(f"contact-point:{uid}")
 
-    # notification policy tree (Grafana has exactly one per organisation)
+    # notification policy tree (one per organisation, shared): merge soundwatch's route in
     have = g.call("read the notification policy", api.alertingprovisioning.get_notification_policy_tree)
+    tree = merge_policy_tree(have, config.route)
     g.upsert(
         "policy",
-        "root",
-        config.policy,
+        "soundwatch-route",
+        tree,
         have,
         lambda: None,
-        lambda: api.alertingprovisioning.set_notification_policy_tree(config.policy),
+        lambda: api.alertingprovisioning.set_notification_policy_tree(tree, disable_provenance=True),
     )
 
     # alert rules, then each group's evaluation interval
     wanted: set[str] = set()
     for group in config.groups:
-        for rule in group["rules"]:
+        for built in group["rules"]:
+            rule = {**built, "folderUID": folder_uid}
             wanted.add(rule["uid"])
             have = g.get(f"read alert rule {rule['uid']}", api.alertingprovisioning.get_alertrule, rule["uid"])
             g.upsert(
@@ -295,7 +310,15 @@ def push(
             report.updated.append(f"rule-group:{group['title']}")
     for rule in g.call("list alert rules", api.alertingprovisioning.get_alertrules_all) or []:
         uid = rule.get("uid", "")
-        if rule.get("folderUID") == folder_uid and uid.startswith("sw-") and uid not in wanted:
+        labels = rule.get("labels") or {}
+        ours = uid.startswith(alerting.RULE_UID_PREFIX) and labels.get(alerting.APP_KEY) == alerting.APP_LABEL["app"]
+        if ours and uid not in wanted and rule.get("provenance") == "file":
+            log.warning(
+                "alert rule %s is soundwatch's but was provisioned from a file: delete it from the provisioning "
+                "files (an old export) — the API may not delete it",
+                uid,
+            )
+        elif ours and uid not in wanted:
             g.call(f"delete alert rule {uid}", api.alertingprovisioning.delete_alertrule, uid)
             report.deleted.append(f"alert-rule:{uid}")
     log.info(

@@ -13,7 +13,6 @@ Grafana macros used: ``$timeFilter`` and ``$__interval`` (replaced by Grafana, a
 
 from __future__ import annotations
 
-from dashboards.machines import Machine
 from soundwatch.influx import schema as ix
 
 SCORE = ix.SCORE_MEASUREMENT
@@ -39,12 +38,7 @@ _STATE, _SINCE, _ALERTING, _STALE = _q(ix.STATE), _q(ix.SECONDS_SINCE_AUDIO), _q
 _BY_MACHINE = f"{_TYPE}, {_ID}"
 
 
-def _machine(machine_type: str, machine_id: str) -> str:
-    # Machine names are validated against the id pattern (no quotes), so plain literals are safe.
-    return f"{_TYPE} = '{machine_type}' AND {_ID} = '{machine_id}'"
-
-
-_SELECTED = _machine(f"${VAR_TYPE}", f"${VAR_MACHINE}")
+_SELECTED = f"{_TYPE} = '${VAR_TYPE}' AND {_ID} = '${VAR_MACHINE}'"
 
 # ---------------------------------------------------------------- fleet overview
 # Latest median score divided by the threshold: 1.0 is the alert line for every machine.
@@ -82,9 +76,8 @@ FLEET_LAST_ALERT_CHANGE = (
 )
 
 
-def machine_status(machine: Machine) -> str:
-    """One status-grid tile: this machine's latest state — normal, alerting or stale (no row = no data)."""
-    return f'SELECT last({_STATE}) AS "state" FROM "{STATUS}" WHERE {_machine(*machine)} AND $timeFilter'
+# The status grid: one tile per machine a worker reports, in ONE query for the whole fleet.
+FLEET_STATUS_GRID = f'SELECT last({_STATE}) AS "state" FROM "{STATUS}" WHERE $timeFilter GROUP BY {_BY_MACHINE}'
 
 
 # ---------------------------------------------------------------- machine drill-down
@@ -172,16 +165,13 @@ def features_counter_increase(counter: str) -> str:
 
 
 # ---------------------------------------------------------------- alert rules (Grafana-managed)
-def alert_median(machine: Machine) -> str:
-    """Latest median score of one machine inside the rule's relative time range."""
-    return f'SELECT last({_MEDIAN}) AS "score_median" FROM "{SCORE}" WHERE {_machine(*machine)} AND $timeFilter'
-
-
-def alert_threshold(machine: Machine) -> str:
-    """Latest threshold of one machine (it changes with the model version)."""
-    return f'SELECT last({_THRESHOLD}) AS "threshold" FROM "{SCORE}" WHERE {_machine(*machine)} AND $timeFilter'
-
-
-def alert_window_count(machine: Machine) -> str:
-    """Windows scored for one machine in the range; no row at all means the machine is silent."""
-    return f'SELECT count({_MEDIAN}) AS "windows" FROM "{SCORE}" WHERE {_machine(*machine)} AND $timeFilter'
+# One series per machine the scoring workers report (GROUP BY the machine tags): a rule over them is
+# multi-dimensional, one alert instance per machine, whatever the number of machines.
+ALERT_MACHINE_ALERTING = (
+    f'SELECT last({_ALERTING}) AS "alerting" FROM "{STATUS}" WHERE $timeFilter GROUP BY {_BY_MACHINE}'
+)
+"""The workers' own alert state (1 = ALERTING, from ``scoring.alerts``), re-reported every status interval."""
+ALERT_SECONDS_SINCE_AUDIO = (
+    f'SELECT last({_SINCE}) AS "seconds_since_audio" FROM "{STATUS}" WHERE $timeFilter GROUP BY {_BY_MACHINE}'
+)
+"""Seconds since each known machine's newest audio: the workers keep reporting a silent machine by name."""

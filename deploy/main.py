@@ -36,6 +36,11 @@ _STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
     "features": ("features.cli", "app", "Log-mel features: the Faust stream worker and offline extraction."),
     "score": ("scoring.cli", "app", "Scoring workers: batched inference, median filter, alerts, InfluxDB."),
     "train": ("training.cli", "train", "Train a model per machine type and register it."),
+    "synth": (
+        "training.cli",
+        "synth",
+        "Write a seeded synthetic benchmark (basic, or hard-v1: quiet faults, domain shift).",
+    ),
     "evaluate": ("training.cli", "evaluate", "Score test clips the way the stream does: AUC/pAUC, CSVs, plots."),
     "dashboards": ("dashboards.cli", "app", "Grafana dashboards and alerting as code: export, push, render."),
     "normal": (
@@ -48,6 +53,11 @@ _STAGE_COMMANDS: dict[str, tuple[str, str, str]] = {
         "training.service.ops_cli",
         "retrain",
         "Fine-tune on confirmed-normal audio; promote through the gate.",
+    ),
+    "machines": (
+        "scoring.cli",
+        "machines_app",
+        "Machines the scoring workers know: list, forget a decommissioned one.",
     ),
     "archive": (
         "training.service.ops_cli",
@@ -64,6 +74,11 @@ _BENCH_COMMANDS: dict[str, tuple[str, str, str]] = {
     "e2e": ("deploy.cli", "bench_e2e", "Chunk -> InfluxDB point latency with N machines; machines sustained."),
     "faults": ("deploy.bench_faults", "bench_faults", "Fault injection on a private stack: lost windows per scenario."),
     "methods": ("training.cli", "bench_methods", "Every training method on the same data: AUC, pAUC, cost, compared."),
+    "quality": (
+        "training.cli",
+        "bench_quality",
+        "Baselines and every method on one DCASE folder: AUC, pAUC, official score.",
+    ),
 }
 
 
@@ -136,36 +151,66 @@ def _root(
         os.environ[CONFIG_ENV] = str(config)
         get_settings.cache_clear()
     _state["debug"] = debug
-    level = logging.DEBUG if debug else getattr(logging, os.environ.get("SOUNDWATCH_LOG_LEVEL", "INFO"), logging.INFO)
+    level = logging.DEBUG if debug else _configured_log_level()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)  # also when logging was set up before (basicConfig then does nothing)
     redaction.install()  # credentials never reach a log line, whoever logs and however handlers change
     for noisy in ("kafka", "aiokafka", "faust", "mode", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
+def _configured_log_level() -> int:
+    """``log_level`` of the effective settings (TOML file or environment); INFO while they do not load
+    (the command itself then reports the settings error)."""
+    try:
+        return int(getattr(logging, get_settings().log_level))
+    except SoundwatchError:
+        return logging.INFO
+
+
 @config_app.command("show")
 def config_show(
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of TOML-like text")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of TOML")] = False,
 ) -> None:
-    """Print the effective settings (defaults, TOML file, SOUNDWATCH_* environment), secrets masked."""
+    """Print the effective settings (defaults, TOML file, SOUNDWATCH_* environment), secrets masked.
+
+    The TOML output is a valid settings file: unset settings appear as comments.
+    """
     data = get_settings().masked()
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return
-    _print_sections(data)
+    typer.echo("\n".join(toml_lines(data)))
 
 
-def _print_sections(data: dict, prefix: str = "") -> None:
+def toml_lines(data: dict, prefix: str = "") -> list[str]:
+    """``data`` (plain values, nested dicts) as TOML; ``None`` (unset) becomes a ``# key =`` comment."""
+    out: list[str] = []
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    if scalars:
+    if scalars or not prefix:
         if prefix:
-            typer.echo(f"[{prefix}]")
+            out.append(f"[{prefix}]")
         for key, value in scalars.items():
-            typer.echo(f"{key} = {json.dumps(value, default=str)}")
-        typer.echo("")
+            out.append(f"# {key} =  (unset)" if value is None else f"{key} = {_toml_value(value)}")
+        out.append("")
     for key, value in data.items():
         if isinstance(value, dict):
-            _print_sections(value, f"{prefix}.{key}" if prefix else key)
+            out += toml_lines(value, f"{prefix}.{key}" if prefix else key)
+    return out
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if isinstance(value, float) and value != value:
+            return "nan"
+        if isinstance(value, float) and value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
 
 
 ServiceNames = Annotated[list[str] | None, typer.Argument(help="kafka, redis, influxdb (default: all)")]

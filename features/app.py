@@ -51,6 +51,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -60,7 +63,9 @@ from typing import TYPE_CHECKING, Any
 from features.windower import EventKind, StreamEvent, StreamWindower, peek_state
 from soundwatch.contracts import AudioChunk, ContractError, DeadLetter, FeatureWindow, Reason, machine_key
 from soundwatch.influx import schema as ix
-from soundwatch.kafka import is_permanent
+from soundwatch.influx.health import HealthReporter
+from soundwatch.kafka import ensure_topics, is_permanent
+from soundwatch.liveness import Progress, health_response
 from soundwatch.settings import KafkaSettings, Settings
 
 if TYPE_CHECKING:
@@ -150,6 +155,7 @@ class WindowingProcessor:
         self._same_log: dict[tuple[str, int], int] = {}  # next offset at which the log was last verified unchanged
         self._last_seen: dict[tuple[str, int], float] = {}  # (topic, partition) -> monotonic time of last record
         self.stats = StreamStats()
+        self.progress = Progress(settings.stream.stall_after_s)  # /healthz, /readyz (soundwatch.liveness)
         self._scanned: set[int] = set()  # input partitions whose output tail has been read since assignment
         self._emitted: dict[bytes, tuple[int, int]] = {}  # machine key -> newest published (segment, start_frame)
         self._n_out: int | None = None
@@ -280,8 +286,10 @@ class WindowingProcessor:
         while True:
             error = await _acked(await _sent(topic, key=key, value=value, partition=partition, headers=headers))
             if error is None or is_permanent(error):
+                self.progress.excuse(False, "kafka")
                 return error
             log.warning("cannot send to %s (%s: %s); retrying in %.1f s", name, type(error).__name__, error, delay)
+            self.progress.excuse(True, "kafka")  # the broker is away: no stall, a restart would not help
             await asyncio.sleep(delay)
             delay = min(delay * 2, 15.0)
 
@@ -553,7 +561,7 @@ async def read_emitted_tail(
 ) -> tuple[int, dict[bytes, tuple[int, int]]]:
     """``(n_partitions, {machine key: newest (segment, start_frame)})`` from the last ``depth`` records of
     the output partition that input partition ``input_partition`` writes to (aiokafka, on Faust's loop)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # deferred: loads aiokafka
 
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **_aiokafka_kwargs(settings.kafka))
     await consumer.start()
@@ -590,7 +598,7 @@ async def read_value_at(
 ) -> bytes | None:
     """The value of the record at ``offset`` of a partition, or None when the log does not hold that offset
     (aiokafka, on Faust's loop). Raises on a broker that does not answer."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # deferred: loads aiokafka
 
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **_aiokafka_kwargs(settings.kafka))
     await consumer.start()
@@ -616,8 +624,6 @@ async def read_value_at(
 
 
 def _ssl_context(kafka: KafkaSettings) -> Any:
-    import ssl
-
     if kafka.security_protocol not in ("SSL", "SASL_SSL"):
         return None
     context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
@@ -647,7 +653,7 @@ def broker_url(kafka: KafkaSettings) -> str:
 
 
 def _credentials(kafka: KafkaSettings) -> Any:
-    import faust
+    import faust  # deferred: loads faust
 
     if kafka.security_protocol == "PLAINTEXT":
         return None
@@ -662,23 +668,38 @@ def _credentials(kafka: KafkaSettings) -> Any:
     )
 
 
+def app_id(settings: Settings) -> str:
+    """The Faust app id (and consumer group): ``stream.app_id`` behind ``kafka.topic_prefix``, since it
+    names the table's changelog topic."""
+    return settings.kafka.prefixed(settings.stream.app_id)
+
+
+def changelog_topic(settings: Settings) -> str:
+    """The windower table's changelog topic, where the feature workers' state lives (Faust's naming)."""
+    return f"{app_id(settings)}-{TABLE_NAME}-changelog"
+
+
+CHANGELOG_CONFIGS = {"cleanup.policy": "compact"}  # only each machine's newest windower state is needed
+
+
 def create_app(
     settings: Settings, *, web_port: int | None = None, stats_interval_s: float = 30.0, health_interval_s: float = 10.0
 ) -> faust.App:
     """The Faust app for ``settings`` (no network until a worker starts it).
 
-    ``web_port``: the worker's web server port on 127.0.0.1; ``None`` takes ``stream.workers_web_port``,
-    ``0`` disables the web server (tests, several workers on one host).
+    ``web_port``: the worker's web server port on ``stream.workers_web_host``; ``None`` takes
+    ``stream.workers_web_port``, ``0`` disables the web server (tests, several workers on one host).
+    The web server answers ``/healthz`` and ``/readyz`` (:mod:`soundwatch.liveness`).
     """
-    import faust
-    from faust.types import TP
+    import faust  # deferred: loads faust
+    from faust.types import TP  # deferred: loads faust
 
     s, t = settings.stream, settings.kafka.topics
     port = s.workers_web_port if web_port is None else web_port
     datadir = Path(s.data_dir)
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        s.app_id,
+        app_id(settings),
         broker=broker_url(settings.kafka),
         broker_credentials=_credentials(settings.kafka),
         store="memory://",  # the state lives in the changelog topic; recovery reads it back
@@ -694,9 +715,9 @@ def create_app(
         topic_disable_leader=True,
         table_standby_replicas=0,
         web_enabled=port != 0,
-        web_bind="127.0.0.1",
+        web_bind=s.workers_web_host,
         web_port=port or 6066,
-        datadir=str(datadir / s.app_id),
+        datadir=str(datadir / app_id(settings)),
         autodiscover=False,
     )
     audio_topic = app.topic(t.audio_raw, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -729,10 +750,22 @@ def create_app(
     )
     app.windowing = processor  # type: ignore[attr-defined]  # for tests and the stats timer
 
+    progress = processor.progress
+
     @app.agent(audio_topic, name="windows")
     async def windows(stream: Any) -> None:
         async for event in stream.events():
+            progress.handling(1)
             await processor.handle(event.message)
+            progress.progressed()
+
+    @app.page("/healthz")
+    async def healthz(view: Any, request: Any) -> Any:
+        return _health_view(view, "/healthz", progress)
+
+    @app.page("/readyz")
+    async def readyz(view: Any, request: Any) -> Any:
+        return _health_view(view, "/readyz", progress)
 
     @app.on_partitions_revoked.connect
     async def _revoked(_app: Any, revoked: set, **kwargs: Any) -> None:
@@ -742,6 +775,7 @@ def create_app(
     async def _assigned(_app: Any, assigned: set, **kwargs: Any) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == t.audio_raw)
         log.info("features: this worker now has %s partitions %s", t.audio_raw, mine)
+        progress.started()  # zero partitions counts: the worker is in its group
 
     @app.timer(interval=stats_interval_s)
     async def _report() -> None:
@@ -749,6 +783,9 @@ def create_app(
 
     @app.timer(interval=2.0)
     async def _resync() -> None:  # see WindowingProcessor.resync_idle_partitions
+        progress.input(lag=_consumer_lag(app, t.audio_raw))
+        # a rebalance or the table's recovery from its changelog holds the stream back: not a stall
+        progress.excuse(bool(getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False)), "rebalance")
         mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == t.audio_raw)
         await processor.resync_idle_partitions(t.audio_raw, mine, lambda p: app.consumer.highwater(TP(t.audio_raw, p)))
 
@@ -759,6 +796,13 @@ def create_app(
         await asyncio.to_thread(health.tick, _consumer_lag(app, t.audio_raw))
 
     return app
+
+
+def _health_view(view: Any, path: str, progress: Progress) -> Any:
+    answer = health_response(path, progress)
+    assert answer is not None
+    status, body = answer
+    return view.bytes(body, content_type="application/json", status=status)
 
 
 class _HealthTicker:
@@ -775,11 +819,6 @@ class _HealthTicker:
     COUNTERS = (ix.CHUNKS_SKIPPED, ix.CHUNKS_CONFLICTING, ix.TOPIC_RESYNCS)
 
     def __init__(self, settings: Settings, stats: StreamStats) -> None:
-        import os
-        import socket
-
-        from soundwatch.influx.health import HealthReporter
-
         self.stats = stats
         self.reporter = HealthReporter(settings.influx, "features", f"{socket.gethostname()}-{os.getpid()}")
         self.last = (time.monotonic(), stats.windows, stats.chunks, stats.audio_s)
@@ -824,12 +863,11 @@ def _consumer_lag(app: Any, topic: str) -> int | None:
 
 def run_worker(settings: Settings, *, web_port: int | None = None, loglevel: str = "info") -> None:
     """Run one worker until SIGINT/SIGTERM (graceful: commits, flushes, leaves the group)."""
-    import faust
-
-    from soundwatch.kafka import ensure_topics
+    import faust  # deferred: loads faust
 
     t = settings.kafka.topics
-    ensure_topics(settings, [t.audio_raw, t.features, t.deadletter])
+    changelog = changelog_topic(settings)
+    ensure_topics(settings, [t.audio_raw, t.features, t.deadletter, changelog], configs={changelog: CHANGELOG_CONFIGS})
     app = create_app(settings, web_port=web_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, override_logging=False)
     worker.execute_from_commandline()

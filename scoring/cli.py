@@ -5,15 +5,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from scoring.status import KnownMachines
 from soundwatch.choices import Device
 from soundwatch.console import err_console
+from soundwatch.errors import BadInput, ServiceUnavailable
 from soundwatch.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -95,10 +99,72 @@ def run(
     )
 
 
+machines_app = typer.Typer(
+    help="Machines the scoring workers know (staleness signal): list them, forget a decommissioned one.",
+    no_args_is_help=True,
+)
+
+
+def _known(settings: Settings) -> KnownMachines:
+    """The scoring group's known machines, read from Redis."""
+    import redis  # deferred: loads redis only for the machines commands
+
+    client = redis.Redis.from_url(
+        settings.redis.url, socket_timeout=5.0, socket_connect_timeout=5.0, **settings.redis.client_kwargs()
+    )
+    known = KnownMachines(client, settings.redis.key_prefix, settings.scoring.group_id)
+    if not known.refresh():
+        raise ServiceUnavailable(
+            f"cannot read the known machines from Redis at {settings.redis.url}",
+            "start Redis (`soundwatch services up redis`) or fix SOUNDWATCH_REDIS__URL",
+        )
+    return known
+
+
+@machines_app.command("list")
+def machines_list(as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False) -> None:
+    """Every machine the scoring group knows, with the seconds since its last scored audio."""
+    known = _known(get_settings())
+    now_ns = time.time_ns()
+    rows = {m: round((now_ns - seen.received_ns) / 1e9, 1) for m, seen in known.machines().items()}
+    if as_json:
+        typer.echo(json.dumps({"seconds_since_audio": rows}))
+        return
+    for machine, since in rows.items():
+        typer.echo(f"{machine:<40} {since:>12.1f} s since audio")
+
+
+@machines_app.command("forget")
+def machines_forget(
+    machine_type: Annotated[str, typer.Argument(help="e.g. fan")],
+    machine_id: Annotated[str, typer.Argument(help="e.g. id_00")],
+) -> None:
+    """Drop a decommissioned machine: no more status points (STALE), its alert state cleared.
+
+    Machines silent for scoring.forget_after_s are dropped anyway; a machine that sends audio again is
+    known again.
+    """
+    settings = get_settings()
+    machine = f"{machine_type}/{machine_id}"
+    known = _known(settings)
+    try:
+        existed = known.forget(machine, time.time_ns())
+    except Exception as exc:  # the redis client's connection errors
+        raise ServiceUnavailable(f"cannot forget {machine} in Redis: {exc}", "check that Redis is running") from exc
+    if not existed:
+        raise BadInput(
+            f"the scoring group {settings.scoring.group_id} does not know machine {machine}",
+            "`soundwatch machines list` shows the known machines",
+        )
+    err_console.print(f"forgot {machine}: the workers stop reporting it at their next status interval")
+
+
 if __name__ == "__main__":
     import sys
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     for noisy in ("kafka", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     app()

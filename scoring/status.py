@@ -22,6 +22,12 @@ Decisions:
 
 Redis down: the worker keeps reporting what it has in memory and saves again later (best effort,
 logged), like the scoring state.
+
+Decommissioned machines: a machine silent for ``scoring.forget_after_s`` (default 7 days) is dropped
+from the known set (a log line says so), and ``soundwatch machines forget TYPE ID`` drops one at once.
+Either leaves a tombstone (hash ``...:forgotten``, machine -> when) so that every worker of the group
+drops its in-memory copy at its next refresh; a machine heard again afterwards is known again.
+Tombstones are removed after another ``forget_after_s``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class KnownMachines:
     def __init__(self, client, prefix: str, group_id: str) -> None:  # client: redis.Redis (or None: memory only)
         self._client = client
         self.key = f"{prefix}:scoring:{group_id}:machines"
+        self.forgotten_key = f"{prefix}:scoring:{group_id}:forgotten"
+        self.state_key = f"{prefix}:scoring:{group_id}:state"  # scoring.state.StateStore's hash
         self._machines: dict[str, LastAudio] = {}
         self._dirty: set[str] = set()
 
@@ -98,11 +106,17 @@ class KnownMachines:
             return True
         try:
             stored = self._client.hgetall(self.key)
+            forgotten = self._client.hgetall(self.forgotten_key)
         except Exception as exc:
             log.warning(
                 "cannot read the known machines from Redis (%s); reporting the %d known here", exc, len(self._machines)
             )
             return False
+        for raw_key, raw in forgotten.items():
+            machine = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            mine = self._machines.get(machine)
+            if mine is not None and machine not in self._dirty and mine.received_ns <= int(raw):
+                del self._machines[machine]  # forgotten by another worker or `soundwatch machines forget`
         for raw_key, raw in stored.items():
             machine = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
             try:
@@ -115,6 +129,51 @@ class KnownMachines:
                 self._machines[machine] = seen
                 self._dirty.discard(machine)
         return True
+
+    def machines(self) -> dict[str, LastAudio]:
+        """Every known machine, sorted."""
+        return dict(sorted(self._machines.items()))
+
+    def forget(self, machine: str, now_ns: int) -> bool:
+        """Drop ``machine`` from the group's known set and its scoring state; True if it was known.
+
+        Raises the Redis client's error when Redis cannot be reached (the caller says what to do).
+        """
+        known = machine in self._machines
+        self._machines.pop(machine, None)
+        self._dirty.discard(machine)
+        if self._client is None:
+            return known
+        pipe = self._client.pipeline()
+        pipe.hdel(self.key, machine)
+        pipe.hdel(self.state_key, machine)
+        pipe.hset(self.forgotten_key, machine, str(now_ns))
+        removed = pipe.execute()[0]
+        return known or bool(removed)
+
+    def prune(self, now_ns: int, forget_after_s: float) -> list[str]:
+        """Forget the machines without audio for ``forget_after_s`` (decommissioned); return them."""
+        limit_ns = int(forget_after_s * NS)
+        silent = sorted(m for m, seen in self._machines.items() if now_ns - seen.received_ns > limit_ns)
+        for machine in silent:
+            try:
+                self.forget(machine, now_ns)
+            except Exception as exc:  # Redis away: forgotten here, tried again by the next worker that prunes
+                log.warning("cannot forget %s in Redis: %s", machine, exc)
+            log.info(
+                "machine %s sent no audio for more than %.0f s (scoring.forget_after_s): forgotten",
+                machine,
+                forget_after_s,
+            )
+        if self._client is not None:
+            try:
+                tombstones = self._client.hgetall(self.forgotten_key)
+                old = [k for k, v in tombstones.items() if now_ns - int(v) > limit_ns]
+                if old:
+                    self._client.hdel(self.forgotten_key, *old)
+            except Exception as exc:
+                log.debug("cannot clean the forgotten-machine tombstones: %s", exc)
+        return silent
 
     def on_partitions(self, partitions: Collection[int]) -> dict[str, LastAudio]:
         """The known machines whose newest window came from one of ``partitions``."""

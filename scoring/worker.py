@@ -36,7 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import ConsumerRebalanceListener
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from scoring.batcher import Batch, MicroBatcher
 from scoring.core import BatchResult, ScoringCore
@@ -50,7 +52,9 @@ from soundwatch.influx import schema as ix
 from soundwatch.influx.schema import Point, alert_point, pipeline_point, score_point
 from soundwatch.influx.sink import BufferedSink, InfluxBackPressure
 from soundwatch.kafka import commit_offsets, ensure_topics, is_permanent, make_consumer, make_producer, send_dead_letter
+from soundwatch.liveness import Progress, health_response
 from soundwatch.model.device import resolve_device
+from soundwatch.model.registry import ModelRegistry
 from soundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ STAGE = ix.STAGE_SCORING
 _IDLE_POLL_S = 0.2
 _CHECK_CURRENT_EVERY_S = 30.0
 _REPORT_EVERY_S = 10.0
+_CHECK_MODELS_EVERY_S = 5.0  # while no model exists yet (not ready)
 
 
 @dataclass
@@ -147,6 +152,11 @@ class ScoringWorker:
         self._stop = threading.Event()
         self.ready = threading.Event()  # set once partitions are assigned (tests and health checks)
         self.metrics = ScoringMetrics()
+        self.progress = Progress(settings.scoring.stall_after_s)  # /healthz, /readyz (soundwatch.liveness)
+        self._assigned = False
+        self._models_available = False
+        self._last_models_check = float("-inf")
+        self._said_no_models = False
         self._pending: list[_Pending] = []
         self._held: tuple[list[Point], _Pending] | None = None
         self._redis: Any = None
@@ -163,14 +173,15 @@ class ScoringWorker:
         self._open()
         if on_started is not None:
             on_started(self)
-        from kafka.errors import KafkaError
-
         try:
             while not self._stop.is_set():
                 try:
                     self._step()
+                    self.progress.excuse(self._held is not None, "influx")  # back-pressure: InfluxDB away
+                    self.progress.excuse(False, "kafka")
                 except KafkaError as exc:  # broker trouble: nothing was committed past what is written; retry
                     log.warning("Kafka error in the scoring loop (%s: %s); retrying in 1 s", type(exc).__name__, exc)
+                    self.progress.excuse(True, "kafka")  # a broker outage is no stall either
                     self._stop.wait(1.0)
         finally:
             self._shutdown()
@@ -185,14 +196,12 @@ class ScoringWorker:
                 f"({s.scoring.max_batch}), or one batch could never be buffered",
                 "raise SOUNDWATCH_INFLUX__MAX_BUFFER_POINTS or lower SOUNDWATCH_SCORING__MAX_BATCH",
             )
-        import redis
+        import redis  # deferred: loads redis
 
         self._redis = redis.Redis.from_url(
             s.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0, **s.redis.client_kwargs()
         )
         if self._source is None:
-            from soundwatch.model.registry import ModelRegistry
-
             self._source = ModelRegistry(s.registry_root, s.redis)
         self.models = ModelCache(self._source, self.device)
         self.reloads = ReloadListener(self._redis, s.redis.key_prefix)
@@ -219,7 +228,9 @@ class ScoringWorker:
         self._producer = make_producer(s)
         self._consumer = make_consumer(s, group_id=s.scoring.group_id, max_poll_records=s.scoring.max_batch)
         self._consumer.subscribe([t.features], listener=_Rebalance(self))
-        self.metrics.serve(s.scoring.metrics_host, s.scoring.metrics_port)
+        self.metrics.serve(
+            s.scoring.metrics_host, s.scoring.metrics_port, lambda path: health_response(path, self.progress)
+        )
         self._last_check = self._last_report = time.monotonic()
         self._last_status = float("-inf")  # report the known machines as soon as partitions are assigned
         self._reported_windows = 0
@@ -285,10 +296,12 @@ class ScoringWorker:
         for recs in records.values():
             for rec in recs:
                 self.batcher.add(decode(rec), now)
+        self.progress.input(pending=len(self.batcher))
 
     def _process(self, batch: Batch[_Item]) -> None:
         assert self._held is None, "a batch is processed only when the previous one's points are buffered"
         items = batch.items
+        self.progress.handling(len(items))
         result: BatchResult[_Item] = self.core.process([(it.window, it) for it in items if it.window is not None])
         pending = _Pending(self._offsets(items))
         t = self.settings.kafka.topics
@@ -335,9 +348,11 @@ class ScoringWorker:
                 )
                 self.metrics.alerts.labels(a.current.value).inc()
         self.windows_scored += len(result.scored)
+        self.progress.progressed(len(items))
+        self.progress.input(pending=len(self.batcher))
         self.metrics.batch_size.observe(len(items))
         if result.scored:
-            self.metrics.inference_ms.observe(result.inference_s * 1000)
+            self.metrics.inference_seconds.observe(result.inference_s)
         self._pending.append(pending)
         try:
             pending.seq = self.sink.add(points)
@@ -352,8 +367,6 @@ class ScoringWorker:
         A send that raises (broker unreachable, metadata timeout) is recorded as failed instead of
         propagating: the batch then stays uncommitted until the resend succeeds.
         """
-        from kafka.errors import KafkaError
-
         try:
             if letter is not None:
                 fut: Any = send_dead_letter(self._producer, self.settings, key, value, letter)
@@ -412,8 +425,6 @@ class ScoringWorker:
         del self._pending[:n]
 
     def _sends_delivered(self, ready: list[_Pending]) -> bool:
-        from kafka.errors import KafkaError
-
         try:
             self._producer.flush(timeout=self.settings.influx.timeout_s)
         except KafkaError as exc:
@@ -476,10 +487,6 @@ class ScoringWorker:
         return self._send(topic, key, value, letter.without_value(error))
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        from kafka import TopicPartition
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
-
         owned = self._consumer.assignment()
         commit = {
             TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
@@ -512,7 +519,23 @@ class ScoringWorker:
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
         if self._held is not None:
             self._consumer.pause(*assigned)
+        self._assigned = True
+        self._check_models(time.monotonic())
         self.ready.set()
+
+    def _check_models(self, now: float) -> None:
+        """Ready (``/readyz``) once assigned and some model exists to score with; checked until one does."""
+        if self._models_available or now - self._last_models_check < _CHECK_MODELS_EVERY_S:
+            return
+        self._last_models_check = now
+        try:
+            self._models_available = bool(self._source.machine_types()) if self._source is not None else False
+        except Exception as exc:  # an unreadable registry: not ready, and say why
+            log.warning("cannot list the models in the registry: %s", exc)
+        if not self._models_available and not self._said_no_models:
+            self._said_no_models = True
+            log.warning("no model in the registry yet: /readyz answers 503 until one is trained")
+        self.progress.started(self._assigned and self._models_available)
 
     # ------------------------------------------------------------------ between batches
     def _between_batches(self) -> None:
@@ -520,6 +543,8 @@ class ScoringWorker:
             if self.models.reload(machine_type, version):
                 self.metrics.model_reloads.inc()
         now = time.monotonic()
+        if self._assigned:
+            self._check_models(now)
         if now - self._last_check >= _CHECK_CURRENT_EVERY_S:
             self._last_check = now
             for _ in self.models.check_current():
@@ -554,6 +579,7 @@ class ScoringWorker:
                 lag = max(0, high - pos)
                 lag_total += lag
                 self.metrics.consumer_lag.labels(str(tp.partition)).set(lag)
+        self.progress.input(lag=lag_total)
         health = pipeline_point(
             STAGE,
             self.worker_id,
@@ -572,6 +598,7 @@ class ScoringWorker:
         topic = self.settings.kafka.topics.features
         owned = {tp.partition for tp in self._consumer.assignment() if tp.topic == topic}
         self.known.refresh()
+        self.known.prune(time.time_ns(), self.settings.scoring.forget_after_s)
         machines = self.known.on_partitions(owned)
         if not machines:
             return

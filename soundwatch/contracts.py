@@ -13,17 +13,25 @@ whose ``reason`` is a short stable code a dead-letter record can carry.
 Versions: a decoder reads every version it lists; encoders write the newest. Audio chunk
 version 2 adds the gateway's ``epoch`` (version 1 chunks decode with ``epoch = 0``), so
 upgrade the feature workers before the gateways.
+
+Scores and alert events (the ``scores`` and ``alerts`` topics) are read outside soundwatch (a CMMS,
+Kafka Connect), so they are UTF-8 JSON objects described by the JSON Schemas published in
+``soundwatch/schemas/`` (``score.schema.json``, ``alert_event.schema.json``); their decoders still
+read the binary form older workers wrote.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import struct
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import Enum, IntEnum
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -161,6 +169,60 @@ def _check_id(name: str, value: str) -> None:
             Reason.INVALID_FIELD,
             f"{name}={value!r} must be 1-128 chars of letters, digits, '_', '.', '-' starting with a letter or digit",
         )
+
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """The published JSON Schema of a JSON message kind (``"score"`` or ``"alert_event"``)."""
+    return json.loads((SCHEMA_DIR / f"{kind}.schema.json").read_text())
+
+
+def _iso_time(timestamp_ns: int) -> str | None:
+    """RFC 3339 UTC time of ``timestamp_ns`` for readers without a nanosecond clock; None if out of range."""
+    try:
+        moment = datetime.fromtimestamp(timestamp_ns // 1_000_000_000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{timestamp_ns % 1_000_000_000:09d}Z"
+
+
+def _json_message(kind: str, version: int, fields: dict[str, Any]) -> bytes:
+    out: dict[str, Any] = {"type": kind, "version": version, **fields}
+    time_text = _iso_time(fields["timestamp_ns"])
+    if time_text is not None:
+        out["time"] = time_text
+    return json.dumps(out, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _json_fields(data: bytes, kind: str, versions: tuple[int, ...], types: dict[str, type | tuple]) -> dict[str, Any]:
+    """The fields of a JSON message of ``kind``, each checked against ``types``; ContractError otherwise."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ContractError(Reason.INVALID_FIELD, f"not a JSON {kind} message: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ContractError(Reason.INVALID_FIELD, f"a JSON {kind} message is an object, not {type(doc).__name__}")
+    if doc.get("type") != kind:
+        raise ContractError(Reason.WRONG_KIND, f"JSON message type {doc.get('type')!r} is not {kind!r}")
+    if doc.get("version") not in versions:
+        raise ContractError(Reason.UNSUPPORTED_VERSION, f"{kind} version {doc.get('version')!r} not in {versions}")
+    out: dict[str, Any] = {}
+    for name, kinds in types.items():
+        value = doc.get(name)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in _as_tuple(kinds))
+        if not ok:
+            raise ContractError(Reason.INVALID_FIELD, f"{kind} field {name!r} is {value!r}, expected {kinds}")
+        out[name] = float(value) if kinds == (int, float) else value
+    return out
+
+
+def _as_tuple(kinds: type | tuple) -> tuple:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+_NUMBER = (int, float)
 
 
 def _check_finite(name: str, value: float) -> None:
@@ -418,7 +480,26 @@ class Score:
         for name in ("score", "score_median", "threshold"):
             _check_finite(name, getattr(self, name))
 
+    JSON_TYPES: ClassVar[dict[str, type | tuple]] = {
+        "machine_type": str,
+        "machine_id": str,
+        "model_version": str,
+        "timestamp_ns": int,
+        "score": _NUMBER,
+        "score_median": _NUMBER,
+        "threshold": _NUMBER,
+        "anomalous": bool,
+        "segment": int,
+        "start_frame": int,
+        "origin_ns": int,
+    }
+
     def encode(self) -> bytes:
+        """UTF-8 JSON (``soundwatch/schemas/score.schema.json``)."""
+        return _json_message("score", self.VERSION, {k: getattr(self, k) for k in self.JSON_TYPES})
+
+    def encode_binary(self) -> bytes:
+        """The binary form workers before the JSON schema wrote (still decoded)."""
         w = _Writer(self.KIND, self.VERSION)
         w.string(self.machine_type)
         w.string(self.machine_id)
@@ -438,6 +519,8 @@ class Score:
 
     @classmethod
     def decode(cls, data: bytes) -> Score:
+        if data[:1] == b"{":
+            return cls(**_json_fields(data, "score", (1,), cls.JSON_TYPES))
         r = _Reader(data, cls.KIND, (1,))
         mt, mid, mv = r.string("machine_type"), r.string("machine_id"), r.string("model_version")
         ts, score, med, thr, anom, seg, frame, origin = r.unpack("qdddBQQq")
@@ -479,7 +562,27 @@ class AlertEvent:
         object.__setattr__(self, "previous", AlertState(self.previous))
         object.__setattr__(self, "current", AlertState(self.current))
 
+    JSON_TYPES: ClassVar[dict[str, type | tuple]] = {
+        "machine_type": str,
+        "machine_id": str,
+        "model_version": str,
+        "timestamp_ns": int,
+        "previous": str,
+        "current": str,
+        "score_median": _NUMBER,
+        "threshold": _NUMBER,
+        "message": str,
+        "extra": dict,
+    }
+
     def encode(self) -> bytes:
+        """UTF-8 JSON (``soundwatch/schemas/alert_event.schema.json``)."""
+        fields = {k: getattr(self, k) for k in self.JSON_TYPES}
+        fields["previous"], fields["current"] = self.previous.value, self.current.value
+        return _json_message("alert_event", self.VERSION, fields)
+
+    def encode_binary(self) -> bytes:
+        """The binary form workers before the JSON schema wrote (still decoded)."""
         w = _Writer(self.KIND, self.VERSION)
         for value in (self.machine_type, self.machine_id, self.model_version):
             w.string(value)
@@ -495,6 +598,18 @@ class AlertEvent:
 
     @classmethod
     def decode(cls, data: bytes) -> AlertEvent:
+        if data[:1] == b"{":
+            fields = _json_fields(data, "alert_event", (1,), cls.JSON_TYPES)
+            for name in ("previous", "current"):
+                if fields[name] not in AlertState._value2member_map_:
+                    raise ContractError(
+                        Reason.INVALID_FIELD,
+                        f"{name} state {fields[name]!r} is not one of {[s.value for s in AlertState]}",
+                    )
+            extra = fields["extra"]
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+                raise ContractError(Reason.INVALID_FIELD, "alert_event extra must map strings to strings")
+            return cls(**fields)
         r = _Reader(data, cls.KIND, (1,))
         mt, mid, mv = r.string("machine_type"), r.string("machine_id"), r.string("model_version")
         ts, med, thr = r.unpack("qdd")

@@ -105,8 +105,63 @@ def make_admin(settings: Settings):  # -> kafka.KafkaAdminClient
         raise _unreachable(settings, exc) from exc
 
 
-def ensure_topics(settings: Settings, names: list[str] | None = None, partitions: int | None = None) -> list[str]:
-    """Create the pipeline topics that do not exist yet; return the ones created."""
+AUDIO_BYTES_PER_S = 32_000  # one machine: 16 kHz x 16-bit mono PCM (the gateways' default wire format)
+PARTITION_SKEW = 1.5  # murmur2 spreads machine keys unevenly: the fullest partition holds ~1.5x the mean
+_MS = 1000
+
+
+def audio_raw_retention_bytes(settings: Settings) -> int:
+    """``retention.bytes`` of one ``audio.raw`` partition (Kafka applies it per partition).
+
+    ``ceil(machines / partitions) x 1.5 (key skew) x 32,000 B/s x retention_s``. Time is the limit
+    that normally acts; the byte cap keeps a burst (more machines than configured, a gateway
+    flushing its spool) from filling the broker's disk. Example, the README's plant: 1,000 machines
+    on 24 partitions, 1 day: 42 x 1.5 x 32,000 x 86,400 = 174 GB per partition, 4.2 TB for the topic
+    (the audio itself: 1,000 x 32 kB/s = 32 MB/s = 2.8 TB/day, times the replication factor on disk).
+    """
+    t = settings.kafka.topics
+    per_partition = -(-t.machines // t.partitions)
+    return int(per_partition * PARTITION_SKEW * AUDIO_BYTES_PER_S * t.audio_raw_retention_s)
+
+
+def topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    """The configs soundwatch creates topic ``name`` with ({} for a topic it does not own).
+
+    Every pipeline topic is an event log (``cleanup.policy=delete``) with a time retention; the
+    state that must survive lives in the feature workers' table changelog, which is compacted
+    (``features.app.CHANGELOG_CONFIGS``), and in Redis (scoring). Alerts and scores are not
+    compacted: a CMMS needs every state change, not only each machine's last one.
+    """
+    t = settings.kafka.topics
+    if name == t.audio_raw:
+        return {
+            "cleanup.policy": "delete",
+            "retention.ms": str(int(t.audio_raw_retention_s * _MS)),
+            "retention.bytes": str(audio_raw_retention_bytes(settings)),
+        }
+    retention_s = {
+        t.features: t.features_retention_s,
+        t.scores: t.scores_retention_s,
+        t.alerts: t.alerts_retention_s,
+        t.deadletter: t.deadletter_retention_s,
+    }.get(name)
+    if retention_s is None:
+        return {}
+    return {"cleanup.policy": "delete", "retention.ms": str(int(retention_s * _MS))}
+
+
+def ensure_topics(
+    settings: Settings,
+    names: list[str] | None = None,
+    partitions: int | None = None,
+    configs: dict[str, dict[str, str]] | None = None,
+) -> list[str]:
+    """Create the pipeline topics that do not exist yet, with :func:`topic_configs` (``configs`` adds
+    topics' own); return the ones created. Existing topics are left as they are.
+
+    Note: the local broker (Tansu) accepts topic configs and ignores them (``describe_configs``
+    returns none); a Kafka cluster applies them.
+    """
     from kafka.admin import NewTopic  # deferred: loads kafka
     from kafka.errors import TopicAlreadyExistsError  # deferred: loads kafka
 
@@ -118,11 +173,16 @@ def ensure_topics(settings: Settings, names: list[str] | None = None, partitions
         missing = [n for n in wanted if n not in existing]
         created = []
         for name in missing:
+            topic_config = {**topic_configs(settings, name), **(configs or {}).get(name, {})}
             try:
-                admin.create_topics([NewTopic(name, partitions or t.partitions, t.replication_factor)])
+                admin.create_topics(
+                    [NewTopic(name, partitions or t.partitions, t.replication_factor, topic_configs=topic_config)]
+                )
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
+        if created:
+            log.info("created topics %s", ", ".join(created))
         return created
     finally:
         admin.close()

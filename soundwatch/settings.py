@@ -13,10 +13,19 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +40,35 @@ from soundwatch.redaction import register_secret
 CONFIG_ENV = "SOUNDWATCH_CONFIG"
 DEFAULT_CONFIG_FILE = Path("soundwatch.toml")
 MIN_SIGNING_KEY_CHARS = 16
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(value: Any, unit_s: float = 1.0) -> Any:
+    """A duration as a number of ``unit_s``: numbers pass through; ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``,
+    ``"500ms"``, ``"1h30m"`` are converted. Anything else is left for pydantic to refuse."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    compact = re.sub(r"\s+", "", text)
+    parts = _DURATION_PART.findall(compact)
+    if not parts or "".join(n + u for n, u in parts).lower() != compact.lower():
+        raise ValueError(
+            f"{value!r} is not a duration: give seconds (90) or numbers with units ms, s, m, h, d, w (90s, 15m, 1d)"
+        )
+    return sum(float(n) * _UNIT_S[u.lower()] for n, u in parts) / unit_s
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+"""A duration setting in seconds; also accepts ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``."""
+Millis = Annotated[int, BeforeValidator(lambda v: parse_duration(v, 0.001))]
+"""A duration setting in milliseconds; also accepts ``"500ms"``, ``"2s"``."""
 
 
 class _Section(BaseModel):
@@ -72,7 +110,14 @@ def _credentials_out_of_url(data: Any, section: str) -> Any:
     return out
 
 
+TOPIC_FIELDS = ("audio_raw", "features", "alerts", "scores", "deadletter")
+_TOPIC_PREFIX = r"^[A-Za-z0-9._\-]*$"
+
+
 class TopicSettings(_Section):
+    """Topic names (``kafka.topic_prefix`` is put in front of each) and the configs soundwatch creates them with
+    (see :func:`soundwatch.kafka.topic_configs` for the sizing arithmetic)."""
+
     audio_raw: str = "audio.raw"
     features: str = "features.logmel"
     alerts: str = "alerts"
@@ -80,6 +125,14 @@ class TopicSettings(_Section):
     deadletter: str = "deadletter"
     partitions: int = Field(4, ge=1, description="partitions when soundwatch creates a topic")
     replication_factor: int = Field(1, ge=1)
+    machines: int = Field(100, ge=1, description="machines sending audio: sizes audio.raw's retention.bytes")
+    audio_raw_retention_s: Seconds = Field(
+        86400.0, gt=0, description="how long audio.raw keeps audio (consumer outages, first-model bootstrap)"
+    )
+    features_retention_s: Seconds = Field(86400.0, gt=0)
+    scores_retention_s: Seconds = Field(3 * 86400.0, gt=0)
+    alerts_retention_s: Seconds = Field(90 * 86400.0, gt=0, description="alert events are few; a CMMS may replay")
+    deadletter_retention_s: Seconds = Field(14 * 86400.0, gt=0, description="time to inspect and replay")
 
 
 class KafkaSettings(_Section):
@@ -91,9 +144,34 @@ class KafkaSettings(_Section):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
-    session_timeout_s: float = Field(6.0, gt=0, description="consumer-group session timeout (Tansu joins take ~half)")
-    heartbeat_interval_s: float = Field(1.0, gt=0)
+    topic_prefix: str = Field(
+        "",
+        pattern=_TOPIC_PREFIX,
+        description="put in front of every topic name (and the feature workers' Faust app id, which names "
+        "their changelog topic), e.g. 'plant1.' on a shared cluster",
+    )
+    session_timeout_s: Seconds = Field(6.0, gt=0, description="consumer-group session timeout (Tansu joins take ~half)")
+    heartbeat_interval_s: Seconds = Field(1.0, gt=0)
     topics: TopicSettings = TopicSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prefix_topic_names(cls, data: Any) -> Any:
+        """Put ``topic_prefix`` in front of every topic name that does not start with it yet (idempotent:
+        settings passed on as environment variables, names already prefixed, keep one prefix)."""
+        if not isinstance(data, dict) or not data.get("topic_prefix"):
+            return data
+        prefix = str(data["topic_prefix"])
+        topics = data.get("topics", {})
+        topics = dict(topics.model_dump() if isinstance(topics, TopicSettings) else topics)
+        for name in TOPIC_FIELDS:
+            value = str(topics.get(name, TopicSettings.model_fields[name].default))
+            topics[name] = value if value.startswith(prefix) else prefix + value
+        return {**data, "topics": topics}
+
+    def prefixed(self, name: str) -> str:
+        """``name`` with ``topic_prefix`` in front (once)."""
+        return name if name.startswith(self.topic_prefix) else self.topic_prefix + name
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection/security keyword arguments shared by kafka-python producers, consumers and admins."""
@@ -152,9 +230,9 @@ class InfluxSettings(_Section):
     bucket: str = "soundwatch"
     # writer behaviour
     batch_size: int = Field(500, ge=1)
-    flush_interval_ms: int = Field(500, ge=1)
+    flush_interval_ms: Millis = Field(500, ge=1)
     max_buffer_points: int = Field(1_000_000, ge=1, description="points held in memory during an outage")
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: Seconds = Field(10.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -164,18 +242,20 @@ class InfluxSettings(_Section):
 
 class GrafanaSettings(_Section):
     url: str = "http://127.0.0.1:3000"
+    public_url: str | None = Field(
+        None, description="Grafana URL people open (alert links); default: url, the one push talks to"
+    )
     token: SecretStr | None = None
     datasource_uid: str = "soundwatch-influx"
     folder: str = "soundwatch"
-    alert_for: str = Field("2m", description="how long the median score must stay over threshold")
     nodata_after: str = Field("5m", description="a machine silent this long raises a no-data alert")
-    webhook_url: str | None = None
+    webhook_url: SecretStr | None = Field(None, description="its URL usually embeds a token: a secret")
     email_addresses: list[str] = []
 
 
 class IngestSettings(_Section):
     gateway_id: str = "gw-local"
-    chunk_seconds: float = Field(1.0, gt=0, le=60)
+    chunk_seconds: Seconds = Field(1.0, gt=0, le=60)
     spool_dir: Path = Path("var/spool")
     spool_max_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     state_dir: Path = Path("var/gateway")
@@ -188,19 +268,29 @@ class ScoringSettings(_Section):
     group_id: str = "soundwatch-scoring"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch: int = Field(256, ge=1)
-    max_wait_ms: int = Field(50, ge=0)
+    max_wait_ms: Millis = Field(50, ge=0)
     median_k: int = Field(5, ge=1, description="median filter length in windows (odd)")
     alert_after: int = Field(3, ge=1, description="consecutive anomalous windows before alerting")
     resolve_after: int = Field(5, ge=1, description="consecutive normal windows before resolving")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, ge=0, le=65535)
-    status_interval_s: float = Field(10.0, gt=0, description="how often each known machine's status is written")
-    stale_after_s: float = Field(60.0, gt=0, description="a machine without new audio this long is stale")
+    status_interval_s: Seconds = Field(10.0, gt=0, description="how often each known machine's status is written")
+    stale_after_s: Seconds = Field(60.0, gt=0, description="a machine without new audio this long is stale")
+    stall_after_s: Seconds = Field(
+        120.0, gt=0, description="/healthz turns 503 when input waits and no record was handled for this long"
+    )
+    forget_after_s: Seconds = Field(
+        7 * 86400.0, gt=0, description="a machine silent this long is dropped from the known machines (decommissioned)"
+    )
 
 
 class FeatureStreamSettings(_Section):
     app_id: str = "soundwatch-features"
+    workers_web_host: str = Field("127.0.0.1", description="address of the worker's web server (0.0.0.0 in a pod)")
     workers_web_port: int = Field(6066, ge=0, le=65535)
+    stall_after_s: Seconds = Field(
+        120.0, gt=0, description="/healthz turns 503 when input waits and no record was handled for this long"
+    )
     data_dir: Path = Path("var/faust")
 
 
@@ -209,9 +299,9 @@ class ArchiveSettings(_Section):
 
     root: Path = Path("var/archive")
     group_id: str = "soundwatch-archive"
-    segment_seconds: float = Field(60.0, gt=0, description="audio seconds per FLAC segment")
-    idle_flush_s: float = Field(10.0, gt=0, description="flush a machine's open segment after this much silence")
-    max_age_s: float = Field(30 * 86400.0, gt=0, description="delete segments whose audio ended longer ago")
+    segment_seconds: Seconds = Field(60.0, gt=0, description="audio seconds per FLAC segment")
+    idle_flush_s: Seconds = Field(10.0, gt=0, description="flush a machine's open segment after this much silence")
+    max_age_s: Seconds = Field(30 * 86400.0, gt=0, description="delete segments whose audio ended longer ago")
     max_bytes: int = Field(20 * 1024**3, ge=1, description="delete the oldest segments above this total size")
 
 
@@ -252,10 +342,10 @@ class RetrainSettings(_Section):
     batch_size: int = Field(64, ge=2)
     replay_ratio: float = Field(1.0, ge=0, description="replayed earlier windows per new window")
     replay_max_windows: int = Field(4000, ge=0)
-    block_seconds: float = Field(10.0, gt=0, description="confirmed audio is split into blocks of this length")
+    block_seconds: Seconds = Field(10.0, gt=0, description="confirmed audio is split into blocks of this length")
     calib_fraction: float = Field(0.2, ge=0, lt=0.5)
     gate_fraction: float = Field(0.2, ge=0, lt=0.5)
-    min_confirmed_seconds: float = Field(30.0, ge=0, description="skip a round with less new confirmed audio")
+    min_confirmed_seconds: Seconds = Field(30.0, ge=0, description="skip a round with less new confirmed audio")
     holdout_fraction: float = Field(0.15, gt=0, lt=1, description="the original training's held-out fraction")
     device: str = "auto"
     seed: int = 0

@@ -1,14 +1,22 @@
 """``soundwatch train --method auto``: train the candidate methods that fit a time budget and keep, per
 machine type, the one that validates best.
 
+``auto`` is the default method of ``soundwatch train`` (budget: 5 minutes per machine type).
+
 Validation never touches the test split. By default it is the normal-data-only criterion every model
-already computes on its held-out *normal* clips (the mean pseudo-anomaly clip AUC of the chosen score,
-:func:`training.calibration.pseudo_anomaly_auc`); all candidates share the same held-out clips (same
-split seed), so the numbers are comparable. Only when the user supplies labelled validation clips
+already computes on its held-out *normal* clips (split by recording): the clip AUC of held-out normal
+clips against pseudo-anomalous copies, averaged over the two kinds — short events and steady changes
+(:mod:`training.selection`); all candidates share the same held-out clips (same split seed), so the
+numbers are comparable. Only when the user supplies labelled validation clips
 (``--validation DIR``, DCASE layout, normal and anomalous clips of the same machines) does the mean
 AUC over machine IDs on those clips decide instead (ties within 0.005 go to the cheaper method).
 
-Candidates are tried cheapest first (:data:`AUTO_ORDER`). A candidate starts only when the time used
+Candidates are tried cheapest first (:data:`AUTO_ORDER`): the statistic methods (seconds), then the
+deep ones. A deep method replaces the best statistic one only when its criterion is at least
+:data:`DEEP_MARGIN` higher (so deep candidates are not even trained when a statistic one scores above
+``1 - DEEP_MARGIN``): with minutes of normal audio the statistic methods win on real recordings
+(README, training section), and a small edge on pseudo-anomalies is not worth a model that costs
+minutes to train and milliseconds per window to run. A candidate starts only when the time used
 so far plus its expected time (the last candidate's time scaled by the relative costs in
 :data:`RELATIVE_COST`) fits the budget; skipped ones are listed with the reason. Every trained
 candidate is saved (``evaluate --compare`` can then show them side by side) with the selection table
@@ -29,19 +37,28 @@ import numpy as np
 from soundwatch.errors import BadInput
 from soundwatch.model.filters import clip_score
 from soundwatch.model.registry import Artifact
-from soundwatch.model.scorer import WindowScorer
 from soundwatch.params import FeatureParams
 from training.datasets import ClipRecord, load_windows
 from training.evaluate import ClipResult, by_machine, clip_metrics
-from training.methods import METHODS
+from training.methods import METHODS, STATS_METHODS, is_stats_method
 from training.train import TrainConfig, TrainResult, train_machine_type
 
 log = logging.getLogger(__name__)
 
-AUTO_ORDER: tuple[str, ...] = ("ae", "clp", "geco", "semi", "sepviews", "advneg")
+AUTO_ORDER: tuple[str, ...] = (*STATS_METHODS, "ae", "clp", "geco", "semi", "sepviews", "advneg")
 # Training time relative to clp at default epochs (`soundwatch bench methods`, synthetic, 2-core CPU).
-RELATIVE_COST: dict[str, float] = {"ae": 0.95, "clp": 1.0, "geco": 1.2, "semi": 1.55, "sepviews": 1.65, "advneg": 1.95}
+RELATIVE_COST: dict[str, float] = {
+    **dict.fromkeys(STATS_METHODS, 0.02),
+    "ae": 0.95,
+    "clp": 1.0,
+    "geco": 1.2,
+    "semi": 1.55,
+    "sepviews": 1.65,
+    "advneg": 1.95,
+}
 TIE_MARGIN = 0.005
+DEEP_MARGIN = 0.03  # a deep method must beat the best statistic method by this much
+DEFAULT_BUDGET_S = 300.0
 
 
 @dataclass
@@ -112,13 +129,20 @@ def train_auto(
     criterion = (
         "mean AUC over machine IDs on the labelled validation clips"
         if use_labels
-        else "mean pseudo-anomaly clip AUC on held-out normal clips"
+        else "mean pseudo-anomaly clip AUC (short events, steady changes) on held-out normal clips"
     )
     t0 = time.perf_counter()
     candidates: list[Candidate] = []
     last: tuple[str, float] | None = None
     for method in methods:
         elapsed = time.perf_counter() - t0
+        stats_best = max(
+            (c.criterion for c in candidates if c.criterion is not None and is_stats_method(c.method)), default=None
+        )
+        if not is_stats_method(method) and stats_best is not None and stats_best + DEEP_MARGIN > 1.0:
+            note = f"skipped: the statistic methods reach {stats_best:.3f}; no method can beat that by {DEEP_MARGIN}"
+            candidates.append(Candidate(method, None, None, note))
+            continue
         if time_budget_s is not None and last is not None:
             expected = last[1] * RELATIVE_COST.get(method, 2.0) / RELATIVE_COST.get(last[0], 1.0)
             if elapsed + expected > time_budget_s:
@@ -134,31 +158,35 @@ def train_auto(
     trained = [c for c in candidates if c.result is not None and c.criterion is not None]
     if not trained:
         raise BadInput("no candidate method fitted the time budget", hint="raise --time-budget or pass --methods")
-    best = max(c.criterion for c in trained if c.criterion is not None)
-    winner = next(c for c in trained if c.criterion is not None and best - c.criterion <= TIE_MARGIN)
-    return AutoResult(winner, candidates, criterion)
+    return AutoResult(choose(trained), candidates, criterion)
+
+
+def choose(trained: Sequence[Candidate]) -> Candidate:
+    """Best criterion, cheapest within TIE_MARGIN; deep methods only when DEEP_MARGIN above every statistic one."""
+
+    def best_of(group: list[Candidate]) -> Candidate:
+        top = max(float(c.criterion or 0.0) for c in group)
+        return next(c for c in group if top - float(c.criterion or 0.0) <= TIE_MARGIN)
+
+    stats = [c for c in trained if is_stats_method(c.method)]
+    deep = [c for c in trained if not is_stats_method(c.method)]
+    if not stats or not deep:
+        return best_of(list(trained))
+    s, d = best_of(stats), best_of(deep)
+    return d if float(d.criterion or 0.0) >= float(s.criterion or 0.0) + DEEP_MARGIN else s
 
 
 def _heldout_criterion(artifact: Artifact) -> float:
-    sel = artifact.metrics["score_selection"]
-    return float(sel["candidates"][sel["chosen"]]["mean"])
+    return float(artifact.metrics["selection"]["mean"])
 
 
 def _labelled_auc(artifact: Artifact, clips: Sequence[ClipRecord]) -> float:
     """Mean AUC over machine IDs of the artifact's stream-equivalent clip scores on labelled clips."""
-    scorer = WindowScorer.build(
-        artifact.method,
-        artifact.score_kind,
-        artifact.model_config,
-        artifact.state,
-        artifact.id_classes,
-        artifact.bank,
-        artifact.knn_k,
-    )
+    scorer = artifact.scorer()
     ws = load_windows(clips, artifact.feature_params, desc="validation features", progress=False)
     scores = scorer.score(ws.windows, ws.machine_ids()) if len(ws.windows) else np.zeros(0)
     results = [
-        ClipResult(rec, clip_score(scores[ws.clip == i], artifact.median_k), math.inf)
+        ClipResult(rec, clip_score(scores[ws.clip == i], artifact.median_k, artifact.aggregation), math.inf)
         for i, rec in enumerate(ws.records)
     ]
     aucs = [m[0] for m in (clip_metrics(v) for v in by_machine(results).values()) if m is not None]

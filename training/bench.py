@@ -48,6 +48,21 @@ def honest_split(src: Path, dst: Path) -> Path:
     return dst
 
 
+def write_basic_benchmark(root: Path, seed: int = 0, sample_rate: int = 16_000) -> int:
+    """The easy synthetic benchmark (``synth --preset basic``); returns the number of clips written."""
+    return write_dcase_dataset(
+        root,
+        ["fan", "pump"],
+        ids_per_type=3,
+        n_train=10,
+        n_test_normal=6,
+        n_test_anomaly=6,
+        seconds=10.0,
+        sample_rate=sample_rate,
+        seed=seed,
+    ).files
+
+
 def methods_bench(
     data: Path | None,
     out_dir: Path,
@@ -63,17 +78,7 @@ def methods_bench(
         root = Path(tmp)
         if data is None:
             data_dir = root / "synthetic"
-            write_dcase_dataset(
-                data_dir,
-                ["fan", "pump"],
-                ids_per_type=3,
-                n_train=10,
-                n_test_normal=6,
-                n_test_anomaly=6,
-                seconds=10.0,
-                sample_rate=params.sample_rate,
-                seed=0,
-            )
+            write_basic_benchmark(data_dir, sample_rate=params.sample_rate)
             source = "synthetic benchmark (fan, pump; 3 machines each)"
         elif any(r.split == "train" for r in scan_dataset(data)):
             data_dir, source = data, str(data)

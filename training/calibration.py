@@ -1,9 +1,10 @@
 """Per-machine thresholds and the normal-data-only choice of score kind.
 
-Threshold rule (``gamma99``): the scores a threshold is compared with in the stream are the
+Threshold rule (:func:`stream_threshold`): the scores a threshold is compared with in the stream are the
 causally median-filtered window scores, so calibration uses exactly those, computed on held-out
 *normal* clips of each machine. A gamma distribution (location fixed at 0; all score kinds are
-non-negative) is fitted to them and the threshold is its 99th percentile. The gamma fit
+non-negative) is fitted to them and the threshold is its 99.9th percentile, or the highest held-out
+value times 1.05 when that is higher (a 99 % point alerted within minutes of normal audio). The gamma fit
 extrapolates the tail sensibly from few clips, where an empirical 99% quantile would be just the
 maximum. With fewer than 8 values or a failed fit, the empirical 99% quantile times 1.1 is used
 (recorded in the rule string). The default threshold for machines the model does not know is the
@@ -31,6 +32,8 @@ from sklearn.metrics import roc_auc_score
 from soundwatch.model.filters import causal_median, clip_score
 
 THRESHOLD_QUANTILE = 0.99
+STREAM_QUANTILE = 0.999
+STREAM_MARGIN = 1.05
 TIE_MARGIN = 0.005
 
 
@@ -50,6 +53,22 @@ def fit_threshold(values: np.ndarray, quantile: float = THRESHOLD_QUANTILE) -> t
             pass
     t = float(np.quantile(v, quantile)) * 1.1 if v.min() >= 0 else float(np.quantile(v, quantile))
     return t, f"empirical quantile {quantile} x1.1 on median-filtered held-out normal window scores"
+
+
+def stream_threshold(values: np.ndarray) -> tuple[float, str]:
+    """The alert threshold for the stream: hours of normal audio must not alert.
+
+    A 99 % rule puts ~1 % of normal windows over the threshold, and runs of them (the median filter
+    correlates neighbours) raise alerts within minutes of normal audio. So: the larger of the gamma
+    fit's 99.9 % point and the highest held-out normal value times ``STREAM_MARGIN``.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    t, rule = fit_threshold(v, STREAM_QUANTILE)
+    top = float(v.max()) * STREAM_MARGIN if v.max() >= 0 else float(v.max()) / STREAM_MARGIN
+    if top > t:
+        return top, f"max of median-filtered held-out normal window scores x{STREAM_MARGIN} (above: {rule})"
+    return t, rule
 
 
 def filtered_scores(window_scores: np.ndarray, clip_of_window: np.ndarray, k: int) -> np.ndarray:

@@ -5,6 +5,9 @@ Two naming schemes are understood (both under ``<root>/<machine_type>/<split>/``
 * DCASE 2020 Task 2: ``{normal,anomaly}_id_XX_NNNNNNNN.wav`` -> machine_id ``id_XX``.
 * DCASE 2021+: ``section_XX_{source,target}_{train,test}_{normal,anomaly}_NNNN[_<attrs>].wav`` ->
   machine_id ``section_XX``, domain, attribute string (e.g. ``car_A1_spd_28V_mic_1``).
+* DCASE 2021+ evaluation clips without a label: ``section_XX_NNNN.wav`` (2022+) or
+  ``section_XX_{source,target}_test_NNNN.wav`` (2021), test split only -> label ``unknown``; only
+  :func:`scan_dataset` with ``unlabelled=True`` returns them (``evaluate`` scores them, no AUC).
 
 ``root`` may be a dataset root holding machine-type folders or one machine-type folder
 (``<type>/{train,test}``). Windows come from :func:`soundwatch.audio.windows.offline_windows` — the same
@@ -31,7 +34,7 @@ from soundwatch.params import FeatureParams
 
 log = logging.getLogger(__name__)
 
-Label = Literal["normal", "anomaly"]
+Label = Literal["normal", "anomaly", "unknown"]
 Split = Literal["train", "test"]
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -40,9 +43,11 @@ _DCASE2021 = re.compile(
     r"^section_(?P<section>\d+)_(?P<domain>source|target)_(?P<split>train|test)_(?P<label>normal|anomaly)"
     r"_(?P<index>\d+)(?:_(?P<attrs>.+))?$"
 )
+_DCASE_EVAL = re.compile(r"^section_(?P<section>\d+)(?:_(?P<domain>source|target)_test)?_(?P<index>\d+)$")
 SCHEMES = (
     "DCASE 2020: <type>/{train,test}/{normal,anomaly}_id_XX_NNNNNNNN.wav",
     "DCASE 2021+: <type>/{train,test}/section_XX_{source,target}_{train,test}_{normal,anomaly}_NNNN[_attrs].wav",
+    "DCASE 2021+ evaluation (unlabelled): <type>/test/section_XX[_{source,target}_test]_NNNN.wav",
 )
 
 
@@ -61,6 +66,10 @@ class ClipRecord:
     @property
     def is_anomaly(self) -> bool:
         return self.label == "anomaly"
+
+    @property
+    def is_labelled(self) -> bool:
+        return self.label != "unknown"
 
 
 def parse_clip_name(path: Path, machine_type: str, split: Split) -> ClipRecord | None:
@@ -83,6 +92,12 @@ def parse_clip_name(path: Path, machine_type: str, split: Split) -> ClipRecord |
             domain=m["domain"],
             attributes=m["attrs"] or "",
         )
+    m = _DCASE_EVAL.match(stem)
+    if m and split == "test":
+        section = f"section_{m['section']}"
+        return ClipRecord(
+            path, machine_type, section, "unknown", split, "dcase2021", section=section, domain=m["domain"]
+        )
     return None
 
 
@@ -96,8 +111,11 @@ def _type_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and ((p / "train").is_dir() or (p / "test").is_dir()))
 
 
-def scan_dataset(root: Path | str, machine_type: str | None = None) -> list[ClipRecord]:
+def scan_dataset(root: Path | str, machine_type: str | None = None, *, unlabelled: bool = False) -> list[ClipRecord]:
     """All labelled clips under ``root`` (optionally one machine type), sorted by path.
+
+    With ``unlabelled``, unlabelled evaluation clips (``section_XX_NNNN.wav``) are included too;
+    without it they are left out (training and method selection need labels).
 
     Raises BadInput when ``root`` has no ``<type>/{train,test}`` folders or when a split folder
     holds audio files of which none follows a known scheme. Single stray files that match
@@ -133,7 +151,7 @@ def scan_dataset(root: Path | str, machine_type: str | None = None) -> list[Clip
                 )
             for p in bad:
                 log.warning("skipping %s: name follows neither DCASE scheme", p)
-            records += [r for r in parsed if r is not None]
+            records += [r for r in parsed if r is not None and (unlabelled or r.is_labelled)]
     return sorted(records, key=lambda r: str(r.path))
 
 

@@ -4,10 +4,15 @@ A clip's score is computed exactly as the stream does: the artifact's window sco
 (:meth:`LoadedModel.score_windows`), then :func:`soundwatch.model.filters.clip_score` with the artifact's
 ``median_k`` — so offline AUC predicts online behaviour.
 
-Metrics (the official DCASE evaluator): per machine ID, AUC = ``roc_auc_score(y, score)`` and
+Metrics: per machine ID / section (domains pooled), AUC = ``roc_auc_score(y, score)`` and
 pAUC = ``roc_auc_score(y, score, max_fpr=0.1)`` (McClish-standardised, chance = 0.5). Per type:
 arithmetic and harmonic means over IDs and ``mauc`` = the worst ID's AUC. ``overall`` = the mean
-of the per-type means (every type weighs the same, as in the DCASE 2020 tables).
+of the per-type means (every type weighs the same, as in the DCASE 2020 tables). For DCASE 2021+
+names, the edition's official numbers too (:mod:`training.dcase`): AUC per section and domain,
+the edition's pAUC, the official harmonic-mean score per type and overall, and score / decision
+CSVs named as that edition's evaluator reads them. Every type gets the false-alarm rate and recall
+of the model's decisions (score > threshold). Unlabelled evaluation clips are scored and written,
+never counted in a metric.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from tqdm import tqdm
 from soundwatch.errors import BadInput
 from soundwatch.model.filters import clip_score
 from soundwatch.model.registry import ArtifactError, LoadedModel, ModelRegistry
+from training import dcase
 from training.datasets import ClipRecord, WindowSet, load_windows, scan_dataset
 
 log = logging.getLogger(__name__)
@@ -80,7 +86,7 @@ def score_window_set(model: LoadedModel, ws: WindowSet) -> list[ClipResult]:
     window_scores = model.score_windows(ws.windows, ws.machine_ids()) if len(ws.windows) else np.zeros(0)
     out = []
     for i, rec in enumerate(ws.records):
-        s = clip_score(window_scores[ws.clip == i], model.median_k)
+        s = clip_score(window_scores[ws.clip == i], model.median_k, model.aggregation)
         out.append(ClipResult(rec, s, model.threshold_for(rec.machine_id)))
     return out
 
@@ -102,12 +108,93 @@ def by_machine(results: Sequence[ClipResult]) -> dict[str, list[ClipResult]]:
 
 
 def clip_metrics(results: Sequence[ClipResult]) -> tuple[float, float] | None:
-    """(AUC, pAUC) of one machine's clips, None when they are all of one label."""
-    y = [int(r.record.is_anomaly) for r in results]
+    """(AUC, pAUC) of one machine's labelled clips, None when they are all of one label."""
+    labelled = [r for r in results if r.record.is_labelled]
+    y = [int(r.record.is_anomaly) for r in labelled]
     if len(set(y)) < 2:
         return None
-    s = [r.score for r in results]
+    s = [r.score for r in labelled]
     return auc(y, s), pauc(y, s)
+
+
+def resolve_edition(records: Sequence[ClipRecord], edition: str) -> dcase.Edition | None:
+    """The DCASE edition whose metrics apply: None for DCASE 2020 names, else ``edition`` or detected."""
+    new = [r for r in records if r.scheme == "dcase2021"]
+    if not new:
+        if edition != "auto":
+            log.warning("--edition %s ignored: the clips follow DCASE 2020 names (no sections/domains)", edition)
+        return None
+    if edition != "auto":
+        if edition not in dcase.EDITIONS:
+            raise BadInput(f"unknown DCASE edition {edition!r}", hint="use one of: auto, " + ", ".join(dcase.EDITIONS))
+        return edition  # type: ignore[return-value]
+    return dcase.detect_edition((r.path.name for r in new), (r.attributes for r in new))
+
+
+def scored_clips(results: Sequence[ClipResult]) -> list[dcase.ScoredClip]:
+    """Clip results of DCASE 2021+ records as :class:`training.dcase.ScoredClip`."""
+    return [
+        dcase.ScoredClip(
+            r.record.path.name,
+            r.record.section or r.record.machine_id,
+            r.record.domain,
+            None if not r.record.is_labelled else int(r.record.is_anomaly),
+            r.score,
+            r.decision,
+        )
+        for r in results
+    ]
+
+
+def type_metrics(
+    mtype: str, results: Sequence[ClipResult], edition: dcase.Edition | None
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """(per-ID rows, per-type summary or {}, per-section rows of the edition) of one type's results."""
+    by_id = by_machine(results)
+    per_id: list[dict[str, Any]] = []
+    aucs, paucs = [], []
+    for mid in sorted(by_id):
+        m = clip_metrics(by_id[mid])
+        if m is None:
+            if any(r.record.is_labelled for r in by_id[mid]):
+                log.warning("%s/%s: test clips of only one label, no AUC", mtype, mid)
+            continue
+        labelled = [r for r in by_id[mid] if r.record.is_labelled]
+        per_id.append(
+            {
+                "machine_type": mtype,
+                "machine_id": mid,
+                "auc": m[0],
+                "pauc": m[1],
+                "n_normal": sum(not r.record.is_anomaly for r in labelled),
+                "n_anomaly": sum(r.record.is_anomaly for r in labelled),
+            }
+        )
+        aucs.append(m[0])
+        paucs.append(m[1])
+    per_section: list[dict[str, Any]] = []
+    if edition is not None:
+        clips = scored_clips(results)
+        for section in sorted({c.section for c in clips}):
+            mine = [c for c in clips if c.section == section]
+            if all(c.label is None for c in mine):
+                continue
+            per_section.append({"machine_type": mtype, "section": section, **dcase.section_metrics(mine, edition)})
+    summary: dict[str, Any] = {}
+    if aucs:
+        labelled = [r for r in results if r.record.is_labelled]
+        rates = dcase.decision_rates([int(r.record.is_anomaly) for r in labelled], [r.decision for r in labelled])
+        summary = {
+            "auc_mean": float(np.mean(aucs)),
+            "pauc_mean": float(np.mean(paucs)),
+            "auc_hmean": float(hmean(np.maximum(aucs, 1e-12))),
+            "pauc_hmean": float(hmean(np.maximum(paucs, 1e-12))),
+            "mauc": float(np.min(aucs)),
+            "official_score": None if edition is None else dcase.official_score(per_section, edition),
+            "false_alarm_rate": rates["false_alarm_rate"],
+            "recall": rates["recall"],
+        }
+    return per_id, summary, per_section
 
 
 def evaluate(
@@ -120,17 +207,21 @@ def evaluate(
     plots_dir: Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    edition: str = "auto",
 ) -> dict[str, Any]:
-    """Score every labelled test clip and return the report (see module docstring).
+    """Score every test clip and return the report (see module docstring).
 
     Unreadable clips are skipped and listed in ``skipped``; a machine type none of whose test clips
     can be read raises BadInput with the files and reasons (a report without it would look complete).
     """
-    records = [r for r in scan_dataset(data, machine_type) if r.split == "test"]
+    records = [r for r in scan_dataset(data, machine_type, unlabelled=True) if r.split == "test"]
     if not records:
         raise BadInput(f"no test clips under {data}", hint="expected <type>/test/{normal,anomaly}_*.wav")
+    ed = resolve_edition(records, edition)
     per_id: list[dict[str, Any]] = []
-    per_type: dict[str, dict[str, float]] = {}
+    per_type: dict[str, dict[str, Any]] = {}
+    per_section: list[dict[str, Any]] = []
+    clips: dict[str, dict[str, int]] = {}
     models: dict[str, dict[str, str]] = {}
     skipped: list[tuple[str, str]] = []
     types = sorted({r.machine_type for r in records})
@@ -144,66 +235,72 @@ def evaluate(
                 f"no test clip of {mtype!r} under {data} could be read:\n" + _unreadable_listing(bad),
                 hint="fix or remove these files, or leave the type out with --machine-type",
             )
-        by_id = by_machine(results)
-        aucs, paucs = [], []
-        for mid in sorted(by_id):
-            m = clip_metrics(by_id[mid])
-            if m is None:
-                log.warning("%s/%s: test clips of only one label, no AUC", mtype, mid)
-                continue
-            per_id.append(
-                {
-                    "machine_type": mtype,
-                    "machine_id": mid,
-                    "auc": m[0],
-                    "pauc": m[1],
-                    "n_normal": sum(not r.record.is_anomaly for r in by_id[mid]),
-                    "n_anomaly": sum(r.record.is_anomaly for r in by_id[mid]),
-                }
-            )
-            aucs.append(m[0])
-            paucs.append(m[1])
-        if aucs:
-            per_type[mtype] = {
-                "auc_mean": float(np.mean(aucs)),
-                "pauc_mean": float(np.mean(paucs)),
-                "auc_hmean": float(hmean(np.maximum(aucs, 1e-12))),
-                "pauc_hmean": float(hmean(np.maximum(paucs, 1e-12))),
-                "mauc": float(np.min(aucs)),
-            }
+        type_ed = ed if any(r.record.scheme == "dcase2021" for r in results) else None
+        rows, summary, sections = type_metrics(mtype, results, type_ed)
+        per_id += rows
+        per_section += sections
+        if summary:
+            per_type[mtype] = summary
+        n_unlabelled = sum(not r.record.is_labelled for r in results)
+        clips[mtype] = {"labelled": len(results) - n_unlabelled, "unlabelled": n_unlabelled}
         if results_dir is not None:
-            write_csvs(results_dir, mtype, by_id)
+            write_csvs(results_dir, mtype, results, type_ed)
         if plots_dir is not None:
-            write_plots(plots_dir, mtype, model, by_id)
+            write_plots(plots_dir, mtype, model, by_machine([r for r in results if r.record.is_labelled]))
     overall = {
         "auc_mean": float(np.mean([t["auc_mean"] for t in per_type.values()])) if per_type else None,
         "pauc_mean": float(np.mean([t["pauc_mean"] for t in per_type.values()])) if per_type else None,
+        "official_score": None if ed is None else dcase.official_score(per_section, ed),
+        "edition": ed,
     }
     return {
         "per_id": per_id,
         "per_type": per_type,
+        "per_section": per_section,
         "overall": overall,
+        "clips": clips,
         "models": models,
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
     }
 
 
-def write_csvs(out: Path, mtype: str, by_id: dict[str, list[ClipResult]]) -> None:
-    """DCASE submission files: ``anomaly_score_<type>_<id>.csv`` and ``decision_result_<type>_<id>.csv``."""
+def write_csvs(out: Path, mtype: str, results: Sequence[ClipResult], edition: dcase.Edition | None) -> None:
+    """Score and decision CSVs (``name,value`` rows) named as the evaluator of ``edition`` reads them.
+
+    DCASE 2020 names (``edition`` None): ``anomaly_score_<type>_id_XX.csv`` / ``decision_result_...``;
+    2021+: :func:`training.dcase.score_file_names` (per section, and per domain for 2021).
+    """
     out.mkdir(parents=True, exist_ok=True)
-    for mid, results in by_id.items():
-        with (out / f"anomaly_score_{mtype}_{mid}.csv").open("w", newline="") as f:
-            csv.writer(f).writerows((r.record.path.name, f"{r.score:.6f}") for r in results)
-        with (out / f"decision_result_{mtype}_{mid}.csv").open("w", newline="") as f:
-            csv.writer(f).writerows((r.record.path.name, r.decision) for r in results)
+    files: dict[tuple[str, str], list[ClipResult]] = {}
+    for r in results:
+        if edition is None:
+            key = (
+                f"anomaly_score_{mtype}_{r.record.machine_id}.csv",
+                f"decision_result_{mtype}_{r.record.machine_id}.csv",
+            )
+        else:
+            names = dcase.score_file_names(mtype, r.record.section or r.record.machine_id, edition)
+            if edition == "2021" and r.record.domain is None:
+                raise BadInput(
+                    f"{r.record.path.name}: DCASE 2021 score files are per domain, the name has none",
+                    hint="pass --edition 2022 (or later) for section_XX_NNNN.wav names",
+                )
+            key = names[r.record.domain if edition == "2021" else None]
+        files.setdefault(key, []).append(r)
+    for (score_name, decision_name), rows in files.items():
+        rows = sorted(rows, key=lambda r: r.record.path.name)
+        with (out / score_name).open("w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows((r.record.path.name, f"{r.score:.6f}") for r in rows)
+        with (out / decision_name).open("w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows((r.record.path.name, r.decision) for r in rows)
 
 
 def write_plots(out: Path, mtype: str, model: LoadedModel, by_id: dict[str, list[ClipResult]]) -> None:
     """``roc_<type>.png`` (one curve per ID) and ``hist_<type>.png`` (normal vs anomaly, thresholds)."""
-    import matplotlib
+    import matplotlib  # deferred: loads matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: loads matplotlib
 
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -2,7 +2,7 @@
 
 ``train_machine_type`` trains ONE machine type with one method (:mod:`training.methods`):
 
-encoder methods (``clp``, the default, and the other seed methods)
+encoder methods (``clp`` and the other seed methods)
   1. the method trains an encoder (+ an ID classifier when the type has two or more classes, see
      :func:`choose_classes`; else instance discrimination) — :mod:`training.methods.clp` etc.;
   2. embedding bank of the training windows per machine for the kNN density;
@@ -10,9 +10,14 @@ encoder methods (``clp``, the default, and the other seed methods)
      (:mod:`training.calibration`).
 ae
   The DCASE 2020 dense AE on 5-frame contexts of the same windows (MSE, Adam 1e-3).
+statistic methods (``stats-*``)
+  Per-band statistics of the windows + a density per machine (:mod:`training.methods.stats`);
+  no epochs, seconds per type.
 
-All: per-machine thresholds on held-out normal clips, metrics, one artifact via the registry.
-Held-out clips: 15 % of each machine's training clips (at least one when it has two or more).
+All: the stream's pooling — median filter length and window->clip aggregation — chosen on the
+pseudo-anomaly criterion of :mod:`training.selection`; per-machine thresholds on held-out normal
+clips (:func:`training.calibration.stream_threshold`), metrics, one artifact via the registry.
+Held-out clips: 15 % of each machine's training clips, split by recording (at least one when it has two or more).
 """
 
 from __future__ import annotations
@@ -38,12 +43,13 @@ from soundwatch.params import FeatureParams
 from training.calibration import (
     choose_score_kind,
     filtered_scores,
-    fit_threshold,
     pseudo_anomaly_auc,
+    stream_threshold,
 )
 from training.datasets import ClipRecord, WindowSet, load_windows, summarize
 from training.methods import METHODS, method_for
 from training.methods.common import EncoderJob
+from training.selection import PseudoSet, choose_pooling, criterion, score_set, split_holdout
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +66,8 @@ class TrainConfig:
     arc_scale: float = 30.0
     arc_margin: float = 0.7
     holdout_fraction: float = 0.15
-    median_k: int = 5
+    median_k: int = 5  # used as is when choose_pooling is False
+    choose_pooling: bool = True  # median_k and clip aggregation from the pseudo-anomaly criterion
     knn_k: int = 5
     negative_fraction: float = 0.25  # share of each batch appended as mel-shifted negative classes
     seed: int = 0
@@ -106,22 +113,6 @@ def leave_one_clip_out_knn(
     if not values:
         return np.empty(0), np.empty(0, dtype=object)
     return np.concatenate(values), np.concatenate(ids)
-
-
-def split_holdout(
-    records: Sequence[ClipRecord], fraction: float, seed: int
-) -> tuple[list[ClipRecord], list[ClipRecord]]:
-    """(fit, holdout) per machine: ``round(fraction*n)`` clips (>= 1 when n >= 2) held out."""
-    rng = np.random.default_rng(seed)
-    fit: list[ClipRecord] = []
-    hold: list[ClipRecord] = []
-    for mid in sorted({r.machine_id for r in records}):
-        mine = sorted((r for r in records if r.machine_id == mid), key=lambda r: str(r.path))
-        n_hold = max(1, round(fraction * len(mine))) if len(mine) >= 2 else 0
-        order = rng.permutation(len(mine))
-        hold += [mine[i] for i in sorted(order[:n_hold])]
-        fit += [mine[i] for i in sorted(order[n_hold:])]
-    return fit, hold
 
 
 def choose_classes(records: Sequence[ClipRecord]) -> tuple[str, list[str], Callable[[ClipRecord], str]]:
@@ -221,29 +212,64 @@ def train_machine_type(
         "chosen": score_kind,
     }
 
+    # The stream's pooling (median filter, clip aggregation) on pseudo-anomalies of the held-out clips.
+    median_k, aggregation = cfg.median_k, "mean"
+    scored = score_set(scorer.score, PseudoSet.make(list(zip(calib_ids, calib_clips, strict=True)), params, cfg.seed))
+    if cfg.choose_pooling:
+        median_k, aggregation, pooling_table = choose_pooling(scored)
+        metrics["pooling_selection"] = {"candidates": pooling_table, "chosen": f"k{median_k}-{aggregation}"}
+    metrics["selection"] = {
+        "criterion": "mean over pseudo-anomaly kinds (short, steady) of the clip AUC on held-out normal clips",
+        **criterion(scored, median_k, aggregation),
+    }
+
     # Thresholds on the median-filtered held-out window scores, per machine.
     win_scores = scorer.score(calib.windows, calib.machine_ids())
-    filtered = filtered_scores(win_scores, calib.clip, cfg.median_k)
+    filtered = filtered_scores(win_scores, calib.clip, median_k)
     calib_win_ids = np.array(calib.machine_ids())
     if score_kind == "knn" and emb is not None and len(hold.records):
         # A threshold from a machine's one or two held-out clips is at the mercy of one odd recording.
         # kNN scores of *fit* clips are honest held-out scores too when the clip's own windows are left
         # out of the bank (leave-one-clip-out), so every normal clip can inform the threshold.
-        loco, loco_ids = leave_one_clip_out_knn(scorer, fit, emb, cfg.median_k, cfg.seed, device)
+        loco, loco_ids = leave_one_clip_out_knn(scorer, fit, emb, median_k, cfg.seed, device)
         filtered = np.concatenate([filtered, loco])
         calib_win_ids = np.concatenate([calib_win_ids, loco_ids])
         metrics["calibration_source"] = "held-out normal clips + leave-one-clip-out kNN scores of the fit clips"
+    # Methods that fit in seconds (statistic methods) score every training clip by a model fitted without
+    # it (contiguous folds per machine); the served model is then refitted on all clips below.
+    crossed, crossed_ids = method.cross_fitted_scores(
+        np.concatenate([fit.windows, hold.windows]),
+        np.concatenate([fit.clip, hold.clip + len(fit.records)]),
+        [r.machine_id for r in fit.records + hold.records],
+        median_k,
+        cfg.seed,
+    )
+    if crossed.size:
+        filtered = np.concatenate([filtered, crossed])
+        calib_win_ids = np.concatenate([calib_win_ids, crossed_ids])
+        metrics["calibration_source"] = "held-out normal clips + cross-fitted scores of every training clip"
     thresholds: dict[str, float] = {}
     for mid in machine_ids:
         vals = filtered[calib_win_ids == mid]
         if vals.size == 0:  # machine with a single clip used for fitting: use its training windows
             own = fit.windows[np.array(fit.machine_ids()) == mid]
             own_scores = scorer.score(own, [mid] * len(own))
-            vals = filtered_scores(own_scores, np.zeros(len(own), dtype=np.int64), cfg.median_k)
-        thresholds[mid], _ = fit_threshold(vals)
-    default_threshold, rule = fit_threshold(filtered)
+            vals = filtered_scores(own_scores, np.zeros(len(own), dtype=np.int64), median_k)
+        thresholds[mid], _ = stream_threshold(vals)
+    default_threshold, rule = stream_threshold(filtered)
     metrics["heldout_normal_score"] = {"mean": float(filtered.mean()), "std": float(filtered.std())}
 
+    # Where a refit takes seconds, the served model uses every training clip (few-shot: the held-out clips
+    # are a third of the data of a machine with 3 clips). The thresholds stay those of the held-out clips
+    # scored by the fit-only model, which are higher than the refitted model's scores of normal audio.
+    refitted = (
+        method.refit(np.concatenate([fit.windows, hold.windows]), fit.machine_ids() + hold.machine_ids(), cfg.seed)
+        if len(hold.records)
+        else None
+    )
+    if refitted is not None:
+        state, model_config = refitted.state, refitted.model_config
+        metrics["refit_on_all_training_clips"] = True
     seconds = time.perf_counter() - t0
     metrics["train_seconds"] = round(seconds, 2)
     metrics["device"] = str(device)
@@ -264,7 +290,8 @@ def train_machine_type(
         method=cfg.method,
         score_kind=score_kind,
         feature_params=params,
-        median_k=cfg.median_k,
+        median_k=median_k,
+        aggregation=aggregation,
         model_config=model_config,
         state=state,
         class_map=class_names,

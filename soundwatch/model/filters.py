@@ -34,12 +34,26 @@ def causal_median(scores: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def clip_score(window_scores: np.ndarray, k: int) -> float:
-    """A clip's anomaly score: the mean of its causally median-filtered window scores."""
+AGGREGATIONS = ("mean", "top3", "max")  # window -> clip: steady faults | a few events | one event
+
+
+def clip_score(window_scores: np.ndarray, k: int, aggregation: str = "mean") -> float:
+    """A clip's anomaly score: its causally median-filtered window scores aggregated over the clip.
+
+    ``mean`` suits steady or repeating faults; ``top3`` (mean of the 3 highest) and ``max`` keep a
+    fault that shows in only a few windows. Each model stores its choice (``aggregation``).
+    """
     x = np.asarray(window_scores, dtype=np.float64)
     if x.size == 0:
         raise ValueError("a clip needs at least one window to be scored")
-    return float(causal_median(x, k).mean())
+    filtered = causal_median(x, k)
+    if aggregation == "mean":
+        return float(filtered.mean())
+    if aggregation == "max":
+        return float(filtered.max())
+    if aggregation == "top3":
+        return float(np.sort(filtered)[-3:].mean())
+    raise ValueError(f"unknown clip aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
 
 
 class StreamingMedian:

@@ -14,6 +14,7 @@ import torch
 
 from soundwatch.model.metadata import ArtifactMetadata
 from soundwatch.model.scorer import Scorer, WindowScorer
+from soundwatch.model.stats import StatsModel
 
 ScorerBuilder = Callable[[ArtifactMetadata, dict[str, dict[str, torch.Tensor]], dict[str, np.ndarray]], Scorer]
 
@@ -24,10 +25,20 @@ def _window_scorer(
     return WindowScorer.build(meta.method, meta.score_kind, meta.model_config, state, meta.id_classes, bank, meta.knn_k)
 
 
+def _stats_scorer(
+    meta: ArtifactMetadata, state: dict[str, dict[str, torch.Tensor]], bank: dict[str, np.ndarray]
+) -> Scorer:
+    """Statistic methods (``stats-*``): arrays only, no network; ``bank`` is unused."""
+    arrays = {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in state["stats"].items()}
+    model = StatsModel.from_arrays(meta.model_config["stats"], arrays)
+    return WindowScorer(meta.method, meta.score_kind, knn_k=meta.knn_k, stats=model)
+
+
 SCORER_BUILDERS: dict[str, ScorerBuilder] = {
     "neglogp": _window_scorer,
     "knn": _window_scorer,
     "recon": _window_scorer,
+    "stats": _stats_scorer,
 }
 
 

@@ -26,6 +26,7 @@ _DEFAULTS: dict[str, Any] = {
     "metrics": {},
     "parent_version": None,
     "created_at": "",
+    "aggregation": "mean",  # window -> clip: the mean before per-type pooling choices (#15)
 }
 _REQUIRED = (
     "machine_type",
@@ -69,6 +70,7 @@ class ArtifactMetadata:
     metrics: dict[str, Any] = field(default_factory=dict)
     parent_version: str | None = None
     created_at: str = ""
+    aggregation: str = "mean"  # window -> clip (soundwatch.model.filters.clip_score)
     files: dict[str, str] = field(default_factory=dict)
     checksum: str = ""
 
@@ -122,6 +124,7 @@ class ArtifactMetadata:
             metrics=dict(data["metrics"] or {}),
             parent_version=data["parent_version"],
             created_at=str(data["created_at"] or ""),
+            aggregation=str(data["aggregation"]),
             files={str(k): str(v) for k, v in (data.get("files") or {}).items()},
             checksum=str(data.get("checksum", "")),
         )

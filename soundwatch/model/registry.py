@@ -5,7 +5,7 @@ Layout: ``<root>/<machine_type>/<version>/`` with
 * ``weights.pt``  — ``{"encoder"|"head"|"ae": state_dict}`` (loaded with ``weights_only=True``)
 * ``bank.npz``    — per-machine embedding banks for the kNN score (``b0, b1, ...``; names in metadata)
 * ``metadata.json`` — everything needed to rebuild and trust the model: feature params, class map,
-  per-ID thresholds + rule, score kind, median_k, training-data summary (incl. the data cutoff
+  per-ID thresholds + rule, score kind, median_k, clip aggregation, training-data summary (incl. the data cutoff
   time), metrics, version, parent version, method, model config, per-file SHA-256 and a checksum
   of the metadata itself.
 * ``signature.json`` — when the registry has a signing key (setting ``registry_signing_key``):
@@ -127,12 +127,45 @@ class Artifact:
     thresholds: dict[str, float]
     default_threshold: float
     threshold_rule: str
+    aggregation: str = "mean"  # window -> clip (soundwatch.model.filters.clip_score)
     knn_k: int = 5
     bank: dict[str, np.ndarray] = field(default_factory=dict)
     data_summary: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     parent_version: str | None = None
     class_source: str = "machine_id"
+
+    def describe(self) -> dict[str, Any]:
+        """The ``metadata.json`` keys known before saving (``save`` adds version, time, files, checksum)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "machine_type": self.machine_type,
+            "method": self.method,
+            "score_kind": self.score_kind,
+            "feature_params": self.feature_params.model_dump(mode="json"),
+            "feature_fingerprint": self.feature_params.fingerprint(),
+            "median_k": self.median_k,
+            "aggregation": self.aggregation,
+            "model_config": self.model_config,
+            "class_source": self.class_source,
+            "class_map": list(self.class_map),
+            "id_classes": self.id_classes,
+            "machine_ids": sorted(self.thresholds),
+            "thresholds": self.thresholds,
+            "default_threshold": self.default_threshold,
+            "threshold_rule": self.threshold_rule,
+            "knn_k": self.knn_k,
+            "bank_ids": sorted(self.bank),
+            "data_summary": self.data_summary,
+            "metrics": self.metrics,
+            "parent_version": self.parent_version,
+        }
+
+    def scorer(self) -> Scorer:
+        """Its window scorer (CPU), built exactly as the registry builds a saved version's."""
+        return build_scorer(
+            ArtifactMetadata.from_dict({**self.describe(), "version": "unsaved"}), self.state, self.bank
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -212,6 +245,7 @@ class LoadedModel:
         self.score_kind: str = metadata.score_kind
         self.feature_params: FeatureParams = metadata.feature_params
         self.median_k: int = metadata.median_k
+        self.aggregation: str = metadata.aggregation
         self.thresholds: dict[str, float] = dict(metadata.thresholds)
         self.default_threshold: float = metadata.default_threshold
         self.machine_ids: list[str] = list(metadata.machine_ids)
@@ -364,30 +398,12 @@ class ModelRegistry:
         tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=type_dir))
         try:
             torch.save(artifact.state, tmp / WEIGHTS)
-            bank_ids = sorted(artifact.bank)
-            arrays = {f"b{i}": np.asarray(artifact.bank[m], dtype=np.float32) for i, m in enumerate(bank_ids)}
+            arrays = {
+                f"b{i}": np.asarray(artifact.bank[m], dtype=np.float32) for i, m in enumerate(sorted(artifact.bank))
+            }
             np.savez(tmp / BANK, **arrays)
             meta: dict[str, Any] = {
-                "format_version": FORMAT_VERSION,
-                "machine_type": artifact.machine_type,
-                "method": artifact.method,
-                "score_kind": artifact.score_kind,
-                "feature_params": artifact.feature_params.model_dump(mode="json"),
-                "feature_fingerprint": artifact.feature_params.fingerprint(),
-                "median_k": artifact.median_k,
-                "model_config": artifact.model_config,
-                "class_source": artifact.class_source,
-                "class_map": list(artifact.class_map),
-                "id_classes": artifact.id_classes,
-                "machine_ids": sorted(artifact.thresholds),
-                "thresholds": artifact.thresholds,
-                "default_threshold": artifact.default_threshold,
-                "threshold_rule": artifact.threshold_rule,
-                "knn_k": artifact.knn_k,
-                "bank_ids": bank_ids,
-                "data_summary": artifact.data_summary,
-                "metrics": artifact.metrics,
-                "parent_version": artifact.parent_version,
+                **artifact.describe(),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "files": {name: _sha256(tmp / name) for name in CHECKSUMMED_FILES},
             }

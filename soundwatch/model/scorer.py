@@ -10,10 +10,13 @@ Score kinds (high = anomalous, float64):
 * ``knn`` (clp): mean cosine distance of the window embedding to its ``k`` nearest embeddings
   among that machine's training-normal windows (a non-parametric density on the unit sphere).
 * ``recon`` (ae): mean squared reconstruction error over the window's 5-frame contexts.
+* ``stats`` (``stats-*``): the density score of :class:`soundwatch.model.stats.StatsModel`
+  (Mahalanobis or k-NN distance of the window's standardised per-band statistics).
 
 Unknown machine IDs of a known type never raise; they get a documented type-level fallback:
 ``neglogp`` -> ``-log max_c p(c)`` (distance to the closest known class), ``knn`` -> the kNN
-distance against the union of all machines' banks, ``recon`` -> unchanged (the AE is ID-free).
+distance against the union of all machines' banks, ``recon`` -> unchanged (the AE is ID-free),
+``stats`` -> the union density ``"*"`` of the type.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import torch
 
 from soundwatch.model.device import autocast
 from soundwatch.model.networks import AEConfig, ArcMarginHead, Encoder, EncoderConfig, FrameAE
+from soundwatch.model.stats import StatsModel
 
-SCORE_KINDS = ("neglogp", "knn", "recon")
+SCORE_KINDS = ("neglogp", "knn", "recon", "stats")
 BANK_LIMIT = 4096  # embeddings kept per machine: bounds artifact size and kNN cost
 
 
@@ -60,6 +64,7 @@ class WindowScorer:
     knn_k: int = 5
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 512
+    stats: StatsModel | None = None
 
     def __post_init__(self) -> None:
         if self.score_kind not in SCORE_KINDS:
@@ -127,6 +132,10 @@ class WindowScorer:
             raise ValueError(f"{windows.shape[0]} windows but {len(machine_ids)} machine ids")
         if windows.shape[0] == 0:
             return np.zeros(0, dtype=np.float64)
+        if kind == "stats":
+            if self.stats is None:
+                raise ValueError("the stats score needs a statistic model (a stats-* method)")
+            return self.stats.score(windows, list(machine_ids))
         if kind == "recon":
             return self._recon(windows)
         emb = self.embed(windows)

@@ -55,6 +55,8 @@ class FakeGrafana:
             "receiver": DEFAULT_RECEIVER,
             "group_by": ["grafana_folder", "alertname"],
         }
+        # "" = editable in the UI; "api" = locked (written without X-Disable-Provenance); "file" = provisioned
+        self.policy_provenance = ""
         self._ids = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -81,8 +83,11 @@ class FakeGrafana:
         return self._ids
 
     # ------------------------------------------------------------------ routing
-    def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], body: Any, headers: dict[str, str]
+    ) -> tuple[int, Any]:
         parts = [p for p in path.split("/") if p][1:]  # drop "api"
+        provenance = "" if headers.get("X-Disable-Provenance", "").lower() == "true" else "api"
         if parts[:1] == ["folders"]:
             return self._folders(method, parts[1:], body)
         if parts[:2] == ["datasources", "uid"] or parts == ["datasources"]:
@@ -90,13 +95,17 @@ class FakeGrafana:
         if parts[:1] == ["dashboards"]:
             return self._dashboards(method, parts[1:], body)
         if parts[:2] == ["v1", "provisioning"]:
-            return self._provisioning(method, parts[2:], query, body)
+            return self._provisioning(method, parts[2:], query, body, provenance)
         return 404, {"message": "Not found"}
 
     def _folders(self, method: str, rest: list[str], body: Any) -> tuple[int, Any]:
+        if method == "GET" and not rest:
+            return 200, [{"id": f["id"], "uid": f["uid"], "title": f["title"]} for f in self.folders.values()]
         if method == "POST" and not rest:
             if body["uid"] in self.folders:
                 return 409, {"message": "a folder with the same uid already exists"}
+            if any(f["title"] == body["title"] for f in self.folders.values()):
+                return 409, {"message": "a folder with the same name already exists"}
             self.folders[body["uid"]] = {
                 "id": self._next_id(),
                 "uid": body["uid"],
@@ -176,9 +185,11 @@ class FakeGrafana:
             return 200, copy.deepcopy(self.dashboards[rest[1]])
         return 404, {"message": "Dashboard not found"}
 
-    def _provisioning(self, method: str, rest: list[str], query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+    def _provisioning(
+        self, method: str, rest: list[str], query: dict[str, list[str]], body: Any, provenance: str
+    ) -> tuple[int, Any]:
         if rest[:1] == ["alert-rules"]:
-            return self._rules(method, rest[1:], body)
+            return self._rules(method, rest[1:], body, provenance)
         if rest[:1] == ["folder"] and rest[2:3] == ["rule-groups"]:
             key = (rest[1], rest[3])
             if key not in self.groups:
@@ -205,8 +216,11 @@ class FakeGrafana:
                 return 202, {"message": "contactpoint deleted"}
         if rest == ["policies"]:
             if method == "GET":
-                return 200, {**copy.deepcopy(self.policy), "provenance": "api"}
+                shown = copy.deepcopy(self.policy)
+                return 200, {**shown, "provenance": self.policy_provenance} if self.policy_provenance else shown
             if method == "PUT":
+                if self.policy_provenance == "file":
+                    return 400, {"message": "cannot change provenance from 'file' to 'api'"}
                 names = {c["name"] for c in self.contact_points.values()} | {DEFAULT_RECEIVER}
                 missing = _receivers(body) - names
                 if missing:
@@ -214,10 +228,11 @@ class FakeGrafana:
                         "message": f"invalid object specification: receiver '{sorted(missing)[0]}' does not exist"
                     }
                 self.policy = copy.deepcopy(body)
+                self.policy_provenance = provenance
                 return 202, {"message": "policies updated"}
         return 404, {"message": "Not found"}
 
-    def _rules(self, method: str, rest: list[str], body: Any) -> tuple[int, Any]:
+    def _rules(self, method: str, rest: list[str], body: Any, provenance: str) -> tuple[int, Any]:
         if not rest:
             if method == "GET":
                 return 200, [self._public_rule(u) for u in self.rules]
@@ -227,7 +242,7 @@ class FakeGrafana:
                     return 400, {"message": problem}
                 if body["uid"] in self.rules:
                     return 409, {"message": "a rule with this uid already exists"}
-                self.rules[body["uid"]] = {**copy.deepcopy(body), "id": self._next_id()}
+                self.rules[body["uid"]] = {**copy.deepcopy(body), "id": self._next_id(), "provenance": provenance}
                 self.groups.setdefault((body["folderUID"], body["ruleGroup"]), 60)
                 return 201, self._public_rule(body["uid"])
         uid = rest[0]
@@ -235,11 +250,15 @@ class FakeGrafana:
             return 404, {"message": "rule not found"}
         if method == "GET":
             return 200, self._public_rule(uid)
+        if method in ("PUT", "DELETE") and self.rules[uid]["provenance"] not in ("", provenance):
+            # Grafana: a provisioned rule may only be changed through the same kind of provisioning
+            was = self.rules[uid]["provenance"]
+            return 400, {"message": f"cannot change provenance from '{was}' to '{provenance}'"}
         if method == "PUT":
             problem = self._invalid_rule(body)
             if problem:
                 return 400, {"message": problem}
-            self.rules[uid] = {**copy.deepcopy(body), "id": self.rules[uid]["id"]}
+            self.rules[uid] = {**copy.deepcopy(body), "id": self.rules[uid]["id"], "provenance": provenance}
             return 200, self._public_rule(uid)
         if method == "DELETE":
             del self.rules[uid]
@@ -264,7 +283,6 @@ class FakeGrafana:
         rule.update(
             {
                 "for": _go_duration(rule["for"]),
-                "provenance": "api",
                 "updated": "2026-11-23T18:00:00Z",
                 "orgID": 1,
             }
@@ -289,7 +307,9 @@ class FakeGrafana:
                     if self.headers.get("Authorization") != f"Bearer {fake.token}":
                         status, payload = 401, {"message": "Unauthorized"}
                     else:
-                        status, payload = fake.handle(self.command, url.path, parse_qs(url.query), body)
+                        status, payload = fake.handle(
+                            self.command, url.path, parse_qs(url.query), body, dict(self.headers)
+                        )
                 data = b"" if payload is None else json.dumps(payload).encode()
                 self.send_response(status)
                 if data:

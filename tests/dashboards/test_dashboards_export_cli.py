@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -17,11 +18,13 @@ from dashboards.builder import all_dashboards
 from dashboards.cli import app
 from dashboards.export import export
 from dashboards.machines import machines_from_registry, parse_machines
+from dashboards.policy import load_policy_file
 from dashboards.render import render
 from soundwatch.errors import BadInput
 from soundwatch.settings import get_settings, load_settings
 
 runner = CliRunner()
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture
@@ -37,9 +40,8 @@ def settings(monkeypatch):
 def test_export_writes_the_provisioning_tree(settings, tmp_path):
     paths = export(settings, tmp_path, KNOWN)
     rel = sorted(str(p.relative_to(tmp_path)) for p in paths)
-    assert rel == [
+    assert rel == [  # no policies.yaml: it would replace the organisation's whole policy tree
         "alerting/contact-points.yaml",
-        "alerting/policies.yaml",
         "alerting/rules.yaml",
         "dashboards/soundwatch.yaml",
         "dashboards/soundwatch/soundwatch-fleet.json",
@@ -60,23 +62,22 @@ def test_export_writes_the_provisioning_tree(settings, tmp_path):
     assert ds["secureJsonData"] == {"password": "$SOUNDWATCH_INFLUX__PASSWORD"}
     (provider,) = yaml.safe_load((tmp_path / "dashboards/soundwatch.yaml").read_text())["providers"]
     assert provider["options"]["path"] == "/etc/grafana/provisioning/dashboards/soundwatch"
-    assert provider["folderUid"] == alerting.folder_uid(settings.grafana)
+    # one folder: rules name it by title (all Grafana's rule files can do), and so does the provider
+    assert provider["folder"] == settings.grafana.folder and "folderUid" not in provider
     boards = all_dashboards(settings.grafana, KNOWN)
     for uid, board in boards.items():
         assert json.loads((tmp_path / f"dashboards/soundwatch/{uid}.json").read_text()) == board
 
     groups = yaml.safe_load((tmp_path / "alerting/rules.yaml").read_text())["groups"]
-    assert [g["name"] for g in groups] == [
-        "soundwatch-fan",
-        "soundwatch-pump",
-        "soundwatch-slider",
-        alerting.PIPELINE_GROUP,
+    assert [(g["name"], g["interval"]) for g in groups] == [
+        (alerting.MACHINE_GROUP, "10s"),
+        (alerting.PIPELINE_GROUP, "1m"),
     ]
-    assert all(g["folder"] == settings.grafana.folder and g["interval"] == "1m" for g in groups)
+    assert all(g["folder"] == settings.grafana.folder for g in groups)
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 2 * len(KNOWN) + 1  # two per machine, one fleet-wide audio-loss rule
+    assert len(rules) == 3  # machine alerting, machine silent, audio lost: for any number of machines
     assert all("folderUID" not in r and "ruleGroup" not in r for r in rules)  # file shape, not API shape
-    assert {r["for"] for r in rules} == {settings.grafana.alert_for, "0s"}
+    assert {r["for"] for r in rules} == {"0s"}
     (cp,) = yaml.safe_load((tmp_path / "alerting/contact-points.yaml").read_text())["contactPoints"]
     assert cp["name"] == alerting.CONTACT_POINT
     assert cp["receivers"] == [
@@ -84,12 +85,11 @@ def test_export_writes_the_provisioning_tree(settings, tmp_path):
             "uid": "soundwatch-webhook",
             "type": "webhook",
             "disableResolveMessage": False,
-            "settings": {"url": "https://hooks.example.com/soundwatch", "httpMethod": "POST"},
+            # the secret stays in the environment; Grafana expands the reference from its own
+            "settings": {"url": "$SOUNDWATCH_GRAFANA__WEBHOOK_URL", "httpMethod": "POST"},
         }
     ]
-    (policy,) = yaml.safe_load((tmp_path / "alerting/policies.yaml").read_text())["policies"]
-    assert policy["routes"][0]["routes"][0]["object_matchers"] == [["severity", "=", "critical"]]
-
+    assert "hooks.example.com" not in (tmp_path / "alerting/contact-points.yaml").read_text()
     mtimes = {p: p.stat().st_mtime_ns for p in paths}
     export(settings, tmp_path, KNOWN)
     assert {p: p.stat().st_mtime_ns for p in paths} == mtimes  # unchanged input rewrites nothing
@@ -97,13 +97,31 @@ def test_export_writes_the_provisioning_tree(settings, tmp_path):
 
 def test_export_without_contact_routes_to_grafana_default(tmp_path, monkeypatch):
     monkeypatch.setenv("SOUNDWATCH_GRAFANA__WEBHOOK_URL", "https://hooks.example.com/x")
-    export(load_settings(), tmp_path, KNOWN)
+    export(load_settings(), tmp_path, KNOWN, policy_tree=None)
     assert (tmp_path / "alerting/contact-points.yaml").exists()
     monkeypatch.delenv("SOUNDWATCH_GRAFANA__WEBHOOK_URL")
-    export(load_settings(), tmp_path, KNOWN)
+    export(load_settings(), tmp_path, KNOWN, policy_tree={"receiver": "platform-oncall"})
     assert not (tmp_path / "alerting/contact-points.yaml").exists()
     (policy,) = yaml.safe_load((tmp_path / "alerting/policies.yaml").read_text())["policies"]
-    assert policy["receiver"] == alerting.FALLBACK_RECEIVER
+    assert policy["receiver"] == "platform-oncall"  # the organisation's root stays
+    assert [r["receiver"] for r in policy["routes"]] == [alerting.FALLBACK_RECEIVER]  # soundwatch's route
+
+
+def test_cli_export_merges_into_an_exported_policy_tree(settings, tmp_path):
+    """--policy-tree: policies.yaml is the organisation's exported tree with soundwatch's route merged in."""
+    foreign = FIXTURES / "policies-foreign.yaml"
+    out = tmp_path / "out"
+    args = ["export", "--out", str(out), "--machines", "fan/id_00", "--policy-tree", str(foreign)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (written,) = yaml.safe_load((out / "alerting/policies.yaml").read_text())["policies"]
+    original = load_policy_file(foreign.read_text())
+    assert written["receiver"] == original["receiver"] == "platform-oncall"
+    assert written["routes"][1:] == original["routes"]  # every foreign route, untouched, in order
+    assert written["routes"][0]["object_matchers"] == [["app", "=", "soundwatch"]]
+    result = runner.invoke(app, ["export", "--out", str(out), "--machines", "fan/id_00"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "alerting/policies.yaml").exists()  # no tree given: an earlier merged file is removed
 
 
 def test_machines_are_validated():
@@ -119,7 +137,7 @@ def test_cli_export(settings, tmp_path):
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["machines"] == ["fan/id_00", "pump/id_00"]
-    assert len(out["files"]) == 8
+    assert len(out["files"]) == 7
 
 
 def test_cli_bad_machine_raises_bad_input(settings, tmp_path):
@@ -131,7 +149,7 @@ def test_cli_push_twice(settings):
     with FakeGrafana("tok") as grafana:
         first = runner.invoke(app, ["push", "--url", grafana.url, "--token", "tok", "--machines", "fan/id_00"])
         assert first.exit_code == 0, first.output
-        assert len(json.loads(first.stdout)["created"]) == 1 + 1 + 3 + 1 + 2 + 1  # ... rules: 2 + audio loss
+        assert len(json.loads(first.stdout)["created"]) == 1 + 1 + 3 + 1 + 3  # ... three rules for any fleet
         second = runner.invoke(app, ["push", "--url", grafana.url, "--token", "tok", "--machines", "fan/id_00"])
         assert second.exit_code == 0, second.output
         report = json.loads(second.stdout)

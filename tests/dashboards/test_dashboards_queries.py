@@ -6,16 +6,21 @@ from __future__ import annotations
 import time
 
 import pytest
-from dashboards_scenario import FAN0, FAN2, KNOWN, PUMP0, SKIPPED, SLIDER0, Scenario, bucket_reduce
+from dashboards_scenario import FAN0, FAN2, KNOWN, PUMP0, SKIPPED, Scenario, bucket_reduce
 
 from dashboards import alerting
 from dashboards import queries as q
 from dashboards.builder import fleet_dashboard, machine_dashboard, pipeline_dashboard
-from dashboards.evaluate import evaluate
+from dashboards.evaluate import Labels, evaluate, instance
 from dashboards.influxql import interpolate
-from dashboards.machines import machines_from_influx
+from dashboards.machines import Machine, machines_from_influx
 from dashboards.render import PanelRunner
+from scoring.alerts import Observation
+from scoring.state import StateTable
+from scoring.status import NS, KnownMachines, status_points
 from soundwatch.influx.client import InfluxClient
+from soundwatch.influx.schema import alert_point
+from soundwatch.influx.sink import BufferedSink
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +57,7 @@ def test_fleet_overview_panels(isolated_settings, scenario):
         FAN2.key: "normal",
         PUMP0.key: "stale",
     }
-    assert [t["alias"] for t in next(p for p in board["panels"] if p["title"] == "Status")["targets"]] == [
-        m.key for m in sorted(KNOWN)
-    ]
+    (grid_query,) = [t["query"] for t in _panel(board, "Status")["targets"]]  # one query for the whole fleet
     (over,) = run.panel(board, "Machines over threshold")
     assert over.values == [1]
     (reporting,) = run.panel(board, "Machines reporting")
@@ -205,49 +208,126 @@ def test_pipeline_health_panels(isolated_settings, scenario):
     assert lag_now.values == [float(max(r["fields"].get("consumer_lag", 0) for r in sc.pipeline[-4:]))]
 
 
+def _rule(settings, uid):
+    return next(r for g in alerting.rule_groups(settings.grafana) for r in g["rules"] if r["uid"] == uid)
+
+
+def _machine(m: Machine) -> Labels:
+    return instance(machine_type=m.machine_type, machine_id=m.machine_id)
+
+
 def test_alert_rules_decide_per_machine(isolated_settings, scenario):
-    sc, g = scenario, isolated_settings.grafana
+    """One rule, one instance per machine the workers report: firing, normal, silent — each by name."""
     client = InfluxClient(isolated_settings.influx)
     now_ms = int(time.time() * 1000)
-    results = {}
-    for group in alerting.rule_groups(g, KNOWN):
-        if group["title"] == alerting.PIPELINE_GROUP:
-            continue  # fleet-wide, tested below
-        for rule in group["rules"]:
-            kind = "anomaly" if rule["uid"].startswith("sw-anomaly") else "nodata"
-            results[(kind, rule["labels"]["machine_type"] + "/" + rule["labels"]["machine_id"])] = evaluate(
-                rule, client, now_ms=now_ms
+    alert = evaluate(_rule(isolated_settings, alerting.ALERTING_UID), client, now_ms=now_ms)
+    assert set(alert) == {_machine(m) for m in (FAN0, FAN2, PUMP0)}  # slider never reported: unknown
+    assert {k: e.state for k, e in alert.items()} == {
+        _machine(FAN0): "firing",
+        _machine(FAN2): "normal",
+        _machine(PUMP0): "normal",  # a silent machine is not an anomaly; the silent rule covers it
+    }
+    silent = evaluate(_rule(isolated_settings, alerting.SILENT_UID), client, now_ms=now_ms)
+    assert {k: e.state for k, e in silent.items()} == {
+        _machine(FAN0): "normal",
+        _machine(FAN2): "normal",
+        _machine(PUMP0): "firing",
+    }
+    assert silent[_machine(PUMP0)].values["B"] == pytest.approx(scenario.latest_status(PUMP0)["seconds_since_audio"])
+    # no scoring worker writes any status (before the scenario): the silent rule's no-data state fires
+    before = evaluate(_rule(isolated_settings, alerting.SILENT_UID), client, now_ms=(scenario.start_s - 600) * 1000)
+    assert {k: e.state for k, e in before.items()} == {(): "firing"}
+
+
+def test_rules_page_on_the_workers_alert_state(isolated_settings):
+    """The real scoring state (hysteresis) and status code write the points; the rule pages on exactly them."""
+    scoring = isolated_settings.scoring
+    states = StateTable(None, alert_after=scoring.alert_after, resolve_after=scoring.resolve_after)
+    known = KnownMachines(None, "test", "group")
+    loud, quiet, silent = Machine("fan", "id_00"), Machine("fan", "id_01"), Machine("pump", "id_00")
+    t0_ns = (int(time.time()) - 120) * NS
+    window = [0]
+
+    def windows(m: Machine, anomalous: list[bool], received_ns: int) -> list:
+        events = []
+        for bad in anomalous:
+            window[0] += 1
+            end_ns = t0_ns - 3600 * NS + window[0] * NS
+            state = states.get(m.key, "v1", 1)
+            obs = Observation(m.machine_type, m.machine_id, "v1", end_ns, 3.0 if bad else 1.0, 2.0)
+            event = state.alert_step(obs)
+            if event is not None:
+                events.append(event)
+            known.observe(m.key, 0, end_ns, received_ns)
+        return events
+
+    def write_status(at_ns: int, events: list) -> None:
+        points = status_points(
+            known.on_partitions({0}), now_ns=at_ns, stale_after_s=scoring.stale_after_s, alerting=states.alerting
+        )
+        points += [
+            alert_point(
+                machine_type=e.machine_type,
+                machine_id=e.machine_id,
+                state=e.current.value,
+                score_median=e.score_median,
+                threshold=e.threshold,
+                time_ns=e.timestamp_ns,
             )
-    fan0 = results[("anomaly", FAN0.key)]
-    assert fan0.state == "firing"
-    assert fan0.values["B"] == pytest.approx(sc.of(FAN0)[-1].score_median)
-    assert fan0.values["TH"] == pytest.approx(2.2)
-    assert results[("anomaly", FAN2.key)].state == "normal"
-    assert results[("anomaly", FAN2.key)].values["B"] == pytest.approx(sc.of(FAN2)[-1].score_median)
-    # a silent machine is not an anomaly, but it raises the no-data rule
-    assert results[("anomaly", PUMP0.key)].state == "normal"
-    assert results[("anomaly", PUMP0.key)].values["B"] is None
-    assert results[("nodata", PUMP0.key)].state == "firing"
-    assert results[("nodata", SLIDER0.key)].state == "firing"
-    assert results[("nodata", FAN0.key)].state == "normal"
-    assert results[("nodata", FAN0.key)].values["B"] == pytest.approx(
-        sum(1 for p in sc.of(FAN0) if p.t * 1000 >= now_ms - 300_000)
-    )
+            for e in events
+        ]
+        sink = BufferedSink.from_settings(isolated_settings.influx)
+        try:
+            sink.add(points)
+            assert sink.flush(block_s=30), sink.stats
+        finally:
+            sink.close()
+
+    client = InfluxClient(isolated_settings.influx)
+    rule, silent_rule = _rule(isolated_settings, alerting.ALERTING_UID), _rule(isolated_settings, alerting.SILENT_UID)
+
+    # the silent machine's audio stopped 10 min ago; the loud one crosses its threshold alert_after times
+    windows(silent, [False], received_ns=t0_ns - 600 * NS)
+    windows(quiet, [False] * 3, received_ns=t0_ns)
+    raised = windows(loud, [True] * (scoring.alert_after - 1), received_ns=t0_ns)
+    write_status(t0_ns, raised)
+    at = evaluate(rule, client, now_ms=t0_ns // 1_000_000 + 1000)
+    assert raised == [] and at[_machine(loud)].state == "normal"  # one window short of the worker's alert
+
+    t1_ns = t0_ns + 30 * NS
+    raised = windows(loud, [True], received_ns=t1_ns)
+    assert [e.current.value for e in raised] == ["alerting"]  # the worker raised its alert
+    write_status(t1_ns, raised)
+    at = evaluate(rule, client, now_ms=t1_ns // 1_000_000 + 1000)
+    assert {k: e.state for k, e in at.items()} == {
+        _machine(loud): "firing",
+        _machine(quiet): "normal",
+        _machine(silent): "normal",
+    }
+    quiet_now = evaluate(silent_rule, client, now_ms=t1_ns // 1_000_000 + 1000)
+    assert {k for k, e in quiet_now.items() if e.state == "firing"} == {_machine(silent)}  # named
+
+    t2_ns = t1_ns + 30 * NS
+    resolved = windows(loud, [False] * scoring.resolve_after, received_ns=t2_ns)
+    assert [e.current.value for e in resolved] == ["normal"]  # the worker resolved it
+    write_status(t2_ns, resolved)
+    at = evaluate(rule, client, now_ms=t2_ns // 1_000_000 + 1000)
+    assert at[_machine(loud)].state == "normal" and at[_machine(loud)].values["B"] == 0
 
 
 def test_audio_loss_rule_fires_when_a_feature_worker_counter_grows(isolated_settings, scenario):
     """Fleet-wide rule on the features stage's chunks_skipped / chunks_conflicting / topic_resyncs counters (5 min)."""
     sc, g = scenario, isolated_settings.grafana
     client = InfluxClient(isolated_settings.influx)
-    (group,) = [gr for gr in alerting.rule_groups(g, KNOWN) if gr["title"] == alerting.PIPELINE_GROUP]
+    (group,) = [gr for gr in alerting.rule_groups(g) if gr["title"] == alerting.PIPELINE_GROUP]
     (rule,) = group["rules"]
     assert rule["uid"] == alerting.AUDIO_LOSS_UID and rule["labels"]["app"] == "soundwatch"
-    now = evaluate(rule, client, now_ms=int(time.time() * 1000))  # the counter grew 2 min ago
+    (now,) = evaluate(rule, client, now_ms=int(time.time() * 1000)).values()  # the counter grew 2 min ago
     assert now.state == "firing"
     assert now.values["SR"] == SKIPPED and now.values["CR"] == 0 and now.values["RR"] == 0
-    earlier = evaluate(rule, client, now_ms=(sc.now_s - 600) * 1000)  # counters flat in that 5 min window
+    (earlier,) = evaluate(rule, client, now_ms=(sc.now_s - 600) * 1000).values()  # counters flat in that window
     assert earlier.state == "normal" and earlier.values["SR"] == 0
-    before_data = evaluate(rule, client, now_ms=(sc.start_s - 3600) * 1000)  # no feature worker reporting
+    (before_data,) = evaluate(rule, client, now_ms=(sc.start_s - 3600) * 1000).values()  # no feature worker
     assert before_data.state == "normal" and before_data.values["SR"] is None
 
 
@@ -257,17 +337,18 @@ def test_every_query_runs_and_returns_data(isolated_settings, scenario):
     client = InfluxClient(isolated_settings.influx)
     variables = {q.VAR_TYPE: "fan", q.VAR_MACHINE: "id_00"}
     queries: list[str] = []
-    reporting = [FAN0, FAN2, PUMP0]  # slider/id_00 never reported: its status tile is empty by design
+    reporting = [FAN0, FAN2, PUMP0]
     for board in (fleet_dashboard(g, reporting), machine_dashboard(g, reporting), pipeline_dashboard(g)):
         queries += [t["query"] for p in board["panels"] for t in p.get("targets", [])]
         queries += [
             a["target"]["query"] for a in board["annotations"]["list"] if "target" in a and "query" in a["target"]
         ]
         queries += [v["query"] for v in board["templating"]["list"]]
-    for group in alerting.rule_groups(g, [FAN0]):  # the machine rules and the fleet-wide pipeline rule
+    for group in alerting.rule_groups(g):  # the machine rules and the fleet-wide pipeline rule
         queries += [d["model"]["query"] for r in group["rules"] for d in r["data"] if d["datasourceUid"] != "__expr__"]
-    # 11 fleet + 12 machine (incl. annotations, variables) + 7 pipeline + 3 machine rule + 2 pipeline rule
-    assert len(queries) >= 35
+    # 9 fleet (one per panel, whatever the fleet) + 12 machine (incl. annotations, variables) + 7 pipeline
+    # + 2 machine rules + 3 pipeline rule
+    assert len(queries) == 33
     empty = []
     for text in queries:
         series = client.query(

@@ -1,10 +1,9 @@
-"""Small pure pieces: Grafana macro interpolation, $__interval, refIds, grid layout."""
+"""Small pure pieces: Grafana macro interpolation, $__interval, grid layout."""
 
 from __future__ import annotations
 
 import pytest
 
-from dashboards.builder import _refid
 from dashboards.influxql import interpolate
 from dashboards.panels import Layout
 from dashboards.render import grafana_interval
@@ -31,12 +30,6 @@ def test_interval_rounds_up_to_a_nice_step():
     assert grafana_interval(0, 3_600_000) == "15s"  # 1 h / 300 points = 12 s -> 15 s
     assert grafana_interval(0, 60_000) == "1s"
     assert grafana_interval(0, 7 * 86_400_000) == "1h"
-
-
-def test_refids_are_unique_letters():
-    ids = [_refid(i) for i in range(60)]
-    assert ids[:3] == ["A", "B", "C"] and ids[25:28] == ["Z", "AA", "AB"]
-    assert len(set(ids)) == 60
 
 
 def test_layout_wraps_rows_and_numbers_panels():

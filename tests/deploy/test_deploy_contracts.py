@@ -34,6 +34,16 @@ def _mounts(svc: dict) -> dict[str, str]:
     return out
 
 
+def _host_path(arg: str, svc: dict, out_target: str, out_dir) -> str:
+    """A command argument with the exporter's output volume and its bind-mounted files mapped to this host."""
+    if arg == out_target:
+        return str(out_dir)
+    source = _mounts(svc).get(arg)
+    if source is not None and source.startswith("./"):
+        return str(DEPLOY / "compose" / source)
+    return arg
+
+
 def _expand_grafana(text: str, env: dict[str, str]) -> str:
     """Grafana's provisioning expansion of $VAR / ${VAR} from its environment."""
     return re.sub(r"\$(?:\{(\w+)\}|(\w+))", lambda m: env.get(m[1] or m[2], ""), text)
@@ -57,7 +67,7 @@ def test_compose_grafana_can_query_influxdb(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDWATCH_")}
     env.update(compose_file.environment(exporter))
     env["PYTHONPATH"] = str(DEPLOY.parent)
-    command = [a if a != out_target else str(tmp_path) for a in exporter["command"]]
+    command = [_host_path(a, exporter, out_target, tmp_path) for a in exporter["command"]]
     result = subprocess.run(
         [sys.executable, "-m", "deploy.main", *command, "--machines", "fan/id_00"],
         env=env,
@@ -89,6 +99,17 @@ def test_compose_grafana_can_query_influxdb(tmp_path):
 
     provider = yaml.safe_load((tmp_path / "dashboards" / "soundwatch.yaml").read_text())["providers"][0]
     assert provider["options"]["path"].startswith(GRAFANA_PROVISIONING + "/")
+
+    # the stack's Grafana is fresh: soundwatch's alerts get one route of their own, merged into
+    # Grafana's default tree (without a policies.yaml they would go to the default e-mail receiver)
+    (tree,) = yaml.safe_load((tmp_path / "alerting" / "policies.yaml").read_text())["policies"]
+    assert tree["receiver"] == "grafana-default-email"
+    (route,) = tree["routes"]
+    assert route["receiver"] == "soundwatch-maintenance"
+    assert ["app", "=", "soundwatch"] in route["object_matchers"]
+    contact_text = (tmp_path / "alerting" / "contact-points.yaml").read_text()
+    referenced = set(re.findall(r"\$\{?(\w+)", contact_text))
+    assert referenced and referenced <= set(grafana_env), "the webhook must come from Grafana's environment"
 
 
 def test_compose_workers_write_to_the_influxdb_compose_sets_up():

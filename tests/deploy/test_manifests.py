@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import compose_file
 import pytest
@@ -121,7 +121,9 @@ def test_configured_values_are_the_values_soundwatch_loads(monkeypatch, tmp_path
         for key, value in given.items():
             field = _field(key)
             assert field is not None, f"{where}: {key} is not a setting"
-            wanted = TypeAdapter(field.annotation).validate_python(value)
+            # the field's own validators too (durations such as "2d" are parsed by them)
+            kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+            wanted = TypeAdapter(kind).validate_python(value)
             wanted = wanted.get_secret_value() if hasattr(wanted, "get_secret_value") else wanted
             assert _loaded_value(settings, key) == wanted, f"{where}: {key}={value!r} is not what soundwatch loads"
             checked += 1
@@ -225,3 +227,24 @@ def test_dockerfile_entrypoint_is_the_console_script():
     assert f"deploy/docker/bootstrap-models.sh /usr/local/bin/{BOOTSTRAP}" in text
     pyproject = (DEPLOY.parent / "pyproject.toml").read_text()
     assert 'soundwatch = "deploy.main:main"' in pyproject
+
+
+def test_keda_scales_on_the_topic_and_group_the_scoring_workers_consume(monkeypatch, tmp_path):
+    """The ScaledObject names the features topic and scoring group literally: they must be what the
+    workers load from the ConfigMap (kafka.topic_prefix included)."""
+    monkeypatch.chdir(tmp_path)
+    checked = 0
+    for overlay, objects in rendered().items():
+        for key in [k for k in os.environ if k.startswith("SOUNDWATCH_")]:
+            monkeypatch.delenv(key)
+        for obj in objects:
+            if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].startswith("soundwatch-config"):
+                for key, value in obj["data"].items():
+                    monkeypatch.setenv(key, str(value))
+        settings = load_settings()
+        for obj in objects:
+            for trigger in obj["spec"]["triggers"] if obj["kind"] == "ScaledObject" else []:
+                assert trigger["metadata"]["topic"] == settings.kafka.topics.features, overlay
+                assert trigger["metadata"]["consumerGroup"] == settings.scoring.group_id, overlay
+                checked += 1
+    assert checked >= 1

@@ -141,6 +141,7 @@ def test_no_secret_in_any_output_or_under_var_even_with_debug_and_failures(stack
         ("influx", "password"),
         ("influx", "token"),
         ("grafana", "token"),
+        ("grafana", "webhook_url"),
     } <= set(paths)
     secrets = {path: _recognisable(path) for path in paths}
     secrets[("influx", "password")] = INFLUX_PASSWORD

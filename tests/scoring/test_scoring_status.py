@@ -7,6 +7,7 @@ machines live in Redis).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -180,3 +181,58 @@ def test_known_machines_keep_the_newest_window_and_merge_through_redis(isolated_
     ]
     client.delete(a.key)
     client.close()
+
+
+@pytest.mark.integration
+def test_machines_silent_for_forget_after_s_are_dropped_by_every_worker_and_come_back_if_heard(isolated_settings):
+    import redis
+
+    s = isolated_settings
+    client = redis.Redis.from_url(s.redis.url, **s.redis.client_kwargs())
+    day_ns = 86_400 * 10**9
+    a = KnownMachines(client, s.redis.key_prefix, "group")
+    a.observe("fan/id_00", partition=0, end_ns=100, received_ns=1 * day_ns)  # decommissioned on day 1
+    a.observe("fan/id_01", partition=1, end_ns=100, received_ns=8 * day_ns)
+    assert a.save_dirty()
+    client.hset(a.state_key, mapping={"fan/id_00": "{}", "fan/id_01": "{}"})  # their filter/alert state
+    b = KnownMachines(client, s.redis.key_prefix, "group")  # a second worker of the group
+    assert b.refresh() and set(b.machines()) == {"fan/id_00", "fan/id_01"}
+
+    assert a.prune(now_ns=9 * day_ns, forget_after_s=7 * 86_400.0) == ["fan/id_00"]
+    assert set(a.machines()) == {"fan/id_01"}
+    assert set(client.hkeys(a.key)) == {b"fan/id_01"} and set(client.hkeys(a.state_key)) == {b"fan/id_01"}
+    assert b.refresh() and set(b.machines()) == {"fan/id_01"}  # the other worker drops its copy too
+
+    b.observe("fan/id_00", partition=0, end_ns=200, received_ns=9 * day_ns + 1)  # it sends audio again
+    assert b.save_dirty() and a.refresh()
+    assert set(a.machines()) == {"fan/id_00", "fan/id_01"}  # a tombstone does not hide newer audio
+    a.prune(now_ns=17 * day_ns, forget_after_s=7 * 86_400.0)  # both silent now; the old tombstone expires
+    assert client.hkeys(a.key) == []
+    client.delete(a.key, a.state_key, a.forgotten_key)
+    client.close()
+
+
+@pytest.mark.integration
+def test_soundwatch_machines_forget_drops_a_machine_from_the_status_reports(
+    scoring_settings, run_soundwatch, monkeypatch
+):
+    s = _with_status(scoring_settings)
+    for key, value in s.to_env().items():
+        monkeypatch.setenv(key, value)
+    plumbing_model(s.registry_root, "fan", ["id_00", "id_01"])
+    with Plant(s, ["id_00", "id_01"]) as plant, running_worker(s):
+        wait_for(lambda: _status(s, "id_01"), 60, "id_01 reported")
+        plant.active -= {"id_01"}  # decommissioned: it goes silent, then stale
+        wait_for(lambda: [r for r in _status(s, "id_01") if r[ix.STALE] == 1], 60, "id_01 stale")
+
+        listed = run_soundwatch("machines", "list", "--json")
+        assert listed.code == 0 and set(json.loads(listed.stdout)["seconds_since_audio"]) == {"fan/id_00", "fan/id_01"}
+        forgot = run_soundwatch("machines", "forget", "fan", "id_01")
+        assert forgot.code == 0, forgot.stderr
+        forgot_ns = time.time_ns()
+        time.sleep(3 * STATUS_INTERVAL_S + LOOP_SLACK_S)  # a few status rounds
+        assert _status(s, "id_01", forgot_ns + int((STATUS_INTERVAL_S + LOOP_SLACK_S) * 1e9)) == []
+        assert _status(s, "id_00", forgot_ns)  # the others are still reported
+
+    unknown = run_soundwatch("machines", "forget", "fan", "id_99")
+    assert unknown.code == 6 and "does not know machine fan/id_99" in unknown.stderr

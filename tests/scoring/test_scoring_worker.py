@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import jsonschema
 import numpy as np
 import pytest
 import requests
@@ -16,7 +19,7 @@ from scoring_helpers import (
 )
 
 from deploy.private_services import plumbing_model
-from soundwatch.contracts import AlertEvent, AlertState, DeadLetter, Reason, Score, machine_key
+from soundwatch.contracts import AlertEvent, AlertState, DeadLetter, Reason, Score, json_schema, machine_key
 from soundwatch.model.filters import causal_median
 from soundwatch.params import FeatureParams
 
@@ -74,9 +77,17 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
         assert all(r["anomalous"] is (mid == "id_04") for r in mine)
 
     # scores topic mirrors the points; the alert for id_04 fired once, after alert_after=3 windows
-    scores = [Score.decode(r.value) for r in read_topic(s, s.kafka.topics.scores, len(good))]
+    score_records = read_topic(s, s.kafka.topics.scores, len(good))
+    scores = [Score.decode(r.value) for r in score_records]
     assert len(scores) == len(good)
-    alerts = [AlertEvent.decode(r.value) for r in read_topic(s, s.kafka.topics.alerts, 1)]
+    alert_records = read_topic(s, s.kafka.topics.alerts, 1)
+    alerts = [AlertEvent.decode(r.value) for r in alert_records]
+    # readable without our decoder: plain JSON, valid against the published schemas
+    for kind, records in (("score", score_records), ("alert_event", alert_records)):
+        validator = jsonschema.Draft202012Validator(json_schema(kind), format_checker=jsonschema.FormatChecker())
+        for record in records:
+            validator.validate(json.loads(record.value))
+    assert json.loads(alert_records[0].value)["current"] == "alerting"
     assert [(a.machine_id, a.current) for a in alerts] == [("id_04", AlertState.ALERTING)]
     assert alerts[0].timestamp_ns == good[3 * 2 + 2].end_ns  # third window of id_04
     alert_rows = influx_query(s.influx.url, s.influx.database, "SELECT state FROM asd_alert")
@@ -97,7 +108,7 @@ def test_features_in_points_out_with_dlq_alerts_and_metrics(scoring_settings):
     # Prometheus endpoint exposed the counters
     assert 'soundwatch_scoring_windows_total{machine_type="fan"} 24.0' in metrics
     assert 'soundwatch_scoring_dead_letters_total{reason="feature_params_mismatch"} 1.0' in metrics
-    assert "soundwatch_scoring_inference_ms_bucket" in metrics
+    assert "soundwatch_scoring_inference_seconds_bucket" in metrics
     assert "soundwatch_scoring_buffer_points" in metrics
     health = influx_query(
         s.influx.url,

@@ -19,6 +19,7 @@ from soundwatch.contracts import (
     FeatureWindow,
     Reason,
     Score,
+    json_schema,
     machine_key,
     peek_kind,
 )
@@ -140,6 +141,39 @@ def test_score_round_trip(mt, mid, mv, ts, score, med, thr, anom):
 def test_alert_event_round_trip(ts, med, thr, prev, cur, msg, extra):
     e = AlertEvent("fan", "id_00", "v3", ts, prev, cur, med, thr, msg, extra=extra)
     assert AlertEvent.decode(e.encode()) == e
+
+
+def test_scores_and_alert_events_are_json_valid_against_the_published_schemas_and_old_binary_still_decodes():
+    import json
+
+    import jsonschema
+
+    score = Score("fan", "id_00", "v0003", 1_763_900_000_123_456_789, 12.5, 11.0, 10.0, True, 2, 64, 99)
+    event = AlertEvent(
+        "fan",
+        "id_00",
+        "v0003",
+        1_763_900_000_123_456_789,
+        AlertState.NORMAL,
+        AlertState.ALERTING,
+        11.0,
+        10.0,
+        "fan/id_00 alerting",
+        extra={"site": "hall 2"},
+    )
+    for kind, message in (("score", score), ("alert_event", event)):
+        doc = json.loads(message.encode().decode("utf-8"))
+        jsonschema.Draft202012Validator(json_schema(kind), format_checker=jsonschema.FormatChecker()).validate(doc)
+        assert doc["type"] == kind and doc["time"] == "2025-11-23T12:13:20.123456789Z"
+        assert type(message).decode(message.encode()) == message
+        assert type(message).decode(message.encode_binary()) == message  # records older workers wrote
+    bad = json.loads(score.encode())
+    bad["anomalous"] = 1
+    with pytest.raises(ContractError, match="anomalous"):
+        Score.decode(json.dumps(bad).encode())
+    with pytest.raises(ContractError) as info:
+        AlertEvent.decode(score.encode())
+    assert info.value.reason is Reason.WRONG_KIND
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -169,3 +169,73 @@ def test_a_short_registry_signing_key_is_a_settings_error(monkeypatch, tmp_path)
         load_settings()
     assert "SOUNDWATCH_REGISTRY_SIGNING_KEY" in info.value.message and "at least 16 characters" in info.value.message
     assert "short-key" not in str(info.value)
+
+
+def test_config_show_prints_toml_that_loads_back_as_the_same_settings(monkeypatch, tmp_path):
+    import tomllib
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOUNDWATCH_KAFKA__SASL_USERNAME", 'plant "one"\\x')  # quotes and a backslash
+    monkeypatch.setenv("SOUNDWATCH_GRAFANA__EMAIL_ADDRESSES", '["a@example.com", "b@example.com"]')
+    monkeypatch.setenv("SOUNDWATCH_SCORING__STALE_AFTER_S", "2m")
+    shown = runner.invoke(app, ["config", "show"])
+    assert shown.exit_code == 0, shown.output
+    assert "null" not in shown.output and "None" not in shown.output
+    data = tomllib.loads(shown.output)  # valid TOML; unset settings are comments, not values
+    assert "sasl_password" not in data["kafka"] and "# sasl_password =" in shown.output
+    cfg = tmp_path / "shown.toml"
+    cfg.write_text(shown.output)
+    before = load_settings()
+    for key in (
+        "SOUNDWATCH_KAFKA__SASL_USERNAME",
+        "SOUNDWATCH_GRAFANA__EMAIL_ADDRESSES",
+        "SOUNDWATCH_SCORING__STALE_AFTER_S",
+    ):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SOUNDWATCH_CONFIG", str(cfg))
+    assert load_settings() == before  # the printed file reproduces the effective settings
+
+
+def test_log_level_from_the_toml_file_is_honoured(tmp_path):
+    cfg = tmp_path / "quiet.toml"
+    cfg.write_text('log_level = "WARNING"\n')
+    code = (
+        "import logging, sys\n"
+        "from deploy.main import app\n"
+        "app(['--config', sys.argv[1], 'config', 'show', '--json'], standalone_mode=False)\n"
+        "logging.getLogger('soundwatch.probe').info('info-line')\n"
+        "logging.getLogger('soundwatch.probe').warning('warning-line')\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SOUNDWATCH_")}
+    out = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "warning-line" in out.stderr and "info-line" not in out.stderr
+    cfg.write_text('log_level = "DEBUG"\n')
+    out = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert "info-line" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1d", 86400.0), ("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("1h30m", 5400.0), ("2.5", 2.5), ("500ms", 0.5)],
+)
+def test_durations_accept_units(monkeypatch, tmp_path, text, seconds):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOUNDWATCH_ARCHIVE__MAX_AGE_S", text)
+    assert load_settings().archive.max_age_s == seconds
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f'[archive]\nmax_age_s = "{text}"\n[scoring]\nstale_after_s = {seconds}\nmax_wait_ms = "2s"\n')
+    monkeypatch.delenv("SOUNDWATCH_ARCHIVE__MAX_AGE_S")
+    monkeypatch.setenv("SOUNDWATCH_CONFIG", str(cfg))
+    s = load_settings()
+    assert (s.archive.max_age_s, s.scoring.stale_after_s, s.scoring.max_wait_ms) == (seconds, seconds, 2000)
+
+
+@pytest.mark.parametrize("text", ["1x", "d", "1d2", "-5m", "1 day"])
+def test_a_bad_duration_names_the_units(monkeypatch, tmp_path, text):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOUNDWATCH_SCORING__STALE_AFTER_S", text)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "scoring.stale_after_s" in info.value.message
+    assert "90s, 15m, 1d" in info.value.message

@@ -17,11 +17,11 @@ from soundwatch.model.device import autocast, grad_scaler, optimizer_step, resol
 from soundwatch.model.networks import AEConfig, FrameAE
 from soundwatch.model.scorer import WindowScorer
 from soundwatch.settings import RetrainSettings
-from training.methods.base import FineTuned, Trained, fine_tune_batches, freeze_batchnorm
+from training.methods.base import FineTuned, Trained, TrainedOnce, fine_tune_batches, freeze_batchnorm
 from training.methods.common import EncoderJob, batches, epoch_size, norm_sample
 
 
-class AEMethod:
+class AEMethod(TrainedOnce):
     name = "ae"
     help = "DCASE 2020 dense autoencoder baseline"
     classifies = False

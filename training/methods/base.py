@@ -49,7 +49,7 @@ class FineTuned:
     knn_k: int
     scorer: WindowScorer
     losses: list[float]
-    encoder_mode: str = "weights"  # encoder methods: bank | head | full; ae: "weights" (always fine-tuned)
+    encoder_mode: str = "weights"  # encoder methods: bank | head | full; ae: "weights"; stats-*: "refit"
 
 
 class Method(Protocol):
@@ -77,6 +77,30 @@ class Method(Protocol):
     ) -> FineTuned:
         """Update ``parent`` (a LoadedModel of this method) with ``windows`` of ``machine_ids``."""
         ...
+
+    def cross_fitted_scores(
+        self, windows: np.ndarray, clip_of_window: np.ndarray, clip_ids: Sequence[str], median_k: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Median-filtered window scores of every training clip by a model fitted without it, and their
+        machine IDs, for thresholds (empty arrays: refitting is too costly for this method)."""
+        ...
+
+    def refit(self, windows: np.ndarray, machine_ids: Sequence[str], seed: int) -> Trained | None:
+        """The served model refitted on every training window, held-out clips included (None: keep the
+        model fitted on the fit clips)."""
+        ...
+
+
+class TrainedOnce:
+    """The hooks of :class:`Method` for methods whose training takes minutes: no cross-fitting, no refit."""
+
+    def cross_fitted_scores(
+        self, windows: np.ndarray, clip_of_window: np.ndarray, clip_ids: Sequence[str], median_k: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return np.empty(0), np.empty(0, dtype=object)
+
+    def refit(self, windows: np.ndarray, machine_ids: Sequence[str], seed: int) -> Trained | None:
+        return None
 
 
 def fine_tune_batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:

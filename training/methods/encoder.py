@@ -22,7 +22,7 @@ from soundwatch.model.device import autocast, grad_scaler, optimizer_step, resol
 from soundwatch.model.networks import ArcMarginHead, Encoder
 from soundwatch.model.scorer import BANK_LIMIT, WindowScorer, subsample_bank
 from soundwatch.settings import RetrainSettings
-from training.methods.base import ENCODER_MODES, FineTuned, Trained, fine_tune_batches, freeze_batchnorm
+from training.methods.base import ENCODER_MODES, FineTuned, Trained, TrainedOnce, fine_tune_batches, freeze_batchnorm
 from training.methods.common import EncoderJob
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ FitEncoder = Callable[[EncoderJob], tuple[Encoder, ArcMarginHead | None]]
 
 
 @dataclass(frozen=True)
-class EncoderMethod:
+class EncoderMethod(TrainedOnce):
     """An encoder method: ``fit`` trains the encoder (+ classifier); the rest is common to all of them."""
 
     name: str

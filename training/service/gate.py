@@ -125,7 +125,9 @@ def evaluate(model: GatedModel, clips: Sequence[EvalClip]) -> ModelReport:
             over[clip.source][0] += int((filtered > thr).sum())
             over[clip.source][1] += int(filtered.size)
         if clip.source == "test":
-            clip_rows.setdefault(clip.machine_id, []).append((clip_score(raw, model.median_k), int(clip.anomalous)))
+            clip_rows.setdefault(clip.machine_id, []).append(
+                (clip_score(raw, model.median_k, getattr(model, "aggregation", "mean")), int(clip.anomalous))
+            )
     for source, (n_over, n) in over.items():
         report.far[source] = n_over / n if n else None
         report.windows[source] = n

@@ -39,7 +39,9 @@
    ``bank`` candidate kept at the parent's ``neglogp`` got AUC 0.55 and alerted 1/8 faults; a
    ``neglogp`` parent refreshed into ``knn`` went from AUC 0.55 to 0.98 and validation FAR 0.75
    to 0.06, 7/8 faults. ``epochs``/``lr`` apply to ``head``/``full`` and to ``ae``, which always
-   continues its reconstruction objective (its errors do not come from a bank).
+   continues its reconstruction objective (its errors do not come from a bank). Statistic methods
+   (``stats-*``) have no weights to tune: their per-machine densities are refitted on the new
+   confirmed-normal windows + the replay pool, with the parent's standardiser ("refit").
 5. **Recalibrate** per-machine thresholds on the calibration blocks plus the earlier validation
    clips (:func:`training.calibration.fit_threshold` on median-filtered window scores).
 6. **Gate** (:mod:`training.service.gate`) candidate vs current on the gate blocks, the earlier validation
@@ -305,9 +307,12 @@ def calibrate(
 class _InMemoryModel:
     """A candidate seen through the LoadedModel interface, before it is saved."""
 
-    def __init__(self, scorer: Any, median_k: int, thresholds: dict[str, float], default: float) -> None:
+    def __init__(
+        self, scorer: Any, median_k: int, thresholds: dict[str, float], default: float, aggregation: str = "mean"
+    ) -> None:
         self.scorer = scorer
         self.median_k = median_k
+        self.aggregation = aggregation
         self.thresholds = thresholds
         self.default_threshold = default
 
@@ -441,7 +446,7 @@ def retrain_once(
     eval_clips = (
         [EvalClip(b.machine_id, b.windows, "confirmed") for b in gate_blocks] + earlier.validation + earlier.test
     )
-    candidate_model = _InMemoryModel(cand.scorer, parent.median_k, thresholds, default_thr)
+    candidate_model = _InMemoryModel(cand.scorer, parent.median_k, thresholds, default_thr, parent.aggregation)
     decision = run_gate(candidate_model, parent, eval_clips, cfg.gate)
 
     new_cutoff = max(cutoff_ns, max(u["to_ns"] for u in used))
@@ -478,6 +483,7 @@ def retrain_once(
         score_kind=cand.score_kind,
         feature_params=params,
         median_k=parent.median_k,
+        aggregation=parent.aggregation,
         model_config=cand.model_config,
         state=cand.state,
         class_map=cand.class_map,
