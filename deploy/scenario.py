@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from deploy.local_stack import LocalStack
 from deploy.observer import MachineView, PipelineObserver, percentile
-from deploy.pipeline import Pipeline
+from deploy.pipeline import Pipeline, StageProcess
+from deploy.resources import LagTarget, ResourceMonitor
 from deploy.stages import PlantSource, pipeline_stages
+from features.app import app_id
 from soundwatch.errors import SoundwatchError
 from soundwatch.influx import schema as ix
 from soundwatch.influx.client import InfluxClient, quote_ident
@@ -32,6 +37,7 @@ class ScenarioResult:
     elapsed_s: float
     latency_by_time: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, latency)
     warmup_s: float = 20.0
+    resources: dict[str, Any] | None = None  # ResourceMonitor.report() over the steady part, when measured
 
     def alerted(self) -> list[str]:
         return sorted(v.key for v in self.machines if v.alert_spans())
@@ -85,13 +91,45 @@ class InfluxPointWatcher:
                 self._stop.wait(self.poll_s)
 
 
+def _pids(stages: list[StageProcess], prefix: str) -> Callable[[], list[int]]:
+    return lambda: [s.proc.pid for s in stages if s.name.startswith(prefix) and s.proc is not None]
+
+
+def resource_monitor(settings: Settings, stages: list[StageProcess]) -> ResourceMonitor:
+    """CPU and memory of the pipeline's processes and of the local broker and InfluxDB (when this host runs
+    them: ``soundwatch services up``), and the lag of the feature and scoring consumer groups."""
+    roles: dict[str, Callable[[], list[int]]] = {
+        "gateway": _pids(stages, "gateway"),
+        "features": _pids(stages, "features-"),
+        "scoring": _pids(stages, "scoring-"),
+    }
+    services = {s.name: s.pid for s in LocalStack(settings).status() if s.pid is not None}
+    for service, role in (("kafka", "broker"), ("influxdb", "influxd")):
+        if service in services:
+            pid = services[service]
+            roles[role] = lambda pid=pid: [pid]
+    t = settings.kafka.topics
+    lags = [
+        LagTarget("features", app_id(settings), t.audio_raw),
+        LagTarget("scoring", settings.scoring.group_id, t.features),
+    ]
+    return ResourceMonitor(settings, roles, lags)
+
+
 def run_scenario(
-    settings: Settings, source: PlantSource, *, duration_s: float, log_dir: Path, until=None
+    settings: Settings,
+    source: PlantSource,
+    *,
+    duration_s: float,
+    log_dir: Path,
+    until=None,
+    measure_resources: bool = False,
 ) -> ScenarioResult:
     """Run the pipeline for ``duration_s`` (or until ``until(observer)`` is true) and measure it.
 
     ``settings`` reach the child processes through the environment, so a test's private topics,
-    database and registry are what the workers use.
+    database and registry are what the workers use. ``measure_resources``: CPU, memory and consumer
+    lag over the steady part (see :mod:`deploy.resources`) in :attr:`ScenarioResult.resources`.
     """
     stages = pipeline_stages(settings, source, log_dir=log_dir)
     env = settings.to_env()
@@ -100,6 +138,8 @@ def run_scenario(
     observer = PipelineObserver(settings, keep_windows=False, watch_status=False).start()
     watcher = InfluxPointWatcher(settings).start()
     pipeline = Pipeline(stages, say=lambda m: None)
+    monitor = resource_monitor(settings, stages) if measure_resources else None
+    machines = _machine_count(source) if measure_resources else 0
     started = time.monotonic()
     start_ns = time.time_ns()
     stop_early = threading.Event()
@@ -109,12 +149,18 @@ def run_scenario(
             stop_early.set()
 
     pipeline.start()
+    if monitor is not None:
+        monitor.start()
     try:
         while time.monotonic() - started < duration_s and not stop_early.is_set():
             pipeline.watch_once()
             tick()
             time.sleep(0.5)
     finally:
+        ended = time.monotonic()
+        if monitor is not None:
+            monitor.sample_once()
+            monitor.stop()
         pipeline.stop()
         time.sleep(1.0)
         watcher.stop()
@@ -131,4 +177,17 @@ def run_scenario(
         if origin:
             latencies.append((seen_ns - origin) / 1e9)
             by_time.append(((seen_ns - start_ns) / 1e9, (seen_ns - origin) / 1e9))
-    return ScenarioResult(views, latencies, counts, time.monotonic() - started, by_time)
+    result = ScenarioResult(views, latencies, counts, time.monotonic() - started, by_time)
+    if monitor is not None:
+        # the steady part: from warmup_s after the first point (as the latencies), else the second half
+        since = started + (by_time[0][0] + result.warmup_s if by_time else duration_s / 2)
+        result.resources = monitor.report(min(since, ended), ended, machines)
+    return result
+
+
+def _machine_count(source: PlantSource) -> int:
+    """Simulated machines of ``source`` (its ``--machines``: a count or a type/id list)."""
+    if source.kind != "sim":
+        raise ValueError("resources per machine are measured on a simulated plant (source kind 'sim')")
+    spec = source.machines.strip()
+    return int(spec) if spec.isdigit() else len([m for m in spec.split(",") if m.strip()])
