@@ -68,10 +68,10 @@ def _sustained(result: ScenarioResult, window_s: float) -> bool:
 
 
 def run_step(
-    settings: Settings, n: int, seconds: float, log_dir: Path, machines: str | None = None
+    settings: Settings, n: int, seconds: float, log_dir: Path, machines: str | None = None, profile: bool = False
 ) -> tuple[ScenarioResult, Settings]:
     """One step on private topics and database (both removed afterwards); ``machines`` overrides the
-    default fan/pump list of ``n``."""
+    default fan/pump list of ``n``; ``profile``: py-spy samples of each process in ``log_dir/n<N>/profile``."""
     tag = uuid.uuid4().hex[:8]
     s = _private(settings, tag)
     ensure_topics(s)
@@ -79,7 +79,14 @@ def run_step(
     with InfluxClient(s.influx) as influx:
         influx.create_database()
         try:
-            result = run_scenario(s, source, duration_s=seconds, log_dir=log_dir / f"n{n}", measure_resources=True)
+            result = run_scenario(
+                s,
+                source,
+                duration_s=seconds,
+                log_dir=log_dir / f"n{n}",
+                measure_resources=True,
+                profile_dir=log_dir / f"n{n}" / "profile" if profile else None,
+            )
         finally:
             influx.drop_database()
             _delete_topics(s)
@@ -118,19 +125,25 @@ def step_record(n: int, result: ScenarioResult, window_s: float) -> dict[str, An
 
 
 def run_bench(
-    settings: Settings, machines: int, seconds: float, max_machines: int, log_dir: Path, say=lambda m: None
+    settings: Settings,
+    machines: int,
+    seconds: float,
+    max_machines: int,
+    log_dir: Path,
+    say=lambda m: None,
+    profile: bool = False,
 ) -> dict[str, Any]:
     ensure_models(settings, PlantSource(kind="sim", machines=_machines(max(machines, 6))), log_dir / "work", epochs=8)
     window_s = settings.features.window_seconds
     t0 = time.perf_counter()
     say(f"step: {machines} machines for {seconds:.0f} s ...")
-    main, _ = run_step(settings, machines, seconds, log_dir)
+    main, _ = run_step(settings, machines, seconds, log_dir, profile=profile)
     steps = [step_record(machines, main, window_s)]
     best = machines if steps[0]["sustained"] else 0
     n = machines * 2
     while steps[-1]["sustained"] and n <= max_machines:
         say(f"step: {n} machines for {seconds:.0f} s ...")
-        result, _ = run_step(settings, n, seconds, log_dir)
+        result, _ = run_step(settings, n, seconds, log_dir, profile=profile)
         steps.append(step_record(n, result, window_s))
         if steps[-1]["sustained"]:
             best = n

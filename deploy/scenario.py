@@ -20,6 +20,7 @@ from typing import Any
 from deploy.local_stack import LocalStack
 from deploy.observer import MachineView, PipelineObserver, percentile
 from deploy.pipeline import Pipeline, StageProcess
+from deploy.profiling import start_profiles
 from deploy.resources import LagTarget, ResourceMonitor
 from deploy.stages import PlantSource, pipeline_stages
 from features.app import app_id
@@ -124,12 +125,15 @@ def run_scenario(
     log_dir: Path,
     until=None,
     measure_resources: bool = False,
+    profile_dir: Path | None = None,
 ) -> ScenarioResult:
     """Run the pipeline for ``duration_s`` (or until ``until(observer)`` is true) and measure it.
 
     ``settings`` reach the child processes through the environment, so a test's private topics,
     database and registry are what the workers use. ``measure_resources``: CPU, memory and consumer
     lag over the steady part (see :mod:`deploy.resources`) in :attr:`ScenarioResult.resources`.
+    ``profile_dir``: py-spy samples each stage process over the steady part into that folder
+    (:mod:`deploy.profiling`).
     """
     stages = pipeline_stages(settings, source, log_dir=log_dir)
     env = settings.to_env()
@@ -144,9 +148,17 @@ def run_scenario(
     start_ns = time.time_ns()
     stop_early = threading.Event()
 
+    profilers: list[Any] = []
+
     def tick() -> None:
         if until is not None and until(observer):
             stop_early.set()
+        if profile_dir is not None and not profilers and watcher.first_seen_ns:
+            first_s = (min(watcher.first_seen_ns.values()) - start_ns) / 1e9
+            left = duration_s - (time.monotonic() - started) - 2.0
+            if time.monotonic() - started >= first_s + ScenarioResult.warmup_s and left >= 5:
+                pids = {st.name: st.proc.pid for st in stages if st.proc is not None}
+                profilers.extend(start_profiles(pids, left, profile_dir))
 
     pipeline.start()
     if monitor is not None:
@@ -161,6 +173,8 @@ def run_scenario(
         if monitor is not None:
             monitor.sample_once()
             monitor.stop()
+        for proc in profilers:  # py-spy writes its file when its duration is over
+            proc.wait(timeout=30)
         pipeline.stop()
         time.sleep(1.0)
         watcher.stop()
