@@ -47,6 +47,33 @@ def read_proc(pid: int) -> ProcStat | None:
     return ProcStat((utime + stime) / _CLK_TCK, rss_pages * _PAGE)
 
 
+def listening_pid(port: int) -> int | None:
+    """The process listening on TCP ``port`` of this host (a service started elsewhere: another checkout's
+    ``soundwatch services up``, systemd), or None when none is, or its process cannot be inspected."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                rows = fh.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(cols[9])
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in wanted for fd in fds):
+                return int(pid)
+        except OSError:  # gone, or not ours to inspect
+            continue
+    return None
+
+
 @dataclass(frozen=True)
 class LagTarget:
     """A consumer group on a topic: its lag is the sum over partitions of end offset minus committed offset."""

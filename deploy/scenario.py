@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.local_stack import LocalStack
 from deploy.observer import MachineView, PipelineObserver, percentile
 from deploy.pipeline import Pipeline, StageProcess
 from deploy.profiling import start_profiles
-from deploy.resources import LagTarget, ResourceMonitor
+from deploy.resources import LagTarget, ResourceMonitor, listening_pid
 from deploy.stages import PlantSource, pipeline_stages
 from features.app import app_id
 from soundwatch.errors import SoundwatchError
@@ -96,18 +95,24 @@ def _pids(stages: list[StageProcess], prefix: str) -> Callable[[], list[int]]:
     return lambda: [s.proc.pid for s in stages if s.name.startswith(prefix) and s.proc is not None]
 
 
+def _port(address: str) -> int | None:
+    """The port of a local ``host:port`` or ``http://host:port`` (None for a remote or unparsable address)."""
+    first = address.split(",")[0].split("://")[-1].rstrip("/")
+    host, _, port = first.rpartition(":")
+    return int(port) if port.isdigit() and host in ("127.0.0.1", "localhost", "::1", "[::1]") else None
+
+
 def resource_monitor(settings: Settings, stages: list[StageProcess]) -> ResourceMonitor:
-    """CPU and memory of the pipeline's processes and of the local broker and InfluxDB (when this host runs
-    them: ``soundwatch services up``), and the lag of the feature and scoring consumer groups."""
+    """CPU and memory of the pipeline's processes and of the broker and InfluxDB when they run on this host
+    (found by their listening ports), and the lag of the feature and scoring consumer groups."""
     roles: dict[str, Callable[[], list[int]]] = {
         "gateway": _pids(stages, "gateway"),
         "features": _pids(stages, "features-"),
         "scoring": _pids(stages, "scoring-"),
     }
-    services = {s.name: s.pid for s in LocalStack(settings).status() if s.pid is not None}
-    for service, role in (("kafka", "broker"), ("influxdb", "influxd")):
-        if service in services:
-            pid = services[service]
+    for role, port in (("broker", _port(settings.kafka.bootstrap_servers)), ("influxd", _port(settings.influx.url))):
+        pid = listening_pid(port) if port else None
+        if pid is not None:
             roles[role] = lambda pid=pid: [pid]
     t = settings.kafka.topics
     lags = [

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from deploy.resources import LagTarget, ResourceMonitor, consumer_lag, read_proc
+from deploy.resources import LagTarget, ResourceMonitor, consumer_lag, listening_pid, read_proc
 from soundwatch.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from soundwatch.settings import Settings
 
@@ -91,3 +91,14 @@ def test_consumer_lag_is_end_minus_committed_offsets(isolated_settings: Settings
     lag = monitor.report(0.0, time.monotonic(), machines=1)["consumer_lag"]["scoring"]
     assert lag["group"] == group and lag["topic"] == topic
     assert lag["last"] == 6 and lag["max"] == 6 and lag["slope_per_min"] == 0
+
+
+def test_listening_pid_finds_the_process_behind_a_port():
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert listening_pid(port) == os.getpid()
+    assert listening_pid(port) is None  # closed: nobody listens there any more
