@@ -292,6 +292,12 @@ class FeatureStreamSettings(_Section):
         120.0, gt=0, description="/healthz turns 503 when input waits and no record was handled for this long"
     )
     data_dir: Path = Path("var/faust")
+    batch_max_records: int = Field(
+        500, ge=1, description="audio.raw records a feature worker handles per batch (one ack wait per batch)"
+    )
+    batch_max_wait_ms: Millis = Field(
+        20, ge=1, description="how long a feature worker waits to fill a batch (latency added at low load)"
+    )
 
 
 class ArchiveSettings(_Section):
