@@ -83,6 +83,8 @@ STAGE = "features"
 TABLE_NAME = "windower-state"
 _TAIL_DEPTH = 512  # output records read back per partition after an assignment (see module docstring)
 _TAIL_TIMEOUT_S = 60.0
+PRODUCER_MAX_BATCH_BYTES = 512 * 1024  # per partition, as the gateways' (ingest.producer)
+PRODUCER_LINGER_S = 0.005  # as every kafka-python producer here (soundwatch.kafka.make_producer)
 _REWIND_GRACE_S = 10.0  # after seeking back, how long records past the expected offset are treated as stale
 
 
@@ -248,11 +250,13 @@ class WindowingProcessor:
             return b.windowers[key][0].to_bytes()
         return self.table.get(key)
 
-    def _position_of(self, tp: tuple[str, int]) -> tuple[int | None, str | None]:
+    def _position_of(self, tp: tuple[str, int], *, with_fingerprint: bool = False) -> tuple[int | None, str | None]:
+        """``tp``'s next offset as the batch has moved it so far, and (when asked: it hashes a record) the
+        fingerprint of the record before it."""
         b = self._batch
         if b is not None and tp in b.positions:
-            offset = int(b.positions[tp])
-            return offset, (fingerprint(b.last_values[tp]) if tp in b.last_values else None)
+            fp = fingerprint(b.last_values[tp]) if with_fingerprint and tp in b.last_values else None
+            return int(b.positions[tp]), fp
         return _position(self.table.get(_offset_key(*tp)))
 
     def _set_position(self, tp: tuple[str, int], offset: int, value: bytes | None | _NoValue = None) -> None:
@@ -527,7 +531,7 @@ class WindowingProcessor:
         """
         if self._same_log.get(tp) == expected or expected <= 0:
             return None
-        _, stored_fp = self._position_of(tp)
+        _, stored_fp = self._position_of(tp, with_fingerprint=True)
         try:
             end = await self._end(*tp)
             if end is not None and end < expected:
@@ -798,6 +802,10 @@ def create_app(
         value_serializer="raw",
         processing_guarantee="at_least_once",  # exactly_once needs transactions the local broker lacks
         producer_acks=-1,
+        # a window (32 KB) and a windower state (~33 KB) are each over Faust's default 16 KB batch: without
+        # this every record went out in a request of its own. A batch's records now share requests.
+        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+        producer_linger=PRODUCER_LINGER_S,
         broker_session_timeout=settings.kafka.session_timeout_s,
         broker_heartbeat_interval=settings.kafka.heartbeat_interval_s,
         consumer_auto_offset_reset="earliest",
