@@ -230,7 +230,9 @@ class InfluxSettings(_Section):
     bucket: str = "soundwatch"
     # writer behaviour
     batch_size: int = Field(500, ge=1)
-    flush_interval_ms: Millis = Field(500, ge=1)
+    flush_interval_ms: Millis = Field(
+        200, ge=1, description="the scoring worker writes once batch_size points wait or the oldest waited this long"
+    )
     max_buffer_points: int = Field(1_000_000, ge=1, description="points held in memory during an outage")
     timeout_s: Seconds = Field(10.0, gt=0)
 
