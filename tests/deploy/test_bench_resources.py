@@ -104,3 +104,16 @@ def test_listening_pid_finds_the_process_behind_a_port():
         port = server.getsockname()[1]
         assert listening_pid(port) == os.getpid()
     assert listening_pid(port) is None  # closed: nobody listens there any more
+
+
+def test_realtime_share_counts_the_windows_that_arrived_against_those_made():
+    from deploy.bench_e2e import realtime_share
+    from deploy.scenario import ScenarioResult
+
+    # 10 machines, one window each per 1.0 s, seen from t=0 to t=60: 20 s warm-up, then 40 s
+    full = [(t / 10, 1.0) for t in range(0, 601)]  # 10 points a second
+    result = ScenarioResult([], [], {}, 60.0, full)
+    assert realtime_share(result, 10, 1.0) == pytest.approx(1.0, rel=0.01)
+    half = ScenarioResult([], [], {}, 60.0, full[::2])  # the gateway made half the audio
+    assert realtime_share(half, 10, 1.0) == pytest.approx(0.5, rel=0.02)
+    assert realtime_share(ScenarioResult([], [], {}, 60.0, []), 10, 1.0) == 0.0

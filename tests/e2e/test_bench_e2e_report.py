@@ -18,9 +18,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_a_step_reports_cpu_memory_and_lag_per_process(plant_settings: Settings, tmp_path):
     result, s = run_step(plant_settings, 2, 45.0, tmp_path / "logs", machines="fan/id_00,fan/id_02")
-    step = step_record(2, result, plant_settings.features.window_seconds)
+    step = step_record(2, result, plant_settings.features.window_seconds, plant_settings.features.hop_seconds)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted((tmp_path / "logs").rglob("*.log")))
     assert step["points_after_warmup"] > 0, logs
+    assert 0.5 < step["realtime_share"] < 1.5, step  # two machines: the pipeline keeps up
 
     cpu, cores = step["cpu_s_per_machine_hour"], step["cpu_cores"]
     for role in ("gateway", "features", "scoring"):  # the pipeline's own processes always
