@@ -1,8 +1,9 @@
 """Which scorer rebuilds an artifact of each score kind: the one table a new kind is added to.
 
-A new kind (say a statistics-based scorer in its own module) adds one entry here: a function
-``(metadata, state, bank) -> Scorer``. The registry, the scoring worker and retraining then load and
-score it without any change, because they only see :class:`soundwatch.model.scorer.Scorer`.
+A new kind adds one entry here: a function ``(metadata, state, bank) -> Scorer`` (``stats``, the
+statistic methods' numpy model of :mod:`soundwatch.model.stats`, was added this way). The registry,
+the scoring worker and retraining then load and score it without any change, because they only see
+:class:`soundwatch.model.scorer.Scorer`.
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ def test_keys_older_artifacts_lack_get_the_behaviour_they_were_trained_with(old_
     _rewrite_metadata(old_registry / "fan" / "v0001" / "metadata.json", {}, drop=("class_source", "knn_k", "bank_ids"))
     meta = ModelRegistry(old_registry, signing_key=None).metadata("fan", "v0001")
     assert (meta.class_source, meta.knn_k, meta.bank_ids) == ("machine_id", 5, [])
+    assert meta.aggregation == "mean"  # written before per-type clip aggregation (#15): the mean it was scored with
 
 
 def test_metadata_without_a_required_key_is_refused_with_its_name(old_registry: Path) -> None:
@@ -74,5 +75,9 @@ def test_a_newer_metadata_format_is_refused(old_registry: Path) -> None:
 
 
 def test_typed_metadata_writes_back_the_json_it_was_read_from() -> None:
+    """Every key read comes back unchanged; keys the old artifact lacks come back with their default."""
     raw = json.loads((FIXTURE / "fan" / "v0001" / "metadata.json").read_text())
-    assert ArtifactMetadata.from_dict(raw).to_dict() == raw
+    assert "aggregation" not in raw
+    assert ArtifactMetadata.from_dict(raw).to_dict() == {**raw, "aggregation": "mean"}
+    current = ArtifactMetadata.from_dict(raw).to_dict()
+    assert ArtifactMetadata.from_dict(current).to_dict() == current

@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 FitEncoder = Callable[[EncoderJob], tuple[Encoder, ArcMarginHead | None]]
 
 
+def score_kinds(has_head: bool, id_classes: dict[str, list[int]], n_classes: int) -> list[str]:
+    """The score kinds an encoder artifact chooses from on held-out clips.
+
+    ``neglogp`` sums p(class) over the machine's own classes, so it is 0 for every window of a machine
+    that owns every class (one drone flying all four missions): offered only where it can vary.
+    """
+    informative = has_head and all(len(classes) < n_classes for classes in id_classes.values())
+    return ["neglogp", "knn"] if informative else ["knn"]
+
+
 @dataclass(frozen=True)
 class EncoderMethod(TrainedOnce):
     """An encoder method: ``fit`` trains the encoder (+ classifier); the rest is common to all of them."""
@@ -53,7 +63,7 @@ class EncoderMethod(TrainedOnce):
         fit_ids = np.array(job.windows.machine_ids())
         bank = {mid: subsample_bank(emb[fit_ids == mid], seed=cfg.seed) for mid in sorted(set(fit_ids))}
         scorer.bank = {k: torch.from_numpy(v).to(device) for k, v in bank.items()}
-        kinds = ["neglogp", "knn"] if head is not None else ["knn"]
+        kinds = score_kinds(head is not None, job.id_classes, job.n_classes)
         return Trained(state, model_config, scorer, kinds, bank, emb)
 
     def fine_tune(

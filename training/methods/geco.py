@@ -10,11 +10,12 @@ window has and a locally generated "normal-looking" one lacks, which is where ma
 
 1. a short pre-stage fits the predictor alone (its negatives are then meaningful from the start);
    metrics ``predictor_loss`` (pre-stage then joint epochs, MSE in standardised dB units);
-2. SupCon on real windows + predicted negatives, the predictor's MSE trained jointly
-   (``extra_loss``): as it improves, its negatives get harder (a built-in curriculum);
-   ``supcon_loss`` is the contrastive part alone;
-3. ArcFace over the real classes plus one "predicted" class per class (frozen predictor);
-   ``generated_separation`` then says how well the encoder rejects predicted windows.
+2. SupCon on real windows + predicted negatives + ``clp``'s mel-shifted negatives
+   (:func:`geco_negatives`: predictions keep the spectrum, so they alone leave the embedding blind
+   to where energy sits), the predictor's MSE trained jointly (``extra_loss``): as it improves, its
+   negatives get harder (a built-in curriculum); ``supcon_loss`` is the contrastive part alone;
+3. ArcFace over the real classes plus one "shifted" and one "predicted" class per class (frozen
+   predictor); ``generated_separation`` then says how well the encoder rejects predicted windows.
 The predictor is a training device only: the artifact keeps the encoder and ID classifier, like ``clp``.
 """
 
@@ -34,7 +35,9 @@ from training.methods.common import (
     Views,
     arcface_stage,
     batches,
+    combine,
     norm_sample,
+    position_negatives,
     rounded,
     supcon_stage,
 )
@@ -84,9 +87,11 @@ class FramePredictor(nn.Module):
         return pred.float() * self.norm.std + self.norm.mean
 
 
-def predicted_negatives(predictor: FramePredictor, fraction: float, n_labels: int, spliced: bool = True) -> Views:
-    """Predictions of part of a batch as negative classes (label + ``n_labels``), detached: the
-    encoder learns to reject them, the predictor learns only from its own MSE (stabler).
+def predicted_negatives(
+    predictor: FramePredictor, fraction: float, n_labels: int, spliced: bool = True, kind: int = 1
+) -> Views:
+    """Predictions of part of a batch as negative classes (label ``kind * n_labels + c``), detached:
+    the encoder learns to reject them, the predictor learns only from its own MSE (stabler).
 
     ``spliced``: only a random block of 8 to W/2 frames is replaced by its prediction (the rest stays
     real), a harder negative than a fully generated window, which any encoder tells apart by texture.
@@ -105,9 +110,22 @@ def predicted_negatives(predictor: FramePredictor, fraction: float, n_labels: in
             t = torch.arange(w)[None, :]
             block = ((t >= start) & (t < start + length)).to(device)[:, None, :]
             fake = torch.where(block, fake, real)
-        return fake.to(x.device), y[:n] + n_labels
+        return fake.to(x.device), y[:n] + kind * n_labels
 
     return views
+
+
+def geco_negatives(predictor: FramePredictor, fraction: float, n_labels: int) -> Views:
+    """Both kinds of negative classes of a batch: mel-shifted copies (label ``n_labels + c``, as in
+    ``clp``) and predicted ones (label ``2 * n_labels + c``).
+
+    Why both: a predicted window keeps the stationary spectrum, so rejecting it teaches the encoder
+    fine temporal structure only; with few classes that differ little in spectrum (real-uav: four
+    flight missions of one drone) nothing else asks the embedding to see *where energy sits*, and it
+    became blind to faults that change the whole spectrum (broken propellers: kNN AUC 0.79). The
+    mel-shifted negatives keep that sensitivity, the predicted ones add GeCo's.
+    """
+    return combine(position_negatives(fraction, n_labels), predicted_negatives(predictor, fraction, n_labels, kind=2))
 
 
 def pretrain_predictor(job: EncoderJob, predictor: FramePredictor, epochs: int, lr: float) -> list[float]:
@@ -193,18 +211,19 @@ def fit(job: EncoderJob) -> tuple[Encoder, ArcMarginHead | None]:
     encoder = job.new_encoder()
     predictor = new_predictor(job)
     job.metrics["predictor_loss"] = rounded(pretrain_predictor(job, predictor, max(1, epochs // 2), cfg.supcon_lr))
-    views = predicted_negatives(predictor, cfg.negative_fraction, job.n_labels)
+    views = geco_negatives(predictor, cfg.negative_fraction, job.n_labels)
     job.metrics["supcon_loss"], joint_mse = joint_stage(job, encoder, predictor, views, epochs)
     job.metrics["predictor_loss"] += joint_mse
+    predicted = predicted_negatives(predictor, cfg.negative_fraction, job.n_labels)  # for the diagnostic
     if job.n_classes < 2:
-        job.metrics["generated_separation"] = round(generated_separation(job, encoder, views), 4)
+        job.metrics["generated_separation"] = round(generated_separation(job, encoder, predicted), 4)
         return encoder, None
     predictor.eval()
-    negatives = predicted_negatives(predictor, cfg.negative_fraction, job.n_classes)
+    negatives = geco_negatives(predictor, cfg.negative_fraction, job.n_classes)
     head = arcface_stage(
-        job, encoder, negatives, n_out=2 * job.n_classes, epochs=epochs, lr=cfg.arc_lr, desc="geco stage 2 (ArcFace)"
+        job, encoder, negatives, n_out=3 * job.n_classes, epochs=epochs, lr=cfg.arc_lr, desc="geco stage 2 (ArcFace)"
     )
-    job.metrics["generated_separation"] = round(generated_separation(job, encoder, views), 4)
+    job.metrics["generated_separation"] = round(generated_separation(job, encoder, predicted), 4)
     return encoder, head
 
 
