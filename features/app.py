@@ -85,7 +85,8 @@ _TAIL_DEPTH = 512  # output records read back per partition after an assignment 
 _TAIL_TIMEOUT_S = 60.0
 PRODUCER_MAX_BATCH_BYTES = 512 * 1024  # per partition, as the gateways' (ingest.producer)
 PRODUCER_LINGER_S = 0.005  # as every kafka-python producer here (soundwatch.kafka.make_producer)
-_REWIND_GRACE_S = 10.0  # after seeking back, how long records past the expected offset are treated as stale
+_RESEEK_EVERY_S = 1.0  # while records past the expected offset arrive, how often the consumer is sent back again
+_REWIND_GRACE_S = 60.0  # how long a missing record is waited for while it is still in the log
 
 
 def _offset_key(topic: str, partition: int) -> bytes:
@@ -180,7 +181,8 @@ class WindowingProcessor:
         self._earliest = earliest  # first offset still held by (topic, partition)
         self._end = end  # the broker's end offset of (topic, partition) now (None: unknown)
         self._value_at = value_at  # the value the broker holds at (topic, partition, offset) (None: no such record)
-        self._rewinds: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) -> (offset, when)
+        # (topic, partition) -> (offset sought, first and last seek's monotonic time)
+        self._rewinds: dict[tuple[str, int], tuple[int, float, float]] = {}
         self._replaced: dict[tuple[str, int], str] = {}  # partitions found recreated, not yet resynchronised: why
         self._same_log: dict[tuple[str, int], int] = {}  # next offset at which the log was last verified unchanged
         self._last_seen: dict[tuple[str, int], float] = {}  # (topic, partition) -> monotonic time of last record
@@ -455,8 +457,11 @@ class WindowingProcessor:
         (:meth:`_log_replaced`), which is then resynchronised. A later offset means the consumer skipped
         records — Faust drops records it fetched while a partition was paused for recovery and, where
         no offset was committed yet, does not seek back — so the consumer is sent back to the expected
-        offset and records are ignored until it arrives. If it never does (records deleted by retention,
-        or transaction markers), the jump is accepted after ``_REWIND_GRACE_S``.
+        offset and records are ignored until it arrives. Records fetched before the seek can move
+        Faust's read offset past it again (Faust then drops the re-read records below it), so while later
+        records keep coming the consumer is sent back every ``_RESEEK_EVERY_S``. Records deleted by
+        retention before they were read are skipped at once (logged as lost); records that never arrive
+        for another reason are skipped after ``_REWIND_GRACE_S``, loudly.
         """
         tp = (message.topic, message.partition)
         self._last_seen[tp] = time.monotonic()
@@ -482,16 +487,41 @@ class WindowingProcessor:
                 message.offset,
                 expected,
             )
-            self._rewinds[tp] = (expected, now)
+            self._rewinds[tp] = (expected, now, now)
             await self._seek(*tp, expected)
             return False
-        if now - rewind[1] < _REWIND_GRACE_S:
+        _, first_seek, last_seek = rewind
+        if now - last_seek < _RESEEK_EVERY_S:
             return False  # fetched before the seek; the re-read follows
-        log.warning(
-            "%s[%d]: offsets %d..%d never arrived after seeking back; continuing at %d",
+        earliest = await self._earliest(*tp)
+        if earliest > expected:  # deleted by retention before this worker read them
+            log.error(
+                "%s[%d]: offsets %d..%d were deleted by retention before this worker read them; continuing at "
+                "%d. The chunks they held are lost for the stream (counted in chunks_skipped when their "
+                "machines' next chunks arrive): the feature workers fell further behind than the retention.",
+                *tp,
+                expected,
+                earliest - 1,
+                earliest,
+            )
+            self._set_position(tp, earliest, _NO_VALUE)
+            if message.offset == earliest:
+                self._rewinds.pop(tp, None)
+                return True
+            self._rewinds[tp] = (earliest, now, now)
+            await self._seek(*tp, earliest)
+            return False
+        if now - first_seek < _REWIND_GRACE_S:
+            self._rewinds[tp] = (expected, first_seek, now)
+            await self._seek(*tp, expected)  # the read offset moved past it again (see above)
+            return False
+        log.error(
+            "%s[%d]: offsets %d..%d never arrived in %.0f s of seeking back although the log holds them; "
+            "continuing at %d. The chunks they held are lost for the stream (counted in chunks_skipped).",
             *tp,
             expected,
             message.offset - 1,
+            _REWIND_GRACE_S,
             message.offset,
         )
         self._rewinds.pop(tp, None)
@@ -563,7 +593,8 @@ class WindowingProcessor:
         self._same_log.pop(tp, None)
         self._rewinds.pop(tp, None)
         if seek:
-            self._rewinds[tp] = (start, time.monotonic())  # records fetched before the seek are ignored quietly
+            now = time.monotonic()
+            self._rewinds[tp] = (start, now, now)  # records fetched before the seek are ignored quietly
             await self._seek(*tp, start)
         return start
 
@@ -832,7 +863,12 @@ def create_app(
     )
 
     async def seek(topic: str, partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(topic, partition), offset)
+        # In the consumer's own thread: Faust's ``consumer.seek`` changes aiokafka's fetch buffer from this
+        # thread while the consumer thread reads it (KeyError in fetched_records, the worker crashed).
+        try:
+            await app.consumer.seek_wait({TP(topic, partition): offset})
+        except Exception as exc:  # e.g. the partition moved away meanwhile: its new owner reads it
+            log.warning("%s[%d]: could not seek to %d (%s); the next record tries again", topic, partition, offset, exc)
 
     async def earliest(topic: str, partition: int) -> int:
         tp = TP(topic, partition)

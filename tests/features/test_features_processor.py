@@ -185,6 +185,56 @@ def test_records_skipped_by_the_consumer_are_read_again(settings, monkeypatch):
     assert [w.start_frame for w in windows] == starts.tolist() and proc.stats.gaps == 0
 
 
+def test_a_seek_back_defeated_by_records_fetched_before_it_is_repeated_until_the_record_arrives(settings, monkeypatch):
+    """Records fetched before a seek can move Faust's read offset past it again, and Faust then drops the
+    re-read records: while later records keep coming the consumer is sent back again (a 10 s grace used to
+    skip them for good: windows lost after a broker restart)."""
+    clock = [1000.0]
+    monkeypatch.setattr(feature_app.time, "monotonic", lambda: clock[0])
+    pcm = pcm16(real_clips()[6])
+    msgs = messages(chunks_of(pcm, list(range(16_000, pcm.size, 16_000))), partition=3)
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, msgs[:4])
+    before = len(out.records)
+    for _ in range(50):  # for 50 s the consumer delivers 7 and 8 again and again, never 4..6
+        run(proc, msgs[7:9])
+        clock[0] += 1.0
+    assert len(out.records) == before  # 7 and 8 were never processed ahead of 4..6
+    assert len(proc.seeks) >= 45 and set(proc.seeks) == {("audio.raw", 3, 4)}  # sent back again and again
+    run(proc, msgs[4:])  # the seek finally sticks
+    windows = [FeatureWindow.decode(v) for _, v, _, _ in out.records]
+    ref, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
+    assert len(out.records) > before and [w.start_frame for w in windows] == starts.tolist()
+    assert proc.stats.gaps == 0
+
+
+def test_records_deleted_by_retention_before_they_were_read_are_skipped_at_once_and_counted(
+    settings, monkeypatch, caplog
+):
+    clock = [1000.0]
+    monkeypatch.setattr(feature_app.time, "monotonic", lambda: clock[0])
+    pcm = pcm16(real_clips()[6])
+    msgs = messages(chunks_of(pcm, list(range(16_000, pcm.size, 16_000))), partition=3)
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, msgs[:4])
+
+    async def earliest(topic, partition):  # retention deleted offsets 0..6
+        return 7
+
+    proc._earliest = earliest  # type: ignore[method-assign]
+    run(proc, msgs[7:8])
+    assert proc.seeks == [("audio.raw", 3, 4)]
+    clock[0] += 1.5
+    with caplog.at_level("ERROR", logger="features.app"):
+        run(proc, msgs[8:9])  # a record after one re-seek period: 4..6 are gone, so on to 7, the earliest
+    assert "offsets 4..6 were deleted by retention" in caplog.text
+    assert proc.seeks == [("audio.raw", 3, 4), ("audio.raw", 3, 7)]
+    run(proc, msgs[7:])
+    assert proc.stats.gaps == 1 and proc.stats.chunks_skipped == 3  # chunks 4..6, no more
+
+
 def test_a_partition_starts_at_its_earliest_offset(settings, monkeypatch):
     pcm = pcm16(real_clips()[6])
     msgs = messages(chunks_of(pcm, list(range(16_000, pcm.size, 16_000))), partition=0, first_offset=0)
