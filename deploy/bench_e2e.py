@@ -7,7 +7,9 @@ Latency percentiles leave out the first 20 s after the first point (consumer-gro
 loading, JIT compilation). A step is *sustained* when the latency does not grow during the run
 (the last third's median is within 1 s of the first third's), p99 stays within window
 length + 1 s + 2 s of slack, and at least 90 % of the windows the machines make in real time reached
-InfluxDB (``realtime_share``: the simulated gateway itself may fall behind real time).
+InfluxDB (``realtime_share``: the simulated gateway itself may fall behind real time). The gateway
+repeats each machine's first ``GATEWAY_LOOP_S`` seconds of simulator audio, rendered before it starts:
+synthesis cost it more CPU than sending, and a microphone gateway does not synthesise.
 
 Every step also reports what it cost (:mod:`deploy.resources`, over the same steady part): CPU-seconds
 per machine-hour and peak resident memory of each process (gateway, feature and scoring workers, and
@@ -35,6 +37,8 @@ from soundwatch.kafka import ensure_topics, make_admin
 from soundwatch.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+
+GATEWAY_LOOP_S = 8.0  # seconds of simulator audio per machine, rendered once and repeated (see above)
 
 
 def _private(settings: Settings, tag: str) -> Settings:
@@ -95,7 +99,7 @@ def run_step(
     tag = uuid.uuid4().hex[:8]
     s = _private(settings, tag)
     ensure_topics(s)
-    source = PlantSource(kind="sim", machines=machines or _machines(n))
+    source = PlantSource(kind="sim", machines=machines or _machines(n), sim_loop_s=GATEWAY_LOOP_S)
     with InfluxClient(s.influx) as influx:
         influx.create_database()
         try:
