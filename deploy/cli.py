@@ -12,6 +12,7 @@ from deploy.bench_e2e import run_bench
 from deploy.demo import DEFAULT_FAULT, DemoOptions, run_demo
 from deploy.local_stack import LocalStack
 from deploy.pipeline import Pipeline
+from deploy.profiling import py_spy
 from deploy.stages import PlantSource, pipeline_stages
 from soundwatch.console import err_console
 from soundwatch.errors import BadInput
@@ -118,10 +119,16 @@ def bench_e2e(
     seconds: Annotated[float, typer.Option("--seconds", min=20.0, help="length of each step")] = 60.0,
     max_machines: Annotated[int, typer.Option("--max-machines", min=1, help="stop doubling N here")] = 160,
     log_dir: Annotated[Path, typer.Option("--log-dir")] = Path("var/bench-e2e"),
+    profile: Annotated[
+        bool, typer.Option("--profile", help="py-spy samples of every process per step, in LOG_DIR/n<N>/profile")
+    ] = False,
 ) -> None:
-    """Latency chunk produced -> point in InfluxDB (p50/p99) with N machines, and the largest N sustained."""
+    """Latency chunk produced -> point in InfluxDB (p50/p99) with N machines, and the largest N sustained;
+    per step, CPU-seconds per machine-hour and memory of each process and the consumer lag."""
     settings = get_settings()
     LocalStack(settings).require("kafka", "redis", "influxdb")
+    if profile:
+        py_spy()  # missing: say so now, not after the first step
     say = (lambda m: None) if as_json else (lambda m: err_console.print(m))
-    result = run_bench(settings, machines, seconds, max_machines, log_dir, say=say)
+    result = run_bench(settings, machines, seconds, max_machines, log_dir, say=say, profile=profile)
     typer.echo(json.dumps(result))

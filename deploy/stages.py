@@ -19,6 +19,7 @@ class PlantSource:
     data: Path | None = None
     speed: float = 1.0
     loop: bool = True
+    sim_loop_s: float | None = None  # sim: repeat each machine's first seconds (benchmarks: see bench_e2e)
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def gateway_args(self) -> list[str]:
@@ -27,6 +28,8 @@ class PlantSource:
             args += ["--machines", self.machines]
             for fault in self.faults:
                 args += ["--fault", fault]
+            if self.sim_loop_s is not None:
+                args += ["--loop-seconds", f"{self.sim_loop_s:g}"]
         else:
             if self.data is None:
                 raise ValueError("a files source needs data")

@@ -13,6 +13,12 @@ Per record of ``audio.raw`` (key = ``machine_key``, value = an encoded :class:`A
 3. publish the completed windows (key = ``machine_key``) and **wait for the broker's ack**;
 4. only then store the new windower state in the table (its changelog record follows).
 
+Records come in batches (``stream.batch_max_records``, at most ``stream.batch_max_wait_ms`` of waiting
+to fill one): steps 1-2 run record by record in order, step 3 publishes every window of the batch
+before waiting for any ack, and step 4 stores each machine's newest state, then each partition's next
+offset, once all are acked (:meth:`WindowingProcessor.handle_batch`). Per record that is the same
+order of events as one record at a time, so every guarantee below holds per batch.
+
 Delivery (no exactly-once: the local broker has no transactions): a worker killed and restarted,
 or a partition moved to another worker, must give no missing and no duplicate windows.
 
@@ -77,7 +83,10 @@ STAGE = "features"
 TABLE_NAME = "windower-state"
 _TAIL_DEPTH = 512  # output records read back per partition after an assignment (see module docstring)
 _TAIL_TIMEOUT_S = 60.0
-_REWIND_GRACE_S = 10.0  # after seeking back, how long records past the expected offset are treated as stale
+PRODUCER_MAX_BATCH_BYTES = 512 * 1024  # per partition, as the gateways' (ingest.producer)
+PRODUCER_LINGER_S = 0.005  # as every kafka-python producer here (soundwatch.kafka.make_producer)
+_RESEEK_EVERY_S = 1.0  # while records past the expected offset arrive, how often the consumer is sent back again
+_REWIND_GRACE_S = 60.0  # how long a missing record is waited for while it is still in the log
 
 
 def _offset_key(topic: str, partition: int) -> bytes:
@@ -126,8 +135,30 @@ class StreamStats:
         )
 
 
+class _NoValue:
+    """A stored position without a record before it (a resynchronised partition's start)."""
+
+
+_NO_VALUE = _NoValue()
+
+
+@dataclass
+class _Batch:
+    """What a batch of records changes, held until every window it published is acked (see :meth:`handle_batch`)."""
+
+    windowers: dict[bytes, tuple[StreamWindower, int]] = field(default_factory=dict)  # key -> (state, partition)
+    positions: dict[tuple[str, int], bytes] = field(default_factory=dict)  # input partition -> stored position
+    last_values: dict[tuple[str, int], bytes | None] = field(default_factory=dict)  # fingerprinted at the end
+    sends: list[tuple[Any, bytes, list[bytes], list[Any], int]] = field(default_factory=list)
+
+
 class WindowingProcessor:
-    """The agent's per-record logic, kept apart from the Faust wiring in :func:`create_app`."""
+    """The agent's per-record logic, kept apart from the Faust wiring in :func:`create_app`.
+
+    ``table`` maps keys to bytes: ``get(key)``, and ``put(key, value, partition)`` that stores the value
+    and sends it to the changelog partition of input partition ``partition`` (the Faust table's own
+    partition is that of the current event, which a batch no longer has when it writes).
+    """
 
     def __init__(
         self,
@@ -150,7 +181,8 @@ class WindowingProcessor:
         self._earliest = earliest  # first offset still held by (topic, partition)
         self._end = end  # the broker's end offset of (topic, partition) now (None: unknown)
         self._value_at = value_at  # the value the broker holds at (topic, partition, offset) (None: no such record)
-        self._rewinds: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) -> (offset, when)
+        # (topic, partition) -> (offset sought, first and last seek's monotonic time)
+        self._rewinds: dict[tuple[str, int], tuple[int, float, float]] = {}
         self._replaced: dict[tuple[str, int], str] = {}  # partitions found recreated, not yet resynchronised: why
         self._same_log: dict[tuple[str, int], int] = {}  # next offset at which the log was last verified unchanged
         self._last_seen: dict[tuple[str, int], float] = {}  # (topic, partition) -> monotonic time of last record
@@ -159,6 +191,7 @@ class WindowingProcessor:
         self._scanned: set[int] = set()  # input partitions whose output tail has been read since assignment
         self._emitted: dict[bytes, tuple[int, int]] = {}  # machine key -> newest published (segment, start_frame)
         self._n_out: int | None = None
+        self._batch: _Batch | None = None
 
     # -------------------------------------------------------------- rebalance hooks
     def forget_partitions(self, partitions: set[int]) -> None:
@@ -185,9 +218,66 @@ class WindowingProcessor:
             "input partition %d: read back %s's tail, %d machine(s) with recent windows", partition, topic, len(emitted)
         )
 
+    # -------------------------------------------------------------- per batch
+    async def handle_batch(self, messages: list[Any]) -> None:
+        """Process records in order; publish all their windows, wait for every ack, and only then store
+        the machines' new states and the partitions' next offsets (states first).
+
+        One broker round trip and one changelog record per machine and partition per batch, instead
+        of per record. The guarantees are those of one record at a time: the output is never behind the
+        stored state (a crash loses the batch's state, so its chunks are processed again and the
+        windows already published are suppressed), and a next offset is never ahead of its states.
+        """
+        if self._batch is not None:
+            raise RuntimeError("handle_batch is not re-entrant: one batch at a time")
+        batch = self._batch = _Batch()
+        try:
+            for message in messages:
+                await self.handle(message)  # looked up on the instance: tests may wrap it
+            for message, key, values, futures, partition in batch.sends:
+                await self._settle(message, key, values, futures, partition)
+            for key, (windower, partition) in batch.windowers.items():
+                self.table.put(key, windower.to_bytes(), partition)
+            for tp, position in batch.positions.items():
+                if tp in batch.last_values:
+                    position += b":" + fingerprint(batch.last_values[tp]).encode()
+                self.table.put(_offset_key(*tp), position, tp[1])
+        finally:
+            self._batch = None
+
+    def _get(self, key: bytes) -> bytes | None:
+        """A table value as the batch has changed it so far."""
+        b = self._batch
+        if b is not None and key in b.windowers:
+            return b.windowers[key][0].to_bytes()
+        return self.table.get(key)
+
+    def _position_of(self, tp: tuple[str, int], *, with_fingerprint: bool = False) -> tuple[int | None, str | None]:
+        """``tp``'s next offset as the batch has moved it so far, and (when asked: it hashes a record) the
+        fingerprint of the record before it."""
+        b = self._batch
+        if b is not None and tp in b.positions:
+            fp = fingerprint(b.last_values[tp]) if with_fingerprint and tp in b.last_values else None
+            return int(b.positions[tp]), fp
+        return _position(self.table.get(_offset_key(*tp)))
+
+    def _set_position(self, tp: tuple[str, int], offset: int, value: bytes | None | _NoValue = None) -> None:
+        """Stage ``tp``'s next offset, with the value of the record before it (fingerprinted when stored)."""
+        assert self._batch is not None, "positions change only inside handle_batch"
+        self._batch.positions[tp] = str(offset).encode()
+        if isinstance(value, _NoValue):
+            self._batch.last_values.pop(tp, None)
+        else:
+            self._batch.last_values[tp] = value
+
     # -------------------------------------------------------------- per record
     async def handle(self, message: Any) -> None:
-        """Process one ``audio.raw`` record (``message`` has topic, partition, offset, key, value)."""
+        """Process one ``audio.raw`` record (``message`` has topic, partition, offset, key, value).
+
+        Outside :meth:`handle_batch` it is a batch of one."""
+        if self._batch is None:
+            await self.handle_batch([message])
+            return
         await self._ensure_scanned(message.partition)
         if not await self._next_in_partition(message):
             return
@@ -249,7 +339,8 @@ class WindowingProcessor:
             self.stats.windows += len(pending)
         if key in self._emitted and (windower.segment, windower.next_window) > self._emitted[key]:
             del self._emitted[key]  # caught up with what was published before the restart
-        self.table[key] = windower.to_bytes()
+        assert self._batch is not None
+        self._batch.windowers[key] = (windower, message.partition)
         self._done(message)
 
     def _count(self, event: StreamEvent) -> None:
@@ -294,10 +385,15 @@ class WindowingProcessor:
             delay = min(delay * 2, 15.0)
 
     async def _publish(self, message: Any, key: bytes, windows: list[bytes], partition: int) -> None:
-        """Send a chunk's windows (all before waiting for any ack) until each is acked; a window the broker
-        refuses for good becomes an ``undeliverable`` dead letter and the stream goes on."""
-        name = self.settings.kafka.topics.features
+        """Send a chunk's windows; the batch waits for their acks (:meth:`_settle`) before storing states."""
         futures = [await _sent(self.features_topic, key=key, value=value, partition=partition) for value in windows]
+        assert self._batch is not None
+        self._batch.sends.append((message, key, windows, futures, partition))
+
+    async def _settle(self, message: Any, key: bytes, windows: list[bytes], futures: list[Any], partition: int) -> None:
+        """Wait until each window is acked; a window the broker refuses for good becomes an ``undeliverable``
+        dead letter and the stream goes on."""
+        name = self.settings.kafka.topics.features
         for value, fut in zip(windows, futures, strict=True):
             error = await _acked(fut)
             if error is not None and not is_permanent(error):
@@ -337,7 +433,7 @@ class WindowingProcessor:
                 log.warning("%s[%d]: %s; seeking to the log's start %d", *tp, self._replaced[tp], start)
                 await self._seek(*tp, start)
                 continue
-            if int(high) <= stored:
+            if int(high) <= stored or self._batch is not None:  # a batch in flight holds the records past it
                 continue
             if now - self._last_seen.setdefault(tp, now) < idle_s:  # first sight: give it ``idle_s``
                 continue
@@ -361,12 +457,15 @@ class WindowingProcessor:
         (:meth:`_log_replaced`), which is then resynchronised. A later offset means the consumer skipped
         records — Faust drops records it fetched while a partition was paused for recovery and, where
         no offset was committed yet, does not seek back — so the consumer is sent back to the expected
-        offset and records are ignored until it arrives. If it never does (records deleted by retention,
-        or transaction markers), the jump is accepted after ``_REWIND_GRACE_S``.
+        offset and records are ignored until it arrives. Records fetched before the seek can move
+        Faust's read offset past it again (Faust then drops the re-read records below it), so while later
+        records keep coming the consumer is sent back every ``_RESEEK_EVERY_S``. Records deleted by
+        retention before they were read are skipped at once (logged as lost); records that never arrive
+        for another reason are skipped after ``_REWIND_GRACE_S``, loudly.
         """
         tp = (message.topic, message.partition)
         self._last_seen[tp] = time.monotonic()
-        stored, _ = _position(self.table.get(_offset_key(*tp)))
+        stored, _ = self._position_of(tp)
         expected = stored if stored is not None else await self._earliest(*tp)
         why = self._replaced.pop(tp, None)
         if why is None and message.offset < expected:
@@ -388,16 +487,41 @@ class WindowingProcessor:
                 message.offset,
                 expected,
             )
-            self._rewinds[tp] = (expected, now)
+            self._rewinds[tp] = (expected, now, now)
             await self._seek(*tp, expected)
             return False
-        if now - rewind[1] < _REWIND_GRACE_S:
+        _, first_seek, last_seek = rewind
+        if now - last_seek < _RESEEK_EVERY_S:
             return False  # fetched before the seek; the re-read follows
-        log.warning(
-            "%s[%d]: offsets %d..%d never arrived after seeking back; continuing at %d",
+        earliest = await self._earliest(*tp)
+        if earliest > expected:  # deleted by retention before this worker read them
+            log.error(
+                "%s[%d]: offsets %d..%d were deleted by retention before this worker read them; continuing at "
+                "%d. The chunks they held are lost for the stream (counted in chunks_skipped when their "
+                "machines' next chunks arrive): the feature workers fell further behind than the retention.",
+                *tp,
+                expected,
+                earliest - 1,
+                earliest,
+            )
+            self._set_position(tp, earliest, _NO_VALUE)
+            if message.offset == earliest:
+                self._rewinds.pop(tp, None)
+                return True
+            self._rewinds[tp] = (earliest, now, now)
+            await self._seek(*tp, earliest)
+            return False
+        if now - first_seek < _REWIND_GRACE_S:
+            self._rewinds[tp] = (expected, first_seek, now)
+            await self._seek(*tp, expected)  # the read offset moved past it again (see above)
+            return False
+        log.error(
+            "%s[%d]: offsets %d..%d never arrived in %.0f s of seeking back although the log holds them; "
+            "continuing at %d. The chunks they held are lost for the stream (counted in chunks_skipped).",
             *tp,
             expected,
             message.offset - 1,
+            _REWIND_GRACE_S,
             message.offset,
         )
         self._rewinds.pop(tp, None)
@@ -410,7 +534,7 @@ class WindowingProcessor:
         try:
             chunk = AudioChunk.decode(message.value)
             key = machine_key(chunk.machine_type, chunk.machine_id)
-            state = self.table.get(key)
+            state = self._get(key)
             if not state or message.key != key:
                 return None
             owner = StreamWindower(self.params, chunk.machine_type, chunk.machine_id)
@@ -437,7 +561,7 @@ class WindowingProcessor:
         """
         if self._same_log.get(tp) == expected or expected <= 0:
             return None
-        _, stored_fp = _position(self.table.get(_offset_key(*tp)))
+        _, stored_fp = self._position_of(tp, with_fingerprint=True)
         try:
             end = await self._end(*tp)
             if end is not None and end < expected:
@@ -465,19 +589,21 @@ class WindowingProcessor:
             why,
             start,
         )
-        self.table[_offset_key(*tp)] = str(start).encode()
+        self._set_position(tp, start, _NO_VALUE)
         self._same_log.pop(tp, None)
         self._rewinds.pop(tp, None)
         if seek:
-            self._rewinds[tp] = (start, time.monotonic())  # records fetched before the seek are ignored quietly
+            now = time.monotonic()
+            self._rewinds[tp] = (start, now, now)  # records fetched before the seek are ignored quietly
             await self._seek(*tp, start)
         return start
 
     def _done(self, message: Any) -> None:
-        position = f"{message.offset + 1}:{fingerprint(message.value)}"
-        self.table[_offset_key(message.topic, message.partition)] = position.encode()
+        self._set_position((message.topic, message.partition), message.offset + 1, message.value)
 
     def _load(self, key: bytes) -> StreamWindower:
+        if self._batch is not None and key in self._batch.windowers:
+            return self._batch.windowers[key][0]  # its newest state, changed by this batch
         data = self.table.get(key)
         if not data:
             return StreamWindower(self.params)
@@ -707,6 +833,10 @@ def create_app(
         value_serializer="raw",
         processing_guarantee="at_least_once",  # exactly_once needs transactions the local broker lacks
         producer_acks=-1,
+        # a window (32 KB) and a windower state (~33 KB) are each over Faust's default 16 KB batch: without
+        # this every record went out in a request of its own. A batch's records now share requests.
+        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+        producer_linger=PRODUCER_LINGER_S,
         broker_session_timeout=settings.kafka.session_timeout_s,
         broker_heartbeat_interval=settings.kafka.heartbeat_interval_s,
         consumer_auto_offset_reset="earliest",
@@ -728,10 +858,17 @@ def create_app(
         t.deadletter, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
     # keys and values are raw bytes (the app's serializers): a machine key -> StreamWindower.to_bytes()
-    table = app.Table(TABLE_NAME, default=None, key_type=bytes, value_type=bytes, partitions=t.partitions)
+    table = _PartitionedTable(
+        app.Table(TABLE_NAME, default=None, key_type=bytes, value_type=bytes, partitions=t.partitions)
+    )
 
     async def seek(topic: str, partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(topic, partition), offset)
+        # In the consumer's own thread: Faust's ``consumer.seek`` changes aiokafka's fetch buffer from this
+        # thread while the consumer thread reads it (KeyError in fetched_records, the worker crashed).
+        try:
+            await app.consumer.seek_wait({TP(topic, partition): offset})
+        except Exception as exc:  # e.g. the partition moved away meanwhile: its new owner reads it
+            log.warning("%s[%d]: could not seek to %d (%s); the next record tries again", topic, partition, offset, exc)
 
     async def earliest(topic: str, partition: int) -> int:
         tp = TP(topic, partition)
@@ -754,10 +891,12 @@ def create_app(
 
     @app.agent(audio_topic, name="windows")
     async def windows(stream: Any) -> None:
-        async for event in stream.events():
-            progress.handling(1)
-            await processor.handle(event.message)
-            progress.progressed()
+        # batches (Faust acks their events once handle_batch returns): one ack wait and one changelog
+        # record per machine and partition per batch, not per record
+        async for events in stream.take_events(s.batch_max_records, within=s.batch_max_wait_ms / 1000.0):
+            progress.handling(len(events))
+            await processor.handle_batch([event.message for event in events])
+            progress.progressed(len(events))
 
     @app.page("/healthz")
     async def healthz(view: Any, request: Any) -> Any:
@@ -796,6 +935,23 @@ def create_app(
         await asyncio.to_thread(health.tick, _consumer_lag(app, t.audio_raw))
 
     return app
+
+
+class _PartitionedTable:
+    """The Faust table with writes sent to an explicit changelog partition (see :class:`WindowingProcessor`)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.table.get(key)
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.table.data[key] = value  # the store, as ``table[key] = value`` sets it ...
+        self.table.send_changelog(partition, key, value)  # ... and its changelog record, in that partition
+
+    def __getattr__(self, name: str) -> Any:  # recovery, tests: the Faust table's own API
+        return getattr(self.table, name)
 
 
 def _health_view(view: Any, path: str, progress: Progress) -> Any:

@@ -74,6 +74,13 @@ def gateway(
         typer.Option("--control-file", help="sim: follow this file for fault commands (echo 'fan/id_00:rub' >> FILE)"),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="sim: signature seed")] = 0,
+    loop_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--loop-seconds",
+            help="sim: render each machine's first N seconds once and repeat them (capacity benchmarks; no faults)",
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option("--device", help="mic: device index or part of its name")] = None,
     channel: Annotated[int, typer.Option("--channel", min=0, help="mic: input channel to use")] = 0,
     duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="stop after this many seconds")] = None,
@@ -112,6 +119,7 @@ def gateway(
         faults=fault or [],
         control_file=control_file,
         seed=seed,
+        loop_s=loop_seconds,
         device=device,
         channel=channel,
     )
@@ -170,6 +178,7 @@ def _make_source(
     faults: list[str],
     control_file: Path | None,
     seed: int,
+    loop_s: float | None,
     device: str | None,
     channel: int,
 ):
@@ -188,6 +197,7 @@ def _make_source(
             control_file=control_file,
             speed=speed,
             seed=seed,
+            loop_s=loop_s,
         )
     if not machine_type or not machine_id:
         raise BadInput(

@@ -287,7 +287,7 @@ class ScoringWorker:
             self._take(self._consumer.poll(timeout_ms=int(wait * 1000), max_records=max(1, self.batcher.room)))
             if self.batcher.due(time.monotonic()):
                 self._process(self.batcher.drain())
-        self.sink.flush()
+        self.sink.flush_due()  # a full batch, or influx.flush_interval_ms after the oldest point
         self._commit_ready()
         self._between_batches()
 

@@ -230,7 +230,9 @@ class InfluxSettings(_Section):
     bucket: str = "soundwatch"
     # writer behaviour
     batch_size: int = Field(500, ge=1)
-    flush_interval_ms: Millis = Field(500, ge=1)
+    flush_interval_ms: Millis = Field(
+        200, ge=1, description="the scoring worker writes once batch_size points wait or the oldest waited this long"
+    )
     max_buffer_points: int = Field(1_000_000, ge=1, description="points held in memory during an outage")
     timeout_s: Seconds = Field(10.0, gt=0)
 
@@ -292,6 +294,12 @@ class FeatureStreamSettings(_Section):
         120.0, gt=0, description="/healthz turns 503 when input waits and no record was handled for this long"
     )
     data_dir: Path = Path("var/faust")
+    batch_max_records: int = Field(
+        500, ge=1, description="audio.raw records a feature worker handles per batch (one ack wait per batch)"
+    )
+    batch_max_wait_ms: Millis = Field(
+        20, ge=1, description="how long a feature worker waits to fill a batch (latency added at low load)"
+    )
 
 
 class ArchiveSettings(_Section):

@@ -18,12 +18,15 @@ to it is applied at the next chunk (``@`` times count from the start of the run)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ingest.producer import Block
 from ingest.sources import AudioClock, Pacer
@@ -134,7 +137,10 @@ class SimulatorSource:
         control_file: Path | None = None,
         speed: float | None = 1.0,
         seed: int = 0,
+        loop_s: float | None = None,
     ) -> None:
+        """``loop_s``: render each machine's first ``loop_s`` seconds once and repeat them (capacity
+        benchmarks: synthesis costs a gateway more than sending, and a microphone gateway does not synthesise)."""
         import scipy.signal  # noqa: F401 - MachineSound needs it; a slow first import would stall the first chunk
 
         if not machines:
@@ -148,6 +154,14 @@ class SimulatorSource:
         }
         for cmd in schedule:
             self._check_known(cmd)
+        if loop_s is not None and (schedule or control_file):
+            raise BadInput(
+                "a looped simulator repeats its first seconds, so fault commands would never apply",
+                "drop --fault/--control-file, or --loop-seconds",
+            )
+        if loop_s is not None and loop_s <= 0:
+            raise BadInput(f"--loop-seconds must be positive, got {loop_s:g}", "e.g. --loop-seconds 4")
+        self._loop_chunks = max(1, round(loop_s * sample_rate / chunk_samples)) if loop_s else None
         self._pending = sorted(schedule, key=lambda c: c.at_s)
         self._scheduled = len(self._pending)
         self._control = _ControlFile(Path(control_file)) if control_file else None
@@ -155,9 +169,12 @@ class SimulatorSource:
 
     def describe(self) -> str:
         pace = "as fast as possible" if not self.speed else f"{self.speed:g}x real time"
+        looped = ""
+        if self._loop_chunks is not None:
+            looped = f", each machine's first {self._loop_chunks * self.chunk_samples / self.sample_rate:g} s repeated"
         return (
             f"simulator with {len(self.machines)} machines, {self._scheduled} scheduled fault commands, "
-            f"{pace}{f', commands from {self._control.path}' if self._control else ''}"
+            f"{pace}{looped}{f', commands from {self._control.path}' if self._control else ''}"
         )
 
     def _check_known(self, cmd: FaultCommand) -> None:
@@ -191,13 +208,21 @@ class SimulatorSource:
             )
 
     def blocks(self, stop: threading.Event) -> Generator[Block, None, None]:
+        n = self.chunk_samples
+        loop: list[list[np.ndarray]] = []  # looped: every machine's chunks of the first loop_s seconds
+        for _ in range(self._loop_chunks or 0):  # rendered before the clock starts, so paced as real time
+            if stop.is_set():
+                return
+            loop.append([sound.render(n) for sound in self.sounds.values()])
         clock = AudioClock(self.sample_rate)
         pacer = Pacer(self.speed)
-        n = self.chunk_samples
-        while not stop.is_set():
+        for k in itertools.count():
+            if stop.is_set():
+                return
             start_ns = clock.take(n)
             self._apply_due(clock.samples / self.sample_rate - n / self.sample_rate)
             if not pacer.wait_until(clock.samples / self.sample_rate, stop):
                 return
-            for (t, i), sound in zip(self.machines, self.sounds.values(), strict=True):
-                yield Block(t, i, sound.render(n), start_ns)
+            chunks = loop[k % len(loop)] if loop else [sound.render(n) for sound in self.sounds.values()]
+            for (t, i), samples in zip(self.machines, chunks, strict=True):
+                yield Block(t, i, samples, start_ns)

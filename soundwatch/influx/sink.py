@@ -69,6 +69,7 @@ class BufferedSink:
     writer: LineWriter
     batch_size: int = 500
     max_buffer_points: int = 1_000_000
+    flush_interval_s: float = 0.0  # flush_due(): write once a batch is full or the oldest point waited this long
     backoff_base_s: float = 0.2
     backoff_max_s: float = 10.0
     clock: Callable[[], float] = time.monotonic
@@ -77,6 +78,7 @@ class BufferedSink:
     _lines: deque[str] = field(default_factory=deque, init=False, repr=False)
     _added: int = field(default=0, init=False)
     _next_try_at: float = field(default=0.0, init=False)
+    _oldest_at: float | None = field(default=None, init=False)  # when the oldest unwritten point was added
 
     @classmethod
     def from_settings(cls, settings: InfluxSettings, writer: LineWriter | None = None) -> BufferedSink:
@@ -84,6 +86,7 @@ class BufferedSink:
             writer or InfluxClient(settings),
             batch_size=settings.batch_size,
             max_buffer_points=settings.max_buffer_points,
+            flush_interval_s=settings.flush_interval_ms / 1000.0,
         )
 
     def __len__(self) -> int:
@@ -111,9 +114,21 @@ class BufferedSink:
         if len(points) > self.room:
             raise InfluxBackPressure(len(self._lines), len(points), self.max_buffer_points)
         lines = [p.to_line() for p in points]
+        if lines and not self._lines:
+            self._oldest_at = self.clock()
         self._lines.extend(lines)
         self._added += len(lines)
         return self._added
+
+    def flush_due(self) -> bool:
+        """:meth:`flush` once a full batch waits or the oldest point has waited ``flush_interval_s``; else
+        nothing (fewer, larger writes: InfluxDB's cost is mostly per request). True when the buffer is empty."""
+        if not self._lines:
+            return True
+        waited = self.clock() - (self._oldest_at if self._oldest_at is not None else self.clock())
+        if len(self._lines) < self.batch_size and waited < self.flush_interval_s:
+            return False
+        return self.flush()
 
     def flush(self, block_s: float = 0.0) -> bool:
         """Write buffered points; True when the buffer is empty.
@@ -164,6 +179,7 @@ class BufferedSink:
     def _pop(self, n: int) -> None:
         for _ in range(n):
             self._lines.popleft()
+        self._oldest_at = self.clock() if self._lines else None  # what is left waits from now on
 
     def close(self) -> None:
         self.writer.close()

@@ -63,7 +63,7 @@ def window_features(windows: np.ndarray, features: Sequence[str]) -> np.ndarray:
     parts = []
     for f in features:
         if f == "q25":
-            parts.append(np.quantile(x, 0.25, axis=2))
+            parts.append(quantile_last_axis(x, 0.25))
         elif f == "max":
             parts.append(x.max(axis=2))
         elif f == "mean":
@@ -75,6 +75,21 @@ def window_features(windows: np.ndarray, features: Sequence[str]) -> np.ndarray:
         else:
             raise ValueError(f"unknown stats feature {f!r}; choose from {FEATURES}")
     return np.concatenate(parts, axis=1)
+
+
+def quantile_last_axis(x: np.ndarray, q: float) -> np.ndarray:
+    """``np.quantile(x, q, axis=-1)`` (its default linear method, the same floats), from one partial sort
+    of the two order statistics it needs: ~3x faster on scoring batches, where the q25 feature was the
+    second largest cost of the statistics model."""
+    n = x.shape[-1]
+    virtual = q * (n - 1)
+    lo = int(np.floor(virtual))
+    hi = min(lo + 1, n - 1)
+    part = np.partition(x, (lo, hi) if hi != lo else lo, axis=-1)
+    a, b = part[..., lo], part[..., hi]
+    t = virtual - lo
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t  # numpy's _lerp, both branches
 
 
 def ledoit_wolf(x: np.ndarray) -> np.ndarray:
@@ -113,7 +128,9 @@ class Density:
     def score(self, z: np.ndarray, knn_k: int) -> np.ndarray:
         if self.prec is not None and self.loc is not None:
             d = z - self.loc
-            return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.prec, d), 0.0))
+            # (d P) . d row by row: a BLAS product, not einsum's unoptimised triple loop (the scoring
+            # worker's largest cost with a statistics model)
+            return np.sqrt(np.maximum(((d @ self.prec) * d).sum(axis=1), 0.0))
         assert self.bank is not None
         d2 = (z**2).sum(1)[:, None] + (self.bank**2).sum(1)[None, :] - 2.0 * z @ self.bank.T
         dist = np.sqrt(np.maximum(d2, 0.0))
@@ -165,10 +182,11 @@ class StatsModel:
         """:meth:`score` from precomputed :func:`window_features`."""
         out = np.zeros(len(feats), dtype=np.float64)
         z = np.clip((feats - self.mean) / self.std, -Z_CLIP, Z_CLIP)
-        ids = np.asarray(machine_ids)
-        for mid in set(machine_ids):
-            rows = ids == mid
-            out[rows] = self.densities.get(mid, self.densities[UNION]).score(z[rows], self.cfg.knn_k)
+        rows: dict[str, list[int]] = {}
+        for i, mid in enumerate(machine_ids):
+            rows.setdefault(mid, []).append(i)
+        for mid, idx in rows.items():
+            out[idx] = self.densities.get(mid, self.densities[UNION]).score(z[idx], self.cfg.knn_k)
         return out
 
     # -- serialisation: arrays + JSON ------------------------------------------------------------

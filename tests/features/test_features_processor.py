@@ -40,7 +40,11 @@ class FakeTopic:
 
 
 class FakeTable(dict):
-    pass
+    """The windower table: the processor writes with ``put`` (the changelog partition is the Faust table's)."""
+
+    def put(self, key, value, partition):
+        assert isinstance(partition, int)
+        self[key] = value
 
 
 @pytest.fixture
@@ -179,6 +183,56 @@ def test_records_skipped_by_the_consumer_are_read_again(settings, monkeypatch):
     windows = [FeatureWindow.decode(v) for _, v, _, _ in out.records]
     ref, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
     assert [w.start_frame for w in windows] == starts.tolist() and proc.stats.gaps == 0
+
+
+def test_a_seek_back_defeated_by_records_fetched_before_it_is_repeated_until_the_record_arrives(settings, monkeypatch):
+    """Records fetched before a seek can move Faust's read offset past it again, and Faust then drops the
+    re-read records: while later records keep coming the consumer is sent back again (a 10 s grace used to
+    skip them for good: windows lost after a broker restart)."""
+    clock = [1000.0]
+    monkeypatch.setattr(feature_app.time, "monotonic", lambda: clock[0])
+    pcm = pcm16(real_clips()[6])
+    msgs = messages(chunks_of(pcm, list(range(16_000, pcm.size, 16_000))), partition=3)
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, msgs[:4])
+    before = len(out.records)
+    for _ in range(50):  # for 50 s the consumer delivers 7 and 8 again and again, never 4..6
+        run(proc, msgs[7:9])
+        clock[0] += 1.0
+    assert len(out.records) == before  # 7 and 8 were never processed ahead of 4..6
+    assert len(proc.seeks) >= 45 and set(proc.seeks) == {("audio.raw", 3, 4)}  # sent back again and again
+    run(proc, msgs[4:])  # the seek finally sticks
+    windows = [FeatureWindow.decode(v) for _, v, _, _ in out.records]
+    ref, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
+    assert len(out.records) > before and [w.start_frame for w in windows] == starts.tolist()
+    assert proc.stats.gaps == 0
+
+
+def test_records_deleted_by_retention_before_they_were_read_are_skipped_at_once_and_counted(
+    settings, monkeypatch, caplog
+):
+    clock = [1000.0]
+    monkeypatch.setattr(feature_app.time, "monotonic", lambda: clock[0])
+    pcm = pcm16(real_clips()[6])
+    msgs = messages(chunks_of(pcm, list(range(16_000, pcm.size, 16_000))), partition=3)
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    run(proc, msgs[:4])
+
+    async def earliest(topic, partition):  # retention deleted offsets 0..6
+        return 7
+
+    proc._earliest = earliest  # type: ignore[method-assign]
+    run(proc, msgs[7:8])
+    assert proc.seeks == [("audio.raw", 3, 4)]
+    clock[0] += 1.5
+    with caplog.at_level("ERROR", logger="features.app"):
+        run(proc, msgs[8:9])  # a record after one re-seek period: 4..6 are gone, so on to 7, the earliest
+    assert "offsets 4..6 were deleted by retention" in caplog.text
+    assert proc.seeks == [("audio.raw", 3, 4), ("audio.raw", 3, 7)]
+    run(proc, msgs[7:])
+    assert proc.stats.gaps == 1 and proc.stats.chunks_skipped == 3  # chunks 4..6, no more
 
 
 def test_a_partition_starts_at_its_earliest_offset(settings, monkeypatch):
@@ -391,3 +445,106 @@ def test_health_fields_count_skipped_conflicting_and_resyncs_since_start(setting
     second = ticker.fields(consumer_lag=None)  # counters: a point lost on the way loses no count
     assert (second["chunks_skipped"], second["chunks_conflicting"], second["topic_resyncs"]) == (6, 2, 1)
     assert "1 topic resyncs" in ticker.stats.line() and "6 chunks skipped" in ticker.stats.line()
+
+
+# --------------------------------------------------------------------------- batches (issue 19)
+class HeldTopic(FakeTopic):
+    """Acks only when the test resolves ``waiting``: what the table holds while windows wait for the broker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[asyncio.Future] = []
+
+    async def send(self, *, key, value, partition=None, headers=None, force=False):
+        assert force
+        self.records.append((key, value, partition, headers or []))
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting.append(fut)
+        return fut
+
+
+def interleaved(n_machines: int, partition: int = 1) -> tuple[list[Msg], dict[str, np.ndarray]]:
+    """Chunks of ``n_machines`` machines in one partition, machine after machine per second of audio."""
+    streams, pcms = [], {}
+    for i in range(n_machines):
+        pcm = pcm16(real_clips()[10 + i])
+        pcms[f"id_{i:02d}"] = pcm
+        streams.append(chunks_of(pcm, list(range(16_000, pcm.size, 16_000)), machine_id=f"id_{i:02d}"))
+    order = [c for group in zip(*streams, strict=False) for c in group]
+    return messages(order, partition=partition), pcms
+
+
+def by_machine(out: FakeTopic) -> dict[str, list[FeatureWindow]]:
+    got: dict[str, list[FeatureWindow]] = {}
+    for _, v, _, _ in out.records:
+        w = FeatureWindow.decode(v)
+        got.setdefault(w.machine_id, []).append(w)
+    return got
+
+
+@pytest.mark.parametrize("size", [2, 5, 64])
+def test_batches_give_the_offline_windows_of_every_machine(settings, monkeypatch, size):
+    msgs, pcms = interleaved(3)
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+
+    async def go():
+        for i in range(0, len(msgs), size):
+            await proc.handle_batch(msgs[i : i + size])
+
+    asyncio.run(go())
+    got = by_machine(out)
+    for mid, pcm in pcms.items():
+        ref, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
+        assert [w.start_frame for w in got[mid]] == starts.tolist()
+        assert max(np.abs(w.values - r).max() for w, r in zip(got[mid], ref, strict=True)) <= 1e-3
+    assert proc.stats.chunks == len(msgs) and dead.records == []
+    assert table[feature_app._offset_key("audio.raw", 1)].startswith(f"{len(msgs)}:".encode())
+
+
+def test_a_batch_stores_nothing_before_every_window_is_acked(settings, monkeypatch):
+    msgs, _ = interleaved(2)
+    table, out, dead = FakeTable(), HeldTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+
+    async def go():
+        task = asyncio.create_task(proc.handle_batch(msgs[:8]))
+        while len(out.records) < 2:  # the batch's windows are out, none acked
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert not task.done() and table == {}, "state stored before its windows were acked"
+        for fut in out.waiting:
+            fut.set_result(None)
+        await task
+
+    asyncio.run(go())
+    assert set(table) == {
+        machine_key("fan", "id_00"),
+        machine_key("fan", "id_01"),
+        feature_app._offset_key("audio.raw", 1),
+    }
+
+
+def test_a_batch_that_fails_midway_stores_nothing_and_its_replay_loses_and_repeats_nothing(settings, monkeypatch):
+    msgs, pcms = interleaved(2)
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    asyncio.run(proc.handle_batch(msgs[:6]))
+    before = dict(table)
+    broken = Msg("audio.raw", 1, 9, None, b"")  # stands in for a crash: a record handle cannot take
+
+    async def crash(message):
+        raise RuntimeError("worker killed")
+
+    original = proc.handle
+    monkeypatch.setattr(proc, "handle", lambda m: crash(m) if m is broken else original(m))
+    with pytest.raises(RuntimeError):
+        asyncio.run(proc.handle_batch(msgs[6:9] + [broken]))
+    assert table == before  # windows of chunks 6..8 went out, their state did not: output ahead of state
+    restarted = processor(settings, FakeTable(before), out, dead, monkeypatch)
+    asyncio.run(restarted.handle_batch(msgs[6:]))
+    got = by_machine(out)
+    for mid, pcm in pcms.items():
+        _, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
+        assert [w.start_frame for w in got[mid]] == starts.tolist()  # none lost, none twice
+    assert restarted.stats.suppressed > 0

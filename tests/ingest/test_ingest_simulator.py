@@ -47,6 +47,21 @@ def test_machines_have_their_own_signatures() -> None:
     assert other > 3 * same
 
 
+def test_a_looped_simulator_repeats_each_machines_first_seconds_exactly() -> None:
+    machines = parse_machines("fan/id_00,pump/id_02")
+    looped = _run(SimulatorSource(machines, SR, SR, speed=0, loop_s=3), 7)
+    live = _run(SimulatorSource(machines, SR, SR, speed=0), 3)
+    for key, chunks in looped.items():
+        for k, chunk in enumerate(chunks[:7]):
+            assert np.array_equal(chunk, live[key][k % 3]), (key, k)  # the same sound, seconds 0-2 again and again
+
+
+@pytest.mark.parametrize("extra", [{"schedule": [parse_fault_command("fan/id_00:rub")]}, {"loop_s": 0.0}])
+def test_a_looped_simulator_refuses_faults_and_empty_loops(extra) -> None:
+    with pytest.raises(BadInput):
+        SimulatorSource(parse_machines("fan/id_00"), SR, SR, speed=0, **{"loop_s": 3, **extra})
+
+
 def _bands_db(x: np.ndarray, n_bands: int = 32) -> np.ndarray:
     """Log power in log-spaced bands (averaging bins keeps the estimate steady)."""
     _, p = welch(x, fs=SR, nperseg=1024)

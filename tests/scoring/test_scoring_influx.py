@@ -54,6 +54,23 @@ class FakeClock:
         self.t += s
 
 
+def test_flush_due_writes_full_batches_at_once_and_the_rest_after_the_interval():
+    clock = FakeClock()
+    writer = FlakyWriter(fail=0)
+    sink = BufferedSink(writer, batch_size=4, flush_interval_s=0.2, clock=clock, sleep=clock.sleep)
+    assert sink.flush_due() is True and writer.calls == 0  # nothing to write
+    sink.add(_points(3))
+    assert sink.flush_due() is False and writer.calls == 0  # not a batch yet, not waited long enough
+    clock.sleep(0.1)
+    sink.add(_points(1, offset=3))  # a full batch: written now
+    assert sink.flush_due() is True and writer.calls == 1 and len(writer.lines) == 4
+    sink.add(_points(2, offset=4))
+    clock.sleep(0.19)
+    assert sink.flush_due() is False and writer.calls == 1
+    clock.sleep(0.01)  # the oldest point waited the interval
+    assert sink.flush_due() is True and writer.calls == 2 and len(writer.lines) == 6 and sink.done_upto == 6
+
+
 def test_buffer_backs_off_exponentially_without_blocking_and_loses_nothing():
     clock = FakeClock()
     writer = FlakyWriter(fail=3)

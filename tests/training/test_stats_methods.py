@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from soundwatch.model.registry import ModelRegistry
-from soundwatch.model.stats import UNION, StatsConfig, StatsModel, ledoit_wolf, window_features
+from soundwatch.model.stats import (
+    UNION,
+    Density,
+    StatsConfig,
+    StatsModel,
+    ledoit_wolf,
+    quantile_last_axis,
+    window_features,
+)
 from soundwatch.params import FeatureParams
 from training.auto import train_auto
 from training.datasets import scan_dataset
@@ -34,6 +42,34 @@ def test_features_per_band_and_ledoit_wolf_is_well_conditioned() -> None:
     assert f.shape == (3, 32) and f[0, 16 + 5] == pytest.approx(10.0) and f[0, 5] < -30
     cov = ledoit_wolf(np.random.default_rng(0).normal(size=(10, 40)))  # fewer rows than features
     assert np.linalg.cond(cov) < 1e3
+
+
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
+def test_the_fast_quantile_gives_numpys_floats_exactly(q: float) -> None:
+    rng = np.random.default_rng(3)
+    for frames in (1, 2, 3, 63, 64, 127, 128):
+        x = rng.normal(-40, 20, size=(4, 8, frames))
+        assert np.array_equal(quantile_last_axis(x, q), np.quantile(x, q, axis=-1)), frames
+
+
+def test_mahalanobis_scores_and_per_machine_grouping_match_the_plain_formulas() -> None:
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(300, 24))
+    density = Density.fit(z, StatsConfig(density="maha"))
+    q = rng.normal(size=(50, 24)) * 1.5
+    d = q - density.loc
+    reference = np.sqrt(np.einsum("ij,jk,ik->i", d, density.prec, d))
+    np.testing.assert_allclose(density.score(q, 1), reference, rtol=1e-12)
+
+    cfg = StatsConfig(features=("q25", "max"))
+    feats = {m: window_features(_windows(40, seed, level=-40 + 3 * seed), cfg.features) for seed, m in enumerate("abc")}
+    model = StatsModel.fit_features(np.concatenate(list(feats.values())), [m for m in feats for _ in range(40)], cfg)
+    mixed = [(m, i) for m in "abcx" for i in range(5)]  # x: unseen, scored by the union
+    mixed = [mixed[k] for k in rng.permutation(len(mixed))]
+    rows = np.stack([feats.get(m, feats["a"])[i] for m, i in mixed])
+    ids = [m for m, _ in mixed]
+    one_by_one = [model.score_features(rows[k : k + 1], [ids[k]])[0] for k in range(len(ids))]
+    np.testing.assert_allclose(model.score_features(rows, ids), one_by_one, rtol=1e-12)
 
 
 @pytest.mark.parametrize("cfg", [StatsConfig(("q25", "max"), "maha"), StatsConfig(("mean", "std"), "knn", 3)])
