@@ -1,8 +1,9 @@
 """The README's capacity picture: CPU-seconds per machine-hour of each process, from `bench e2e --json` runs.
 
-``python -m deploy.capacity_chart LABEL=RESULT.json [LABEL=RESULT.json ...] --machines N --out docs/capacity-cpu.png``
-draws, for each run, the step with ``N`` machines as one bar per process (gateway, features, scoring,
-broker, influxd), side by side, and prints the same figures as a Markdown table.
+``python -m deploy.capacity_chart LABEL=RESULT.json[@N] [...] --machines N --out docs/capacity-cpu.png``
+draws, for each run, the step with ``N`` machines (``@N`` after a run: that run's step) as one bar per
+process (gateway, features, scoring, broker, influxd), side by side, and prints the same figures as a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -62,16 +63,19 @@ def draw(runs: list[tuple[str, dict[str, Any]]], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="LABEL=RESULT.json (the JSON `bench e2e --json` prints)")
+    parser.add_argument(
+        "runs", nargs="+", help="LABEL=RESULT.json[@N] (the JSON `bench e2e --json` prints; @N: its step of N)"
+    )
     parser.add_argument("--machines", type=int, required=True, help="the step (machine count) to compare")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
     runs = []
     for spec in args.runs:
         label, _, path = spec.partition("=")
-        if not path:
-            raise SystemExit(f"{spec!r}: expected LABEL=RESULT.json")
-        runs.append((label, step_of(json.loads(Path(path).read_text()), args.machines)))
+        path, at, step = path.rpartition("@") if "@" in path else (path, "", "")
+        if not path or (at and not step.isdigit()):
+            raise SystemExit(f"{spec!r}: expected LABEL=RESULT.json or LABEL=RESULT.json@MACHINES")
+        runs.append((label, step_of(json.loads(Path(path).read_text()), int(step) if at else args.machines)))
     draw(runs, args.out)
     print(table(runs))
 

@@ -10,9 +10,10 @@ wall-clock time the gateway produced the newest audio chunk of its window (``ori
 
 from __future__ import annotations
 
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ class ScenarioResult:
     latency_by_time: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, latency)
     warmup_s: float = 20.0
     resources: dict[str, Any] | None = None  # ResourceMonitor.report() over the steady part, when measured
+    timed_machines: int | None = None  # machines whose points were timed: a sample on a large plant (None: all)
 
     def alerted(self) -> list[str]:
         return sorted(v.key for v in self.machines if v.alert_spans())
@@ -56,12 +58,22 @@ class ScenarioResult:
 _MAX_LOOKBACK_NS = 20_000_000_000  # a machine silent for longer no longer holds the polls back
 
 
-class InfluxPointWatcher:
-    """Polls InfluxDB for new ``asd_score`` points and notes when each was first visible."""
+LATENCY_SAMPLE = 64  # on larger plants the latency is timed on about this many machines (see run_scenario)
 
-    def __init__(self, settings: Settings, poll_s: float = 0.1) -> None:
+
+class InfluxPointWatcher:
+    """Polls InfluxDB for new ``asd_score`` points and notes when each was first visible.
+
+    ``machine_ids``: only the machines with these ids (all when None).
+    """
+
+    def __init__(self, settings: Settings, poll_s: float = 0.1, machine_ids: Sequence[str] | None = None) -> None:
         self.influx = settings.influx
         self.poll_s = poll_s
+        self.only = ""
+        if machine_ids is not None:
+            ids = "|".join(re.escape(m) for m in sorted(machine_ids))
+            self.only = f" AND {quote_ident(ix.MACHINE_ID)} =~ /^({ids})$/"
         self.first_seen_ns: dict[tuple[str, int], int] = {}
         self._max_ts = 0
         self._stop = threading.Event()
@@ -86,7 +98,7 @@ class InfluxPointWatcher:
                 # writes at a few hundred machines, on the cores the pipeline was measured on.
                 lookback = self._max_ts - _MAX_LOOKBACK_NS
                 since = max(0, min(newest.values(), default=0), lookback)
-                q = f"SELECT {quote_ident(ix.SCORE)} FROM {score} WHERE time > {since} GROUP BY {by}"
+                q = f"SELECT {quote_ident(ix.SCORE)} FROM {score} WHERE time > {since}{self.only} GROUP BY {by}"
                 try:
                     answer = client.query(q, epoch="ns")
                 except SoundwatchError:
@@ -155,7 +167,8 @@ def run_scenario(
     for stage in stages:
         stage.env = {**env, **stage.env}
     observer = PipelineObserver(settings, keep_windows=False, watch_status=False).start()
-    watcher = InfluxPointWatcher(settings).start()
+    timed = _latency_sample(source)
+    watcher = InfluxPointWatcher(settings, machine_ids=timed[1] if timed else None).start()
     pipeline = Pipeline(stages, say=lambda m: None)
     monitor = resource_monitor(settings, stages) if measure_resources else None
     machines = _machine_count(source) if measure_resources else 0
@@ -207,11 +220,27 @@ def run_scenario(
             latencies.append((seen_ns - origin) / 1e9)
             by_time.append(((seen_ns - start_ns) / 1e9, (seen_ns - origin) / 1e9))
     result = ScenarioResult(views, latencies, counts, time.monotonic() - started, by_time)
+    result.timed_machines = timed[0] if timed else None
     if monitor is not None:
         # the steady part: from warmup_s after the first point (as the latencies), else the second half
         since = started + (by_time[0][0] + result.warmup_s if by_time else duration_s / 2)
         result.resources = monitor.report(min(since, ended), ended, machines)
     return result
+
+
+def _latency_sample(source: PlantSource) -> tuple[int, list[str]] | None:
+    """On a simulated plant of more than ``LATENCY_SAMPLE`` machines: (machines timed, their ids), every
+    k-th id. Timing every point made the bench, polling InfluxDB ten times a second, one of the largest
+    CPU users on the node it measured; 64 machines give thousands of latencies a minute."""
+    if source.kind != "sim" or source.machines.strip().isdigit():
+        return None
+    machines = [m.strip().partition("/") for m in source.machines.split(",") if m.strip()]
+    if len(machines) <= LATENCY_SAMPLE:
+        return None
+    ids = sorted({i for _, _, i in machines})
+    step = max(1, round(len(machines) / LATENCY_SAMPLE))
+    chosen = ids[::step]
+    return sum(1 for _, _, i in machines if i in set(chosen)), chosen
 
 
 def _machine_count(source: PlantSource) -> int:

@@ -192,11 +192,16 @@ class WindowingProcessor:
         self._emitted: dict[bytes, tuple[int, int]] = {}  # machine key -> newest published (segment, start_frame)
         self._n_out: int | None = None
         self._batch: _Batch | None = None
+        # machine key -> (the state bytes this worker stored, the windower they were made from): a machine's
+        # next chunk continues that object instead of parsing the bytes again (checked by identity, so a
+        # state recovered from the changelog or written by another worker is always parsed)
+        self._decoded: dict[bytes, tuple[bytes, StreamWindower]] = {}
 
     # -------------------------------------------------------------- rebalance hooks
     def forget_partitions(self, partitions: set[int]) -> None:
         """Revoked partitions: read their output tail again if they come back."""
         self._scanned -= partitions
+        self._decoded.clear()
 
     async def _ensure_scanned(self, partition: int) -> None:
         if partition in self._scanned:
@@ -237,7 +242,9 @@ class WindowingProcessor:
             for message, key, values, futures, partition in batch.sends:
                 await self._settle(message, key, values, futures, partition)
             for key, (windower, partition) in batch.windowers.items():
-                self.table.put(key, windower.to_bytes(), partition)
+                data = windower.to_bytes()
+                self.table.put(key, data, partition)
+                self._decoded[key] = (data, windower)
             for tp, position in batch.positions.items():
                 if tp in batch.last_values:
                     position += b":" + fingerprint(batch.last_values[tp]).encode()
@@ -607,6 +614,9 @@ class WindowingProcessor:
         data = self.table.get(key)
         if not data:
             return StreamWindower(self.params)
+        stored = self._decoded.pop(key, None)  # popped: this batch changes the object, and may fail
+        if stored is not None and stored[0] is data:
+            return stored[1]
         try:
             return StreamWindower.from_bytes(data, self.params)
         except ContractError as exc:

@@ -7,6 +7,7 @@ parameters other than its model's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -66,7 +67,7 @@ class FeatureParams(BaseModel):
         return self.hop_frames * self.hop_length / self.sample_rate
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return _canonical_json(self)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
@@ -79,3 +80,10 @@ class FeatureParams(BaseModel):
     @classmethod
     def from_json(cls, text: str) -> FeatureParams:
         return cls.model_validate_json(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _canonical_json(params: FeatureParams) -> str:
+    """Memoised: the stream compares every stored windower state and window against it (the model is
+    frozen and hashable by value, so a changed copy is another key)."""
+    return json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

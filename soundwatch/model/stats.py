@@ -57,15 +57,20 @@ class StatsConfig:
 
 def window_features(windows: np.ndarray, features: Sequence[str]) -> np.ndarray:
     """``[B, n_mels, W]`` dB windows -> ``[B, n_mels * len(features)]`` float64 per-band statistics."""
-    x = np.asarray(windows, dtype=np.float64)
-    if x.ndim != 3:
-        raise ValueError(f"windows must be [B, n_mels, W], got shape {x.shape}")
+    raw = np.asarray(windows)
+    if raw.dtype not in (np.float32, np.float64):
+        raw = raw.astype(np.float64)
+    if raw.ndim != 3:
+        raise ValueError(f"windows must be [B, n_mels, W], got shape {raw.shape}")
+    # order statistics (q25's two, max) are taken on the windows as they come (float32 from the stream:
+    # half the bytes to sort) and are the same numbers in float64; sums need float64
+    x = raw.astype(np.float64) if any(f not in ("q25", "max") for f in features) else raw
     parts = []
     for f in features:
         if f == "q25":
-            parts.append(quantile_last_axis(x, 0.25))
+            parts.append(quantile_last_axis(raw, 0.25))
         elif f == "max":
-            parts.append(x.max(axis=2))
+            parts.append(raw.max(axis=2).astype(np.float64))
         elif f == "mean":
             parts.append(x.mean(axis=2))
         elif f == "std":
@@ -78,15 +83,15 @@ def window_features(windows: np.ndarray, features: Sequence[str]) -> np.ndarray:
 
 
 def quantile_last_axis(x: np.ndarray, q: float) -> np.ndarray:
-    """``np.quantile(x, q, axis=-1)`` (its default linear method, the same floats), from one partial sort
-    of the two order statistics it needs: ~3x faster on scoring batches, where the q25 feature was the
-    second largest cost of the statistics model."""
+    """``np.quantile(x, q, axis=-1)`` of ``x`` in float64 (its default linear method, the same floats), from
+    one partial sort of the two order statistics it needs, on ``x`` as given (float32 sorts faster and its
+    order statistics are the float64 ones): the q25 feature was the scoring worker's largest cost."""
     n = x.shape[-1]
     virtual = q * (n - 1)
     lo = int(np.floor(virtual))
     hi = min(lo + 1, n - 1)
     part = np.partition(x, (lo, hi) if hi != lo else lo, axis=-1)
-    a, b = part[..., lo], part[..., hi]
+    a, b = part[..., lo].astype(np.float64), part[..., hi].astype(np.float64)
     t = virtual - lo
     diff = b - a
     return b - diff * (1 - t) if t >= 0.5 else a + diff * t  # numpy's _lerp, both branches

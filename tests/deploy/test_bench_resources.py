@@ -117,3 +117,16 @@ def test_realtime_share_counts_the_windows_that_arrived_against_those_made():
     half = ScenarioResult([], [], {}, 60.0, full[::2])  # the gateway made half the audio
     assert realtime_share(half, 10, 1.0) == pytest.approx(0.5, rel=0.02)
     assert realtime_share(ScenarioResult([], [], {}, 60.0, []), 10, 1.0) == 0.0
+    sampled = ScenarioResult([], [], {}, 60.0, full, timed_machines=10)  # 10 of 640 machines timed
+    assert realtime_share(sampled, 640, 1.0) == pytest.approx(1.0, rel=0.01)
+
+
+def test_a_large_plant_is_timed_on_a_sample_of_machines_spread_over_its_ids():
+    from deploy.bench_e2e import _machines
+    from deploy.scenario import LATENCY_SAMPLE, _latency_sample
+    from deploy.stages import PlantSource
+
+    assert _latency_sample(PlantSource(machines=_machines(LATENCY_SAMPLE))) is None  # small: every machine
+    timed, ids = _latency_sample(PlantSource(machines=_machines(640)))
+    assert timed == LATENCY_SAMPLE and len(ids) == LATENCY_SAMPLE // 2  # fan and pump of each id
+    assert ids[0] == "id_00" and ids[-1] > "id_600"  # spread over the whole plant

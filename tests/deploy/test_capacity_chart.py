@@ -34,3 +34,14 @@ def test_a_missing_step_is_named(tmp_path):
     ref.write_text(json.dumps(_result(320, 5.0)))
     with pytest.raises(SystemExit, match="no step with 640 machines"):
         main([f"ref={ref}", "--machines", "640", "--out", str(tmp_path / "x.png")])
+
+
+def test_each_run_can_name_its_own_step(tmp_path, capsys):
+    ref, new = tmp_path / "ref.json", tmp_path / "new.json"
+    ref.write_text(json.dumps(_result(160, 5.0)))
+    new.write_text(json.dumps({"steps": _result(160, 3.0)["steps"] + _result(640, 1.0)["steps"]}))
+    main([f"previous={ref}", f"new={new}", f"new 640={new}@640", "--machines", "160", "--out", str(tmp_path / "c.png")])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [r.split(" | ")[1:3] for r in rows] == [["160", "5.00"], ["160", "3.00"], ["640", "1.00"]]
+    with pytest.raises(SystemExit, match="LABEL=RESULT.json@MACHINES"):
+        main([f"x={new}@many", "--machines", "160", "--out", str(tmp_path / "c.png")])

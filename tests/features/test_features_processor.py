@@ -548,3 +548,49 @@ def test_a_batch_that_fails_midway_stores_nothing_and_its_replay_loses_and_repea
         _, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
         assert [w.start_frame for w in got[mid]] == starts.tolist()  # none lost, none twice
     assert restarted.stats.suppressed > 0
+
+
+def test_the_same_worker_continues_its_windowers_without_parsing_and_a_failed_batch_leaves_no_trace(
+    settings, monkeypatch
+):
+    """A machine's next chunk continues the windower this worker stored (not parsed again); after a batch
+    fails midway, or when the table holds a value this worker did not store, the state is parsed."""
+    msgs, pcms = interleaved(2)
+    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
+    proc = processor(settings, table, out, dead, monkeypatch)
+    parsed: list[bytes] = []
+    original_from_bytes = StreamWindower.from_bytes.__func__
+
+    def counting(cls, data, params, **kw):
+        parsed.append(data)
+        return original_from_bytes(cls, data, params, **kw)
+
+    monkeypatch.setattr(StreamWindower, "from_bytes", classmethod(counting))
+    asyncio.run(proc.handle_batch(msgs[:4]))
+    asyncio.run(proc.handle_batch(msgs[4:6]))
+    assert parsed == []  # continued in memory
+
+    broken = Msg("audio.raw", 1, 99, None, b"")
+
+    async def crash(message):
+        raise RuntimeError("worker killed")
+
+    original = proc.handle
+    monkeypatch.setattr(proc, "handle", lambda m: crash(m) if m is broken else original(m))
+    with pytest.raises(RuntimeError):
+        asyncio.run(proc.handle_batch(msgs[6:8] + [broken]))  # the two windowers changed, then the batch failed
+    monkeypatch.setattr(proc, "handle", original)
+    asyncio.run(proc.handle_batch(msgs[6:10]))  # replayed: parsed from the stored bytes, not the changed objects
+    assert len(parsed) == 2
+    for key in list(table):
+        table[key] = bytes(bytearray(table[key]))  # the same values, other objects (as recovered from a changelog)
+    asyncio.run(proc.handle_batch(msgs[10:]))
+    assert len(parsed) == 4
+    got = by_machine(out)
+    for mid, pcm in pcms.items():
+        ref, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
+        # the failed batch's windows went out twice (the same worker goes on: only a restarted one reads the
+        # output back to suppress them); every window is the offline one, none lost
+        assert sorted({w.start_frame for w in got[mid]}) == starts.tolist()
+        for w in got[mid]:
+            np.testing.assert_allclose(w.values, ref[starts.tolist().index(w.start_frame)], rtol=0, atol=1e-3)

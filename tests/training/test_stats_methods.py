@@ -50,6 +50,14 @@ def test_the_fast_quantile_gives_numpys_floats_exactly(q: float) -> None:
     for frames in (1, 2, 3, 63, 64, 127, 128):
         x = rng.normal(-40, 20, size=(4, 8, frames))
         assert np.array_equal(quantile_last_axis(x, q), np.quantile(x, q, axis=-1)), frames
+        x32 = x.astype(np.float32)  # as the stream's windows come: sorted in float32, the float64 result
+        assert np.array_equal(quantile_last_axis(x32, q), np.quantile(x32.astype(np.float64), q, axis=-1))
+
+
+def test_window_features_of_float32_windows_are_those_of_their_float64_values() -> None:
+    w = _windows(6, 5)
+    for features in (("q25", "max"), ("q25", "max", "mean"), ("max", "std", "delta")):
+        assert np.array_equal(window_features(w, features), window_features(w.astype(np.float64), features))
 
 
 def test_mahalanobis_scores_and_per_machine_grouping_match_the_plain_formulas() -> None:
