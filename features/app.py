@@ -13,11 +13,12 @@ Per record of ``audio.raw`` (key = ``machine_key``, value = an encoded :class:`A
 3. publish the completed windows (key = ``machine_key``) and **wait for the broker's ack**;
 4. only then store the new windower state in the table (its changelog record follows).
 
-Records come in batches (``stream.batch_max_records``, at most ``stream.batch_max_wait_ms`` of waiting
-to fill one): steps 1-2 run record by record in order, step 3 publishes every window of the batch
-before waiting for any ack, and step 4 stores each machine's newest state, then each partition's next
-offset, once all are acked (:meth:`WindowingProcessor.handle_batch`). Per record that is the same
-order of events as one record at a time, so every guarantee below holds per batch.
+With ``stream.batch_max_records`` > 1 (default 1: one record at a time) records come in batches (at
+most ``stream.batch_max_wait_ms`` of waiting to fill one): steps 1-2 run record by record in order,
+step 3 publishes every window of the batch before waiting for any ack, and step 4 stores each
+machine's newest state, then each partition's next offset, once all are acked
+(:meth:`WindowingProcessor.handle_batch`). Per record that is the same order of events as one record
+at a time, so every guarantee below holds per batch.
 
 Delivery (no exactly-once: the local broker has no transactions): a worker killed and restarted,
 or a partition moved to another worker, must give no missing and no duplicate windows.
@@ -846,7 +847,8 @@ def create_app(
         # a window (32 KB) and a windower state (~33 KB) are each over Faust's default 16 KB batch: without
         # this every record went out in a request of its own. A batch's records now share requests.
         producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
-        producer_linger=PRODUCER_LINGER_S,
+        # one record at a time waits for its own acks: lingering would add to every record's round trip
+        producer_linger=PRODUCER_LINGER_S if settings.stream.batch_max_records > 1 else 0.0,
         broker_session_timeout=settings.kafka.session_timeout_s,
         broker_heartbeat_interval=settings.kafka.heartbeat_interval_s,
         consumer_auto_offset_reset="earliest",
@@ -899,14 +901,25 @@ def create_app(
 
     progress = processor.progress
 
-    @app.agent(audio_topic, name="windows")
-    async def windows(stream: Any) -> None:
-        # batches (Faust acks their events once handle_batch returns): one ack wait and one changelog
-        # record per machine and partition per batch, not per record
-        async for events in stream.take_events(s.batch_max_records, within=s.batch_max_wait_ms / 1000.0):
-            progress.handling(len(events))
-            await processor.handle_batch([event.message for event in events])
-            progress.progressed(len(events))
+    if s.batch_max_records > 1:
+
+        @app.agent(audio_topic, name="windows")
+        async def windows(stream: Any) -> None:
+            # batches (Faust acks their events once handle_batch returns): one ack wait and one changelog
+            # record per machine and partition per batch, not per record
+            async for events in stream.take_events(s.batch_max_records, within=s.batch_max_wait_ms / 1000.0):
+                progress.handling(len(events))
+                await processor.handle_batch([event.message for event in events])
+                progress.progressed(len(events))
+
+    else:
+
+        @app.agent(audio_topic, name="windows")
+        async def windows(stream: Any) -> None:  # the default: see stream.batch_max_records
+            async for event in stream.events():
+                progress.handling(1)
+                await processor.handle(event.message)  # a batch of one
+                progress.progressed()
 
     @app.page("/healthz")
     async def healthz(view: Any, request: Any) -> Any:
