@@ -185,17 +185,23 @@ def test_records_skipped_by_the_consumer_are_read_again(settings, monkeypatch):
     assert [w.start_frame for w in windows] == starts.tolist() and proc.stats.gaps == 0
 
 
-def test_a_seek_back_defeated_by_records_fetched_before_it_is_repeated_until_the_record_arrives(settings, monkeypatch):
-    """Records fetched before a seek can move Faust's read offset past it again, and Faust then drops the
-    re-read records: while later records keep coming the consumer is sent back again (a 10 s grace used to
-    skip them for good: windows lost after a broker restart)."""
+def four_chunks_in_on_a_clock(settings, monkeypatch):
+    """A processor that handled chunks 0..3 of a clip in partition 3, with ``clock[0]`` as its monotonic time."""
     clock = [1000.0]
     monkeypatch.setattr(feature_app.time, "monotonic", lambda: clock[0])
     pcm = pcm16(real_clips()[6])
     msgs = messages(chunks_of(pcm, list(range(16_000, pcm.size, 16_000))), partition=3)
-    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
-    proc = processor(settings, table, out, dead, monkeypatch)
+    out = FakeTopic()
+    proc = processor(settings, FakeTable(), out, FakeTopic(), monkeypatch)
     run(proc, msgs[:4])
+    return clock, pcm, msgs, out, proc
+
+
+def test_a_seek_back_defeated_by_records_fetched_before_it_is_repeated_until_the_record_arrives(settings, monkeypatch):
+    """Records fetched before a seek can move Faust's read offset past it again, and Faust then drops the
+    re-read records: while later records keep coming the consumer is sent back again (a 10 s grace used to
+    skip them for good: windows lost after a broker restart)."""
+    clock, pcm, msgs, out, proc = four_chunks_in_on_a_clock(settings, monkeypatch)
     before = len(out.records)
     for _ in range(50):  # for 50 s the consumer delivers 7 and 8 again and again, never 4..6
         run(proc, msgs[7:9])
@@ -212,13 +218,7 @@ def test_a_seek_back_defeated_by_records_fetched_before_it_is_repeated_until_the
 def test_records_deleted_by_retention_before_they_were_read_are_skipped_at_once_and_counted(
     settings, monkeypatch, caplog
 ):
-    clock = [1000.0]
-    monkeypatch.setattr(feature_app.time, "monotonic", lambda: clock[0])
-    pcm = pcm16(real_clips()[6])
-    msgs = messages(chunks_of(pcm, list(range(16_000, pcm.size, 16_000))), partition=3)
-    table, out, dead = FakeTable(), FakeTopic(), FakeTopic()
-    proc = processor(settings, table, out, dead, monkeypatch)
-    run(proc, msgs[:4])
+    clock, _, msgs, _, proc = four_chunks_in_on_a_clock(settings, monkeypatch)
 
     async def earliest(topic, partition):  # retention deleted offsets 0..6
         return 7
