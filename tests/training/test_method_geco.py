@@ -14,6 +14,7 @@ predictor leaks the frame it predicts or the encoder never saw the negatives, ab
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,30 +58,8 @@ def test_negatives_are_mel_shifted_and_predicted_windows_as_separate_classes() -
     assert changed.any(dim=1).all() and not changed.all(dim=1).any()
 
 
-def test_classified_type_trains_head_over_real_classes_only() -> None:
-    """With classes, the ArcFace stage learns shifted and predicted classes too; the head keeps the real ones."""
-    rng = np.random.default_rng(0)
-    windows = (rng.normal(size=(24, 32, 16)) * 3 - 40).astype(np.float32)
-    clip = np.repeat(np.arange(4), 6)
-    cfg = TrainConfig(
-        method="geco",
-        epochs=1,
-        batch_size=8,
-        device="cpu",
-        progress=False,
-        encoder=EncoderConfig(channels=(4, 8), embedding_dim=16),
-    )
-    labels = (clip % 2).astype(np.int64)
-    job = EncoderJob(
-        WindowSet([], windows, clip), labels, 2, cfg, torch.device("cpu"), torch.Generator().manual_seed(0), {}
-    )
-    encoder, head = fit(job)
-    assert head is not None and head.weight.shape == (2, 16)
-    assert set(job.metrics) >= {"predictor_loss", "supcon_loss", "arcface_loss", "generated_separation"}
-
-
-def test_single_machine_type_uses_instance_discrimination_without_head() -> None:
-    """``n_classes == 0``: labels are clips, no ID classifier, predictions still are negatives."""
+def _tiny_job(labels: Callable[[np.ndarray], np.ndarray] | None, n_classes: int) -> tuple[EncoderJob, np.ndarray]:
+    """One epoch of geco on 24 random windows of 4 clips, labelled ``labels(clip)`` (None: by clip)."""
     rng = np.random.default_rng(0)
     windows = (rng.normal(size=(24, 32, 16)) * 3 - 40).astype(np.float32)
     clip = np.repeat(np.arange(4), 6)
@@ -94,13 +73,27 @@ def test_single_machine_type_uses_instance_discrimination_without_head() -> None
     )
     job = EncoderJob(
         WindowSet([], windows, clip),
-        clip.astype(np.int64),
-        0,
+        clip.astype(np.int64) if labels is None else labels(clip),
+        n_classes,
         cfg,
         torch.device("cpu"),
         torch.Generator().manual_seed(0),
         {},
     )
+    return job, windows
+
+
+def test_classified_type_trains_head_over_real_classes_only() -> None:
+    """With classes, the ArcFace stage learns shifted and predicted classes too; the head keeps the real ones."""
+    job, _ = _tiny_job(lambda clip: (clip % 2).astype(np.int64), 2)
+    encoder, head = fit(job)
+    assert head is not None and head.weight.shape == (2, 16)
+    assert set(job.metrics) >= {"predictor_loss", "supcon_loss", "arcface_loss", "generated_separation"}
+
+
+def test_single_machine_type_uses_instance_discrimination_without_head() -> None:
+    """``n_classes == 0``: labels are clips, no ID classifier, predictions still are negatives."""
+    job, windows = _tiny_job(None, 0)
     encoder, head = fit(job)
     assert head is None
     assert encoder(torch.from_numpy(windows[:3])).shape == (3, 16)
