@@ -240,7 +240,8 @@ def _latency_sample(source: PlantSource) -> tuple[int, list[str]] | None:
     ids = sorted({i for _, _, i in machines})
     step = max(1, round(len(machines) / LATENCY_SAMPLE))
     chosen = ids[::step]
-    return sum(1 for _, _, i in machines if i in set(chosen)), chosen
+    timed = set(chosen)
+    return sum(1 for _, _, i in machines if i in timed), chosen
 
 
 def _machine_count(source: PlantSource) -> int:
