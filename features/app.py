@@ -200,9 +200,12 @@ class WindowingProcessor:
 
     # -------------------------------------------------------------- rebalance hooks
     def forget_partitions(self, partitions: set[int]) -> None:
-        """Revoked partitions: read their output tail again if they come back."""
+        """Revoked partitions: read their output tail again if they come back; their seeks back are their new
+        owner's business."""
         self._scanned -= partitions
         self._decoded.clear()
+        for tp in [tp for tp in self._rewinds if tp[1] in partitions]:
+            del self._rewinds[tp]
 
     async def _ensure_scanned(self, partition: int) -> None:
         if partition in self._scanned:
@@ -417,7 +420,7 @@ class WindowingProcessor:
     async def resync_idle_partitions(
         self, topic: str, partitions: list[int], highwater: Callable[[int], int | None], idle_s: float = 5.0
     ) -> None:
-        """Called every 2 s: find recreated partitions, and seek back idle ones whose records the consumer dropped.
+        """Called every second: find recreated partitions, and seek back idle ones whose records the consumer dropped.
 
         A partition whose high-water mark (as the last fetch saw it) is *below* the stored next offset
         holds a new log: it is marked for resynchronisation (done by the agent with the next record,
@@ -426,22 +429,35 @@ class WindowingProcessor:
         :meth:`_next_in_partition` repairs a skip when a *later* record arrives. When Faust dropped the
         last records of a partition (fetched during recovery right after a restart) nothing later may
         ever come: a partition with records past the stored next offset and no record delivered for
-        ``idle_s`` is sent back to that offset.
+        ``idle_s`` is sent back to that offset. A seek back still waiting for its record (records
+        fetched before it moved Faust's read offset past it, and Faust dropped the re-read ones) is
+        repeated every ``_RESEEK_EVERY_S`` while no record comes: a resync after a broker restart must
+        not wait for the gateway's next chunk.
         """
         now = time.monotonic()
         for partition in partitions:
             tp = (topic, partition)
             stored, _ = _position(self.table.get(_offset_key(*tp)))
             high = highwater(partition)
-            if stored is None or high is None or tp in self._replaced:
+            if tp in self._replaced:
                 continue
-            if int(high) < stored:
+            if stored is not None and high is not None and int(high) < stored:
                 self._replaced[tp] = f"its high-water mark {int(high)} is below the stored next offset {stored}"
                 start = await self._earliest(*tp)
                 log.warning("%s[%d]: %s; seeking to the log's start %d", *tp, self._replaced[tp], start)
                 await self._seek(*tp, start)
                 continue
-            if int(high) <= stored or self._batch is not None:  # a batch in flight holds the records past it
+            if self._batch is not None:  # a batch in flight may hold the records waited for
+                continue
+            rewind = self._rewinds.get(tp)
+            if rewind is not None:
+                sought, first_seek, last_seek = rewind
+                if now - max(last_seek, self._last_seen.get(tp, last_seek)) >= _RESEEK_EVERY_S:
+                    log.info("%s[%d]: offset %d has not arrived since the seek back; seeking to it again", *tp, sought)
+                    self._rewinds[tp] = (sought, first_seek, now)
+                    await self._seek(*tp, sought)
+                continue
+            if stored is None or high is None or int(high) <= stored:
                 continue
             if now - self._last_seen.setdefault(tp, now) < idle_s:  # first sight: give it ``idle_s``
                 continue
@@ -943,7 +959,7 @@ def create_app(
     async def _report() -> None:
         log.info("features: %s", processor.stats.line())
 
-    @app.timer(interval=2.0)
+    @app.timer(interval=_RESEEK_EVERY_S)
     async def _resync() -> None:  # see WindowingProcessor.resync_idle_partitions
         progress.input(lag=_consumer_lag(app, t.audio_raw))
         # a rebalance or the table's recovery from its changelog holds the stream back: not a stall

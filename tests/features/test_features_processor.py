@@ -215,6 +215,41 @@ def test_a_seek_back_defeated_by_records_fetched_before_it_is_repeated_until_the
     assert proc.stats.gaps == 0
 
 
+def test_a_seek_back_whose_records_were_dropped_again_is_repeated_while_no_record_comes(settings, monkeypatch):
+    """After a broker restart the records re-read after a seek back can all be dropped by Faust (its read offset
+    moved past them again) and the gateway may send nothing for a while: the worker's timer seeks again every
+    second instead of waiting for the next record (the stream stalled for the whole idle period)."""
+    clock, pcm, msgs, out, proc = four_chunks_in_on_a_clock(settings, monkeypatch)
+
+    def resync_timer() -> None:
+        asyncio.run(proc.resync_idle_partitions("audio.raw", [3], lambda partition: len(msgs)))
+
+    run(proc, msgs[7:9])  # 4..6 skipped by the consumer: sent back to 4
+    assert proc.seeks == [("audio.raw", 3, 4)]
+    clock[0] += 0.5
+    resync_timer()
+    assert len(proc.seeks) == 1  # the seek is fresh: its records may be on their way
+    clock[0] += 0.6
+    resync_timer()
+    assert proc.seeks == [("audio.raw", 3, 4)] * 2  # 1.1 s and nothing came: sought again
+    resync_timer()
+    assert len(proc.seeks) == 2  # not again within the second
+    run(proc, msgs[4:])  # the second seek sticks
+    clock[0] += 5.0
+    resync_timer()
+    assert len(proc.seeks) == 2  # nothing waited for any more
+    windows = [FeatureWindow.decode(v) for _, v, _, _ in out.records]
+    ref, starts = offline_windows(pcm.astype(np.float32) / 32768, params=settings.features)
+    assert [w.start_frame for w in windows] == starts.tolist() and proc.stats.gaps == 0
+
+
+def test_a_revoked_partition_is_not_sought_back_any_more(settings, monkeypatch):
+    _, _, msgs, _, proc = four_chunks_in_on_a_clock(settings, monkeypatch)
+    run(proc, msgs[7:9])  # sent back to 4 ...
+    proc.forget_partitions({3})  # ... then partition 3 moved to another worker
+    assert proc._rewinds == {}  # its new owner reads it from its own stored offset
+
+
 def test_records_deleted_by_retention_before_they_were_read_are_skipped_at_once_and_counted(
     settings, monkeypatch, caplog
 ):
