@@ -13,7 +13,7 @@ Per record of ``audio.raw`` (key = ``machine_key``, value = an encoded :class:`A
 3. publish the completed windows (key = ``machine_key``) and **wait for the broker's ack**;
 4. only then store the new windower state in the table (its changelog record follows).
 
-With ``stream.batch_max_records`` > 1 (default 1: one record at a time) records come in batches (at
+With ``stream.batch_max_records`` > 1 (the default, 500; 1: one record at a time) records come in batches (at
 most ``stream.batch_max_wait_ms`` of waiting to fill one): steps 1-2 run record by record in order,
 step 3 publishes every window of the batch before waiting for any ack, and step 4 stores each
 machine's newest state, then each partition's next offset, once all are acked
@@ -931,7 +931,7 @@ def create_app(
     else:
 
         @app.agent(audio_topic, name="windows")
-        async def windows(stream: Any) -> None:  # the default: see stream.batch_max_records
+        async def windows(stream: Any) -> None:  # stream.batch_max_records = 1
             async for event in stream.events():
                 progress.handling(1)
                 await processor.handle(event.message)  # a batch of one

@@ -295,10 +295,10 @@ class FeatureStreamSettings(_Section):
     )
     data_dir: Path = Path("var/faust")
     batch_max_records: int = Field(
-        1,
+        500,
         ge=1,
-        description="audio.raw records a feature worker handles per batch (one ack wait per batch); 1: one at a "
-        "time. 500 carries 3x the machines, but recovery after a broker restart can stall (features/README.md)",
+        description="audio.raw records a feature worker handles per batch (one ack wait and one state record per "
+        "machine per batch); 1: one at a time (3x fewer machines per core, see the README's capacity section)",
     )
     batch_max_wait_ms: Millis = Field(
         20, ge=1, description="how long a feature worker waits to fill a batch (latency added at low load)"
