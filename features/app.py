@@ -917,25 +917,14 @@ def create_app(
 
     progress = processor.progress
 
-    if s.batch_max_records > 1:
-
-        @app.agent(audio_topic, name="windows")
-        async def windows(stream: Any) -> None:
-            # batches (Faust acks their events once handle_batch returns): one ack wait and one changelog
-            # record per machine and partition per batch, not per record
-            async for events in stream.take_events(s.batch_max_records, within=s.batch_max_wait_ms / 1000.0):
-                progress.handling(len(events))
-                await processor.handle_batch([event.message for event in events])
-                progress.progressed(len(events))
-
-    else:
-
-        @app.agent(audio_topic, name="windows")
-        async def windows(stream: Any) -> None:  # stream.batch_max_records = 1
-            async for event in stream.events():
-                progress.handling(1)
-                await processor.handle(event.message)  # a batch of one
-                progress.progressed()
+    @app.agent(audio_topic, name="windows")
+    async def windows(stream: Any) -> None:
+        # batches (Faust acks their events once handle_batch returns): one ack wait and one changelog
+        # record per machine and partition per batch, not per record; batch_max_records = 1: batches of one
+        async for events in stream.take_events(s.batch_max_records, within=s.batch_max_wait_ms / 1000.0):
+            progress.handling(len(events))
+            await processor.handle_batch([event.message for event in events])
+            progress.progressed(len(events))
 
     @app.page("/healthz")
     async def healthz(view: Any, request: Any) -> Any:
